@@ -1,0 +1,201 @@
+//! Configuration: one TOML file per production line (PRODUCT.md). `load` parses and validates
+//! the whole file before anything starts and returns either a `Config` the runtime can use
+//! as it is, or every error found, each with its file, line and column.
+
+pub mod schema;
+pub mod units;
+mod validate;
+
+pub use schema::{DeviceKind, InfluxApi, PointType, Protocol, Table, WhenFull, WordOrder};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub line: LineConfig,
+    pub agent: AgentConfig,
+    pub buffer: BufferConfig,
+    pub sinks: Vec<SinkConfig>,
+    pub devices: Vec<DeviceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LineConfig {
+    pub id: String,
+    pub site: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub metrics_listen: Option<String>,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct BufferConfig {
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// The table name: the sink's identity.
+    pub name: String,
+    pub kind: SinkKind,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+}
+
+/// Where a secret comes from; literal secrets in the config file are rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    File(PathBuf),
+    Env(String),
+}
+
+impl Secret {
+    /// Reads the secret now (at start-up), trimming a trailing newline.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Secret::File(p) => std::fs::read_to_string(p)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("cannot read {}: {e}", p.display())),
+            Secret::Env(name) => std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    Influx(InfluxConfig),
+    File(FileSinkConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct InfluxConfig {
+    pub url: String,
+    pub api: InfluxApi,
+    pub org: String,
+    pub bucket: String,
+    pub token: Option<Secret>,
+    pub database: String,
+    pub retention_policy: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub timeout: Duration,
+    pub gzip: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSinkConfig {
+    pub path: PathBuf,
+    pub max_file_bytes: u64,
+    pub max_files: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub id: String,
+    pub kind: DeviceKind,
+    pub cell: Option<String>,
+    pub protocol: Protocol,
+    /// `host:port` for the TCP variants.
+    pub address: String,
+    pub unit: u8,
+    pub poll: Duration,
+    pub timeout: Duration,
+    pub max_registers: u16,
+    pub max_gap: u16,
+    pub tags: Vec<(String, String)>,
+    pub points: Vec<PointConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PointConfig {
+    pub name: String,
+    pub table: Table,
+    pub address: u16,
+    pub kind: PointType,
+    pub count: u16,
+    pub index_tag: Option<String>,
+    pub order: WordOrder,
+    pub bit: Option<u8>,
+    /// Registers per value (the string length for strings; 1 for bits).
+    pub width: u16,
+    pub scale: f64,
+    pub offset: f64,
+    pub unit: String,
+    pub measurement: String,
+    pub tags: Vec<(String, String)>,
+    pub poll: Duration,
+    pub enum_labels: Vec<(i64, String)>,
+    pub writable: bool,
+}
+
+impl PointConfig {
+    /// Scaled points are written as floats (PRODUCT.md).
+    pub fn is_scaled(&self) -> bool {
+        self.scale != 1.0 || self.offset != 0.0
+    }
+    /// Registers (or bits) the whole point spans, all array elements included.
+    pub fn span(&self) -> u32 {
+        self.width as u32 * self.count as u32
+    }
+}
+
+/// One configuration error with its location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+    }
+}
+
+/// All the errors of one file, in file order.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    parse(&name, &text)
+}
+
+/// Parses and validates configuration text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    validate::parse(file, text)
+}

@@ -1,0 +1,324 @@
+//! The configuration file as written by the user (PRODUCT.md, "Configuration file"), before
+//! validation. Every struct denies unknown keys; fields that validation needs to point at
+//! are wrapped in `Spanned` so an error can name their line and column.
+
+use super::units::{ConfDuration, ConfSize};
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+
+pub type Tags = BTreeMap<Spanned<String>, Spanned<String>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub line: Option<Spanned<LineSection>>,
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub buffer: BufferSection,
+    #[serde(default)]
+    pub sinks: BTreeMap<Spanned<String>, Spanned<SinkSection>>,
+    #[serde(default)]
+    pub devices: Vec<Spanned<DeviceSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineSection {
+    pub id: Option<Spanned<String>>,
+    pub site: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    pub data_dir: Option<String>,
+    pub metrics_listen: Option<Spanned<String>>,
+    /// How long a stop may take to flush the sinks (default 10s).
+    pub shutdown_grace: Option<ConfDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    #[default]
+    DropOldest,
+    DropNewest,
+    Block,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferSection {
+    pub max_bytes: Option<ConfSize>,
+    pub when_full: Option<WhenFull>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkType {
+    Influxdb,
+    Mqtt,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluxApi {
+    V1,
+    V2,
+}
+
+/// One `[sinks.NAME]` table. Flat rather than an internally tagged enum, because serde buffers
+/// tagged enums and the parser would lose the locations of errors inside them; `validate`
+/// checks which keys belong to which `type`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    #[serde(rename = "type")]
+    pub kind: Spanned<SinkType>,
+    pub url: Option<Spanned<String>>,
+    pub api: Option<Spanned<InfluxApi>>,
+    pub org: Option<Spanned<String>>,
+    pub bucket: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
+    pub database: Option<Spanned<String>>,
+    pub retention_policy: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub batch_size: Option<Spanned<i64>>,
+    pub flush_interval: Option<ConfDuration>,
+    pub timeout: Option<ConfDuration>,
+    pub gzip: Option<bool>,
+    pub format: Option<Spanned<String>>,
+    pub topic: Option<Spanned<String>>,
+    pub qos: Option<Spanned<i64>>,
+    pub path: Option<Spanned<String>>,
+    pub max_file_bytes: Option<ConfSize>,
+    pub max_files: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Robot,
+    Drive,
+    Plc,
+    Sensor,
+    Other,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Robot => "robot",
+            DeviceKind::Drive => "drive",
+            DeviceKind::Plc => "plc",
+            DeviceKind::Sensor => "sensor",
+            DeviceKind::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    ModbusTcp,
+    ModbusRtu,
+    ModbusRtuOverTcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::ModbusTcp => "modbus-tcp",
+            Protocol::ModbusRtu => "modbus-rtu",
+            Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSection {
+    pub port: Spanned<String>,
+    pub baud: Option<Spanned<i64>>,
+    pub parity: Option<Spanned<String>>,
+    pub data_bits: Option<Spanned<i64>>,
+    pub stop_bits: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSection {
+    pub id: Option<Spanned<String>>,
+    pub kind: Option<Spanned<DeviceKind>>,
+    pub cell: Option<Spanned<String>>,
+    pub profile: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<Protocol>>,
+    pub address: Option<Spanned<String>>,
+    pub serial: Option<Spanned<SerialSection>>,
+    pub unit: Option<Spanned<i64>>,
+    pub poll: Option<ConfDuration>,
+    pub timeout: Option<ConfDuration>,
+    pub max_registers: Option<Spanned<i64>>,
+    pub max_gap: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub points: Vec<Spanned<PointSection>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Table {
+    Holding,
+    Input,
+    Coil,
+    Discrete,
+}
+
+impl Table {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Holding => "holding",
+            Table::Input => "input",
+            Table::Coil => "coil",
+            Table::Discrete => "discrete",
+        }
+    }
+    /// Coils and discrete inputs hold bits; the others 16-bit registers.
+    pub fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::Discrete)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PointType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    String,
+}
+
+impl PointType {
+    /// Registers one value of this type occupies (strings: see `length`).
+    pub fn registers(self) -> u16 {
+        match self {
+            PointType::Bool | PointType::U16 | PointType::I16 => 1,
+            PointType::U32 | PointType::I32 | PointType::F32 => 2,
+            PointType::U64 | PointType::I64 | PointType::F64 => 4,
+            PointType::String => 1,
+        }
+    }
+    pub fn is_integer(self) -> bool {
+        matches!(
+            self,
+            PointType::U16
+                | PointType::I16
+                | PointType::U32
+                | PointType::I32
+                | PointType::U64
+                | PointType::I64
+        )
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PointType::Bool => "bool",
+            PointType::U16 => "u16",
+            PointType::I16 => "i16",
+            PointType::U32 => "u32",
+            PointType::I32 => "i32",
+            PointType::U64 => "u64",
+            PointType::I64 => "i64",
+            PointType::F32 => "f32",
+            PointType::F64 => "f64",
+            PointType::String => "string",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+pub enum WordOrder {
+    #[default]
+    ABCD,
+    CDAB,
+    BADC,
+    DCBA,
+}
+
+/// A point's address: a non-negative integer, or a string in decimal or `0x` hex.
+#[derive(Debug, Clone, Copy)]
+pub struct RegAddress(pub u32);
+
+impl<'de> Deserialize<'de> for RegAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RegAddress;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a register address from 0 to 65535 (decimal, or 0x hex)")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RegAddress, E> {
+                if (0..=65535).contains(&v) {
+                    Ok(RegAddress(v as u32))
+                } else {
+                    Err(E::custom(format!(
+                        "address {v} is out of range: a 0-based PDU address is 0..=65535"
+                    )))
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RegAddress, E> {
+                let parsed = if let Some(hex) = v.strip_prefix("0x").or(v.strip_prefix("0X")) {
+                    i64::from_str_radix(hex, 16)
+                } else {
+                    v.parse::<i64>()
+                };
+                match parsed {
+                    Ok(n) => self.visit_i64(n),
+                    Err(_) => Err(E::custom(format!("address {v:?} is not a number"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointSection {
+    pub name: Option<Spanned<String>>,
+    pub table: Option<Spanned<Table>>,
+    pub address: Option<Spanned<RegAddress>>,
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<PointType>>,
+    pub count: Option<Spanned<i64>>,
+    pub index_tag: Option<Spanned<String>>,
+    pub order: Option<Spanned<WordOrder>>,
+    pub bit: Option<Spanned<i64>>,
+    pub length: Option<Spanned<i64>>,
+    pub scale: Option<Spanned<f64>>,
+    pub offset: Option<Spanned<f64>>,
+    pub unit: Option<String>,
+    pub measurement: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tags: Tags,
+    pub poll: Option<ConfDuration>,
+    #[serde(rename = "enum")]
+    pub enum_map: Option<Spanned<BTreeMap<String, String>>>,
+    pub writable: Option<bool>,
+}

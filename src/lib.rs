@@ -1,0 +1,11 @@
+//! linetap: a telemetry edge agent for robot production lines. See docs/ARCHITECTURE.md.
+pub mod check;
+pub mod config;
+pub mod model;
+pub mod observe;
+pub mod pipeline;
+pub mod run;
+pub mod shutdown;
+pub mod sim;
+pub mod sink;
+pub mod source;

@@ -1,0 +1,159 @@
+//! The `linetap` command line: parses arguments and calls into the library.
+
+use clap::{Parser, Subcommand};
+use linetap::{check, config, run, sim};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "linetap", version, about = "Telemetry edge agent for robot production lines")]
+struct Cli {
+    /// Log format: text (default) or json.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: poll, normalize, deliver. Stops cleanly on SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print the plan (devices, points, requests per cycle).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// The embedded demo: a simulated robot cell, the agent, and a local line-protocol file.
+    Demo {
+        /// Stop after this long (e.g. "30s") instead of waiting for Ctrl-C.
+        #[arg(long)]
+        duration: Option<String>,
+    },
+    /// Serve the simulated devices a configuration describes. Reads commands on stdin:
+    /// `fault DEVICE none|silent|drop|slow 300ms|exception 4`.
+    Simulate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    linetap::observe::logging::init(cli.log_format == "json");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("linetap: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(cfg) => {
+                print!("{}", check::render_plan(&cfg));
+                0
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                2
+            }
+        },
+        Command::Run { config } => match config::load(&config) {
+            Err(errors) => {
+                eprintln!("{errors}");
+                2
+            }
+            Ok(cfg) => runtime.block_on(async {
+                let agent = match run::Agent::start(&cfg) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        return 1;
+                    }
+                };
+                tracing::info!(line = %cfg.line.id, devices = cfg.devices.len(), sinks = cfg.sinks.len(), "linetap running");
+                run::stop_signal().await;
+                tracing::info!("stopping: flushing sinks");
+                let undelivered = agent.stop().await;
+                if undelivered > 0 {
+                    tracing::error!(undelivered, "stopped; some samples could not be delivered");
+                } else {
+                    tracing::info!("stopped cleanly");
+                }
+                0
+            }),
+        },
+        Command::Demo { duration } => {
+            let duration = match duration.map(|d| config::units::parse_duration(&d)).transpose() {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("linetap demo: --duration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime.block_on(sim::demo::run(duration))
+        }
+        Command::Simulate { config } => match config::load(&config) {
+            Err(errors) => {
+                eprintln!("{errors}");
+                2
+            }
+            Ok(cfg) => runtime.block_on(simulate(cfg)),
+        },
+    };
+    ExitCode::from(code as u8)
+}
+
+async fn simulate(cfg: config::Config) -> i32 {
+    let sim = match sim::Simulator::start(&cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("linetap simulate: {e}");
+            return 1;
+        }
+    };
+    let mut listing: Vec<_> = sim.addresses.iter().collect();
+    listing.sort();
+    for (device, addr) in listing {
+        println!("serving {device} on {addr}");
+    }
+    // Commands on stdin, read on a plain thread (stdin is blocking).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            _ = run::stop_signal() => break,
+            line = rx.recv() => {
+                let Some(line) = line else {
+                    // stdin closed: keep serving until a signal.
+                    run::stop_signal().await;
+                    break;
+                };
+                let mut parts = line.trim().splitn(3, ' ');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some("fault"), Some(device), Some(fault)) => match fault.parse().and_then(|f| sim.set_fault(device, f)) {
+                        Ok(()) => println!("ok"),
+                        Err(e) => println!("error: {e}"),
+                    },
+                    (Some(""), None, None) => {}
+                    _ => println!("error: commands: fault DEVICE none|silent|drop|slow DURATION|exception CODE"),
+                }
+            }
+        }
+    }
+    sim.stop();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    0
+}

@@ -1,0 +1,3 @@
+//! Self-observation: counters every component updates, logging set-up.
+pub mod logging;
+pub mod metrics;

@@ -1,0 +1,16 @@
+//! The simulated robot cell: serves the Modbus TCP devices a configuration describes, with
+//! registers that move like a working cell (joint angles following a trajectory, speeds and
+//! currents that follow it, slowly drifting temperatures, a state code cycling
+//! running/idle/fault, a cycle counter), and faults injected on demand: slow responses, no
+//! response, exception codes, dropped connections.
+//!
+//! What a point does is chosen from its name (`signal::Wave::for_point`), so any config gets a
+//! plausible simulation without extra keys. Tests freeze a device and write exact registers.
+
+pub mod bank;
+pub mod demo;
+pub mod signal;
+pub mod server;
+
+pub use bank::Fault;
+pub use server::{SimHandle, Simulator};

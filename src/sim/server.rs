@@ -1,0 +1,197 @@
+//! The simulator's Modbus TCP server (tokio-modbus): one listener per distinct address of the
+//! configuration, serving every unit configured at that address.
+
+use super::bank::{Bank, Fault};
+use crate::config::{Config, Protocol, Table};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_modbus::server::tcp::Server;
+use tokio_modbus::server::Service;
+use tokio_modbus::{ExceptionCode, Response, SlaveRequest};
+
+type Units = Arc<HashMap<u8, Arc<Mutex<Bank>>>>;
+
+/// The simulated devices of one configuration.
+pub struct Simulator;
+
+/// Controls a running simulator: faults, exact register values, stop.
+#[derive(Clone)]
+pub struct SimHandle {
+    devices: Arc<HashMap<String, Arc<Mutex<Bank>>>>,
+    /// Per device: the listening address it is served on.
+    pub addresses: Arc<HashMap<String, SocketAddr>>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+fn lock(b: &Mutex<Bank>) -> std::sync::MutexGuard<'_, Bank> {
+    // A poisoned lock only means another request panicked mid-update; the bank is still usable.
+    b.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Simulator {
+    /// Binds every Modbus TCP address of `config` and starts serving. Addresses with port 0
+    /// get an ephemeral port (see `SimHandle::addresses`).
+    pub async fn start(config: &Config) -> io::Result<SimHandle> {
+        let started = Instant::now();
+        let mut by_address: HashMap<String, HashMap<u8, Arc<Mutex<Bank>>>> = HashMap::new();
+        let mut devices = HashMap::new();
+        for d in &config.devices {
+            if d.protocol != Protocol::ModbusTcp {
+                continue;
+            }
+            let bank = Arc::new(Mutex::new(Bank::for_device(d)));
+            devices.insert(d.id.clone(), bank.clone());
+            // Port 0 asks for an ephemeral port: each such device gets a listener of its own.
+            let key = if d.address.ends_with(":0") { format!("{}#{}", d.address, d.id) } else { d.address.clone() };
+            by_address.entry(key).or_default().insert(d.unit, bank);
+        }
+        let mut addresses = HashMap::new();
+        let mut tasks = Vec::new();
+        for (key, units) in by_address {
+            let address = key.split('#').next().unwrap_or(&key).to_string();
+            let listener = TcpListener::bind(&address)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
+            let local = listener.local_addr()?;
+            for d in &config.devices {
+                let dkey = if d.address.ends_with(":0") { format!("{}#{}", d.address, d.id) } else { d.address.clone() };
+                if dkey == key {
+                    addresses.insert(d.id.clone(), local);
+                }
+            }
+            let units: Units = Arc::new(units);
+            tasks.push(tokio::spawn(serve(listener, units, started)));
+        }
+        Ok(SimHandle {
+            devices: Arc::new(devices),
+            addresses: Arc::new(addresses),
+            tasks: Arc::new(Mutex::new(tasks)),
+        })
+    }
+}
+
+async fn serve(listener: TcpListener, units: Units, started: Instant) {
+    let server = Server::new(listener);
+    let on_connected = |stream: TcpStream, _addr: SocketAddr| {
+        let units = units.clone();
+        async move {
+            let _ = stream.set_nodelay(true);
+            let service = SimService { units: units.clone(), started };
+            Ok(Some((service, Droppable { inner: stream, units })))
+        }
+    };
+    if let Err(e) = server.serve(&on_connected, |e| tracing::debug!(error = %e, "simulator connection ended")).await {
+        tracing::warn!(error = %e, "simulator listener stopped");
+    }
+}
+
+struct SimService {
+    units: Units,
+    started: Instant,
+}
+
+impl Service for SimService {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        let Some(bank) = self.units.get(&req.slave).cloned() else {
+            // No such unit behind this address: what a gateway answers.
+            return Box::pin(async { Err(ExceptionCode::GatewayTargetDevice) });
+        };
+        let t = self.started.elapsed().as_secs_f64();
+        let fault = lock(&bank).fault.clone();
+        let answer = move || {
+            let mut b = lock(&bank);
+            b.update(t);
+            b.serve(&req.request).map(Some)
+        };
+        match fault {
+            Fault::None | Fault::Drop => Box::pin(std::future::ready(answer())),
+            Fault::Slow(d) => Box::pin(async move {
+                tokio::time::sleep(d).await;
+                answer()
+            }),
+            Fault::Silent => Box::pin(std::future::ready(Ok(None))),
+            Fault::Exception(code) => Box::pin(std::future::ready(Err(ExceptionCode::new(code)))),
+        }
+    }
+}
+
+/// The connection's stream; reads end it (EOF) while any unit at the address has `Fault::Drop`.
+struct Droppable {
+    inner: TcpStream,
+    units: Units,
+}
+
+impl AsyncRead for Droppable {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before && self.units.values().any(|b| lock(b).fault == Fault::Drop) {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "simulated connection drop")));
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Droppable {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl SimHandle {
+    fn bank(&self, device: &str) -> Result<&Arc<Mutex<Bank>>, String> {
+        self.devices.get(device).ok_or_else(|| format!("no simulated device {device:?}"))
+    }
+
+    pub fn set_fault(&self, device: &str, fault: Fault) -> Result<(), String> {
+        lock(self.bank(device)?).fault = fault;
+        Ok(())
+    }
+
+    /// Writes exact registers (and freezes the device's motion).
+    pub fn set_registers(&self, device: &str, table: Table, address: u16, words: &[u16]) -> Result<(), String> {
+        if lock(self.bank(device)?).set_registers(table, address, words) {
+            Ok(())
+        } else {
+            Err(format!("{device}: {} {address}+{} is outside the simulated map", table.as_str(), words.len()))
+        }
+    }
+
+    pub fn set_bits(&self, device: &str, table: Table, address: u16, bits: &[bool]) -> Result<(), String> {
+        if lock(self.bank(device)?).set_bits(table, address, bits) {
+            Ok(())
+        } else {
+            Err(format!("{device}: {} {address}+{} is outside the simulated map", table.as_str(), bits.len()))
+        }
+    }
+
+    pub fn stop(&self) {
+        for t in lock_tasks(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn lock_tasks(t: &Mutex<Vec<JoinHandle<()>>>) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,297 @@
+//! The InfluxDB line-protocol encoder (pure). Everything that does not change between readings
+//! (measurement, tag set, field key, enum labels) is escaped once, when the encoder is built
+//! from the catalog; encoding a sample is then a copy of that prefix plus the formatted value
+//! and timestamp, with no allocation once the output buffer has grown.
+
+use crate::model::{Catalog, DataType, SampleBatch, Value};
+
+/// Why a sample was not encoded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// NaN or ±Inf: line protocol cannot carry them.
+    pub not_finite: u64,
+    /// A u64 above i64::MAX: InfluxDB 1.x has no unsigned type.
+    pub out_of_range: u64,
+    /// A sample whose point id is not in the catalog.
+    pub unknown_point: u64,
+}
+
+impl Skipped {
+    pub fn total(&self) -> u64 {
+        self.not_finite + self.out_of_range + self.unknown_point
+    }
+}
+
+struct PointLine {
+    /// `measurement,tag=v,... field=`
+    prefix: Box<[u8]>,
+    /// `,field_label="` for enum points; `labels[i]` is the escaped label of code `codes[i]`.
+    label_key: Box<[u8]>,
+    codes: Box<[i64]>,
+    labels: Box<[Box<[u8]>]>,
+    /// Integers are written with an `i` suffix, whether the value came in as int or uint.
+    data_type: DataType,
+}
+
+/// Encodes sample batches to line protocol for one catalog.
+pub struct LineEncoder {
+    points: Vec<PointLine>,
+}
+
+/// Escapes a measurement name (commas and spaces).
+pub fn escape_measurement(s: &str, out: &mut Vec<u8>) {
+    escape(s, &[b',', b' '], out)
+}
+
+/// Escapes a tag key, tag value or field key (commas, equals signs and spaces).
+pub fn escape_key(s: &str, out: &mut Vec<u8>) {
+    escape(s, &[b',', b'=', b' '], out)
+}
+
+fn escape(s: &str, special: &[u8], out: &mut Vec<u8>) {
+    for &b in s.as_bytes() {
+        match b {
+            b'\n' | b'\r' | b'\t' => {
+                out.push(b'\\');
+                out.push(b' ');
+            }
+            _ => {
+                if special.contains(&b) {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
+        }
+    }
+}
+
+/// Writes a string field value with quotes; `"` and `\` are escaped. Line breaks would end
+/// the line, so they are written as spaces.
+pub fn write_string_value(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' | b'\r' => out.push(b' '),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+impl LineEncoder {
+    pub fn new(catalog: &Catalog) -> Self {
+        let points = catalog
+            .points
+            .iter()
+            .map(|p| {
+                let dev = catalog.devices.get(p.device as usize);
+                let mut tags: Vec<(&str, &str)> = Vec::new();
+                if !catalog.site.is_empty() {
+                    tags.push(("site", &catalog.site));
+                }
+                tags.push(("line", &catalog.line));
+                if let Some(d) = dev {
+                    if !d.cell.is_empty() {
+                        tags.push(("cell", &d.cell));
+                    }
+                    tags.push(("device", &d.name));
+                    tags.push(("kind", &d.kind));
+                }
+                for t in catalog.tags.iter().chain(dev.iter().flat_map(|d| d.tags.iter())).chain(p.tags.iter()) {
+                    // Later (more specific) tags override earlier ones with the same key.
+                    tags.retain(|(k, _)| *k != t.key);
+                    tags.push((&t.key, &t.value));
+                }
+                // Sorted tags are what InfluxDB stores; sending them sorted saves it the work.
+                tags.sort_by(|a, b| a.0.cmp(b.0));
+                let mut prefix = Vec::new();
+                escape_measurement(&p.measurement, &mut prefix);
+                for (k, v) in tags {
+                    prefix.push(b',');
+                    escape_key(k, &mut prefix);
+                    prefix.push(b'=');
+                    escape_key(v, &mut prefix);
+                }
+                prefix.push(b' ');
+                escape_key(&p.name, &mut prefix);
+                prefix.push(b'=');
+                let mut label_key = Vec::new();
+                label_key.push(b',');
+                escape_key(&p.name, &mut label_key);
+                label_key.extend_from_slice(b"_label=");
+                let mut codes = Vec::new();
+                let mut labels = Vec::new();
+                for e in &p.enum_labels {
+                    codes.push(e.code);
+                    let mut l = Vec::new();
+                    write_string_value(&e.label, &mut l);
+                    labels.push(l.into_boxed_slice());
+                }
+                PointLine {
+                    prefix: prefix.into_boxed_slice(),
+                    label_key: label_key.into_boxed_slice(),
+                    codes: codes.into_boxed_slice(),
+                    labels: labels.into_boxed_slice(),
+                    data_type: DataType::try_from(p.data_type).unwrap_or(DataType::Unknown),
+                }
+            })
+            .collect();
+        LineEncoder { points }
+    }
+
+    /// Appends one line per sample of `batch` to `out`; returns how many lines were written and
+    /// adds what was skipped (and why) to `skipped`.
+    pub fn encode(&self, batch: &SampleBatch, out: &mut Vec<u8>, skipped: &mut Skipped) -> usize {
+        let mut written = 0;
+        let mut ibuf = itoa::Buffer::new();
+        let mut fbuf = ryu::Buffer::new();
+        for s in &batch.samples {
+            let Some(p) = self.points.get(s.point as usize) else {
+                skipped.unknown_point += 1;
+                continue;
+            };
+            let Some(value) = &s.value else { continue };
+            let mark = out.len();
+            out.extend_from_slice(&p.prefix);
+            match value {
+                Value::DoubleValue(x) => {
+                    if !x.is_finite() {
+                        out.truncate(mark);
+                        skipped.not_finite += 1;
+                        continue;
+                    }
+                    out.extend_from_slice(fbuf.format_finite(*x).as_bytes());
+                }
+                Value::IntValue(i) => {
+                    if p.data_type == DataType::Double || p.data_type == DataType::Float {
+                        out.extend_from_slice(fbuf.format_finite(*i as f64).as_bytes());
+                    } else {
+                        out.extend_from_slice(ibuf.format(*i).as_bytes());
+                        out.push(b'i');
+                    }
+                    if !p.codes.is_empty() {
+                        if let Ok(k) = p.codes.binary_search(i) {
+                            out.extend_from_slice(&p.label_key);
+                            out.extend_from_slice(&p.labels[k]);
+                        } else {
+                            out.extend_from_slice(&p.label_key);
+                            out.extend_from_slice(b"\"unknown\"");
+                        }
+                    }
+                }
+                Value::UintValue(u) => {
+                    if *u > i64::MAX as u64 {
+                        out.truncate(mark);
+                        skipped.out_of_range += 1;
+                        continue;
+                    }
+                    out.extend_from_slice(ibuf.format(*u).as_bytes());
+                    out.push(b'i');
+                }
+                Value::BoolValue(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+                Value::StringValue(v) => write_string_value(v, out),
+            }
+            out.push(b' ');
+            out.extend_from_slice(ibuf.format(s.timestamp_ns).as_bytes());
+            out.push(b'\n');
+            written += 1;
+        }
+        written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeviceDescriptor, EnumLabel, PointDescriptor, Sample, Tag};
+
+    fn catalog() -> Catalog {
+        Catalog {
+            line: "weld-a".into(),
+            site: "plant-2".into(),
+            tags: vec![Tag { key: "workshop".into(), value: "ws 3".into() }],
+            devices: vec![DeviceDescriptor {
+                id: 0,
+                name: "robot-01".into(),
+                kind: "robot".into(),
+                cell: "cell-3".into(),
+                ..Default::default()
+            }],
+            points: vec![
+                PointDescriptor {
+                    id: 0,
+                    device: 0,
+                    measurement: "joint".into(),
+                    name: "temperature".into(),
+                    tags: vec![Tag { key: "axis".into(), value: "2".into() }],
+                    data_type: DataType::Uint16 as i32,
+                    ..Default::default()
+                },
+                PointDescriptor {
+                    id: 1,
+                    device: 0,
+                    measurement: "robot,x".into(),
+                    name: "state".into(),
+                    data_type: DataType::Uint16 as i32,
+                    enum_labels: vec![
+                        EnumLabel { code: 0, label: "idle".into() },
+                        EnumLabel { code: 1, label: "run \"ok\"".into() },
+                    ],
+                    ..Default::default()
+                },
+                PointDescriptor {
+                    id: 2,
+                    device: 0,
+                    measurement: "robot".into(),
+                    name: "speed=x".into(),
+                    data_type: DataType::Double as i32,
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    fn sample(point: u32, value: Value) -> Sample {
+        Sample { point, timestamp_ns: 1795785404087000000, quality: 0, value: Some(value) }
+    }
+
+    #[test]
+    fn encodes_like_the_product_example() {
+        let enc = LineEncoder::new(&catalog());
+        let batch = SampleBatch {
+            device: 0,
+            seq: 1,
+            samples: vec![
+                sample(0, Value::IntValue(41)),
+                sample(1, Value::IntValue(1)),
+                sample(1, Value::IntValue(9)),
+                sample(2, Value::DoubleValue(1.5)),
+                sample(2, Value::DoubleValue(f64::NAN)),
+                sample(7, Value::DoubleValue(1.0)),
+            ],
+        };
+        let mut out = Vec::new();
+        let mut skipped = Skipped::default();
+        assert_eq!(enc.encode(&batch, &mut out, &mut skipped), 4);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "joint,axis=2,cell=cell-3,device=robot-01,kind=robot,line=weld-a,site=plant-2,workshop=ws\\ 3 temperature=41i 1795785404087000000\n\
+             robot\\,x,cell=cell-3,device=robot-01,kind=robot,line=weld-a,site=plant-2,workshop=ws\\ 3 state=1i,state_label=\"run \\\"ok\\\"\" 1795785404087000000\n\
+             robot\\,x,cell=cell-3,device=robot-01,kind=robot,line=weld-a,site=plant-2,workshop=ws\\ 3 state=9i,state_label=\"unknown\" 1795785404087000000\n\
+             robot,cell=cell-3,device=robot-01,kind=robot,line=weld-a,site=plant-2,workshop=ws\\ 3 speed\\=x=1.5 1795785404087000000\n"
+        );
+        assert_eq!(skipped, Skipped { not_finite: 1, out_of_range: 0, unknown_point: 1 });
+    }
+
+    #[test]
+    fn escapes_strings_and_keys() {
+        let mut out = Vec::new();
+        write_string_value("a\"b\\c\nd", &mut out);
+        assert_eq!(out, b"\"a\\\"b\\\\c d\"");
+        let mut out = Vec::new();
+        escape_key("a b,c=d", &mut out);
+        assert_eq!(out, b"a\\ b\\,c\\=d");
+    }
+}

@@ -1,0 +1,227 @@
+//! Register decoding (pure): words of one response → typed values, following PRODUCT.md's
+//! encoding rules (word orders, bit numbering, strings, scale and offset).
+
+use super::plan::Field;
+use crate::config::{PointType, WordOrder};
+use crate::model::Value;
+
+/// Combines up to four registers into one integer of `words.len() * 16` bits, in `order`.
+/// ABCD: registers in order, high byte first; CDAB: registers reversed; BADC: bytes swapped
+/// inside each register; DCBA: both.
+pub fn combine(words: &[u16], order: WordOrder) -> u64 {
+    let (reverse, swap) = match order {
+        WordOrder::ABCD => (false, false),
+        WordOrder::CDAB => (true, false),
+        WordOrder::BADC => (false, true),
+        WordOrder::DCBA => (true, true),
+    };
+    let mut v = 0u64;
+    let mut add = |w: u16| {
+        let w = if swap { w.swap_bytes() } else { w };
+        v = (v << 16) | w as u64;
+    };
+    if reverse {
+        words.iter().rev().for_each(|&w| add(w));
+    } else {
+        words.iter().for_each(|&w| add(w));
+    }
+    v
+}
+
+/// Decodes one register-table field from the words of its request.
+/// Returns `None` when the response is too short for the field (a malformed response).
+pub fn decode_field(words: &[u16], f: &Field) -> Option<Value> {
+    let start = f.offset as usize;
+    let raw = words.get(start..start + f.width as usize)?;
+    let value = match f.kind {
+        PointType::Bool => {
+            let bit = f.bit.unwrap_or(0);
+            return Some(Value::BoolValue((raw[0] >> bit) & 1 == 1));
+        }
+        PointType::String => return Some(Value::StringValue(decode_string(raw))),
+        PointType::U16 => Num::Int(combine(raw, f.order) as u16 as i64),
+        PointType::I16 => Num::Int(combine(raw, f.order) as u16 as i16 as i64),
+        PointType::U32 => Num::Int(combine(raw, f.order) as u32 as i64),
+        PointType::I32 => Num::Int(combine(raw, f.order) as u32 as i32 as i64),
+        PointType::U64 => Num::Uint(combine(raw, f.order)),
+        PointType::I64 => Num::Int(combine(raw, f.order) as i64),
+        PointType::F32 => Num::Float(f32::from_bits(combine(raw, f.order) as u32) as f64),
+        PointType::F64 => Num::Float(f64::from_bits(combine(raw, f.order))),
+    };
+    Some(if f.scaled {
+        Value::DoubleValue(value.as_f64() * f.scale + f.add)
+    } else {
+        match value {
+            Num::Int(i) => Value::IntValue(i),
+            Num::Uint(u) => Value::UintValue(u),
+            Num::Float(x) => Value::DoubleValue(x),
+        }
+    })
+}
+
+enum Num {
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+}
+
+impl Num {
+    fn as_f64(&self) -> f64 {
+        match *self {
+            Num::Int(i) => i as f64,
+            Num::Uint(u) => u as f64,
+            Num::Float(x) => x,
+        }
+    }
+}
+
+/// Two characters per register, high byte first; trailing NULs (and NUL padding) removed.
+pub fn decode_string(words: &[u16]) -> String {
+    let mut bytes = Vec::with_capacity(words.len() * 2);
+    for w in words {
+        bytes.extend_from_slice(&w.to_be_bytes());
+    }
+    while bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An independent encoder: the registers a device would hold for `bytes` (the value's
+    /// big-endian bytes, A first) under each order, written from the definition in PRODUCT.md.
+    fn encode(bytes: &[u8], order: WordOrder) -> Vec<u16> {
+        let n = bytes.len() / 2;
+        let mut regs = Vec::with_capacity(n);
+        for i in 0..n {
+            // Word i as it appears in register i.
+            let (hi, lo) = match order {
+                WordOrder::ABCD => (bytes[2 * i], bytes[2 * i + 1]),
+                WordOrder::BADC => (bytes[2 * i + 1], bytes[2 * i]),
+                WordOrder::CDAB => (bytes[2 * (n - 1 - i)], bytes[2 * (n - 1 - i) + 1]),
+                WordOrder::DCBA => (bytes[bytes.len() - 1 - 2 * i], bytes[bytes.len() - 2 - 2 * i]),
+            };
+            regs.push(u16::from_be_bytes([hi, lo]));
+        }
+        regs
+    }
+
+    fn field(kind: PointType, order: WordOrder, width: u16) -> Field {
+        Field {
+            point: 0,
+            offset: 0,
+            kind,
+            order,
+            bit: None,
+            width,
+            scale: 1.0,
+            add: 0.0,
+            scaled: false,
+        }
+    }
+
+    fn order() -> impl Strategy<Value = WordOrder> {
+        prop_oneof![
+            Just(WordOrder::ABCD),
+            Just(WordOrder::CDAB),
+            Just(WordOrder::BADC),
+            Just(WordOrder::DCBA)
+        ]
+    }
+
+    #[test]
+    fn known_examples() {
+        // 0x11223344 in the four orders, as the registers show them.
+        let f = field(PointType::U32, WordOrder::ABCD, 2);
+        assert_eq!(decode_field(&[0x1122, 0x3344], &f), Some(Value::IntValue(0x11223344)));
+        let f = field(PointType::U32, WordOrder::CDAB, 2);
+        assert_eq!(decode_field(&[0x3344, 0x1122], &f), Some(Value::IntValue(0x11223344)));
+        let f = field(PointType::U32, WordOrder::BADC, 2);
+        assert_eq!(decode_field(&[0x2211, 0x4433], &f), Some(Value::IntValue(0x11223344)));
+        let f = field(PointType::U32, WordOrder::DCBA, 2);
+        assert_eq!(decode_field(&[0x4433, 0x2211], &f), Some(Value::IntValue(0x11223344)));
+        // 64-bit CDAB: the four words in reverse order (GH EF CD AB).
+        let f = field(PointType::U64, WordOrder::CDAB, 4);
+        assert_eq!(
+            decode_field(&[0x7788, 0x5566, 0x3344, 0x1122], &f),
+            Some(Value::UintValue(0x1122334455667788))
+        );
+        let f = field(PointType::F32, WordOrder::ABCD, 2);
+        assert_eq!(decode_field(&[0x4049, 0x0fdb], &f), Some(Value::DoubleValue(std::f32::consts::PI as f64)));
+        let f = field(PointType::I16, WordOrder::ABCD, 1);
+        assert_eq!(decode_field(&[0xfffe], &f), Some(Value::IntValue(-2)));
+    }
+
+    #[test]
+    fn bits_strings_scale() {
+        let mut f = field(PointType::Bool, WordOrder::ABCD, 1);
+        f.bit = Some(15);
+        assert_eq!(decode_field(&[0x8000], &f), Some(Value::BoolValue(true)));
+        f.bit = Some(0);
+        assert_eq!(decode_field(&[0x8000], &f), Some(Value::BoolValue(false)));
+        let f = field(PointType::String, WordOrder::ABCD, 3);
+        assert_eq!(decode_field(&[0x5552, 0x3500, 0x0000], &f), Some(Value::StringValue("UR5".into())));
+        let mut f = field(PointType::I16, WordOrder::ABCD, 1);
+        f.scale = 0.1;
+        f.add = -40.0;
+        f.scaled = true;
+        assert_eq!(decode_field(&[650], &f), Some(Value::DoubleValue(650.0 * 0.1 - 40.0)));
+        // A short response is reported, not a panic.
+        let f = field(PointType::F64, WordOrder::ABCD, 4);
+        assert_eq!(decode_field(&[1, 2], &f), None);
+    }
+
+    proptest! {
+        #[test]
+        fn u32_i32_f32_roundtrip(v: u32, o in order()) {
+            let regs = encode(&v.to_be_bytes(), o);
+            prop_assert_eq!(decode_field(&regs, &field(PointType::U32, o, 2)), Some(Value::IntValue(v as i64)));
+            prop_assert_eq!(decode_field(&regs, &field(PointType::I32, o, 2)), Some(Value::IntValue(v as i32 as i64)));
+            let f = f32::from_bits(v);
+            match decode_field(&regs, &field(PointType::F32, o, 2)) {
+                Some(Value::DoubleValue(d)) => prop_assert!(d.to_bits() == (f as f64).to_bits() || (d.is_nan() && f.is_nan())),
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+
+        #[test]
+        fn u64_i64_f64_roundtrip(v: u64, o in order()) {
+            let regs = encode(&v.to_be_bytes(), o);
+            prop_assert_eq!(decode_field(&regs, &field(PointType::U64, o, 4)), Some(Value::UintValue(v)));
+            prop_assert_eq!(decode_field(&regs, &field(PointType::I64, o, 4)), Some(Value::IntValue(v as i64)));
+            match decode_field(&regs, &field(PointType::F64, o, 4)) {
+                Some(Value::DoubleValue(d)) => prop_assert_eq!(d.to_bits(), v),
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+
+        #[test]
+        fn u16_i16_roundtrip(v: u16) {
+            let regs = encode(&v.to_be_bytes(), WordOrder::ABCD);
+            prop_assert_eq!(decode_field(&regs, &field(PointType::U16, WordOrder::ABCD, 1)), Some(Value::IntValue(v as i64)));
+            prop_assert_eq!(decode_field(&regs, &field(PointType::I16, WordOrder::ABCD, 1)), Some(Value::IntValue(v as i16 as i64)));
+        }
+
+        #[test]
+        fn strings_roundtrip(s in "[ -~]{0,16}") {
+            let mut bytes = s.as_bytes().to_vec();
+            bytes.resize(16, 0);
+            let regs: Vec<u16> = bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+            prop_assert_eq!(decode_field(&regs, &field(PointType::String, WordOrder::ABCD, 8)), Some(Value::StringValue(s.trim_end_matches('\0').to_string())));
+        }
+
+        #[test]
+        fn never_panics_on_short_or_odd_input(words in proptest::collection::vec(any::<u16>(), 0..6), offset in 0u16..8, width in 1u16..5) {
+            let mut f = field(PointType::U64, WordOrder::DCBA, width.min(4));
+            f.offset = offset;
+            let _ = decode_field(&words, &f);
+        }
+    }
+}
