@@ -10,7 +10,17 @@ pub fn render_plan(config: &Config) -> String {
     let built = catalog::build(config);
     let plans = device_plans(config, &built);
     let mut o = String::new();
-    let _ = writeln!(o, "line {:?}{}", config.line.id, config.line.site.as_ref().map(|s| format!(" (site {s:?})")).unwrap_or_default());
+    let _ = writeln!(
+        o,
+        "line {:?}{}",
+        config.line.id,
+        config
+            .line
+            .site
+            .as_ref()
+            .map(|s| format!(" (site {s:?})"))
+            .unwrap_or_default()
+    );
     let mut total_requests_per_s = 0.0;
     let mut total_values_per_s = 0.0;
     for (d, plan) in config.devices.iter().zip(&plans) {
@@ -18,7 +28,14 @@ pub fn render_plan(config: &Config) -> String {
         let _ = writeln!(
             o,
             "\ndevice {:?} ({}, {} {} unit {}): {} points, {} values, timeout {:?}",
-            d.id, d.kind.as_str(), d.protocol.as_str(), d.address, d.unit, d.points.len(), values, d.timeout
+            d.id,
+            d.kind.as_str(),
+            d.protocol.as_str(),
+            d.address,
+            d.unit,
+            d.points.len(),
+            values,
+            d.timeout
         );
         for p in &d.points {
             let _ = writeln!(
@@ -29,8 +46,16 @@ pub fn render_plan(config: &Config) -> String {
                 p.address,
                 p.bit.map(|b| format!(".{b}")).unwrap_or_default(),
                 p.kind.as_str(),
-                if p.count > 1 { format!(" x{}", p.count) } else { String::new() },
-                if p.is_scaled() { format!(" *{}+{}", p.scale, p.offset) } else { String::new() },
+                if p.count > 1 {
+                    format!(" x{}", p.count)
+                } else {
+                    String::new()
+                },
+                if p.is_scaled() {
+                    format!(" *{}+{}", p.scale, p.offset)
+                } else {
+                    String::new()
+                },
                 p.measurement,
                 p.name
             );
@@ -40,7 +65,13 @@ pub fn render_plan(config: &Config) -> String {
             let values: usize = g.requests.iter().map(|r| r.fields.len()).sum();
             total_requests_per_s += per_s * g.requests.len() as f64;
             total_values_per_s += per_s * values as f64;
-            let _ = writeln!(o, "  every {:?}: {} request(s), {} values", g.interval, g.requests.len(), values);
+            let _ = writeln!(
+                o,
+                "  every {:?}: {} request(s), {} values",
+                g.interval,
+                g.requests.len(),
+                values
+            );
             for r in &g.requests {
                 let fc = match r.table {
                     crate::config::Table::Coil => "FC01",
@@ -48,7 +79,14 @@ pub fn render_plan(config: &Config) -> String {
                     crate::config::Table::Holding => "FC03",
                     crate::config::Table::Input => "FC04",
                 };
-                let _ = writeln!(o, "    {fc} {:<8} start {:>5} count {:>4} ({} values)", r.table.as_str(), r.start, r.count, r.fields.len());
+                let _ = writeln!(
+                    o,
+                    "    {fc} {:<8} start {:>5} count {:>4} ({} values)",
+                    r.table.as_str(),
+                    r.start,
+                    r.count,
+                    r.fields.len()
+                );
             }
         }
     }
@@ -58,7 +96,11 @@ pub fn render_plan(config: &Config) -> String {
             SinkKind::Influx(i) => format!("influxdb {:?} {}", i.api, i.url),
             SinkKind::File(f) => format!("file {}", f.path.display()),
         };
-        let _ = writeln!(o, "  {:?}: {what} (batch {}, flush {:?})", s.name, s.batch_size, s.flush_interval);
+        let _ = writeln!(
+            o,
+            "  {:?}: {what} (batch {}, flush {:?})",
+            s.name, s.batch_size, s.flush_interval
+        );
     }
     if config.sinks.is_empty() {
         let _ = writeln!(o, "  none: readings are polled but go nowhere");
@@ -69,7 +111,14 @@ pub fn render_plan(config: &Config) -> String {
         config.devices.len(),
         total_requests_per_s,
         total_values_per_s,
-        plans.iter().map(|p| p.groups.iter().map(|g| 1.0 / g.interval.as_secs_f64()).fold(0.0, f64::max)).sum::<f64>()
+        plans
+            .iter()
+            .map(|p| p
+                .groups
+                .iter()
+                .map(|g| 1.0 / g.interval.as_secs_f64())
+                .fold(0.0, f64::max))
+            .sum::<f64>()
     );
     o
 }

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "linetap", version, about = "Telemetry edge agent for robot production lines")]
+#[command(
+    name = "linetap",
+    version,
+    about = "Telemetry edge agent for robot production lines"
+)]
 struct Cli {
     /// Log format: text (default) or json.
     #[arg(long, global = true, default_value = "text")]
@@ -46,7 +50,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     linetap::observe::logging::init(cli.log_format == "json");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("linetap: cannot start the runtime: {e}");

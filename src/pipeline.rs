@@ -20,7 +20,9 @@ pub struct Fanout {
 impl Fanout {
     /// One queue of `capacity` batches per sink, in `metrics.sinks` order.
     pub fn new(metrics: Arc<Metrics>, capacity: usize) -> (Fanout, Vec<BatchRx>) {
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..metrics.sinks.len()).map(|_| mpsc::channel(capacity)).unzip();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..metrics.sinks.len())
+            .map(|_| mpsc::channel(capacity))
+            .unzip();
         (
             Fanout {
                 sinks: txs.into(),
@@ -38,7 +40,8 @@ impl Fanout {
         for (i, tx) in self.sinks.iter().enumerate() {
             if tx.try_send(batch.clone()).is_err() {
                 if let Some(m) = self.metrics.sinks.get(i) {
-                    m.dropped_queue_full.fetch_add(batch.samples.len() as u64, Relaxed);
+                    m.dropped_queue_full
+                        .fetch_add(batch.samples.len() as u64, Relaxed);
                 }
             }
         }

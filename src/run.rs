@@ -66,7 +66,9 @@ impl Agent {
         let mut writers = Vec::new();
         for s in &config.sinks {
             let w = match &s.kind {
-                SinkKind::Influx(c) => AnyWriter::Influx(InfluxWriter::new(c).map_err(|e| format!("sink {:?}: {e}", s.name))?),
+                SinkKind::Influx(c) => AnyWriter::Influx(
+                    InfluxWriter::new(c).map_err(|e| format!("sink {:?}: {e}", s.name))?,
+                ),
                 SinkKind::File(c) => AnyWriter::File(FileWriter::new(c.clone())),
             };
             writers.push(w);
@@ -86,21 +88,42 @@ impl Agent {
             let cat = built.clone();
             let sd = trigger.subscribe();
             sinks.push(match w {
-                AnyWriter::Influx(w) => tokio::spawn(async move { sink::run(w, settings, &cat.catalog, rx, mref, sd).await }),
-                AnyWriter::File(w) => tokio::spawn(async move { sink::run(w, settings, &cat.catalog, rx, mref, sd).await }),
+                AnyWriter::Influx(w) => {
+                    tokio::spawn(
+                        async move { sink::run(w, settings, &cat.catalog, rx, mref, sd).await },
+                    )
+                }
+                AnyWriter::File(w) => {
+                    tokio::spawn(
+                        async move { sink::run(w, settings, &cat.catalog, rx, mref, sd).await },
+                    )
+                }
             });
         }
 
         // One poller per endpoint: devices at the same address share one connection.
         let mut endpoints: BTreeMap<String, Vec<DevicePlan>> = BTreeMap::new();
-        for (plan, d) in device_plans(config, &built).into_iter().zip(&config.devices) {
+        for (plan, d) in device_plans(config, &built)
+            .into_iter()
+            .zip(&config.devices)
+        {
             endpoints.entry(d.address.clone()).or_default().push(plan);
         }
         let mut pollers = Vec::new();
         for (address, plans) in endpoints {
-            let timeout = plans.iter().map(|p| p.timeout).max().unwrap_or(Duration::from_millis(500));
+            let timeout = plans
+                .iter()
+                .map(|p| p.timeout)
+                .max()
+                .unwrap_or(Duration::from_millis(500));
             let link = TcpLink::new(address, timeout);
-            pollers.push(tokio::spawn(poller::run(link, plans, fanout.clone(), metrics.clone(), trigger.subscribe())));
+            pollers.push(tokio::spawn(poller::run(
+                link,
+                plans,
+                fanout.clone(),
+                metrics.clone(),
+                trigger.subscribe(),
+            )));
         }
         Ok(Agent {
             metrics,
@@ -123,7 +146,14 @@ impl Agent {
         for s in self.sinks {
             let _ = tokio::time::timeout_at(deadline, s).await;
         }
-        self.metrics.sinks.iter().map(|s| s.dropped_shutdown.load(std::sync::atomic::Ordering::Relaxed)).sum()
+        self.metrics
+            .sinks
+            .iter()
+            .map(|s| {
+                s.dropped_shutdown
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
     }
 }
 

@@ -26,7 +26,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => 1_000.0,
         "m" => 60_000.0,
         "h" => 3_600_000.0,
-        _ => return Err(format!("duration {s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "duration {s:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ))
+        }
     };
     let ms = value * scale_ms;
     if !ms.is_finite() || ms > 365.0 * 86_400_000.0 {

@@ -47,7 +47,10 @@ impl Ctx<'_> {
             if RESERVED_TAGS.contains(&k.get_ref().as_str()) {
                 self.err(
                     k.span(),
-                    format!("tag {:?} is set by linetap itself and cannot be used in {what} tags", k.get_ref()),
+                    format!(
+                        "tag {:?} is set by linetap itself and cannot be used in {what} tags",
+                        k.get_ref()
+                    ),
                 );
             } else if k.get_ref().is_empty() || v.get_ref().is_empty() {
                 self.err(k.span(), "tag keys and values must not be empty");
@@ -57,7 +60,12 @@ impl Ctx<'_> {
         out
     }
 
-    fn non_empty(&mut self, s: &Option<Spanned<String>>, parent: Range<usize>, what: &str) -> String {
+    fn non_empty(
+        &mut self,
+        s: &Option<Spanned<String>>,
+        parent: Range<usize>,
+        what: &str,
+    ) -> String {
         match s {
             Some(v) if !v.get_ref().trim().is_empty() => v.get_ref().clone(),
             Some(v) => {
@@ -135,7 +143,10 @@ fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
         Some(s) if s.get_ref().is_empty() => None,
         Some(s) => {
             if s.get_ref().parse::<std::net::SocketAddr>().is_err() {
-                cx.err(s.span(), format!("metrics_listen {:?} is not an IP:port address", s.get_ref()));
+                cx.err(
+                    s.span(),
+                    format!("metrics_listen {:?} is not an IP:port address", s.get_ref()),
+                );
             }
             Some(s.get_ref().clone())
         }
@@ -213,15 +224,24 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
         Some(b) => *b.get_ref() as usize,
         None => 5000,
     };
-    let flush_interval = s.flush_interval.map(|d| d.0).unwrap_or(Duration::from_secs(1));
+    let flush_interval = s
+        .flush_interval
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(1));
     let kind = match kind {
         SinkType::Influxdb => {
             let url = match &s.url {
-                Some(u) if u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://") => {
+                Some(u)
+                    if u.get_ref().starts_with("http://")
+                        || u.get_ref().starts_with("https://") =>
+                {
                     u.get_ref().trim_end_matches('/').to_string()
                 }
                 Some(u) => {
-                    cx.err(u.span(), format!("url {:?} must start with http:// or https://", u.get_ref()));
+                    cx.err(
+                        u.span(),
+                        format!("url {:?} must start with http:// or https://", u.get_ref()),
+                    );
                     String::new()
                 }
                 None => {
@@ -229,18 +249,28 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
                     String::new()
                 }
             };
-            let api = s.api.as_ref().map(|a| *a.get_ref()).unwrap_or(InfluxApi::V2);
+            let api = s
+                .api
+                .as_ref()
+                .map(|a| *a.get_ref())
+                .unwrap_or(InfluxApi::V2);
             if let Some(t) = &s.token {
                 cx.err(t.span(), "a literal token in the configuration file is not allowed: use token_file or token_env");
             }
             if let Some(p) = &s.password {
                 cx.err(p.span(), "a literal password in the configuration file is not allowed: use password_file or password_env");
             }
-            let secret = |cx: &mut Ctx, file: &Option<Spanned<String>>, env: &Option<Spanned<String>>, what: &str| match (file, env) {
+            let secret = |cx: &mut Ctx,
+                          file: &Option<Spanned<String>>,
+                          env: &Option<Spanned<String>>,
+                          what: &str| match (file, env) {
                 (Some(f), None) => Some(Secret::File(PathBuf::from(f.get_ref()))),
                 (None, Some(e)) => Some(Secret::Env(e.get_ref().clone())),
                 (Some(_), Some(e)) => {
-                    cx.err(e.span(), format!("give either {what}_file or {what}_env, not both"));
+                    cx.err(
+                        e.span(),
+                        format!("give either {what}_file or {what}_env, not both"),
+                    );
                     None
                 }
                 (None, None) => None,
@@ -251,13 +281,28 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
                 InfluxApi::V2 => {
                     for (v, key) in [(&s.org, "org"), (&s.bucket, "bucket")] {
                         if v.is_none() {
-                            cx.err(span.clone(), format!("sink {:?}: the v2 API needs `{key}`", name.get_ref()));
+                            cx.err(
+                                span.clone(),
+                                format!("sink {:?}: the v2 API needs `{key}`", name.get_ref()),
+                            );
                         }
                     }
                     if token.is_none() && s.token.is_none() {
-                        cx.err(span.clone(), format!("sink {:?}: the v2 API needs credentials: token_file or token_env", name.get_ref()));
+                        cx.err(
+                            span.clone(),
+                            format!(
+                                "sink {:?}: the v2 API needs credentials: token_file or token_env",
+                                name.get_ref()
+                            ),
+                        );
                     }
-                    for (v, key) in [(&s.database, "database"), (&s.retention_policy, "retention_policy"), (&s.username, "username"), (&s.password_file, "password_file"), (&s.password_env, "password_env")] {
+                    for (v, key) in [
+                        (&s.database, "database"),
+                        (&s.retention_policy, "retention_policy"),
+                        (&s.username, "username"),
+                        (&s.password_file, "password_file"),
+                        (&s.password_env, "password_env"),
+                    ] {
                         if let Some(v) = v {
                             cx.err(v.span(), format!("`{key}` belongs to api = \"v1\"; the v2 API uses org, bucket and a token"));
                         }
@@ -265,30 +310,63 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
                 }
                 InfluxApi::V1 => {
                     if s.database.is_none() {
-                        cx.err(span.clone(), format!("sink {:?}: the v1 API needs `database`", name.get_ref()));
+                        cx.err(
+                            span.clone(),
+                            format!("sink {:?}: the v1 API needs `database`", name.get_ref()),
+                        );
                     }
                     if s.username.is_some() && password.is_none() && s.password.is_none() {
-                        cx.err(span.clone(), format!("sink {:?}: `username` needs password_file or password_env", name.get_ref()));
+                        cx.err(
+                            span.clone(),
+                            format!(
+                                "sink {:?}: `username` needs password_file or password_env",
+                                name.get_ref()
+                            ),
+                        );
                     }
-                    for (v, key) in [(&s.org, "org"), (&s.bucket, "bucket"), (&s.token_file, "token_file"), (&s.token_env, "token_env")] {
+                    for (v, key) in [
+                        (&s.org, "org"),
+                        (&s.bucket, "bucket"),
+                        (&s.token_file, "token_file"),
+                        (&s.token_env, "token_env"),
+                    ] {
                         if let Some(v) = v {
                             cx.err(v.span(), format!("`{key}` belongs to api = \"v2\"; the v1 API uses database and username/password"));
                         }
                     }
                 }
             }
-            for (v, key) in [(&s.format, "format"), (&s.topic, "topic"), (&s.path, "path")] {
+            for (v, key) in [
+                (&s.format, "format"),
+                (&s.topic, "topic"),
+                (&s.path, "path"),
+            ] {
                 if let Some(v) = v {
-                    cx.err(v.span(), format!("`{key}` is not a key of an influxdb sink"));
+                    cx.err(
+                        v.span(),
+                        format!("`{key}` is not a key of an influxdb sink"),
+                    );
                 }
             }
             SinkKind::Influx(InfluxConfig {
                 url,
                 api,
-                org: s.org.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default(),
-                bucket: s.bucket.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default(),
+                org: s
+                    .org
+                    .as_ref()
+                    .map(|v| v.get_ref().clone())
+                    .unwrap_or_default(),
+                bucket: s
+                    .bucket
+                    .as_ref()
+                    .map(|v| v.get_ref().clone())
+                    .unwrap_or_default(),
                 token,
-                database: s.database.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default(),
+                database: s
+                    .database
+                    .as_ref()
+                    .map(|v| v.get_ref().clone())
+                    .unwrap_or_default(),
                 retention_policy: s.retention_policy.as_ref().map(|v| v.get_ref().clone()),
                 username: s.username.as_ref().map(|v| v.get_ref().clone()),
                 password,
@@ -297,7 +375,10 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
             })
         }
         SinkType::File => {
-            for (v, key) in influx_only.iter().chain([(&s.format, "format"), (&s.topic, "topic")].iter()) {
+            for (v, key) in influx_only
+                .iter()
+                .chain([(&s.format, "format"), (&s.topic, "topic")].iter())
+            {
                 if let Some(v) = v {
                     cx.err(v.span(), format!("`{key}` is not a key of a file sink"));
                 }
@@ -336,10 +417,24 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
     })
 }
 
-fn int_in(cx: &mut Ctx, v: &Option<Spanned<i64>>, range: std::ops::RangeInclusive<i64>, default: i64, what: &str) -> i64 {
+fn int_in(
+    cx: &mut Ctx,
+    v: &Option<Spanned<i64>>,
+    range: std::ops::RangeInclusive<i64>,
+    default: i64,
+    what: &str,
+) -> i64 {
     match v {
         Some(n) if !range.contains(n.get_ref()) => {
-            cx.err(n.span(), format!("{what} must be between {} and {}, not {}", range.start(), range.end(), n.get_ref()));
+            cx.err(
+                n.span(),
+                format!(
+                    "{what} must be between {} and {}, not {}",
+                    range.start(),
+                    range.end(),
+                    n.get_ref()
+                ),
+            );
             default
         }
         Some(n) => *n.get_ref(),
@@ -351,18 +446,39 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
     let span = d.span();
     let d = d.get_ref();
     let id = cx.non_empty(&d.id, span.clone(), "id");
-    let kind = d.kind.as_ref().map(|k| *k.get_ref()).unwrap_or(DeviceKind::Other);
+    let kind = d
+        .kind
+        .as_ref()
+        .map(|k| *k.get_ref())
+        .unwrap_or(DeviceKind::Other);
     if let Some(p) = &d.profile {
         cx.err(p.span(), format!("profile {:?}: device profiles are not available in this version yet; list the points instead", p.get_ref()));
     }
-    let protocol = d.protocol.as_ref().map(|p| *p.get_ref()).unwrap_or(Protocol::ModbusTcp);
+    let protocol = d
+        .protocol
+        .as_ref()
+        .map(|p| *p.get_ref())
+        .unwrap_or(Protocol::ModbusTcp);
     if protocol != Protocol::ModbusTcp {
-        let at = d.protocol.as_ref().map(|p| p.span()).unwrap_or(span.clone());
-        cx.err(at, format!("protocol {:?} is not available in this version yet (supported: modbus-tcp)", protocol.as_str()));
+        let at = d
+            .protocol
+            .as_ref()
+            .map(|p| p.span())
+            .unwrap_or(span.clone());
+        cx.err(
+            at,
+            format!(
+                "protocol {:?} is not available in this version yet (supported: modbus-tcp)",
+                protocol.as_str()
+            ),
+        );
     }
     if let Some(s) = &d.serial {
         if protocol == Protocol::ModbusTcp {
-            cx.err(s.span(), "`serial` belongs to protocol = \"modbus-rtu\"; modbus-tcp uses `address`");
+            cx.err(
+                s.span(),
+                "`serial` belongs to protocol = \"modbus-rtu\"; modbus-tcp uses `address`",
+            );
         }
     }
     let address = match &d.address {
@@ -373,13 +489,22 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
                 .map(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
                 .unwrap_or(false);
             if !ok {
-                cx.err(a.span(), format!("address {:?} must be HOST:PORT, for example \"10.0.3.11:502\"", a.get_ref()));
+                cx.err(
+                    a.span(),
+                    format!(
+                        "address {:?} must be HOST:PORT, for example \"10.0.3.11:502\"",
+                        a.get_ref()
+                    ),
+                );
             }
             a.get_ref().clone()
         }
         None => {
             if protocol != Protocol::ModbusRtu {
-                cx.err(span.clone(), format!("device {id:?} needs `address` (HOST:PORT)"));
+                cx.err(
+                    span.clone(),
+                    format!("device {id:?} needs `address` (HOST:PORT)"),
+                );
             }
             String::new()
         }
@@ -387,7 +512,13 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
     let unit = int_in(cx, &d.unit, 0..=255, 1, "unit") as u8;
     let poll = d.poll.map(|p| p.0).unwrap_or(Duration::from_secs(1));
     let timeout = d.timeout.map(|p| p.0).unwrap_or(Duration::from_millis(500));
-    let max_registers = int_in(cx, &d.max_registers, 1..=MAX_REGISTERS, MAX_REGISTERS, "max_registers") as u16;
+    let max_registers = int_in(
+        cx,
+        &d.max_registers,
+        1..=MAX_REGISTERS,
+        MAX_REGISTERS,
+        "max_registers",
+    ) as u16;
     let max_gap = int_in(cx, &d.max_gap, 0..=MAX_REGISTERS, 16, "max_gap") as u16;
     let tags = cx.tags(&d.tags, "device");
 
@@ -397,18 +528,36 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
     let mut taken: BTreeMap<Table, Vec<(u32, u32, String)>> = BTreeMap::new();
     for p in &d.points {
         let pspan = p.span();
-        let Some(pc) = point(cx, p, kind, poll) else { continue };
+        let Some(pc) = point(cx, p, kind, poll) else {
+            continue;
+        };
         let key = (pc.measurement.clone(), pc.name.clone(), pc.tags.clone());
         if !names.insert(key) {
-            let at = p.get_ref().name.as_ref().map(|n| n.span()).unwrap_or(pspan.clone());
-            cx.err(at, format!("duplicate point {:?} in measurement {:?} of device {id:?}", pc.name, pc.measurement));
+            let at = p
+                .get_ref()
+                .name
+                .as_ref()
+                .map(|n| n.span())
+                .unwrap_or(pspan.clone());
+            cx.err(
+                at,
+                format!(
+                    "duplicate point {:?} in measurement {:?} of device {id:?}",
+                    pc.name, pc.measurement
+                ),
+            );
         }
         if pc.bit.is_none() {
             let start = pc.address as u32;
             let end = start + pc.span();
             let ranges = taken.entry(pc.table).or_default();
             if let Some((_, _, other)) = ranges.iter().find(|(s, e, _)| start < *e && *s < end) {
-                let at = p.get_ref().address.as_ref().map(|a| a.span()).unwrap_or(pspan.clone());
+                let at = p
+                    .get_ref()
+                    .address
+                    .as_ref()
+                    .map(|a| a.span())
+                    .unwrap_or(pspan.clone());
                 cx.err(at, format!(
                     "point {:?} ({} {}..{}) overlaps point {other:?}: a register belongs to at most one non-bit point",
                     pc.name, pc.table.as_str(), start, end - 1
@@ -437,12 +586,21 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
     })
 }
 
-fn point(cx: &mut Ctx, p: &Spanned<PointSection>, dev_kind: DeviceKind, dev_poll: Duration) -> Option<PointConfig> {
+fn point(
+    cx: &mut Ctx,
+    p: &Spanned<PointSection>,
+    dev_kind: DeviceKind,
+    dev_poll: Duration,
+) -> Option<PointConfig> {
     let span = p.span();
     let p = p.get_ref();
     let errors_before = cx.errors.len();
     let name = cx.non_empty(&p.name, span.clone(), "name");
-    let table = p.table.as_ref().map(|t| *t.get_ref()).unwrap_or(Table::Holding);
+    let table = p
+        .table
+        .as_ref()
+        .map(|t| *t.get_ref())
+        .unwrap_or(Table::Holding);
     let Some(address) = &p.address else {
         cx.err(span, format!("point {name:?} needs `address`"));
         return None;
@@ -454,39 +612,79 @@ fn point(cx: &mut Ctx, p: &Spanned<PointSection>, dev_kind: DeviceKind, dev_poll
     };
     let kind_span = p.kind.as_ref().map(|k| k.span()).unwrap_or(address.span());
     if table.is_bits() && kind != PointType::Bool {
-        cx.err(kind_span.clone(), format!("table {:?} holds bits: its points must be type \"bool\", not {:?}", table.as_str(), kind.as_str()));
+        cx.err(
+            kind_span.clone(),
+            format!(
+                "table {:?} holds bits: its points must be type \"bool\", not {:?}",
+                table.as_str(),
+                kind.as_str()
+            ),
+        );
     }
     let bit = match &p.bit {
         Some(b) => {
             if table.is_bits() {
-                cx.err(b.span(), format!("`bit` selects a bit of a register; table {:?} already holds single bits", table.as_str()));
+                cx.err(
+                    b.span(),
+                    format!(
+                        "`bit` selects a bit of a register; table {:?} already holds single bits",
+                        table.as_str()
+                    ),
+                );
             } else if kind != PointType::Bool {
-                cx.err(b.span(), format!("`bit` needs type = \"bool\", not {:?}", kind.as_str()));
+                cx.err(
+                    b.span(),
+                    format!("`bit` needs type = \"bool\", not {:?}", kind.as_str()),
+                );
             } else if !(0..=15).contains(b.get_ref()) {
-                cx.err(b.span(), format!("bit {} is out of range: a register has bits 0..=15", b.get_ref()));
+                cx.err(
+                    b.span(),
+                    format!(
+                        "bit {} is out of range: a register has bits 0..=15",
+                        b.get_ref()
+                    ),
+                );
             }
             Some((*b.get_ref()).clamp(0, 15) as u8)
         }
         None => None,
     };
     if kind == PointType::Bool && !table.is_bits() && bit.is_none() {
-        cx.err(kind_span.clone(), format!("a bool point in table {:?} needs `bit` (0..=15)", table.as_str()));
+        cx.err(
+            kind_span.clone(),
+            format!(
+                "a bool point in table {:?} needs `bit` (0..=15)",
+                table.as_str()
+            ),
+        );
     }
     let width = match (&p.length, kind) {
         (Some(l), PointType::String) => {
             if !(1..=MAX_REGISTERS).contains(l.get_ref()) {
-                cx.err(l.span(), format!("string length must be 1..={MAX_REGISTERS} registers, not {}", l.get_ref()));
+                cx.err(
+                    l.span(),
+                    format!(
+                        "string length must be 1..={MAX_REGISTERS} registers, not {}",
+                        l.get_ref()
+                    ),
+                );
                 1
             } else {
                 *l.get_ref() as u16
             }
         }
         (None, PointType::String) => {
-            cx.err(kind_span.clone(), "a string point needs `length` (in registers, two characters each)");
+            cx.err(
+                kind_span.clone(),
+                "a string point needs `length` (in registers, two characters each)",
+            );
             1
         }
         (Some(l), _) => {
-            cx.err(l.span(), format!("`length` applies to strings only, not {:?}", kind.as_str()));
+            cx.err(
+                l.span(),
+                format!("`length` applies to strings only, not {:?}", kind.as_str()),
+            );
             kind.registers()
         }
         (None, _) => kind.registers(),
@@ -494,12 +692,21 @@ fn point(cx: &mut Ctx, p: &Spanned<PointSection>, dev_kind: DeviceKind, dev_poll
     let count = int_in(cx, &p.count, 1..=2000, 1, "count") as u16;
     let index_tag = match (&p.index_tag, &p.count) {
         (Some(t), _) if RESERVED_TAGS.contains(&t.get_ref().as_str()) || t.get_ref().is_empty() => {
-            cx.err(t.span(), format!("index_tag {:?} cannot be used: pick a tag name such as \"axis\"", t.get_ref()));
+            cx.err(
+                t.span(),
+                format!(
+                    "index_tag {:?} cannot be used: pick a tag name such as \"axis\"",
+                    t.get_ref()
+                ),
+            );
             None
         }
         (Some(t), Some(_)) => Some(t.get_ref().clone()),
         (Some(t), None) => {
-            cx.err(t.span(), "`index_tag` needs `count` (the number of array elements)");
+            cx.err(
+                t.span(),
+                "`index_tag` needs `count` (the number of array elements)",
+            );
             None
         }
         (None, Some(_)) if count > 1 => Some("index".to_string()),
@@ -511,12 +718,18 @@ fn point(cx: &mut Ctx, p: &Spanned<PointSection>, dev_kind: DeviceKind, dev_poll
         cx.err(address.span(), format!("point {name:?} runs past the end of the address space ({start} + {span_regs} > 65536)"));
     }
     if !table.is_bits() && width > MAX_REGISTERS as u16 {
-        cx.err(kind_span.clone(), "one value cannot be wider than one read request (125 registers)");
+        cx.err(
+            kind_span.clone(),
+            "one value cannot be wider than one read request (125 registers)",
+        );
     }
     let order = p.order.as_ref().map(|o| *o.get_ref()).unwrap_or_default();
     if let Some(o) = &p.order {
         if matches!(kind, PointType::Bool | PointType::String) {
-            cx.err(o.span(), format!("`order` applies to numeric types, not {:?}", kind.as_str()));
+            cx.err(
+                o.span(),
+                format!("`order` applies to numeric types, not {:?}", kind.as_str()),
+            );
         }
     }
     let scale = p.scale.as_ref().map(|s| *s.get_ref()).unwrap_or(1.0);
@@ -526,7 +739,10 @@ fn point(cx: &mut Ctx, p: &Spanned<PointSection>, dev_kind: DeviceKind, dev_poll
             if !v.get_ref().is_finite() {
                 cx.err(v.span(), format!("{what} must be a finite number"));
             } else if matches!(kind, PointType::Bool | PointType::String) {
-                cx.err(v.span(), format!("`{what}` applies to numeric types, not {:?}", kind.as_str()));
+                cx.err(
+                    v.span(),
+                    format!("`{what}` applies to numeric types, not {:?}", kind.as_str()),
+                );
             }
         }
     }
@@ -538,14 +754,20 @@ fn point(cx: &mut Ctx, p: &Spanned<PointSection>, dev_kind: DeviceKind, dev_poll
     let mut enum_labels = Vec::new();
     if let Some(e) = &p.enum_map {
         if !kind.is_integer() {
-            cx.err(e.span(), format!("`enum` needs an integer type, not {:?}", kind.as_str()));
+            cx.err(
+                e.span(),
+                format!("`enum` needs an integer type, not {:?}", kind.as_str()),
+            );
         } else if p.scale.is_some() || p.offset.is_some() {
             cx.err(e.span(), "`enum` cannot be combined with scale or offset");
         }
         for (code, label) in e.get_ref() {
             match code.trim().parse::<i64>() {
                 Ok(c) => enum_labels.push((c, label.clone())),
-                Err(_) => cx.err(e.span(), format!("enum key {code:?} is not an integer code")),
+                Err(_) => cx.err(
+                    e.span(),
+                    format!("enum key {code:?} is not an integer code"),
+                ),
             }
         }
         enum_labels.sort();
@@ -561,7 +783,10 @@ fn point(cx: &mut Ctx, p: &Spanned<PointSection>, dev_kind: DeviceKind, dev_poll
     let mut tags = cx.tags(&p.tags, "point");
     if let Some(t) = &index_tag {
         if tags.iter().any(|(k, _)| k == t) {
-            cx.err(span.clone(), format!("index_tag {t:?} is also one of this point's tags"));
+            cx.err(
+                span.clone(),
+                format!("index_tag {t:?} is also one of this point's tags"),
+            );
         }
         tags.retain(|(k, _)| k != t);
     }

@@ -53,7 +53,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(devices: impl IntoIterator<Item = String>, sinks: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(
+        devices: impl IntoIterator<Item = String>,
+        sinks: impl IntoIterator<Item = String>,
+    ) -> Self {
         Metrics {
             devices: devices
                 .into_iter()
@@ -81,7 +84,12 @@ impl Metrics {
         let mut o = String::new();
         o.push_str("# TYPE linetap_device_up gauge\n");
         for d in &self.devices {
-            let _ = writeln!(o, "linetap_device_up{{device=\"{}\"}} {}", d.name, d.up.load(Relaxed) as u8);
+            let _ = writeln!(
+                o,
+                "linetap_device_up{{device=\"{}\"}} {}",
+                d.name,
+                d.up.load(Relaxed) as u8
+            );
         }
         o.push_str("# TYPE linetap_modbus_requests_total counter\n");
         for d in &self.devices {
@@ -92,20 +100,40 @@ impl Metrics {
                 ("connect_error", &d.requests_connect_error),
                 ("link_error", &d.requests_link_error),
             ] {
-                let _ = writeln!(o, "linetap_modbus_requests_total{{device=\"{}\",result=\"{result}\"}} {}", d.name, v.load(Relaxed));
+                let _ = writeln!(
+                    o,
+                    "linetap_modbus_requests_total{{device=\"{}\",result=\"{result}\"}} {}",
+                    d.name,
+                    v.load(Relaxed)
+                );
             }
         }
         o.push_str("# TYPE linetap_samples_collected_total counter\n");
         for d in &self.devices {
-            let _ = writeln!(o, "linetap_samples_collected_total{{device=\"{}\"}} {}", d.name, d.samples.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "linetap_samples_collected_total{{device=\"{}\"}} {}",
+                d.name,
+                d.samples.load(Relaxed)
+            );
         }
         o.push_str("# TYPE linetap_poll_missed_ticks_total counter\n");
         for d in &self.devices {
-            let _ = writeln!(o, "linetap_poll_missed_ticks_total{{device=\"{}\"}} {}", d.name, d.missed_ticks.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "linetap_poll_missed_ticks_total{{device=\"{}\"}} {}",
+                d.name,
+                d.missed_ticks.load(Relaxed)
+            );
         }
         o.push_str("# TYPE linetap_samples_delivered_total counter\n");
         for s in &self.sinks {
-            let _ = writeln!(o, "linetap_samples_delivered_total{{sink=\"{}\"}} {}", s.name, s.delivered.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "linetap_samples_delivered_total{{sink=\"{}\"}} {}",
+                s.name,
+                s.delivered.load(Relaxed)
+            );
         }
         o.push_str("# TYPE linetap_samples_dropped_total counter\n");
         for s in &self.sinks {
@@ -116,7 +144,12 @@ impl Metrics {
                 ("rejected", &s.dropped_rejected),
                 ("shutdown", &s.dropped_shutdown),
             ] {
-                let _ = writeln!(o, "linetap_samples_dropped_total{{sink=\"{}\",reason=\"{reason}\"}} {}", s.name, v.load(Relaxed));
+                let _ = writeln!(
+                    o,
+                    "linetap_samples_dropped_total{{sink=\"{}\",reason=\"{reason}\"}} {}",
+                    s.name,
+                    v.load(Relaxed)
+                );
             }
         }
         o

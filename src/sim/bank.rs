@@ -30,8 +30,13 @@ impl std::str::FromStr for Fault {
             (Some("silent"), None) => Ok(Fault::Silent),
             (Some("drop"), None) => Ok(Fault::Drop),
             (Some("slow"), Some(d)) => crate::config::units::parse_duration(d).map(Fault::Slow),
-            (Some("exception"), Some(c)) => c.parse::<u8>().map(Fault::Exception).map_err(|_| format!("bad exception code {c:?}")),
-            _ => Err(format!("unknown fault {s:?}: use none | slow DURATION | silent | exception CODE | drop")),
+            (Some("exception"), Some(c)) => c
+                .parse::<u8>()
+                .map(Fault::Exception)
+                .map_err(|_| format!("bad exception code {c:?}")),
+            _ => Err(format!(
+                "unknown fault {s:?}: use none | slow DURATION | silent | exception CODE | drop"
+            )),
         }
     }
 }
@@ -92,13 +97,21 @@ impl Bank {
             let a = s.address as usize;
             match s.table {
                 Table::Holding | Table::Input => {
-                    let regs = if s.table == Table::Holding { &mut self.holding } else { &mut self.input };
+                    let regs = if s.table == Table::Holding {
+                        &mut self.holding
+                    } else {
+                        &mut self.input
+                    };
                     if let Some(slot) = regs.get_mut(a..a + s.width as usize) {
                         s.encode(v, slot);
                     }
                 }
                 Table::Coil | Table::Discrete => {
-                    let bits = if s.table == Table::Coil { &mut self.coils } else { &mut self.discrete };
+                    let bits = if s.table == Table::Coil {
+                        &mut self.coils
+                    } else {
+                        &mut self.discrete
+                    };
                     if let Some(b) = bits.get_mut(a) {
                         *b = v != 0.0;
                     }
@@ -110,20 +123,34 @@ impl Bank {
     /// Answers one request from the bank (reads, and writes for tests and future write support).
     pub fn serve(&mut self, req: &Request<'_>) -> Result<Response, ExceptionCode> {
         fn slice<T: Clone>(v: &[T], a: u16, n: u16) -> Result<Vec<T>, ExceptionCode> {
-            v.get(a as usize..a as usize + n as usize).map(|s| s.to_vec()).ok_or(ExceptionCode::IllegalDataAddress)
+            v.get(a as usize..a as usize + n as usize)
+                .map(|s| s.to_vec())
+                .ok_or(ExceptionCode::IllegalDataAddress)
         }
         match req {
-            Request::ReadHoldingRegisters(a, n) => slice(&self.holding, *a, *n).map(Response::ReadHoldingRegisters),
-            Request::ReadInputRegisters(a, n) => slice(&self.input, *a, *n).map(Response::ReadInputRegisters),
+            Request::ReadHoldingRegisters(a, n) => {
+                slice(&self.holding, *a, *n).map(Response::ReadHoldingRegisters)
+            }
+            Request::ReadInputRegisters(a, n) => {
+                slice(&self.input, *a, *n).map(Response::ReadInputRegisters)
+            }
             Request::ReadCoils(a, n) => slice(&self.coils, *a, *n).map(Response::ReadCoils),
-            Request::ReadDiscreteInputs(a, n) => slice(&self.discrete, *a, *n).map(Response::ReadDiscreteInputs),
+            Request::ReadDiscreteInputs(a, n) => {
+                slice(&self.discrete, *a, *n).map(Response::ReadDiscreteInputs)
+            }
             Request::WriteSingleRegister(a, v) => {
-                let slot = self.holding.get_mut(*a as usize).ok_or(ExceptionCode::IllegalDataAddress)?;
+                let slot = self
+                    .holding
+                    .get_mut(*a as usize)
+                    .ok_or(ExceptionCode::IllegalDataAddress)?;
                 *slot = *v;
                 Ok(Response::WriteSingleRegister(*a, *v))
             }
             Request::WriteMultipleRegisters(a, vs) => {
-                let slots = self.holding.get_mut(*a as usize..*a as usize + vs.len()).ok_or(ExceptionCode::IllegalDataAddress)?;
+                let slots = self
+                    .holding
+                    .get_mut(*a as usize..*a as usize + vs.len())
+                    .ok_or(ExceptionCode::IllegalDataAddress)?;
                 slots.copy_from_slice(vs);
                 Ok(Response::WriteMultipleRegisters(*a, vs.len() as u16))
             }

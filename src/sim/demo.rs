@@ -14,17 +14,24 @@ pub const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
 
 /// The demo config with sinks from the environment added.
 pub fn demo_config() -> Result<Config, String> {
-    let mut cfg = config::parse("configs/demo.toml (embedded)", DEMO_CONFIG).map_err(|e| e.to_string())?;
+    let mut cfg =
+        config::parse("configs/demo.toml (embedded)", DEMO_CONFIG).map_err(|e| e.to_string())?;
     if let Ok(url) = std::env::var("INFLUX_URL") {
         let v1_db = std::env::var("INFLUX_DATABASE").ok();
         cfg.sinks.push(SinkConfig {
             name: "influx".into(),
             kind: SinkKind::Influx(InfluxConfig {
                 url: url.trim_end_matches('/').to_string(),
-                api: if v1_db.is_some() { InfluxApi::V1 } else { InfluxApi::V2 },
+                api: if v1_db.is_some() {
+                    InfluxApi::V1
+                } else {
+                    InfluxApi::V2
+                },
                 org: std::env::var("INFLUX_ORG").unwrap_or_default(),
                 bucket: std::env::var("INFLUX_BUCKET").unwrap_or_else(|_| "linetap".into()),
-                token: std::env::var("INFLUX_TOKEN").ok().map(|_| Secret::Env("INFLUX_TOKEN".into())),
+                token: std::env::var("INFLUX_TOKEN")
+                    .ok()
+                    .map(|_| Secret::Env("INFLUX_TOKEN".into())),
                 database: v1_db.unwrap_or_default(),
                 retention_policy: None,
                 username: None,
@@ -91,13 +98,26 @@ pub async fn run(duration: Option<Duration>) -> i32 {
         loop {
             tick.tick().await;
             let collected = metrics.collected();
-            let up = metrics.devices.iter().filter(|d| d.up.load(Relaxed)).count();
+            let up = metrics
+                .devices
+                .iter()
+                .filter(|d| d.up.load(Relaxed))
+                .count();
             let errors: u64 = metrics
                 .devices
                 .iter()
-                .map(|d| d.requests_timeout.load(Relaxed) + d.requests_exception.load(Relaxed) + d.requests_connect_error.load(Relaxed) + d.requests_link_error.load(Relaxed))
+                .map(|d| {
+                    d.requests_timeout.load(Relaxed)
+                        + d.requests_exception.load(Relaxed)
+                        + d.requests_connect_error.load(Relaxed)
+                        + d.requests_link_error.load(Relaxed)
+                })
                 .sum();
-            let delivered: u64 = metrics.sinks.iter().map(|s| s.delivered.load(Relaxed)).sum();
+            let delivered: u64 = metrics
+                .sinks
+                .iter()
+                .map(|s| s.delivered.load(Relaxed))
+                .sum();
             let dropped: u64 = metrics.sinks.iter().map(|s| s.dropped_total()).sum();
             let line = format!(
                 "{} samples/s | devices up {}/{} | errors {} | delivered {} dropped {} -> {}",
@@ -133,7 +153,11 @@ pub async fn run(duration: Option<Duration>) -> i32 {
     }
     let undelivered = agent.stop().await;
     sim.stop();
-    let delivered: u64 = metrics.sinks.iter().map(|s| s.delivered.load(Relaxed)).sum();
+    let delivered: u64 = metrics
+        .sinks
+        .iter()
+        .map(|s| s.delivered.load(Relaxed))
+        .sum();
     eprintln!("linetap demo: stopped; {delivered} samples delivered, {undelivered} undelivered");
     0
 }

@@ -9,8 +9,8 @@
 
 pub mod bank;
 pub mod demo;
-pub mod signal;
 pub mod server;
+pub mod signal;
 
 pub use bank::Fault;
 pub use server::{SimHandle, Simulator};

@@ -51,19 +51,27 @@ impl Simulator {
             let bank = Arc::new(Mutex::new(Bank::for_device(d)));
             devices.insert(d.id.clone(), bank.clone());
             // Port 0 asks for an ephemeral port: each such device gets a listener of its own.
-            let key = if d.address.ends_with(":0") { format!("{}#{}", d.address, d.id) } else { d.address.clone() };
+            let key = if d.address.ends_with(":0") {
+                format!("{}#{}", d.address, d.id)
+            } else {
+                d.address.clone()
+            };
             by_address.entry(key).or_default().insert(d.unit, bank);
         }
         let mut addresses = HashMap::new();
         let mut tasks = Vec::new();
         for (key, units) in by_address {
             let address = key.split('#').next().unwrap_or(&key).to_string();
-            let listener = TcpListener::bind(&address)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
+            let listener = TcpListener::bind(&address).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {address}: {e}"))
+            })?;
             let local = listener.local_addr()?;
             for d in &config.devices {
-                let dkey = if d.address.ends_with(":0") { format!("{}#{}", d.address, d.id) } else { d.address.clone() };
+                let dkey = if d.address.ends_with(":0") {
+                    format!("{}#{}", d.address, d.id)
+                } else {
+                    d.address.clone()
+                };
                 if dkey == key {
                     addresses.insert(d.id.clone(), local);
                 }
@@ -85,11 +93,26 @@ async fn serve(listener: TcpListener, units: Units, started: Instant) {
         let units = units.clone();
         async move {
             let _ = stream.set_nodelay(true);
-            let service = SimService { units: units.clone(), started };
-            Ok(Some((service, Droppable { inner: stream, units })))
+            let service = SimService {
+                units: units.clone(),
+                started,
+            };
+            Ok(Some((
+                service,
+                Droppable {
+                    inner: stream,
+                    units,
+                },
+            )))
         }
     };
-    if let Err(e) = server.serve(&on_connected, |e| tracing::debug!(error = %e, "simulator connection ended")).await {
+    if let Err(e) = server
+        .serve(
+            &on_connected,
+            |e| tracing::debug!(error = %e, "simulator connection ended"),
+        )
+        .await
+    {
         tracing::warn!(error = %e, "simulator listener stopped");
     }
 }
@@ -136,18 +159,32 @@ struct Droppable {
 }
 
 impl AsyncRead for Droppable {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before && self.units.values().any(|b| lock(b).fault == Fault::Drop) {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "simulated connection drop")));
+        if matches!(r, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && self.units.values().any(|b| lock(b).fault == Fault::Drop)
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "simulated connection drop",
+            )));
         }
         r
     }
 }
 
 impl AsyncWrite for Droppable {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -160,7 +197,9 @@ impl AsyncWrite for Droppable {
 
 impl SimHandle {
     fn bank(&self, device: &str) -> Result<&Arc<Mutex<Bank>>, String> {
-        self.devices.get(device).ok_or_else(|| format!("no simulated device {device:?}"))
+        self.devices
+            .get(device)
+            .ok_or_else(|| format!("no simulated device {device:?}"))
     }
 
     pub fn set_fault(&self, device: &str, fault: Fault) -> Result<(), String> {
@@ -169,19 +208,39 @@ impl SimHandle {
     }
 
     /// Writes exact registers (and freezes the device's motion).
-    pub fn set_registers(&self, device: &str, table: Table, address: u16, words: &[u16]) -> Result<(), String> {
+    pub fn set_registers(
+        &self,
+        device: &str,
+        table: Table,
+        address: u16,
+        words: &[u16],
+    ) -> Result<(), String> {
         if lock(self.bank(device)?).set_registers(table, address, words) {
             Ok(())
         } else {
-            Err(format!("{device}: {} {address}+{} is outside the simulated map", table.as_str(), words.len()))
+            Err(format!(
+                "{device}: {} {address}+{} is outside the simulated map",
+                table.as_str(),
+                words.len()
+            ))
         }
     }
 
-    pub fn set_bits(&self, device: &str, table: Table, address: u16, bits: &[bool]) -> Result<(), String> {
+    pub fn set_bits(
+        &self,
+        device: &str,
+        table: Table,
+        address: u16,
+        bits: &[bool],
+    ) -> Result<(), String> {
         if lock(self.bank(device)?).set_bits(table, address, bits) {
             Ok(())
         } else {
-            Err(format!("{device}: {} {address}+{} is outside the simulated map", table.as_str(), bits.len()))
+            Err(format!(
+                "{device}: {} {address}+{} is outside the simulated map",
+                table.as_str(),
+                bits.len()
+            ))
         }
     }
 

@@ -8,11 +8,24 @@ use std::f64::consts::PI;
 #[derive(Debug, Clone)]
 pub enum Wave {
     /// Joint angle: a smooth back-and-forth trajectory (rad).
-    Trajectory { amplitude: f64, period: f64, phase: f64 },
+    Trajectory {
+        amplitude: f64,
+        period: f64,
+        phase: f64,
+    },
     /// The derivative of a trajectory (rad/s).
-    Speed { amplitude: f64, period: f64, phase: f64 },
+    Speed {
+        amplitude: f64,
+        period: f64,
+        phase: f64,
+    },
     /// Motor current following the motion (A).
-    Current { base: f64, swing: f64, period: f64, phase: f64 },
+    Current {
+        base: f64,
+        swing: f64,
+        period: f64,
+        phase: f64,
+    },
     /// Warms up from `start` towards `end` over `tau` seconds, with a small ripple (°C).
     Temperature { start: f64, end: f64, tau: f64 },
     /// Cycles through enum codes: codes whose label says "run" hold longest.
@@ -24,7 +37,12 @@ pub enum Wave {
     /// A fixed text.
     Text(String),
     /// Anything else: a slow sine around `mid`.
-    Sine { mid: f64, amplitude: f64, period: f64, phase: f64 },
+    Sine {
+        mid: f64,
+        amplitude: f64,
+        period: f64,
+        phase: f64,
+    },
 }
 
 /// One value of the simulated device's register map.
@@ -52,7 +70,12 @@ impl Wave {
                 .iter()
                 .map(|(code, label)| {
                     let l = label.to_ascii_lowercase();
-                    let weight = if l.contains("run") || l.contains("operation") || l.contains("auto") { 20.0 } else { 4.0 };
+                    let weight =
+                        if l.contains("run") || l.contains("operation") || l.contains("auto") {
+                            20.0
+                        } else {
+                            4.0
+                        };
                     (*code, weight)
                 })
                 .collect::<Vec<_>>();
@@ -60,33 +83,75 @@ impl Wave {
             return Wave::States { codes, period };
         }
         match p.kind {
-            PointType::Bool => return Wave::Toggle { period: 10.0 + i, phase },
+            PointType::Bool => {
+                return Wave::Toggle {
+                    period: 10.0 + i,
+                    phase,
+                }
+            }
             PointType::String => return Wave::Text(format!("{device_id}-program")),
             _ => {}
         }
         let has = |w: &str| name.contains(w);
         if has("position") || has("angle") || name == "q" {
-            Wave::Trajectory { amplitude: 1.2, period: 8.0, phase }
+            Wave::Trajectory {
+                amplitude: 1.2,
+                period: 8.0,
+                phase,
+            }
         } else if has("speed") || has("velocity") {
-            Wave::Speed { amplitude: 1.2, period: 8.0, phase }
+            Wave::Speed {
+                amplitude: 1.2,
+                period: 8.0,
+                phase,
+            }
         } else if has("current") || has("torque") || has("load") {
-            Wave::Current { base: 2.0, swing: 1.5, period: 8.0, phase }
+            Wave::Current {
+                base: 2.0,
+                swing: 1.5,
+                period: 8.0,
+                phase,
+            }
         } else if has("temp") {
-            Wave::Temperature { start: 28.0 + i, end: 45.0 + i * 2.0, tau: 900.0 }
+            Wave::Temperature {
+                start: 28.0 + i,
+                end: 45.0 + i * 2.0,
+                tau: 900.0,
+            }
         } else if has("count") || has("cycle") {
             Wave::Counter { every: 12.0 }
         } else {
-            Wave::Sine { mid: 50.0, amplitude: 20.0, period: 30.0, phase }
+            Wave::Sine {
+                mid: 50.0,
+                amplitude: 20.0,
+                period: 30.0,
+                phase,
+            }
         }
     }
 
     /// The engineering value at `t` seconds since the simulation started.
     pub fn value(&self, t: f64) -> f64 {
         match self {
-            Wave::Trajectory { amplitude, period, phase } => amplitude * (2.0 * PI * t / period + phase).sin(),
-            Wave::Speed { amplitude, period, phase } => amplitude * 2.0 * PI / period * (2.0 * PI * t / period + phase).cos(),
-            Wave::Current { base, swing, period, phase } => base + swing * (2.0 * PI * t / period + phase).cos().abs(),
-            Wave::Temperature { start, end, tau } => start + (end - start) * (1.0 - (-t / tau).exp()) + 0.2 * (t / 7.0).sin(),
+            Wave::Trajectory {
+                amplitude,
+                period,
+                phase,
+            } => amplitude * (2.0 * PI * t / period + phase).sin(),
+            Wave::Speed {
+                amplitude,
+                period,
+                phase,
+            } => amplitude * 2.0 * PI / period * (2.0 * PI * t / period + phase).cos(),
+            Wave::Current {
+                base,
+                swing,
+                period,
+                phase,
+            } => base + swing * (2.0 * PI * t / period + phase).cos().abs(),
+            Wave::Temperature { start, end, tau } => {
+                start + (end - start) * (1.0 - (-t / tau).exp()) + 0.2 * (t / 7.0).sin()
+            }
             Wave::States { codes, period } => {
                 let mut at = t.rem_euclid(*period);
                 for (code, hold) in codes {
@@ -98,9 +163,16 @@ impl Wave {
                 codes.first().map(|c| c.0 as f64).unwrap_or(0.0)
             }
             Wave::Counter { every } => (t / every).floor(),
-            Wave::Toggle { period, phase } => ((t / period + phase).rem_euclid(1.0) < 0.5) as u8 as f64,
+            Wave::Toggle { period, phase } => {
+                ((t / period + phase).rem_euclid(1.0) < 0.5) as u8 as f64
+            }
             Wave::Text(_) => 0.0,
-            Wave::Sine { mid, amplitude, period, phase } => mid + amplitude * (2.0 * PI * t / period + phase).sin(),
+            Wave::Sine {
+                mid,
+                amplitude,
+                period,
+                phase,
+            } => mid + amplitude * (2.0 * PI * t / period + phase).sin(),
         }
     }
 }
@@ -129,15 +201,21 @@ impl Signal {
         let mut buf = [0u8; 8];
         let bytes: &[u8] = match self.kind {
             PointType::U16 => {
-                buf[..2].copy_from_slice(&(raw.round().clamp(0.0, u16::MAX as f64) as u16).to_be_bytes());
+                buf[..2].copy_from_slice(
+                    &(raw.round().clamp(0.0, u16::MAX as f64) as u16).to_be_bytes(),
+                );
                 &buf[..2]
             }
             PointType::I16 => {
-                buf[..2].copy_from_slice(&(raw.round().clamp(i16::MIN as f64, i16::MAX as f64) as i16).to_be_bytes());
+                buf[..2].copy_from_slice(
+                    &(raw.round().clamp(i16::MIN as f64, i16::MAX as f64) as i16).to_be_bytes(),
+                );
                 &buf[..2]
             }
             PointType::U32 => {
-                buf[..4].copy_from_slice(&(raw.round().clamp(0.0, u32::MAX as f64) as u32).to_be_bytes());
+                buf[..4].copy_from_slice(
+                    &(raw.round().clamp(0.0, u32::MAX as f64) as u32).to_be_bytes(),
+                );
                 &buf[..4]
             }
             PointType::I32 => {
@@ -179,7 +257,11 @@ impl Signal {
                 return;
             }
         };
-        let order = if bytes.len() == 2 { WordOrder::ABCD } else { self.order };
+        let order = if bytes.len() == 2 {
+            WordOrder::ABCD
+        } else {
+            self.order
+        };
         words_for(bytes, order, regs);
         if bytes.len() == 2 && matches!(self.order, WordOrder::BADC | WordOrder::DCBA) {
             if let Some(r) = regs.first_mut() {

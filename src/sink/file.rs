@@ -35,7 +35,11 @@ impl FileWriter {
                 tokio::fs::create_dir_all(dir).await?;
             }
         }
-        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.cfg.path).await?;
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.cfg.path)
+            .await?;
         self.size = file.metadata().await?.len();
         self.file = Some(file);
         Ok(())

@@ -30,7 +30,10 @@ pub struct InfluxWriter {
 /// What one HTTP attempt came to.
 enum Attempt {
     Ok,
-    Retry { reason: String, after: Option<Duration> },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
     TooLarge,
     Reject(String),
 }
@@ -57,7 +60,8 @@ impl InfluxWriter {
             InfluxApi::V1 => {
                 {
                     let mut q = url.query_pairs_mut();
-                    q.append_pair("db", &cfg.database).append_pair("precision", "n");
+                    q.append_pair("db", &cfg.database)
+                        .append_pair("precision", "n");
                     if let Some(rp) = &cfg.retention_policy {
                         q.append_pair("rp", rp);
                     }
@@ -72,12 +76,16 @@ impl InfluxWriter {
             }
         };
         let auth = auth
-            .map(|a| HeaderValue::from_str(&a).map(|mut h| {
-                h.set_sensitive(true);
-                h
-            }))
+            .map(|a| {
+                HeaderValue::from_str(&a).map(|mut h| {
+                    h.set_sensitive(true);
+                    h
+                })
+            })
             .transpose()
-            .map_err(|_| "the credentials contain characters not allowed in an HTTP header".to_string())?;
+            .map_err(|_| {
+                "the credentials contain characters not allowed in an HTTP header".to_string()
+            })?;
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
@@ -131,7 +139,10 @@ impl InfluxWriter {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
         let text = resp.text().await.unwrap_or_default();
-        let reason = format!("HTTP {status}: {}", text.trim().chars().take(300).collect::<String>());
+        let reason = format!(
+            "HTTP {status}: {}",
+            text.trim().chars().take(300).collect::<String>()
+        );
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             Attempt::TooLarge
         } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -200,7 +211,10 @@ impl Writer for InfluxWriter {
 /// Where to cut a body of several lines into two halves at a line boundary.
 fn split_point(body: &[u8]) -> Option<usize> {
     let mid = body.len() / 2;
-    let after = body[mid..].iter().position(|&b| b == b'\n').map(|i| mid + i + 1);
+    let after = body[mid..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| mid + i + 1);
     let before = body[..mid].iter().rposition(|&b| b == b'\n').map(|i| i + 1);
     [after, before]
         .into_iter()
@@ -224,7 +238,11 @@ fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {

@@ -99,7 +99,12 @@ impl LineEncoder {
                     tags.push(("device", &d.name));
                     tags.push(("kind", &d.kind));
                 }
-                for t in catalog.tags.iter().chain(dev.iter().flat_map(|d| d.tags.iter())).chain(p.tags.iter()) {
+                for t in catalog
+                    .tags
+                    .iter()
+                    .chain(dev.iter().flat_map(|d| d.tags.iter()))
+                    .chain(p.tags.iter())
+                {
                     // Later (more specific) tags override earlier ones with the same key.
                     tags.retain(|(k, _)| *k != t.key);
                     tags.push((&t.key, &t.value));
@@ -211,7 +216,10 @@ mod tests {
         Catalog {
             line: "weld-a".into(),
             site: "plant-2".into(),
-            tags: vec![Tag { key: "workshop".into(), value: "ws 3".into() }],
+            tags: vec![Tag {
+                key: "workshop".into(),
+                value: "ws 3".into(),
+            }],
             devices: vec![DeviceDescriptor {
                 id: 0,
                 name: "robot-01".into(),
@@ -225,7 +233,10 @@ mod tests {
                     device: 0,
                     measurement: "joint".into(),
                     name: "temperature".into(),
-                    tags: vec![Tag { key: "axis".into(), value: "2".into() }],
+                    tags: vec![Tag {
+                        key: "axis".into(),
+                        value: "2".into(),
+                    }],
                     data_type: DataType::Uint16 as i32,
                     ..Default::default()
                 },
@@ -236,8 +247,14 @@ mod tests {
                     name: "state".into(),
                     data_type: DataType::Uint16 as i32,
                     enum_labels: vec![
-                        EnumLabel { code: 0, label: "idle".into() },
-                        EnumLabel { code: 1, label: "run \"ok\"".into() },
+                        EnumLabel {
+                            code: 0,
+                            label: "idle".into(),
+                        },
+                        EnumLabel {
+                            code: 1,
+                            label: "run \"ok\"".into(),
+                        },
                     ],
                     ..Default::default()
                 },
@@ -254,7 +271,12 @@ mod tests {
     }
 
     fn sample(point: u32, value: Value) -> Sample {
-        Sample { point, timestamp_ns: 1795785404087000000, quality: 0, value: Some(value) }
+        Sample {
+            point,
+            timestamp_ns: 1795785404087000000,
+            quality: 0,
+            value: Some(value),
+        }
     }
 
     #[test]
@@ -282,7 +304,14 @@ mod tests {
              robot\\,x,cell=cell-3,device=robot-01,kind=robot,line=weld-a,site=plant-2,workshop=ws\\ 3 state=9i,state_label=\"unknown\" 1795785404087000000\n\
              robot,cell=cell-3,device=robot-01,kind=robot,line=weld-a,site=plant-2,workshop=ws\\ 3 speed\\=x=1.5 1795785404087000000\n"
         );
-        assert_eq!(skipped, Skipped { not_finite: 1, out_of_range: 0, unknown_point: 1 });
+        assert_eq!(
+            skipped,
+            Skipped {
+                not_finite: 1,
+                out_of_range: 0,
+                unknown_point: 1
+            }
+        );
     }
 
     #[test]

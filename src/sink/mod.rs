@@ -67,7 +67,12 @@ impl RetryCtl {
 /// Delivers line-protocol bodies somewhere.
 pub trait Writer {
     /// Writes `body` (`lines` complete lines), retrying as the destination warrants.
-    fn write(&mut self, body: &[u8], lines: usize, retry: &mut RetryCtl) -> impl std::future::Future<Output = Outcome>;
+    fn write(
+        &mut self,
+        body: &[u8],
+        lines: usize,
+        retry: &mut RetryCtl,
+    ) -> impl std::future::Future<Output = Outcome>;
 }
 
 /// The settings of the common sink loop.
@@ -77,7 +82,14 @@ pub struct SinkLoop {
     pub grace: Duration,
 }
 
-pub async fn run<W: Writer>(mut writer: W, settings: SinkLoop, catalog: &Catalog, mut rx: BatchRx, metrics: Arc<SinkMetricsRef>, mut shutdown: Shutdown) {
+pub async fn run<W: Writer>(
+    mut writer: W,
+    settings: SinkLoop,
+    catalog: &Catalog,
+    mut rx: BatchRx,
+    metrics: Arc<SinkMetricsRef>,
+    mut shutdown: Shutdown,
+) {
     let encoder = LineEncoder::new(catalog);
     let m = metrics.get();
     let mut body: Vec<u8> = Vec::with_capacity(settings.batch_size * 128);
@@ -133,18 +145,26 @@ pub async fn run<W: Writer>(mut writer: W, settings: SinkLoop, catalog: &Catalog
 fn account_skipped(m: &SinkMetrics, skipped: &mut Skipped) {
     if skipped.total() > 0 {
         m.dropped_not_finite.fetch_add(skipped.not_finite, Relaxed);
-        m.dropped_out_of_range.fetch_add(skipped.out_of_range + skipped.unknown_point, Relaxed);
+        m.dropped_out_of_range
+            .fetch_add(skipped.out_of_range + skipped.unknown_point, Relaxed);
         *skipped = Skipped::default();
     }
 }
 
-async fn flush<W: Writer>(writer: &mut W, body: &mut Vec<u8>, lines: &mut usize, m: &SinkMetrics, retry: &mut RetryCtl) {
+async fn flush<W: Writer>(
+    writer: &mut W,
+    body: &mut Vec<u8>,
+    lines: &mut usize,
+    m: &SinkMetrics,
+    retry: &mut RetryCtl,
+) {
     if *lines == 0 {
         return;
     }
     let started = Instant::now();
     let outcome = writer.write(body, *lines, retry).await;
-    m.write_micros.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+    m.write_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
     m.requests.fetch_add(1, Relaxed);
     match outcome {
         Outcome::Delivered => {

@@ -106,7 +106,10 @@ mod tests {
                 WordOrder::ABCD => (bytes[2 * i], bytes[2 * i + 1]),
                 WordOrder::BADC => (bytes[2 * i + 1], bytes[2 * i]),
                 WordOrder::CDAB => (bytes[2 * (n - 1 - i)], bytes[2 * (n - 1 - i) + 1]),
-                WordOrder::DCBA => (bytes[bytes.len() - 1 - 2 * i], bytes[bytes.len() - 2 - 2 * i]),
+                WordOrder::DCBA => (
+                    bytes[bytes.len() - 1 - 2 * i],
+                    bytes[bytes.len() - 2 - 2 * i],
+                ),
             };
             regs.push(u16::from_be_bytes([hi, lo]));
         }
@@ -140,13 +143,25 @@ mod tests {
     fn known_examples() {
         // 0x11223344 in the four orders, as the registers show them.
         let f = field(PointType::U32, WordOrder::ABCD, 2);
-        assert_eq!(decode_field(&[0x1122, 0x3344], &f), Some(Value::IntValue(0x11223344)));
+        assert_eq!(
+            decode_field(&[0x1122, 0x3344], &f),
+            Some(Value::IntValue(0x11223344))
+        );
         let f = field(PointType::U32, WordOrder::CDAB, 2);
-        assert_eq!(decode_field(&[0x3344, 0x1122], &f), Some(Value::IntValue(0x11223344)));
+        assert_eq!(
+            decode_field(&[0x3344, 0x1122], &f),
+            Some(Value::IntValue(0x11223344))
+        );
         let f = field(PointType::U32, WordOrder::BADC, 2);
-        assert_eq!(decode_field(&[0x2211, 0x4433], &f), Some(Value::IntValue(0x11223344)));
+        assert_eq!(
+            decode_field(&[0x2211, 0x4433], &f),
+            Some(Value::IntValue(0x11223344))
+        );
         let f = field(PointType::U32, WordOrder::DCBA, 2);
-        assert_eq!(decode_field(&[0x4433, 0x2211], &f), Some(Value::IntValue(0x11223344)));
+        assert_eq!(
+            decode_field(&[0x4433, 0x2211], &f),
+            Some(Value::IntValue(0x11223344))
+        );
         // 64-bit CDAB: the four words in reverse order (GH EF CD AB).
         let f = field(PointType::U64, WordOrder::CDAB, 4);
         assert_eq!(
@@ -154,7 +169,10 @@ mod tests {
             Some(Value::UintValue(0x1122334455667788))
         );
         let f = field(PointType::F32, WordOrder::ABCD, 2);
-        assert_eq!(decode_field(&[0x4049, 0x0fdb], &f), Some(Value::DoubleValue(std::f32::consts::PI as f64)));
+        assert_eq!(
+            decode_field(&[0x4049, 0x0fdb], &f),
+            Some(Value::DoubleValue(std::f32::consts::PI as f64))
+        );
         let f = field(PointType::I16, WordOrder::ABCD, 1);
         assert_eq!(decode_field(&[0xfffe], &f), Some(Value::IntValue(-2)));
     }
@@ -167,12 +185,18 @@ mod tests {
         f.bit = Some(0);
         assert_eq!(decode_field(&[0x8000], &f), Some(Value::BoolValue(false)));
         let f = field(PointType::String, WordOrder::ABCD, 3);
-        assert_eq!(decode_field(&[0x5552, 0x3500, 0x0000], &f), Some(Value::StringValue("UR5".into())));
+        assert_eq!(
+            decode_field(&[0x5552, 0x3500, 0x0000], &f),
+            Some(Value::StringValue("UR5".into()))
+        );
         let mut f = field(PointType::I16, WordOrder::ABCD, 1);
         f.scale = 0.1;
         f.add = -40.0;
         f.scaled = true;
-        assert_eq!(decode_field(&[650], &f), Some(Value::DoubleValue(650.0 * 0.1 - 40.0)));
+        assert_eq!(
+            decode_field(&[650], &f),
+            Some(Value::DoubleValue(650.0 * 0.1 - 40.0))
+        );
         // A short response is reported, not a panic.
         let f = field(PointType::F64, WordOrder::ABCD, 4);
         assert_eq!(decode_field(&[1, 2], &f), None);

@@ -164,7 +164,13 @@ mod tests {
             .iter()
             .flat_map(|g| {
                 g.requests.iter().map(move |r| {
-                    (g.interval.as_millis() as u64, r.table, r.start, r.count, r.fields.len())
+                    (
+                        g.interval.as_millis() as u64,
+                        r.table,
+                        r.start,
+                        r.count,
+                        r.fields.len(),
+                    )
                 })
             })
             .collect()
@@ -179,7 +185,13 @@ mod tests {
             "max_gap=16",
         );
         let g = plan_reads(&d, &ids(&d));
-        assert_eq!(shape(&g), vec![(1000, Table::Holding, 0, 12, 2), (1000, Table::Holding, 40, 1, 1)]);
+        assert_eq!(
+            shape(&g),
+            vec![
+                (1000, Table::Holding, 0, 12, 2),
+                (1000, Table::Holding, 40, 1, 1)
+            ]
+        );
         assert_eq!(g[0].requests[0].fields[1].offset, 10);
     }
 
@@ -229,7 +241,11 @@ mod tests {
         let g = plan_reads(&d, &ids(&d));
         assert_eq!(
             shape(&g),
-            vec![(1000, Table::Holding, 0, 4, 4), (1000, Table::Holding, 4, 4, 4), (1000, Table::Holding, 8, 2, 2)]
+            vec![
+                (1000, Table::Holding, 0, 4, 4),
+                (1000, Table::Holding, 4, 4, 4),
+                (1000, Table::Holding, 8, 2, 2)
+            ]
         );
     }
 }

@@ -67,7 +67,13 @@ struct DeviceState {
     logged: Option<String>,
 }
 
-pub async fn run(mut link: TcpLink, devices: Vec<DevicePlan>, fanout: Fanout, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
+pub async fn run(
+    mut link: TcpLink,
+    devices: Vec<DevicePlan>,
+    fanout: Fanout,
+    metrics: Arc<Metrics>,
+    mut shutdown: Shutdown,
+) {
     let start = Instant::now();
     let mut slots = Vec::new();
     for (d, dev) in devices.iter().enumerate() {
@@ -80,7 +86,8 @@ pub async fn run(mut link: TcpLink, devices: Vec<DevicePlan>, fanout: Fanout, me
                     next: start,
                     interval: group.interval,
                 },
-                primary: Some(group.interval) == fastest && !slots.iter().any(|s: &Slot| s.device == d && s.primary),
+                primary: Some(group.interval) == fastest
+                    && !slots.iter().any(|s: &Slot| s.device == d && s.primary),
             });
         }
     }
@@ -99,7 +106,9 @@ pub async fn run(mut link: TcpLink, devices: Vec<DevicePlan>, fanout: Fanout, me
         return;
     }
     loop {
-        let Some(i) = (0..slots.len()).min_by_key(|&i| slots[i].schedule.next) else { return };
+        let Some(i) = (0..slots.len()).min_by_key(|&i| slots[i].schedule.next) else {
+            return;
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(slots[i].schedule.next) => {}
             _ = shutdown.recv() => return,
@@ -112,11 +121,16 @@ pub async fn run(mut link: TcpLink, devices: Vec<DevicePlan>, fanout: Fanout, me
         let mut batch = SampleBatch {
             device: dev.device,
             seq: 0,
-            samples: Vec::with_capacity(group.requests.iter().map(|r| r.fields.len()).sum::<usize>() + 4),
+            samples: Vec::with_capacity(
+                group.requests.iter().map(|r| r.fields.len()).sum::<usize>() + 4,
+            ),
         };
         let cycle_start = Instant::now();
         for req in &group.requests {
-            match link.read(dev.unit, req.table, req.start, req.count, dev.timeout).await {
+            match link
+                .read(dev.unit, req.table, req.start, req.count, dev.timeout)
+                .await
+            {
                 Ok(words) => {
                     dm.requests_ok.fetch_add(1, Relaxed);
                     let ts = now_ns();
@@ -131,7 +145,13 @@ pub async fn run(mut link: TcpLink, devices: Vec<DevicePlan>, fanout: Fanout, me
                     st.errors += 1;
                     st.cycle_ok = false;
                     count_error(dm, &e);
-                    let reason = format!("{} {} {}+{}: {e}", link.address(), req.table.as_str(), req.start, req.count);
+                    let reason = format!(
+                        "{} {} {}+{}: {e}",
+                        link.address(),
+                        req.table.as_str(),
+                        req.start,
+                        req.count
+                    );
                     note_error(st, dm, &dev.name, reason);
                     if !matches!(e, ReadError::Exception(_)) {
                         // The link is down; the rest of this group would fail the same way.
@@ -142,7 +162,8 @@ pub async fn run(mut link: TcpLink, devices: Vec<DevicePlan>, fanout: Fanout, me
         }
         st.cycle_latency += cycle_start.elapsed();
         dm.polls.fetch_add(1, Relaxed);
-        dm.poll_micros.fetch_add(cycle_start.elapsed().as_micros() as u64, Relaxed);
+        dm.poll_micros
+            .fetch_add(cycle_start.elapsed().as_micros() as u64, Relaxed);
         if slot.primary {
             let ts = now_ns();
             let h = dev.health;
@@ -160,9 +181,17 @@ pub async fn run(mut link: TcpLink, devices: Vec<DevicePlan>, fanout: Fanout, me
                 })
             };
             push(&mut batch.samples, h.up, Value::BoolValue(up));
-            push(&mut batch.samples, h.latency_ms, Value::DoubleValue(st.cycle_latency.as_secs_f64() * 1000.0));
+            push(
+                &mut batch.samples,
+                h.latency_ms,
+                Value::DoubleValue(st.cycle_latency.as_secs_f64() * 1000.0),
+            );
             push(&mut batch.samples, h.errors, Value::UintValue(st.errors));
-            let last = if up { String::new() } else { st.last_error.take().unwrap_or_default() };
+            let last = if up {
+                String::new()
+            } else {
+                st.last_error.take().unwrap_or_default()
+            };
             push(&mut batch.samples, h.last_error, Value::StringValue(last));
             st.cycle_ok = true;
             st.cycle_latency = Duration::ZERO;
@@ -198,8 +227,21 @@ fn note_error(st: &mut DeviceState, _dm: &DeviceMetrics, device: &str, reason: S
 }
 
 /// Decodes every field of one response into samples stamped `ts`.
-fn decode_into(req: &ReadRequest, words: &Words, ts: i64, out: &mut Vec<Sample>) -> Result<(), String> {
-    let short = |got: usize| format!("{} {}+{}: short response ({got} of {})", req.table.as_str(), req.start, req.count, req.count);
+fn decode_into(
+    req: &ReadRequest,
+    words: &Words,
+    ts: i64,
+    out: &mut Vec<Sample>,
+) -> Result<(), String> {
+    let short = |got: usize| {
+        format!(
+            "{} {}+{}: short response ({got} of {})",
+            req.table.as_str(),
+            req.start,
+            req.count,
+            req.count
+        )
+    };
     match words {
         Words::Registers(regs) => {
             if regs.len() < req.count as usize {
@@ -224,7 +266,9 @@ fn decode_into(req: &ReadRequest, words: &Words, ts: i64, out: &mut Vec<Sample>)
                     point: f.point,
                     timestamp_ns: ts,
                     quality: Quality::Good as i32,
-                    value: Some(Value::BoolValue(bits.get(f.offset as usize).copied().unwrap_or(false))),
+                    value: Some(Value::BoolValue(
+                        bits.get(f.offset as usize).copied().unwrap_or(false),
+                    )),
                 });
             }
         }
@@ -240,7 +284,10 @@ mod tests {
     fn schedule_skips_missed_ticks_without_drift() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut s = Schedule { next: t0, interval: ms(100) };
+        let mut s = Schedule {
+            next: t0,
+            interval: ms(100),
+        };
         // On time: the next deadline is exactly one interval on.
         assert_eq!(s.advance(t0 + ms(5)), 0);
         assert_eq!(s.next, t0 + ms(100));
@@ -249,7 +296,10 @@ mod tests {
         assert_eq!(s.advance(t0 + ms(450)), 3);
         assert_eq!(s.next, t0 + ms(500));
         // Exactly on a deadline counts it as missed (it can no longer be served on time).
-        let mut s = Schedule { next: t0, interval: ms(100) };
+        let mut s = Schedule {
+            next: t0,
+            interval: ms(100),
+        };
         assert_eq!(s.advance(t0 + ms(100)), 1);
         assert_eq!(s.next, t0 + ms(200));
     }

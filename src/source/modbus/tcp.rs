@@ -116,7 +116,8 @@ impl TcpLink {
                 return Err(ReadError::Connect(reason.clone()));
             }
         }
-        let attempt = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address)).await;
+        let attempt =
+            tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.address)).await;
         let stream = match attempt {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(self.connect_failed(e.to_string())),
@@ -125,7 +126,9 @@ impl TcpLink {
         // Nagle + delayed ACK would cap a request/response loop near 20-40 ms per request.
         let _ = stream.set_nodelay(true);
         self.retry_at = None;
-        Ok(self.ctx.insert(tokio_modbus::client::tcp::attach_slave(stream, Slave(1))))
+        Ok(self
+            .ctx
+            .insert(tokio_modbus::client::tcp::attach_slave(stream, Slave(1))))
     }
 
     fn connect_failed(&mut self, reason: String) -> ReadError {
@@ -141,7 +144,14 @@ impl TcpLink {
     }
 
     /// Reads `count` registers or bits of `table` at `start` from `unit`, within `timeout`.
-    pub async fn read(&mut self, unit: u8, table: Table, start: u16, count: u16, timeout: Duration) -> Result<Words, ReadError> {
+    pub async fn read(
+        &mut self,
+        unit: u8,
+        table: Table,
+        start: u16,
+        count: u16,
+        timeout: Duration,
+    ) -> Result<Words, ReadError> {
         let deadline = Instant::now() + timeout;
         let ctx = match self.ctx.as_mut() {
             Some(ctx) => ctx,
@@ -150,10 +160,22 @@ impl TcpLink {
         ctx.set_slave(Slave(unit));
         let request = async {
             match table {
-                Table::Holding => ctx.read_holding_registers(start, count).await.map(|r| r.map(Words::Registers)),
-                Table::Input => ctx.read_input_registers(start, count).await.map(|r| r.map(Words::Registers)),
-                Table::Coil => ctx.read_coils(start, count).await.map(|r| r.map(Words::Bits)),
-                Table::Discrete => ctx.read_discrete_inputs(start, count).await.map(|r| r.map(Words::Bits)),
+                Table::Holding => ctx
+                    .read_holding_registers(start, count)
+                    .await
+                    .map(|r| r.map(Words::Registers)),
+                Table::Input => ctx
+                    .read_input_registers(start, count)
+                    .await
+                    .map(|r| r.map(Words::Registers)),
+                Table::Coil => ctx
+                    .read_coils(start, count)
+                    .await
+                    .map(|r| r.map(Words::Bits)),
+                Table::Discrete => ctx
+                    .read_discrete_inputs(start, count)
+                    .await
+                    .map(|r| r.map(Words::Bits)),
             }
         };
         let result = match tokio::time::timeout_at(deadline, request).await {

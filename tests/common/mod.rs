@@ -1,0 +1,328 @@
+//! Test harness: real VictoriaMetrics and InfluxDB 1.x servers on ephemeral loopback ports,
+//! the agent binary as a child process, and small HTTP helpers. Every server is stopped and
+//! its data directory removed when its handle drops.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Finds a server binary, or explains how to install it.
+fn binary(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: run `apt-get install -y victoria-metrics influxdb` (the tests need the real servers)");
+}
+
+fn wait_http_ok(url: &str, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = http::Client::new();
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited at start-up: {status}");
+        }
+        if client.get_ok(url) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not become ready at {url}");
+}
+
+/// Minimal blocking HTTP over std, so the harness needs no extra client crate.
+pub mod http {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    pub struct Client;
+
+    pub struct Reply {
+        pub status: u16,
+        pub body: String,
+    }
+
+    impl Client {
+        pub fn new() -> Self {
+            Client
+        }
+        pub fn get_ok(&self, url: &str) -> bool {
+            request("GET", url, None)
+                .map(|r| (200..300).contains(&r.status))
+                .unwrap_or(false)
+        }
+    }
+
+    fn split(url: &str) -> (String, String) {
+        let rest = url.strip_prefix("http://").expect("http:// url");
+        let (host, path) = rest
+            .split_once('/')
+            .map(|(h, p)| (h, format!("/{p}")))
+            .unwrap_or((rest, "/".into()));
+        (host.to_string(), path)
+    }
+
+    /// One HTTP/1.0 request; returns status and body.
+    pub fn request(method: &str, url: &str, body: Option<&str>) -> std::io::Result<Reply> {
+        let (host, path) = split(url);
+        let mut s = TcpStream::connect(&host)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let body = body.unwrap_or("");
+        write!(
+                s,
+                "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok(Reply {
+            status,
+            body: body.to_string(),
+        })
+    }
+}
+
+pub use self::http::request;
+
+/// Percent-encodes a query parameter value.
+pub fn enc(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+pub struct VictoriaMetrics {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl VictoriaMetrics {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut child = Command::new(binary("victoria-metrics"))
+            .arg(format!("-storageDataPath={}", dir.path().display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg("-retentionPeriod=100y")
+            .arg("-search.disableCache")
+            .arg("-search.latencyOffset=0s")
+            .arg("-loggerLevel=ERROR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start victoria-metrics");
+        let url = format!("http://127.0.0.1:{port}");
+        wait_http_ok(&format!("{url}/health"), "victoria-metrics", &mut child);
+        VictoriaMetrics {
+            child,
+            _dir: dir,
+            url,
+        }
+    }
+
+    /// Every sample of the series matching `selector` (e.g. `{__name__="joint_position"}`),
+    /// as (labels, values, timestamps_ms) per series.
+    pub fn export(
+        &self,
+        selector: &str,
+    ) -> Vec<(
+        serde_json::Map<String, serde_json::Value>,
+        Vec<f64>,
+        Vec<i64>,
+    )> {
+        let _ = request("GET", &format!("{}/internal/force_flush", self.url), None);
+        let r = request(
+            "GET",
+            &format!("{}/api/v1/export?match[]={}", self.url, enc(selector)),
+            None,
+        )
+        .expect("export");
+        assert_eq!(r.status, 200, "export failed: {}", r.body);
+        r.body
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("export json line");
+                let labels = v["metric"].as_object().cloned().unwrap_or_default();
+                let values = v["values"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                    .unwrap_or_default();
+                let ts = v["timestamps"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_i64()).collect())
+                    .unwrap_or_default();
+                (labels, values, ts)
+            })
+            .collect()
+    }
+}
+
+impl Drop for VictoriaMetrics {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Influx1 {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Influx1 {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http = free_port();
+        let rpc = free_port();
+        let d = dir.path().display();
+        let conf = format!(
+            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\ndir = \"{d}/meta\"\n[data]\ndir = \"{d}/data\"\nwal-dir = \"{d}/wal\"\nquery-log-enabled = false\n[monitor]\nstore-enabled = false\n[http]\nbind-address = \"127.0.0.1:{http}\"\nlog-enabled = false\n[logging]\nlevel = \"error\"\n"
+        );
+        let conf_path = dir.path().join("influxdb.conf");
+        std::fs::write(&conf_path, conf).expect("write influxdb.conf");
+        let mut child = Command::new(binary("influxd"))
+            .arg("-config")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start influxd");
+        let url = format!("http://127.0.0.1:{http}");
+        wait_http_ok(&format!("{url}/ping"), "influxd", &mut child);
+        Influx1 {
+            child,
+            _dir: dir,
+            url,
+        }
+    }
+
+    pub fn query(&self, db: &str, q: &str) -> serde_json::Value {
+        let r = request(
+            "POST",
+            &format!("{}/query?db={}&epoch=ns", self.url, enc(db)),
+            Some(&format!("q={}", enc(q))),
+        )
+        .expect("query");
+        assert_eq!(r.status, 200, "query {q:?} failed: {}", r.body);
+        serde_json::from_str(&r.body).expect("query json")
+    }
+}
+
+impl Drop for Influx1 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent binary running `linetap run --config FILE`; SIGTERM on `stop`, kill on drop.
+pub struct AgentProcess {
+    child: Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl AgentProcess {
+    pub fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_linetap"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("LINETAP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start linetap");
+        // Drain stderr on a thread so a chatty agent never blocks on a full pipe.
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(mut pipe) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        AgentProcess { child, stderr }
+    }
+
+    /// SIGTERM, wait, and return (exit code, stderr).
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let code = self.child.wait().ok().and_then(|s| s.code());
+        std::thread::sleep(Duration::from_millis(100));
+        (code, self.stderr())
+    }
+
+    /// What the agent has logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
