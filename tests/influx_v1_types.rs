@@ -120,7 +120,7 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
     expected.insert("u16".into(), J::from(54321));
     expected.insert("i16".into(), J::from(-1234));
     expected.insert("model".into(), J::from("UR10e"));
-    expected.insert("temp".into(), J::from(650.0 * 0.1 + -40.0));
+    expected.insert("temp".into(), J::from(25.0));
     expected.insert("state".into(), J::from(3));
     expected.insert("state_label".into(), J::from("running"));
     expected.insert("estop".into(), J::from(true));

@@ -21,7 +21,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let value: f64 = num
         .parse()
         .map_err(|_| format!("duration {s:?}: {num:?} is not a number"))?;
-    let scale_ms = match unit {
+    let scale_ms = match unit.trim_start() {
         "ms" => 1.0,
         "s" => 1_000.0,
         "m" => 60_000.0,
@@ -132,6 +132,7 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("10").is_err());
+        assert_eq!(parse_duration("10 s").unwrap(), Duration::from_secs(10));
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("ms").is_err());
     }

@@ -65,6 +65,7 @@ impl Ctx<'_> {
         s: &Option<Spanned<String>>,
         parent: Range<usize>,
         what: &str,
+        table: &str,
     ) -> String {
         match s {
             Some(v) if !v.get_ref().trim().is_empty() => v.get_ref().clone(),
@@ -73,7 +74,7 @@ impl Ctx<'_> {
                 String::new()
             }
             None => {
-                self.err(parent, format!("missing required key `{what}`"));
+                self.err(parent, format!("{table} needs `{what}`"));
                 String::new()
             }
         }
@@ -117,7 +118,7 @@ fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
             let span = l.span();
             let l = l.get_ref();
             LineConfig {
-                id: cx.non_empty(&l.id, span.clone(), "id"),
+                id: cx.non_empty(&l.id, span.clone(), "id", "[line]"),
                 site: l.site.as_ref().map(|s| s.get_ref().clone()),
                 tags: cx.tags(&l.tags, "line"),
             }
@@ -445,7 +446,7 @@ fn int_in(
 fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
     let span = d.span();
     let d = d.get_ref();
-    let id = cx.non_empty(&d.id, span.clone(), "id");
+    let id = cx.non_empty(&d.id, span.clone(), "id", "[[devices]]");
     let kind = d
         .kind
         .as_ref()
@@ -523,7 +524,9 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
     let tags = cx.tags(&d.tags, "device");
 
     let mut points = Vec::new();
-    let mut names: HashSet<(String, String, Vec<(String, String)>)> = HashSet::new();
+    // (measurement, field, tags): two points may not write the same field of the same series.
+    type SeriesField = (String, String, Vec<(String, String)>);
+    let mut names: HashSet<SeriesField> = HashSet::new();
     // Register ranges taken by non-bit points, per table, to find overlaps.
     let mut taken: BTreeMap<Table, Vec<(u32, u32, String)>> = BTreeMap::new();
     for p in &d.points {
@@ -595,7 +598,7 @@ fn point(
     let span = p.span();
     let p = p.get_ref();
     let errors_before = cx.errors.len();
-    let name = cx.non_empty(&p.name, span.clone(), "name");
+    let name = cx.non_empty(&p.name, span.clone(), "name", "[[devices.points]]");
     let table = p
         .table
         .as_ref()

@@ -40,12 +40,12 @@ pub struct LineEncoder {
 
 /// Escapes a measurement name (commas and spaces).
 pub fn escape_measurement(s: &str, out: &mut Vec<u8>) {
-    escape(s, &[b',', b' '], out)
+    escape(s, b", ", out)
 }
 
 /// Escapes a tag key, tag value or field key (commas, equals signs and spaces).
 pub fn escape_key(s: &str, out: &mut Vec<u8>) {
-    escape(s, &[b',', b'=', b' '], out)
+    escape(s, b",= ", out)
 }
 
 fn escape(s: &str, special: &[u8], out: &mut Vec<u8>) {

@@ -116,6 +116,13 @@ pub fn enc(s: &str) -> String {
     o
 }
 
+/// One exported series: labels, values, timestamps in ms.
+pub type Series = (
+    serde_json::Map<String, serde_json::Value>,
+    Vec<f64>,
+    Vec<i64>,
+);
+
 pub struct VictoriaMetrics {
     child: Child,
     _dir: tempfile::TempDir,
@@ -148,14 +155,7 @@ impl VictoriaMetrics {
 
     /// Every sample of the series matching `selector` (e.g. `{__name__="joint_position"}`),
     /// as (labels, values, timestamps_ms) per series.
-    pub fn export(
-        &self,
-        selector: &str,
-    ) -> Vec<(
-        serde_json::Map<String, serde_json::Value>,
-        Vec<f64>,
-        Vec<i64>,
-    )> {
+    pub fn export(&self, selector: &str) -> Vec<Series> {
         let _ = request("GET", &format!("{}/internal/force_flush", self.url), None);
         let r = request(
             "GET",

@@ -49,7 +49,13 @@ pub fn decode_field(words: &[u16], f: &Field) -> Option<Value> {
         PointType::F64 => Num::Float(f64::from_bits(combine(raw, f.order))),
     };
     Some(if f.scaled {
-        Value::DoubleValue(value.as_f64() * f.scale + f.add)
+        let x = value.as_f64();
+        let scaled = if f.divisor != 0.0 {
+            x / f.divisor
+        } else {
+            x * f.scale
+        };
+        Value::DoubleValue(scaled + f.add)
     } else {
         match value {
             Num::Int(i) => Value::IntValue(i),
@@ -125,6 +131,7 @@ mod tests {
             bit: None,
             width,
             scale: 1.0,
+            divisor: 0.0,
             add: 0.0,
             scaled: false,
         }

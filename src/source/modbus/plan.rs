@@ -21,8 +21,24 @@ pub struct Field {
     /// Registers the value spans.
     pub width: u16,
     pub scale: f64,
+    /// `1/scale` when that is a whole number (scale 0.1, 0.001 …): dividing by it gives the
+    /// decimal value users expect (62.9, not 62.900000000000006); 0 when not used.
+    pub divisor: f64,
     pub add: f64,
     pub scaled: bool,
+}
+
+/// The whole-number reciprocal of a decimal scale such as 0.1 or 0.001, if it has one.
+pub fn scale_divisor(scale: f64) -> f64 {
+    if scale == 0.0 || scale.abs() >= 1.0 {
+        return 0.0;
+    }
+    let r = 1.0 / scale;
+    if (r - r.round()).abs() < 1e-9 * r.abs() {
+        r.round()
+    } else {
+        0.0
+    }
 }
 
 /// One Modbus read request and the values it carries.
@@ -69,6 +85,7 @@ pub fn plan_reads(device: &DeviceConfig, first_ids: &[u32]) -> Vec<PollGroup> {
                     bit: p.bit,
                     width: p.width,
                     scale: p.scale,
+                    divisor: scale_divisor(p.scale),
                     add: p.offset,
                     scaled: p.is_scaled(),
                 },

@@ -1,0 +1,593 @@
+//! `linetap check` on broken configuration files: every mistake must be reported with exit
+//! status 2 and a `FILE:LINE:COLUMN: message` line that points at the offending token.
+//!
+//! Each case starts from one valid configuration (`BASE`), makes a single edit, and states the
+//! token the error must point at as "the Nth occurrence of CONTEXT, at TOKEN inside it". The
+//! expected line and column are computed from the TOML text, never written by hand.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tempfile::TempDir;
+
+/// A valid configuration: one robot with holding, bit and string points, an input-register
+/// point, an InfluxDB v2 sink with its token from the environment, and a file sink.
+const BASE: &str = r#"# Line 7 body shop: one robot, polled over Modbus TCP.
+[line]
+id = "line-7"
+site = "plant-a"
+tags = { shop = "body" }
+
+[agent]
+data_dir = "./data"
+
+[buffer]
+max_bytes = "64MiB"
+when_full = "drop_oldest"
+
+[sinks.influx]
+type = "influxdb"
+url = "http://influx.local:8086"
+org = "acme"
+bucket = "line7"
+token_env = "INFLUX_TOKEN"
+
+[sinks.local]
+type = "file"
+path = "./out.lp"
+
+[[devices]]
+id = "robot-01"
+kind = "robot"
+address = "10.0.3.11:502"
+unit = 1
+poll = "100ms"
+tags = { zone = "a" }
+
+[[devices.points]]
+name = "state"
+address = 0
+type = "u16"
+
+[[devices.points]]
+name = "cycle_count"
+address = 2
+type = "u32"
+
+[[devices.points]]
+name = "e_stop"
+address = 4
+type = "bool"
+bit = 0
+
+[[devices.points]]
+name = "program"
+address = 5
+type = "string"
+length = 4
+
+[[devices.points]]
+name = "temperature"
+table = "input"
+address = 10
+type = "i16"
+scale = 0.1
+unit = "degC"
+"#;
+
+/// A second device that reuses the id of the first one.
+const SECOND_ROBOT_01: &str = r#"
+[[devices]]
+id = "robot-01"
+address = "10.0.3.12:502"
+
+[[devices.points]]
+name = "state"
+address = 0
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Byte offset of the `nth` (1-based) occurrence of `needle` in `text`.
+fn nth_offset(text: &str, needle: &str, nth: usize) -> usize {
+    assert!(nth >= 1, "occurrences are counted from 1");
+    let mut from = 0;
+    for i in 1..=nth {
+        match text[from..].find(needle) {
+            Some(rel) if i == nth => return from + rel,
+            Some(rel) => from += rel + needle.len(),
+            None => panic!(
+                "{needle:?} occurs only {} time(s) in the config, not {nth}:\n{text}",
+                i - 1
+            ),
+        }
+    }
+    unreachable!()
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Where `token` starts inside the `nth` occurrence of `context`.
+fn spot(text: &str, context: &str, nth: usize, token: &str) -> (usize, usize) {
+    let ctx = nth_offset(text, context, nth);
+    let rel = context
+        .find(token)
+        .unwrap_or_else(|| panic!("token {token:?} is not part of context {context:?}"));
+    line_col(text, ctx + rel)
+}
+
+/// `text` with the single occurrence of `from` replaced by `to` (a missing or repeated `from`
+/// would silently test something else, so both fail loudly).
+fn edit(text: &str, from: &str, to: &str) -> String {
+    let n = text.matches(from).count();
+    assert_eq!(
+        n, 1,
+        "{from:?} must occur exactly once in the config, found {n}"
+    );
+    text.replacen(from, to, 1)
+}
+
+fn write_config(dir: &TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn check(path: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_linetap"))
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run linetap check")
+}
+
+/// The stderr lines that are diagnostics for `path` (they start with its name).
+fn diagnostics(stderr: &str, path: &Path) -> Vec<String> {
+    let file = format!("{}:", path.display());
+    stderr
+        .lines()
+        .filter(|l| l.starts_with(&file))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `linetap check` on `text` and asserts exit status 2 and exactly one diagnostic, which
+/// starts with `FILE:LINE:COLUMN: ` for `at` and contains `phrase`.
+fn expect_error(name: &str, text: &str, at: (usize, usize), phrase: &str) {
+    let dir = TempDir::new().expect("tempdir");
+    let path = write_config(&dir, name, text);
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{}:{}:{}: ", path.display(), at.0, at.1);
+    let context = || {
+        format!(
+            "case {name}: expected `{prefix}...{phrase}...`\n--- config ---\n{}\n--- stderr ---\n{stderr}\n--- stdout ---\n{stdout}",
+            numbered(text)
+        )
+    };
+    assert_eq!(out.status.code(), Some(2), "exit status\n{}", context());
+    let lines = diagnostics(&stderr, &path);
+    assert_eq!(lines.len(), 1, "one mistake, one diagnostic\n{}", context());
+    assert!(lines[0].starts_with(&prefix), "location\n{}", context());
+    assert!(lines[0].contains(phrase), "message\n{}", context());
+}
+
+fn numbered(text: &str) -> String {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| format!("{:3} | {l}\n", i + 1))
+        .collect()
+}
+
+/// One test per broken configuration: the edited text, where the error must point
+/// (`nth` occurrence of `context`, at `token` inside it), and a phrase of the message.
+macro_rules! broken {
+    ($name:ident, $text:expr, at: ($context:expr, $nth:expr, $token:expr), says: $phrase:expr $(,)?) => {
+        #[test]
+        fn $name() {
+            let text: String = $text;
+            let at = spot(&text, $context, $nth, $token);
+            expect_error(stringify!($name), &text, at, $phrase);
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The helpers themselves
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn helpers_locate_tokens() {
+    let text = "a = 1\n[t]\nb = 1\nc = { b = 1 }\n";
+    assert_eq!(nth_offset(text, "b = 1", 2), text.rfind("b = 1").unwrap());
+    assert_eq!(spot(text, "a = 1", 1, "a"), (1, 1));
+    assert_eq!(spot(text, "b = 1", 1, "1"), (3, 5));
+    assert_eq!(spot(text, "b = 1", 2, "b"), (4, 7));
+    assert_eq!(line_col("é\nxé = 2", 9), (2, 6));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The valid baseline
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn valid_config_exits_0_and_prints_the_plan() {
+    let dir = TempDir::new().unwrap();
+    let path = write_config(&dir, "valid", BASE);
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(diagnostics(&stderr, &path).is_empty(), "stderr:\n{stderr}");
+    assert!(
+        stdout.contains("FC03"),
+        "plan has no holding-register read:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("FC04"),
+        "plan has no input-register read:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("\"robot-01\""),
+        "plan does not name the device:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("\"line-7\""),
+        "plan does not name the line:\n{stdout}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mistakes the TOML parser reports (unknown keys, bad enum values, bad durations and sizes):
+// the error points at the key or the value.
+// ---------------------------------------------------------------------------------------------
+
+broken!(
+    unknown_key_in_point,
+    edit(BASE, "type = \"u32\"\n", "type = \"u32\"\nscaling = 2\n"),
+    at: ("scaling = 2", 1, "scaling"),
+    says: "unknown field `scaling`",
+);
+
+broken!(
+    unknown_key_in_agent,
+    edit(BASE, "data_dir = \"./data\"\n", "data_dir = \"./data\"\nlog_level = \"debug\"\n"),
+    at: ("log_level = \"debug\"", 1, "log_level"),
+    says: "unknown field `log_level`",
+);
+
+broken!(
+    misspelled_top_level_table,
+    edit(BASE, "[agent]", "[agnet]"),
+    at: ("[agnet]", 1, "agnet"),
+    says: "unknown field `agnet`",
+);
+
+broken!(
+    unknown_table_value_holdings,
+    edit(BASE, "type = \"u32\"\n", "type = \"u32\"\ntable = \"holdings\"\n"),
+    at: ("table = \"holdings\"", 1, "\"holdings\""),
+    says: "unknown variant `holdings`, expected one of `holding`, `input`, `coil`, `discrete`",
+);
+
+broken!(
+    bad_point_type,
+    edit(BASE, "type = \"u32\"", "type = \"uint32\""),
+    at: ("type = \"uint32\"", 1, "\"uint32\""),
+    says: "unknown variant `uint32`",
+);
+
+broken!(
+    bad_when_full_value,
+    edit(BASE, "when_full = \"drop_oldest\"", "when_full = \"drop\""),
+    at: ("when_full = \"drop\"", 1, "\"drop\""),
+    says: "unknown variant `drop`, expected one of `drop_oldest`, `drop_newest`, `block`",
+);
+
+broken!(
+    duration_with_unknown_unit,
+    edit(BASE, "poll = \"100ms\"", "poll = \"10 parsecs\""),
+    at: ("poll = \"10 parsecs\"", 1, "\"10 parsecs\""),
+    says: "duration \"10 parsecs\": unknown unit",
+);
+
+broken!(
+    duration_as_integer_without_unit,
+    edit(BASE, "poll = \"100ms\"", "poll = 100"),
+    at: ("poll = 100", 1, "100"),
+    says: "a duration needs a unit",
+);
+
+broken!(
+    duration_of_zero,
+    edit(BASE, "poll = \"100ms\"", "poll = \"0s\""),
+    at: ("poll = \"0s\"", 1, "\"0s\""),
+    says: "duration \"0s\" must be > 0",
+);
+
+broken!(
+    bad_size_in_buffer,
+    edit(BASE, "max_bytes = \"64MiB\"", "max_bytes = \"64 parsecs\""),
+    at: ("max_bytes = \"64 parsecs\"", 1, "\"64 parsecs\""),
+    says: "size \"64 parsecs\": unknown unit \"parsecs\"",
+);
+
+broken!(
+    negative_size_in_buffer,
+    edit(BASE, "max_bytes = \"64MiB\"", "max_bytes = -5"),
+    at: ("max_bytes = -5", 1, "-5"),
+    says: "a size cannot be negative",
+);
+
+broken!(
+    point_address_out_of_range,
+    edit(BASE, "address = 2\n", "address = 70000\n"),
+    at: ("address = 70000", 1, "70000"),
+    says: "address 70000 is out of range",
+);
+
+broken!(
+    point_address_not_a_number,
+    edit(BASE, "address = 2\n", "address = \"0xZZ\"\n"),
+    at: ("address = \"0xZZ\"", 1, "\"0xZZ\""),
+    says: "address \"0xZZ\" is not a number",
+);
+
+broken!(
+    sink_without_type,
+    edit(BASE, "type = \"file\"\n", ""),
+    at: ("[sinks.local]", 1, "[sinks.local]"),
+    says: "missing field `type`",
+);
+
+// ---------------------------------------------------------------------------------------------
+// Semantic mistakes found by validation: the error points at the value named in the code, or
+// at the table header when something is missing.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn missing_line_table() {
+    let text = edit(
+        BASE,
+        "[line]\nid = \"line-7\"\nsite = \"plant-a\"\ntags = { shop = \"body\" }\n",
+        "",
+    );
+    // Nothing to point at: the error names the start of the file.
+    let at = line_col(&text, 0);
+    expect_error(
+        "missing_line_table",
+        &text,
+        at,
+        "missing required table [line]",
+    );
+}
+
+broken!(
+    duplicate_device_id,
+    format!("{BASE}{SECOND_ROBOT_01}"),
+    at: ("id = \"robot-01\"", 2, "\"robot-01\""),
+    says: "duplicate device id \"robot-01\"",
+);
+
+broken!(
+    device_without_address,
+    edit(BASE, "address = \"10.0.3.11:502\"\n", ""),
+    at: ("[[devices]]", 1, "[[devices]]"),
+    says: "device \"robot-01\" needs `address` (HOST:PORT)",
+);
+
+broken!(
+    device_address_without_port,
+    edit(BASE, "address = \"10.0.3.11:502\"", "address = \"10.0.3.11\""),
+    at: ("address = \"10.0.3.11\"", 1, "\"10.0.3.11\""),
+    says: "must be HOST:PORT",
+);
+
+broken!(
+    unit_out_of_range,
+    edit(BASE, "unit = 1\n", "unit = 300\n"),
+    at: ("unit = 300", 1, "300"),
+    says: "unit must be between 0 and 255, not 300",
+);
+
+broken!(
+    max_registers_over_125,
+    edit(BASE, "poll = \"100ms\"\n", "poll = \"100ms\"\nmax_registers = 200\n"),
+    at: ("max_registers = 200", 1, "200"),
+    says: "max_registers must be between 1 and 125, not 200",
+);
+
+broken!(
+    reserved_tag_in_device_tags,
+    edit(BASE, "tags = { zone = \"a\" }", "tags = { zone = \"a\", device = \"r1\" }"),
+    at: ("device = \"r1\"", 1, "device"),
+    says: "tag \"device\" is set by linetap itself and cannot be used in device tags",
+);
+
+broken!(
+    overlapping_registers,
+    edit(BASE, "type = \"u32\"\n", "type = \"u32\"\n\n[[devices.points]]\nname = \"speed\"\naddress = 3\n"),
+    at: ("address = 3", 1, "3"),
+    says: "point \"speed\" (holding 3..3) overlaps point \"cycle_count\"",
+);
+
+broken!(
+    duplicate_point_name,
+    edit(BASE, "name = \"cycle_count\"", "name = \"state\""),
+    at: ("name = \"state\"", 2, "\"state\""),
+    says: "duplicate point \"state\"",
+);
+
+broken!(
+    bit_on_non_bool,
+    edit(BASE, "type = \"u32\"\n", "type = \"u32\"\nbit = 3\n"),
+    at: ("bit = 3", 1, "3"),
+    says: "`bit` needs type = \"bool\", not \"u32\"",
+);
+
+broken!(
+    bit_out_of_range,
+    edit(BASE, "bit = 0\n", "bit = 16\n"),
+    at: ("bit = 16", 1, "16"),
+    says: "bit 16 is out of range",
+);
+
+broken!(
+    bool_in_holding_without_bit,
+    edit(BASE, "type = \"bool\"\nbit = 0\n", "type = \"bool\"\n"),
+    at: ("type = \"bool\"", 1, "\"bool\""),
+    says: "a bool point in table \"holding\" needs `bit`",
+);
+
+broken!(
+    non_bool_in_coil_table,
+    edit(BASE, "type = \"u32\"\n", "type = \"u32\"\ntable = \"coil\"\n"),
+    at: ("type = \"u32\"", 1, "\"u32\""),
+    says: "table \"coil\" holds bits: its points must be type \"bool\", not \"u32\"",
+);
+
+broken!(
+    string_without_length,
+    edit(BASE, "type = \"string\"\nlength = 4\n", "type = \"string\"\n"),
+    at: ("type = \"string\"", 1, "\"string\""),
+    says: "a string point needs `length`",
+);
+
+broken!(
+    length_on_non_string,
+    edit(BASE, "type = \"u32\"\n", "type = \"u32\"\nlength = 3\n"),
+    at: ("length = 3", 1, "3"),
+    says: "`length` applies to strings only, not \"u32\"",
+);
+
+broken!(
+    index_tag_without_count,
+    edit(BASE, "type = \"u32\"\n", "type = \"u32\"\nindex_tag = \"axis\"\n"),
+    at: ("index_tag = \"axis\"", 1, "\"axis\""),
+    says: "`index_tag` needs `count`",
+);
+
+broken!(
+    reserved_index_tag,
+    edit(BASE, "type = \"u32\"\n", "type = \"u32\"\ncount = 2\nindex_tag = \"device\"\n"),
+    at: ("index_tag = \"device\"", 1, "\"device\""),
+    says: "index_tag \"device\" cannot be used",
+);
+
+broken!(
+    enum_on_f32,
+    edit(BASE, "type = \"u32\"\n", "type = \"f32\"\nenum = { 0 = \"off\", 1 = \"on\" }\n"),
+    at: ("enum = {", 1, "{"),
+    says: "`enum` needs an integer type, not \"f32\"",
+);
+
+broken!(
+    scale_on_bool,
+    edit(BASE, "bit = 0\n", "bit = 0\nscale = 0.5\n"),
+    at: ("scale = 0.5", 1, "0.5"),
+    says: "`scale` applies to numeric types, not \"bool\"",
+);
+
+broken!(
+    v2_sink_without_credentials,
+    edit(BASE, "token_env = \"INFLUX_TOKEN\"\n", ""),
+    at: ("[sinks.influx]", 1, "[sinks.influx]"),
+    says: "sink \"influx\": the v2 API needs credentials: token_file or token_env",
+);
+
+broken!(
+    literal_token_in_file,
+    edit(BASE, "token_env = \"INFLUX_TOKEN\"", "token = \"s3cr3t\""),
+    at: ("token = \"s3cr3t\"", 1, "\"s3cr3t\""),
+    says: "a literal token in the configuration file is not allowed",
+);
+
+broken!(
+    v1_key_on_v2_sink,
+    edit(BASE, "token_env = \"INFLUX_TOKEN\"\n", "token_env = \"INFLUX_TOKEN\"\ndatabase = \"telemetry\"\n"),
+    at: ("database = \"telemetry\"", 1, "\"telemetry\""),
+    says: "`database` belongs to api = \"v1\"",
+);
+
+// ---------------------------------------------------------------------------------------------
+// Several independent mistakes: all are reported, one line each, in file order.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn several_mistakes_are_all_reported_in_file_order() {
+    let mut text = BASE.to_string();
+    text = edit(
+        &text,
+        "tags = { shop = \"body\" }",
+        "tags = { shop = \"body\", site = \"x\" }",
+    );
+    text = edit(&text, "token_env = \"INFLUX_TOKEN\"", "token = \"s3cr3t\"");
+    text = edit(&text, "unit = 1\n", "unit = 300\n");
+    text = edit(&text, "bit = 0\n", "bit = 16\n");
+    text = edit(
+        &text,
+        "type = \"string\"\nlength = 4\n",
+        "type = \"string\"\n",
+    );
+    text.push_str(SECOND_ROBOT_01);
+
+    // (where, phrase), in file order.
+    let expected = [
+        (
+            spot(&text, "site = \"x\"", 1, "site"),
+            "tag \"site\" is set by linetap itself and cannot be used in line tags",
+        ),
+        (
+            spot(&text, "token = \"s3cr3t\"", 1, "\"s3cr3t\""),
+            "a literal token in the configuration file is not allowed",
+        ),
+        (
+            spot(&text, "unit = 300", 1, "300"),
+            "unit must be between 0 and 255, not 300",
+        ),
+        (spot(&text, "bit = 16", 1, "16"), "bit 16 is out of range"),
+        (
+            spot(&text, "type = \"string\"", 1, "\"string\""),
+            "a string point needs `length`",
+        ),
+        (
+            spot(&text, "id = \"robot-01\"", 2, "\"robot-01\""),
+            "duplicate device id \"robot-01\"",
+        ),
+    ];
+
+    let dir = TempDir::new().unwrap();
+    let path = write_config(&dir, "several", &text);
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    let lines = diagnostics(&stderr, &path);
+    assert_eq!(
+        lines.len(),
+        expected.len(),
+        "one line per mistake\n--- config ---\n{}--- stderr ---\n{stderr}",
+        numbered(&text)
+    );
+    for (i, (((line, col), phrase), got)) in expected.iter().zip(&lines).enumerate() {
+        let prefix = format!("{}:{line}:{col}: ", path.display());
+        assert!(
+            got.starts_with(&prefix) && got.contains(phrase),
+            "mistake #{} should be `{prefix}...{phrase}...`, got `{got}`\n--- stderr ---\n{stderr}",
+            i + 1
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! The agent binary against real VictoriaMetrics through the InfluxDB v2 write API: exact
+//! values and tags, and the fault behaviour (one of three devices goes silent; the others
+//! keep their poll rate; the silent one reports why and is read again once it answers).
+
+mod common;
+
+use common::*;
+use linetap::config::{self, Table};
+use linetap::sim::{Fault, SimHandle, Simulator};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn line_config(vm: &str, file: &str, addresses: &[String]) -> String {
+    let mut s = format!(
+        "[line]\nid = \"weld-a\"\nsite = \"plant-2\"\n\n\
+         [sinks.central]\ntype = \"influxdb\"\nurl = \"{vm}\"\napi = \"v2\"\norg = \"plant-2\"\nbucket = \"robots\"\ntoken_env = \"LINETAP_TEST_TOKEN\"\nflush_interval = \"100ms\"\n\n\
+         [sinks.local]\ntype = \"file\"\npath = \"{file}\"\nflush_interval = \"100ms\"\n\n"
+    );
+    for (i, a) in addresses.iter().enumerate() {
+        s.push_str(&format!(
+            "[[devices]]\nid = \"robot-0{n}\"\nkind = \"robot\"\ncell = \"cell-3\"\naddress = \"{a}\"\nunit = 1\npoll = \"100ms\"\ntimeout = \"300ms\"\n\n\
+             [[devices.points]]\nname = \"position\"\nmeasurement = \"joint\"\naddress = 270\ntype = \"i16\"\ncount = 6\nindex_tag = \"axis\"\nscale = 0.001\n\n\
+             [[devices.points]]\nname = \"temperature\"\nmeasurement = \"joint\"\naddress = 300\ntype = \"u16\"\ncount = 6\nindex_tag = \"axis\"\n\n\
+             [[devices.points]]\nname = \"cycle_count\"\naddress = 400\ntype = \"u32\"\norder = \"CDAB\"\n\n\
+             [[devices.points]]\nname = \"protective_stop\"\ntable = \"coil\"\naddress = 261\n\n",
+            n = i + 1
+        ));
+    }
+    s
+}
+
+struct Setup {
+    vm: VictoriaMetrics,
+    sim: SimHandle,
+    _rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    std::env::set_var("LINETAP_TEST_TOKEN", "secret-token");
+    let vm = VictoriaMetrics::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("out.lp").display().to_string();
+    let placeholder = vec!["127.0.0.1:0".to_string(); 3];
+    let cfg = config::parse("sim.toml", &line_config(&vm.url, &file, &placeholder))
+        .expect("valid config");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt.block_on(Simulator::start(&cfg)).expect("simulator");
+    let addrs: Vec<String> = (1..=3)
+        .map(|n| sim.addresses[&format!("robot-0{n}")].to_string())
+        .collect();
+    let config = dir.path().join("line.toml");
+    std::fs::write(&config, line_config(&vm.url, &file, &addrs)).unwrap();
+    Setup {
+        vm,
+        sim,
+        _rt: rt,
+        dir,
+        config,
+    }
+}
+
+#[test]
+fn exact_values_and_tags_arrive_in_victoriametrics_v2() {
+    let s = setup();
+    for n in 1..=3u16 {
+        let dev = format!("robot-0{n}");
+        let pos: Vec<u16> = (0..6)
+            .map(|i| ((i as i16 - 3) * 1000 + n as i16) as u16)
+            .collect();
+        s.sim
+            .set_registers(&dev, Table::Holding, 270, &pos)
+            .unwrap();
+        s.sim
+            .set_registers(&dev, Table::Holding, 300, &[40, 41, 42, 43, 44, 45])
+            .unwrap();
+        // 70000 + n in CDAB: low word first.
+        let c = 70_000u32 + n as u32;
+        s.sim
+            .set_registers(
+                &dev,
+                Table::Holding,
+                400,
+                &[(c & 0xffff) as u16, (c >> 16) as u16],
+            )
+            .unwrap();
+        s.sim.set_bits(&dev, Table::Coil, 261, &[n == 2]).unwrap();
+    }
+    let agent = AgentProcess::start(&s.config);
+    let ok = wait_for(Duration::from_secs(30), || {
+        let series = s.vm.export(r#"{__name__="robot_protective_stop"}"#);
+        (series.len() == 3).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "data did not arrive; agent log:\n{}",
+        agent.stderr()
+    );
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let positions = s.vm.export(r#"{__name__="joint_position"}"#);
+    assert_eq!(positions.len(), 18, "3 devices x 6 axes");
+    for (labels, values, _) in &positions {
+        let dev = labels["device"].as_str().unwrap();
+        let n: i64 = dev.trim_start_matches("robot-0").parse().unwrap();
+        let axis: i64 = labels["axis"].as_str().unwrap().parse().unwrap();
+        let want = ((axis - 1 - 3) * 1000 + n) as f64 / 1000.0;
+        assert!(
+            values.iter().all(|v| *v == want),
+            "{dev} axis {axis}: {values:?} != {want}"
+        );
+        assert_eq!(labels["line"], "weld-a");
+        assert_eq!(labels["site"], "plant-2");
+        assert_eq!(labels["cell"], "cell-3");
+        assert_eq!(labels["kind"], "robot");
+    }
+    let temps = s.vm.export(r#"{__name__="joint_temperature",axis="4"}"#);
+    assert_eq!(temps.len(), 3);
+    assert!(temps.iter().all(|(_, v, _)| v.iter().all(|x| *x == 43.0)));
+    for (labels, values, _) in s.vm.export(r#"{__name__="robot_cycle_count"}"#) {
+        let n: f64 = labels["device"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("robot-0")
+            .parse()
+            .unwrap();
+        assert!(values.iter().all(|v| *v == 70_000.0 + n), "{values:?}");
+    }
+    for (labels, values, _) in s.vm.export(r#"{__name__="robot_protective_stop"}"#) {
+        let want = if labels["device"] == "robot-02" {
+            1.0
+        } else {
+            0.0
+        };
+        assert!(values.iter().all(|v| *v == want));
+    }
+    let up = s.vm.export(r#"{__name__="linetap_device_up"}"#);
+    assert_eq!(up.len(), 3);
+    assert!(up
+        .iter()
+        .all(|(_, v, _)| !v.is_empty() && v.iter().all(|x| *x == 1.0)));
+    drop(s.dir);
+}
+
+#[test]
+fn a_silent_device_does_not_slow_the_others_and_recovers() {
+    let s = setup();
+    let agent = AgentProcess::start(&s.config);
+    assert!(
+        wait_for(Duration::from_secs(30), || (s
+            .vm
+            .export(r#"{__name__="linetap_device_up"}"#)
+            .len()
+            == 3)
+            .then_some(()))
+        .is_some(),
+        "no health records; log:\n{}",
+        agent.stderr()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let fault_start = now_ms();
+    s.sim.set_fault("robot-02", Fault::Silent).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let fault_end = now_ms();
+    s.sim.set_fault("robot-02", Fault::None).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let up = s.vm.export(r#"{__name__="linetap_device_up"}"#);
+    let series = |dev: &str| {
+        up.iter()
+            .find(|(l, _, _)| l["device"] == dev)
+            .cloned()
+            .unwrap_or_else(|| panic!("no health for {dev}"))
+    };
+    // The healthy devices: one health record per 100 ms poll throughout the fault window.
+    let (w0, w1) = (fault_start + 500, fault_end - 500);
+    let expected = (w1 - w0) as f64 / 100.0;
+    for dev in ["robot-01", "robot-03"] {
+        let (_, values, ts) = series(dev);
+        let n = ts.iter().filter(|t| **t >= w0 && **t < w1).count() as f64;
+        assert!(
+            (n - expected).abs() <= expected * 0.05,
+            "{dev}: {n} polls in the window, configured {expected}"
+        );
+        assert!(values.iter().all(|v| *v == 1.0), "{dev} was reported down");
+    }
+    // The silent device: down during the fault, up again soon after it answers.
+    let (_, values, ts) = series("robot-02");
+    let during: Vec<f64> = ts
+        .iter()
+        .zip(&values)
+        .filter(|(t, _)| **t >= fault_start + 400 && **t < fault_end)
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(
+        !during.is_empty() && during.iter().all(|v| *v == 0.0),
+        "robot-02 during the fault: {during:?}"
+    );
+    let back = ts
+        .iter()
+        .zip(&values)
+        .find(|(t, v)| **t >= fault_end && **v == 1.0)
+        .map(|(t, _)| *t);
+    let back = back.expect("robot-02 never came back up");
+    assert!(
+        back - fault_end < 1000,
+        "robot-02 came back {} ms after it answered again",
+        back - fault_end
+    );
+    // The reason is in the health record (strings do not reach VictoriaMetrics; the file sink has them).
+    let lp = std::fs::read_to_string(s.dir.path().join("out.lp")).unwrap();
+    assert!(
+        lp.lines().any(|l| l.starts_with("linetap_device,")
+            && l.contains("device=robot-02")
+            && l.contains("last_error=\"")
+            && l.contains("timeout")),
+        "no last_error with the reason for robot-02"
+    );
+    assert!(
+        log.contains("robot-02") && log.contains("timeout"),
+        "the fault is logged:\n{log}"
+    );
+}
