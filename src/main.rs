@@ -50,8 +50,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     linetap::observe::logging::init(cli.log_format == "json");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -372,7 +372,10 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
                 username: s.username.as_ref().map(|v| v.get_ref().clone()),
                 password,
                 timeout: s.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
-                gzip: s.gzip.unwrap_or(true),
+                // Compressing for a store on the same machine only costs CPU.
+                gzip: s.gzip.unwrap_or_else(|| {
+                    !is_loopback_url(s.url.as_ref().map(|u| u.get_ref().as_str()).unwrap_or(""))
+                }),
             })
         }
         SinkType::File => {
@@ -416,6 +419,25 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
         batch_size,
         flush_interval,
     })
+}
+
+/// Whether an http(s) URL points at this machine (127.0.0.0/8, ::1, localhost).
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn int_in(
@@ -820,6 +842,16 @@ fn point(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_urls() {
+        assert!(is_loopback_url("http://127.0.0.1:8086"));
+        assert!(is_loopback_url("http://localhost:8086/"));
+        assert!(is_loopback_url("https://[::1]:8086"));
+        assert!(is_loopback_url("http://127.3.4.5"));
+        assert!(!is_loopback_url("http://influx.plant-2:8086"));
+        assert!(!is_loopback_url("http://10.0.0.5:8086"));
+    }
 
     #[test]
     fn locates_offsets() {

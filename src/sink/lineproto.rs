@@ -167,7 +167,15 @@ impl LineEncoder {
                         skipped.not_finite += 1;
                         continue;
                     }
-                    out.extend_from_slice(fbuf.format_finite(*x).as_bytes());
+                    // An f32 reading widened to f64 prints as 12.869999885559082; the shortest
+                    // text that reads back as the same f32 is 12.87, which is what the device
+                    // holds, and a third shorter on the wire.
+                    let narrow = *x as f32;
+                    if p.data_type == DataType::Float && narrow as f64 == *x {
+                        out.extend_from_slice(fbuf.format_finite(narrow).as_bytes());
+                    } else {
+                        out.extend_from_slice(fbuf.format_finite(*x).as_bytes());
+                    }
                 }
                 Value::IntValue(i) => {
                     if p.data_type == DataType::Double || p.data_type == DataType::Float {

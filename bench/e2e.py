@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: N simulated devices x 100 f32 values at 10 Hz, polled by the agent
+and delivered to a real VictoriaMetrics through the InfluxDB v2 write API.
+
+Reports the agent's CPU seconds per million values delivered and its peak RSS.
+
+    cargo build --release
+    python3 bench/e2e.py --devices 20 --seconds 60
+    python3 bench/e2e.py --devices 200 --seconds 60
+
+The simulator runs as a separate process (`linetap simulate`), so its CPU is not counted.
+Everything listens on 127.0.0.1 only.
+"""
+import argparse, json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request, urllib.parse
+
+EXTRA = os.environ.get("BENCH_SINK_EXTRA", "").replace(";", "\n") + "\n"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "linetap")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def http(url, data=None):
+    with urllib.request.urlopen(url, data=data, timeout=60) as r:
+        return r.read().decode()
+
+
+def wait_ok(url, proc, what):
+    for _ in range(300):
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited")
+        try:
+            http(url)
+            return
+        except Exception:
+            time.sleep(0.1)
+    sys.exit(f"{what} not ready")
+
+
+def proc_cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def proc_peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def config(n, ports, vm_url, poll):
+    out = [
+        '[line]\nid = "bench"\nsite = "lab"\n',
+        f'[sinks.vm]\ntype = "influxdb"\nurl = "{vm_url}"\napi = "v2"\norg = "lab"\nbucket = "bench"\n'
+        'token_env = "BENCH_TOKEN"\nbatch_size = 5000\nflush_interval = "1s"\n' + EXTRA,
+    ]
+    for i in range(n):
+        out.append(
+            f'[[devices]]\nid = "dev-{i:03}"\nkind = "robot"\naddress = "127.0.0.1:{ports[i]}"\nunit = 1\n'
+            f'poll = "{poll}"\ntimeout = "1s"\n'
+            '[[devices.points]]\nname = "value"\nmeasurement = "bench"\naddress = 0\ntype = "f32"\n'
+            'count = 100\nindex_tag = "i"\n'
+        )
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--devices", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--poll", default="100ms")
+    ap.add_argument("--warmup", type=float, default=5)
+    a = ap.parse_args()
+    if not os.path.exists(BIN):
+        sys.exit("build first: cargo build --release")
+    vm_bin = shutil.which("victoria-metrics") or sys.exit("apt-get install victoria-metrics")
+    tmp = tempfile.mkdtemp(prefix="linetap-e2e-")
+    procs = []
+    try:
+        vm_port = free_port()
+        vm = subprocess.Popen([vm_bin, f"-storageDataPath={tmp}/vm", f"-httpListenAddr=127.0.0.1:{vm_port}",
+                               "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.latencyOffset=0s"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(vm)
+        vm_url = f"http://127.0.0.1:{vm_port}"
+        wait_ok(vm_url + "/health", vm, "victoria-metrics")
+        ports = [free_port() for _ in range(a.devices)]
+        cfg_path = os.path.join(tmp, "bench.toml")
+        with open(cfg_path, "w") as f:
+            f.write(config(a.devices, ports, vm_url, a.poll))
+        sim = subprocess.Popen([BIN, "simulate", "--config", cfg_path], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(sim)
+        time.sleep(1.0)
+        env = dict(os.environ, BENCH_TOKEN="t", LINETAP_LOG="warn")
+        agent = subprocess.Popen([BIN, "run", "--config", cfg_path], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "agent.log"), "w"))
+        procs.append(agent)
+        time.sleep(a.warmup)
+        cpu0 = proc_cpu_seconds(agent.pid)
+        t0 = time.time()
+        time.sleep(a.seconds)
+        cpu1 = proc_cpu_seconds(agent.pid)
+        t1 = time.time()
+        rss = proc_peak_rss_mb(agent.pid)
+        agent.terminate()
+        agent.wait(timeout=30)
+        http(vm_url + "/internal/force_flush")
+        time.sleep(1)
+        # Values delivered with timestamps inside the measured window.
+        q = f'sum(count_over_time(bench_value[{int(t1 - t0)}s]))'
+        r = json.loads(http(vm_url + "/api/v1/query?" + urllib.parse.urlencode({"query": q, "time": f"{t1:.3f}"})))
+        res = r["data"]["result"]
+        delivered = float(res[0]["value"][1]) if res else 0.0
+        expected = a.devices * 100 * (t1 - t0) / (float(a.poll.rstrip("ms")) / 1000.0 if a.poll.endswith("ms") else float(a.poll.rstrip("s")))
+        cpu = cpu1 - cpu0
+        per_million = cpu / (delivered / 1e6) if delivered else float("inf")
+        print(json.dumps({
+            "devices": a.devices, "seconds": round(t1 - t0, 1), "values_delivered": int(delivered),
+            "values_expected": int(expected), "delivery_ratio": round(delivered / expected, 4) if expected else None,
+            "agent_cpu_seconds": round(cpu, 3), "cpu_seconds_per_million_values": round(per_million, 3),
+            "agent_peak_rss_mb": round(rss, 1), "cpu_percent_of_one_core": round(100 * cpu / (t1 - t0), 2),
+        }))
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except Exception:
+                    p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
