@@ -33,6 +33,20 @@ struct PointLine {
     data_type: DataType,
 }
 
+impl PointLine {
+    /// For enum points: `,NAME_label="label"` (`"unknown"` for a code the map lacks).
+    fn write_label(&self, code: i64, out: &mut Vec<u8>) {
+        if self.codes.is_empty() {
+            return;
+        }
+        out.extend_from_slice(&self.label_key);
+        match self.codes.binary_search(&code) {
+            Ok(k) => out.extend_from_slice(&self.labels[k]),
+            Err(_) => out.extend_from_slice(b"\"unknown\""),
+        }
+    }
+}
+
 /// Encodes sample batches to line protocol for one catalog.
 pub struct LineEncoder {
     points: Vec<PointLine>,
@@ -184,24 +198,17 @@ impl LineEncoder {
                         out.extend_from_slice(ibuf.format(*i).as_bytes());
                         out.push(b'i');
                     }
-                    if !p.codes.is_empty() {
-                        if let Ok(k) = p.codes.binary_search(i) {
-                            out.extend_from_slice(&p.label_key);
-                            out.extend_from_slice(&p.labels[k]);
-                        } else {
-                            out.extend_from_slice(&p.label_key);
-                            out.extend_from_slice(b"\"unknown\"");
-                        }
-                    }
+                    p.write_label(*i, out);
                 }
                 Value::UintValue(u) => {
-                    if *u > i64::MAX as u64 {
+                    let Ok(i) = i64::try_from(*u) else {
                         out.truncate(mark);
                         skipped.out_of_range += 1;
                         continue;
-                    }
-                    out.extend_from_slice(ibuf.format(*u).as_bytes());
+                    };
+                    out.extend_from_slice(ibuf.format(i).as_bytes());
                     out.push(b'i');
+                    p.write_label(i, out);
                 }
                 Value::BoolValue(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
                 Value::StringValue(v) => write_string_value(v, out),

@@ -49,13 +49,7 @@ pub fn decode_field(words: &[u16], f: &Field) -> Option<Value> {
         PointType::F64 => Num::Float(f64::from_bits(combine(raw, f.order))),
     };
     Some(if f.scaled {
-        let x = value.as_f64();
-        let scaled = if f.divisor != 0.0 {
-            x / f.divisor
-        } else {
-            x * f.scale
-        };
-        Value::DoubleValue(scaled + f.add)
+        Value::DoubleValue(apply_scale(value.as_f64(), f))
     } else {
         match value {
             Num::Int(i) => Value::IntValue(i),
@@ -63,6 +57,20 @@ pub fn decode_field(words: &[u16], f: &Field) -> Option<Value> {
             Num::Float(x) => Value::DoubleValue(x),
         }
     })
+}
+
+/// `raw * scale + offset`, computed so decimal scales stay decimal: with scale 0.1 and offset
+/// -40, raw 401 gives 0.1 (as (401 - 400) / 10), not 0.10000000000000142.
+pub fn apply_scale(x: f64, f: &Field) -> f64 {
+    if f.divisor == 0.0 {
+        return x * f.scale + f.add;
+    }
+    let steps = f.add * f.divisor;
+    if (steps - steps.round()).abs() < 1e-9 {
+        (x + steps.round()) / f.divisor
+    } else {
+        x / f.divisor + f.add
+    }
 }
 
 enum Num {

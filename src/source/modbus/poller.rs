@@ -63,8 +63,8 @@ struct DeviceState {
     cycle_ok: bool,
     cycle_latency: Duration,
     last_error: Option<String>,
-    /// The last error logged, so a persistent fault is logged once, not every cycle.
-    logged: Option<String>,
+    /// The kind of failure last logged, so a persistent fault is logged once, not every cycle.
+    logged: Option<&'static str>,
 }
 
 pub async fn run(
@@ -138,7 +138,7 @@ pub async fn run(
                         st.errors += 1;
                         st.cycle_ok = false;
                         dm.decode_errors.fetch_add(1, Relaxed);
-                        note_error(st, dm, &dev.name, e);
+                        note_error(st, "decode_error", &dev.name, e);
                     }
                 }
                 Err(e) => {
@@ -152,7 +152,7 @@ pub async fn run(
                         req.start,
                         req.count
                     );
-                    note_error(st, dm, &dev.name, reason);
+                    note_error(st, e.result_label(), &dev.name, reason);
                     if !matches!(e, ReadError::Exception(_)) {
                         // The link is down; the rest of this group would fail the same way.
                         break;
@@ -217,11 +217,15 @@ fn count_error(dm: &DeviceMetrics, e: &ReadError) {
     c.fetch_add(1, Relaxed);
 }
 
-/// Keeps the reason for the health record and logs it once per distinct fault.
-fn note_error(st: &mut DeviceState, _dm: &DeviceMetrics, device: &str, reason: String) {
-    if st.logged.as_deref() != Some(reason.as_str()) {
-        tracing::warn!(device, error = %reason, "poll failed");
-        st.logged = Some(reason.clone());
+/// Keeps the reason for the health record. Logs a warning when a device starts failing (and
+/// when the kind of failure changes), not on every failed request: a dead device would
+/// otherwise fill the journal. Recovery is logged once by the health step.
+fn note_error(st: &mut DeviceState, kind: &'static str, device: &str, reason: String) {
+    if st.logged != Some(kind) {
+        tracing::warn!(device, error = %reason, "poll failed; logged again when the device answers or fails differently");
+        st.logged = Some(kind);
+    } else {
+        tracing::debug!(device, error = %reason, "poll failed");
     }
     st.last_error = Some(reason);
 }

@@ -180,7 +180,7 @@ impl TcpLink {
         };
         let result = match tokio::time::timeout_at(deadline, request).await {
             Err(_) => Err(ReadError::Timeout),
-            Ok(Err(e)) => Err(ReadError::Link(e.to_string())),
+            Ok(Err(e)) => Err(ReadError::Link(describe_link_error(&e))),
             Ok(Ok(Err(code))) => Err(ReadError::Exception(code)),
             Ok(Ok(Ok(words))) => Ok(words),
         };
@@ -191,6 +191,21 @@ impl TcpLink {
         }
         result
     }
+}
+
+/// tokio-modbus reports a connection the device closed as `io::Error::last_os_error()`,
+/// whose text is whatever errno happened to be ("Operation now in progress"). Say what it is.
+fn describe_link_error(e: &tokio_modbus::Error) -> String {
+    if let tokio_modbus::Error::Transport(io) = e {
+        // 0: no error; 11: EAGAIN; 115: EINPROGRESS: the leftovers of an end-of-stream.
+        if matches!(io.raw_os_error(), Some(0) | Some(11) | Some(115)) || io.kind() == std::io::ErrorKind::UnexpectedEof {
+            return "connection closed by the device".to_string();
+        }
+        if io.kind() == std::io::ErrorKind::ConnectionReset {
+            return "connection reset by the device".to_string();
+        }
+    }
+    e.to_string()
 }
 
 #[cfg(test)]
