@@ -38,27 +38,7 @@ pub fn render_plan(config: &Config) -> String {
             d.timeout
         );
         for p in &d.points {
-            let _ = writeln!(
-                o,
-                "  point {:<24} {:<8} {:>5}{} {:<6}{}{} -> {}.{}",
-                p.name,
-                p.table.as_str(),
-                p.address,
-                p.bit.map(|b| format!(".{b}")).unwrap_or_default(),
-                p.kind.as_str(),
-                if p.count > 1 {
-                    format!(" x{}", p.count)
-                } else {
-                    String::new()
-                },
-                if p.is_scaled() {
-                    format!(" *{}+{}", p.scale, p.offset)
-                } else {
-                    String::new()
-                },
-                p.measurement,
-                p.name
-            );
+            let _ = writeln!(o, "  point {:<24} {}", p.name, describe_point(p));
         }
         for g in &plan.groups {
             let per_s = 1.0 / g.interval.as_secs_f64();
@@ -67,10 +47,12 @@ pub fn render_plan(config: &Config) -> String {
             total_values_per_s += per_s * values as f64;
             let _ = writeln!(
                 o,
-                "  every {:?}: {} request(s), {} values",
+                "  every {:?}: {} request{}, {} value{}",
                 g.interval,
                 g.requests.len(),
-                values
+                plural(g.requests.len()),
+                values,
+                plural(values)
             );
             for r in &g.requests {
                 let fc = match r.table {
@@ -81,11 +63,12 @@ pub fn render_plan(config: &Config) -> String {
                 };
                 let _ = writeln!(
                     o,
-                    "    {fc} {:<8} start {:>5} count {:>4} ({} values)",
+                    "    {fc} {:<8} start {:>5} count {:>4} ({} value{})",
                     r.table.as_str(),
                     r.start,
                     r.count,
-                    r.fields.len()
+                    r.fields.len(),
+                    plural(r.fields.len())
                 );
             }
         }
@@ -93,7 +76,15 @@ pub fn render_plan(config: &Config) -> String {
     let _ = writeln!(o, "\nsinks:");
     for s in &config.sinks {
         let what = match &s.kind {
-            SinkKind::Influx(i) => format!("influxdb {:?} {}", i.api, i.url),
+            SinkKind::Influx(i) => format!(
+                "influxdb {} {}{}",
+                match i.api {
+                    crate::config::InfluxApi::V1 => "v1",
+                    crate::config::InfluxApi::V2 => "v2",
+                },
+                i.url,
+                if i.gzip { " (gzip)" } else { "" }
+            ),
             SinkKind::File(f) => format!("file {}", f.path.display()),
         };
         let _ = writeln!(
@@ -121,4 +112,71 @@ pub fn render_plan(config: &Config) -> String {
             .sum::<f64>()
     );
     o
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Things that are valid but will not work as is on this machine: credentials that cannot be
+/// read now, no sinks.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    if config.sinks.is_empty() {
+        w.push("no [sinks]: readings would be polled but delivered nowhere".to_string());
+    }
+    for s in &config.sinks {
+        if let SinkKind::Influx(i) = &s.kind {
+            for secret in [&i.token, &i.password].into_iter().flatten() {
+                if let Err(e) = secret.resolve() {
+                    w.push(format!(
+                        "sink {:?}: {e} (here and now; `run` needs it)",
+                        s.name
+                    ));
+                }
+            }
+        }
+    }
+    w
+}
+
+/// One point as `check` shows it: where it is read, how it is decoded, where it is written.
+fn describe_point(p: &crate::config::PointConfig) -> String {
+    let mut d = format!("{} {}", p.table.as_str(), p.address);
+    if let Some(b) = p.bit {
+        d.push_str(&format!(" bit {b}"));
+    }
+    d.push_str(&format!(" {}", p.kind.as_str()));
+    if p.kind == crate::config::PointType::String {
+        d.push_str(&format!("({} registers)", p.width));
+    }
+    if p.kind.registers() > 1 {
+        d.push_str(&format!(" {:?}", p.order));
+    }
+    if p.count > 1 {
+        d.push_str(&format!(
+            " x{} ({}=1..{})",
+            p.count,
+            p.index_tag.as_deref().unwrap_or("index"),
+            p.count
+        ));
+    }
+    if p.scale != 1.0 {
+        d.push_str(&format!(" scale {}", p.scale));
+    }
+    if p.offset != 0.0 {
+        d.push_str(&format!(" offset {}", p.offset));
+    }
+    if !p.enum_labels.is_empty() {
+        d.push_str(&format!(" enum of {} codes", p.enum_labels.len()));
+    }
+    d.push_str(&format!(" -> {}.{}", p.measurement, p.name));
+    if !p.enum_labels.is_empty() {
+        d.push_str(&format!(" + {}_label", p.name));
+    }
+    d
 }

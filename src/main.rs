@@ -1,6 +1,6 @@
 //! The `linetap` command line: parses arguments and calls into the library.
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use linetap::{check, config, run, sim};
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -14,11 +14,17 @@ use std::time::Duration;
     about = "Telemetry edge agent for robot production lines"
 )]
 struct Cli {
-    /// Log format: text (default) or json.
-    #[arg(long, global = true, default_value = "text")]
-    log_format: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -49,7 +55,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    linetap::observe::logging::init(cli.log_format == "json");
+    linetap::observe::logging::init(cli.log_format == LogFormat::Json);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -64,6 +70,9 @@ fn main() -> ExitCode {
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
                 print!("{}", check::render_plan(&cfg));
+                for w in check::warnings(&cfg) {
+                    eprintln!("warning: {w}");
+                }
                 0
             }
             Err(errors) => {
@@ -87,11 +96,16 @@ fn main() -> ExitCode {
                 tracing::info!(line = %cfg.line.id, devices = cfg.devices.len(), sinks = cfg.sinks.len(), "linetap running");
                 run::stop_signal().await;
                 tracing::info!("stopping: flushing sinks");
+                let metrics = agent.metrics.clone();
                 let undelivered = agent.stop().await;
+                let delivered: u64 = metrics.sinks.iter().map(|s| s.delivered.load(std::sync::atomic::Ordering::Relaxed)).sum();
+                let dropped: u64 = metrics.sinks.iter().map(|s| s.dropped_total()).sum();
                 if undelivered > 0 {
-                    tracing::error!(undelivered, "stopped; some samples could not be delivered");
+                    tracing::error!(delivered, dropped, undelivered, "stopped; some samples could not be delivered");
+                } else if dropped > 0 {
+                    tracing::warn!(delivered, dropped, "stopped; samples were dropped during the run (see the sink messages above)");
                 } else {
-                    tracing::info!("stopped cleanly");
+                    tracing::info!(delivered, "stopped cleanly; everything delivered");
                 }
                 0
             }),

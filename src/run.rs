@@ -69,9 +69,17 @@ impl Agent {
                 SinkKind::Influx(c) => AnyWriter::Influx(
                     InfluxWriter::new(c).map_err(|e| format!("sink {:?}: {e}", s.name))?,
                 ),
-                SinkKind::File(c) => AnyWriter::File(FileWriter::new(c.clone())),
+                SinkKind::File(c) => {
+                    sink::file::check_writable(c).map_err(|e| format!("sink {:?}: {e}", s.name))?;
+                    AnyWriter::File(FileWriter::new(c.clone()))
+                }
             };
             writers.push(w);
+        }
+        if config.sinks.is_empty() {
+            tracing::warn!(
+                "no [sinks] configured: readings are polled and counted but delivered nowhere"
+            );
         }
         let (fanout, rxs) = Fanout::new(metrics.clone(), SINK_QUEUE_BATCHES);
         let mut sinks = Vec::new();

@@ -65,6 +65,16 @@ pub enum SinkType {
     File,
 }
 
+impl SinkType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkType::Influxdb => "influxdb",
+            SinkType::Mqtt => "mqtt",
+            SinkType::File => "file",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InfluxApi {
@@ -95,13 +105,13 @@ pub struct SinkSection {
     pub password_env: Option<Spanned<String>>,
     pub batch_size: Option<Spanned<i64>>,
     pub flush_interval: Option<ConfDuration>,
-    pub timeout: Option<ConfDuration>,
-    pub gzip: Option<bool>,
+    pub timeout: Option<Spanned<ConfDuration>>,
+    pub gzip: Option<Spanned<bool>>,
     pub format: Option<Spanned<String>>,
     pub topic: Option<Spanned<String>>,
     pub qos: Option<Spanned<i64>>,
     pub path: Option<Spanned<String>>,
-    pub max_file_bytes: Option<ConfSize>,
+    pub max_file_bytes: Option<Spanned<ConfSize>>,
     pub max_files: Option<Spanned<i64>>,
 }
 
@@ -255,9 +265,13 @@ impl PointType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
 pub enum WordOrder {
     #[default]
+    #[serde(alias = "abcd")]
     ABCD,
+    #[serde(alias = "cdab")]
     CDAB,
+    #[serde(alias = "badc")]
     BADC,
+    #[serde(alias = "dcba")]
     DCBA,
 }
 

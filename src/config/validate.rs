@@ -203,20 +203,80 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
     let span = s.span();
     let s = s.get_ref();
     let kind = *s.kind.get_ref();
-    let influx_only: [(&Option<Spanned<String>>, &str); 12] = [
-        (&s.org, "org"),
-        (&s.bucket, "bucket"),
-        (&s.token, "token"),
-        (&s.token_file, "token_file"),
-        (&s.token_env, "token_env"),
-        (&s.database, "database"),
-        (&s.retention_policy, "retention_policy"),
-        (&s.username, "username"),
-        (&s.password, "password"),
-        (&s.password_file, "password_file"),
-        (&s.password_env, "password_env"),
-        (&s.url, "url"),
+    // Which keys belong to which sink type; a key of another type is an error at its location.
+    let present: [(&str, Option<Range<usize>>); 24] = [
+        ("url", s.url.as_ref().map(|v| v.span())),
+        ("api", s.api.as_ref().map(|v| v.span())),
+        ("org", s.org.as_ref().map(|v| v.span())),
+        ("bucket", s.bucket.as_ref().map(|v| v.span())),
+        ("token", s.token.as_ref().map(|v| v.span())),
+        ("token_file", s.token_file.as_ref().map(|v| v.span())),
+        ("token_env", s.token_env.as_ref().map(|v| v.span())),
+        ("database", s.database.as_ref().map(|v| v.span())),
+        (
+            "retention_policy",
+            s.retention_policy.as_ref().map(|v| v.span()),
+        ),
+        ("username", s.username.as_ref().map(|v| v.span())),
+        ("password", s.password.as_ref().map(|v| v.span())),
+        ("password_file", s.password_file.as_ref().map(|v| v.span())),
+        ("password_env", s.password_env.as_ref().map(|v| v.span())),
+        ("batch_size", s.batch_size.as_ref().map(|v| v.span())),
+        ("flush_interval", None),
+        ("timeout", s.timeout.as_ref().map(|v| v.span())),
+        ("gzip", s.gzip.as_ref().map(|v| v.span())),
+        ("format", s.format.as_ref().map(|v| v.span())),
+        ("topic", s.topic.as_ref().map(|v| v.span())),
+        ("qos", s.qos.as_ref().map(|v| v.span())),
+        ("path", s.path.as_ref().map(|v| v.span())),
+        (
+            "max_file_bytes",
+            s.max_file_bytes.as_ref().map(|v| v.span()),
+        ),
+        ("max_files", s.max_files.as_ref().map(|v| v.span())),
+        ("type", None),
     ];
+    let allowed: &[&str] = match kind {
+        SinkType::Influxdb => &[
+            "url",
+            "api",
+            "org",
+            "bucket",
+            "token",
+            "token_file",
+            "token_env",
+            "database",
+            "retention_policy",
+            "username",
+            "password",
+            "password_file",
+            "password_env",
+            "batch_size",
+            "timeout",
+            "gzip",
+        ],
+        SinkType::File => &["path", "max_file_bytes", "max_files", "batch_size"],
+        SinkType::Mqtt => &[
+            "url",
+            "format",
+            "topic",
+            "qos",
+            "username",
+            "password_file",
+            "password_env",
+            "batch_size",
+        ],
+    };
+    for (key, span) in present {
+        if let Some(span) = span {
+            if !allowed.contains(&key) {
+                cx.err(
+                    span,
+                    format!("`{key}` is not a key of a {} sink", kind.as_str()),
+                );
+            }
+        }
+    }
     let batch_size = match &s.batch_size {
         Some(b) if !(1..=1_000_000).contains(b.get_ref()) => {
             cx.err(b.span(), "batch_size must be between 1 and 1000000");
@@ -371,22 +431,18 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
                 retention_policy: s.retention_policy.as_ref().map(|v| v.get_ref().clone()),
                 username: s.username.as_ref().map(|v| v.get_ref().clone()),
                 password,
-                timeout: s.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+                timeout: s
+                    .timeout
+                    .as_ref()
+                    .map(|d| d.get_ref().0)
+                    .unwrap_or(Duration::from_secs(10)),
                 // Compressing for a store on the same machine only costs CPU.
-                gzip: s.gzip.unwrap_or_else(|| {
+                gzip: s.gzip.as_ref().map(|g| *g.get_ref()).unwrap_or_else(|| {
                     !is_loopback_url(s.url.as_ref().map(|u| u.get_ref().as_str()).unwrap_or(""))
                 }),
             })
         }
         SinkType::File => {
-            for (v, key) in influx_only
-                .iter()
-                .chain([(&s.format, "format"), (&s.topic, "topic")].iter())
-            {
-                if let Some(v) = v {
-                    cx.err(v.span(), format!("`{key}` is not a key of a file sink"));
-                }
-            }
             let path = match &s.path {
                 Some(p) if !p.get_ref().is_empty() => PathBuf::from(p.get_ref()),
                 _ => {
@@ -404,7 +460,11 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
             };
             SinkKind::File(FileSinkConfig {
                 path,
-                max_file_bytes: s.max_file_bytes.map(|s| s.0).unwrap_or(64 << 20),
+                max_file_bytes: s
+                    .max_file_bytes
+                    .as_ref()
+                    .map(|s| s.get_ref().0)
+                    .unwrap_or(64 << 20),
                 max_files,
             })
         }

@@ -18,6 +18,18 @@ pub fn demo_config() -> Result<Config, String> {
         config::parse("configs/demo.toml (embedded)", DEMO_CONFIG).map_err(|e| e.to_string())?;
     if let Ok(url) = std::env::var("INFLUX_URL") {
         let v1_db = std::env::var("INFLUX_DATABASE").ok();
+        if v1_db.is_none() {
+            let missing: Vec<&str> = ["INFLUX_ORG", "INFLUX_BUCKET", "INFLUX_TOKEN"]
+                .into_iter()
+                .filter(|v| std::env::var_os(v).is_none())
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "INFLUX_URL is set, so the demo also writes to InfluxDB, but {} not set (for InfluxDB 2.x set INFLUX_ORG, INFLUX_BUCKET and INFLUX_TOKEN; for 1.x set INFLUX_DATABASE)",
+                    if missing.len() == 1 { format!("{} is", missing[0]) } else { format!("{} are", missing.join(", ")) }
+                ));
+            }
+        }
         cfg.sinks.push(SinkConfig {
             name: "influx".into(),
             kind: SinkKind::Influx(InfluxConfig {
@@ -55,6 +67,12 @@ pub async fn run(duration: Option<Duration>) -> i32 {
             return 2;
         }
     };
+    // Each demo run starts a fresh output file.
+    for s in &cfg.sinks {
+        if let SinkKind::File(f) = &s.kind {
+            let _ = std::fs::remove_file(&f.path);
+        }
+    }
     let sim = match Simulator::start(&cfg).await {
         Ok(s) => s,
         Err(e) => {

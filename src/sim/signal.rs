@@ -30,10 +30,12 @@ pub enum Wave {
     Temperature { start: f64, end: f64, tau: f64 },
     /// Cycles through enum codes: codes whose label says "run" hold longest.
     States { codes: Vec<(i64, f64)>, period: f64 },
-    /// A cycle counter: +1 every `every` seconds.
-    Counter { every: f64 },
-    /// On for half of `period`.
-    Toggle { period: f64, phase: f64 },
+    /// A counter from `start`: +1 every `every` seconds.
+    Counter { start: f64, every: f64 },
+    /// On for `duty` of every `period`.
+    Toggle { period: f64, phase: f64, duty: f64 },
+    /// A fixed value.
+    Const(f64),
     /// A fixed text.
     Text(String),
     /// Anything else: a slow sine around `mid`.
@@ -65,37 +67,96 @@ impl Wave {
         let i = element as f64;
         let phase = i * 0.7;
         if !p.enum_labels.is_empty() {
-            let codes = p
+            // Mostly running, sometimes idle, rarely faulted; states like "unknown" or "off"
+            // only when the map has nothing better. The running state comes first, so a short
+            // demo shows a working cell.
+            let weight = |label: &str| {
+                let l = label.to_ascii_lowercase();
+                if l.contains("run") || l.contains("operation_enabled") || l.contains("auto") {
+                    20.0
+                } else if l.contains("idle") || l.contains("ready") || l.contains("switched_on") {
+                    5.0
+                } else if l.contains("fault") && !l.contains("reaction") {
+                    2.0
+                } else {
+                    0.0
+                }
+            };
+            let mut codes: Vec<(i64, f64)> = p
                 .enum_labels
                 .iter()
-                .map(|(code, label)| {
-                    let l = label.to_ascii_lowercase();
-                    let weight =
-                        if l.contains("run") || l.contains("operation") || l.contains("auto") {
-                            20.0
-                        } else {
-                            4.0
-                        };
-                    (*code, weight)
-                })
-                .collect::<Vec<_>>();
+                .map(|(c, l)| (*c, weight(l)))
+                .filter(|c| c.1 > 0.0)
+                .collect();
+            if codes.is_empty() {
+                codes = p.enum_labels.iter().map(|(c, _)| (*c, 5.0)).collect();
+            }
+            codes.sort_by(|a, b| b.1.total_cmp(&a.1));
             let period = codes.iter().map(|c| c.1).sum();
             return Wave::States { codes, period };
         }
+        let has = |w: &str| name.contains(w);
         match p.kind {
             PointType::Bool => {
+                // Stops, faults and alarms are rare; other flags toggle.
+                let rare = ["stop", "emergency", "fault", "alarm", "error", "warning"]
+                    .iter()
+                    .any(|w| has(w));
+                let duty = if rare { 0.03 } else { 0.5 };
                 return Wave::Toggle {
-                    period: 10.0 + i,
+                    period: 10.0 + 7.0 * i,
                     phase,
-                }
+                    duty,
+                };
             }
             PointType::String => return Wave::Text(format!("{device_id}-program")),
             _ => {}
         }
-        let has = |w: &str| name.contains(w);
-        if has("position") || has("angle") || name == "q" {
+        let tcp_axis = p.measurement == "tcp" && name.len() <= 2;
+        if tcp_axis && (name == "x" || name == "y" || name == "z") {
+            Wave::Sine {
+                mid: 0.5,
+                amplitude: 0.3,
+                period: 8.0,
+                phase,
+            }
+        } else if tcp_axis {
+            Wave::Sine {
+                mid: 0.0,
+                amplitude: 0.5,
+                period: 8.0,
+                phase,
+            }
+        } else if has("rpm") {
+            Wave::Sine {
+                mid: 0.0,
+                amplitude: 1500.0,
+                period: 8.0,
+                phase,
+            }
+        } else if has("counts") {
+            Wave::Trajectory {
+                amplitude: 200_000.0,
+                period: 8.0,
+                phase,
+            }
+        } else if has("position") || has("angle") || name == "q" {
             Wave::Trajectory {
                 amplitude: 1.2,
+                period: 8.0,
+                phase,
+            }
+        } else if has("override") {
+            Wave::Sine {
+                mid: 90.0,
+                amplitude: 10.0,
+                period: 60.0,
+                phase,
+            }
+        } else if has("pct") || has("load") {
+            Wave::Current {
+                base: 30.0,
+                swing: 25.0,
                 period: 8.0,
                 phase,
             }
@@ -105,11 +166,18 @@ impl Wave {
                 period: 8.0,
                 phase,
             }
-        } else if has("current") || has("torque") || has("load") {
+        } else if has("current") || has("torque") {
             Wave::Current {
                 base: 2.0,
                 swing: 1.5,
                 period: 8.0,
+                phase,
+            }
+        } else if has("voltage") {
+            Wave::Sine {
+                mid: 560.0,
+                amplitude: 3.0,
+                period: 20.0,
                 phase,
             }
         } else if has("temp") {
@@ -118,8 +186,18 @@ impl Wave {
                 end: 45.0 + i * 2.0,
                 tau: 900.0,
             }
+        } else if has("alarm") || has("error") || has("code") || has("warning") {
+            Wave::Const(0.0)
+        } else if has("power_on") || name.ends_with("_s") {
+            Wave::Counter {
+                start: 86_400.0,
+                every: 1.0,
+            }
         } else if has("count") || has("cycle") {
-            Wave::Counter { every: 12.0 }
+            Wave::Counter {
+                start: 1_000.0,
+                every: 12.0,
+            }
         } else {
             Wave::Sine {
                 mid: 50.0,
@@ -162,10 +240,13 @@ impl Wave {
                 }
                 codes.first().map(|c| c.0 as f64).unwrap_or(0.0)
             }
-            Wave::Counter { every } => (t / every).floor(),
-            Wave::Toggle { period, phase } => {
-                ((t / period + phase).rem_euclid(1.0) < 0.5) as u8 as f64
-            }
+            Wave::Counter { start, every } => start + (t / every).floor(),
+            Wave::Toggle {
+                period,
+                phase,
+                duty,
+            } => ((t / period + phase).rem_euclid(1.0) < *duty) as u8 as f64,
+            Wave::Const(v) => *v,
             Wave::Text(_) => 0.0,
             Wave::Sine {
                 mid,

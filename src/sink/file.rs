@@ -45,15 +45,19 @@ impl FileWriter {
         Ok(())
     }
 
+    /// `max_files` counts every file, the one being written included: `metrics.lp`,
+    /// `metrics.lp.1` … `metrics.lp.{max_files - 1}`; the oldest is removed.
     async fn rotate(&mut self) -> std::io::Result<()> {
         self.file = None;
-        for n in (1..self.cfg.max_files).rev() {
-            let _ = tokio::fs::rename(self.rotated(n), self.rotated(n + 1)).await;
-        }
-        if self.cfg.max_files > 1 {
-            tokio::fs::rename(&self.cfg.path, self.rotated(1)).await?;
-        } else {
+        let keep = self.cfg.max_files.saturating_sub(1);
+        if keep == 0 {
             tokio::fs::remove_file(&self.cfg.path).await?;
+        } else {
+            let _ = tokio::fs::remove_file(self.rotated(keep)).await;
+            for n in (1..keep).rev() {
+                let _ = tokio::fs::rename(self.rotated(n), self.rotated(n + 1)).await;
+            }
+            tokio::fs::rename(&self.cfg.path, self.rotated(1)).await?;
         }
         self.open().await
     }
@@ -73,6 +77,23 @@ impl FileWriter {
         self.size += body.len() as u64;
         Ok(())
     }
+}
+
+/// Checks at start-up that the file can be created and appended to, so a wrong path is a
+/// start-up error rather than a warning every second.
+pub fn check_writable(cfg: &FileSinkConfig) -> Result<(), String> {
+    if let Some(dir) = cfg.path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&cfg.path)
+        .map(|_| ())
+        .map_err(|e| format!("cannot write {}: {e}", cfg.path.display()))
 }
 
 impl Writer for FileWriter {

@@ -131,10 +131,22 @@ pub async fn run<W: Writer>(
             account_skipped(m, &mut skipped);
             flush(&mut writer, &mut body, &mut lines, m, &mut retry).await;
             let undelivered = m.dropped_shutdown.load(Relaxed);
+            let dropped = m.dropped_total();
+            let delivered = m.delivered.load(Relaxed);
             if undelivered > 0 {
-                tracing::error!(sink = %m.name, undelivered, "stopped with samples that could not be delivered");
+                tracing::error!(sink = %m.name, delivered, undelivered, dropped, "stopped with samples that could not be delivered");
+            } else if dropped > 0 {
+                tracing::warn!(
+                    sink = %m.name,
+                    delivered,
+                    queue_full = m.dropped_queue_full.load(Relaxed),
+                    rejected = m.dropped_rejected.load(Relaxed),
+                    not_finite = m.dropped_not_finite.load(Relaxed),
+                    out_of_range = m.dropped_out_of_range.load(Relaxed),
+                    "sink stopped; samples were dropped during the run"
+                );
             } else {
-                tracing::info!(sink = %m.name, delivered = m.delivered.load(Relaxed), "sink stopped, everything delivered");
+                tracing::info!(sink = %m.name, delivered, "sink stopped, everything delivered");
             }
             return;
         }

@@ -198,7 +198,9 @@ impl TcpLink {
 fn describe_link_error(e: &tokio_modbus::Error) -> String {
     if let tokio_modbus::Error::Transport(io) = e {
         // 0: no error; 11: EAGAIN; 115: EINPROGRESS: the leftovers of an end-of-stream.
-        if matches!(io.raw_os_error(), Some(0) | Some(11) | Some(115)) || io.kind() == std::io::ErrorKind::UnexpectedEof {
+        if matches!(io.raw_os_error(), Some(0) | Some(11) | Some(115))
+            || io.kind() == std::io::ErrorKind::UnexpectedEof
+        {
             return "connection closed by the device".to_string();
         }
         if io.kind() == std::io::ErrorKind::ConnectionReset {
