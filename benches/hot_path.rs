@@ -12,7 +12,8 @@ use std::hint::black_box;
 
 /// One device with 100 f32 values (the bench/e2e workload): 200 registers, two requests.
 fn workload() -> (config::Config, Vec<u16>) {
-    let text = "[line]\nid='bench'\nsite='lab'\n[[devices]]\nid='robot-01'\nkind='robot'\ncell='cell-1'\naddress='127.0.0.1:502'\npoll='100ms'\n\
+    let text =
+        "[line]\nid='bench'\nsite='lab'\n[[devices]]\nid='robot-01'\nkind='robot'\ncell='cell-1'\naddress='127.0.0.1:502'\npoll='100ms'\n\
                 [[devices.points]]\nname='value'\nmeasurement='joint'\naddress=0\ntype='f32'\ncount=100\nindex_tag='axis'\n";
     let cfg = config::parse("bench.toml", text).expect("bench config");
     let regs: Vec<u16> = (0..250u32)

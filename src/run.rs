@@ -109,6 +109,16 @@ impl Agent {
             });
         }
 
+        if let Some(address) = &config.agent.metrics_listen {
+            let listener = crate::observe::http::bind(address)?;
+            tokio::spawn(crate::observe::http::serve(
+                listener,
+                metrics.clone(),
+                trigger.subscribe(),
+            ));
+            tracing::info!(%address, "serving /metrics, /healthz, /readyz");
+        }
+
         // One poller per endpoint: devices at the same address share one connection.
         let mut endpoints: BTreeMap<String, Vec<DevicePlan>> = BTreeMap::new();
         for (plan, d) in device_plans(config, &built)

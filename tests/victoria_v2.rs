@@ -16,9 +16,10 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn line_config(vm: &str, file: &str, addresses: &[String]) -> String {
+fn line_config(vm: &str, file: &str, addresses: &[String], metrics_port: u16) -> String {
     let mut s = format!(
         "[line]\nid = \"weld-a\"\nsite = \"plant-2\"\n\n\
+         [agent]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n\
          [sinks.central]\ntype = \"influxdb\"\nurl = \"{vm}\"\napi = \"v2\"\norg = \"plant-2\"\nbucket = \"robots\"\ntoken_env = \"LINETAP_TEST_TOKEN\"\nflush_interval = \"100ms\"\n\n\
          [sinks.local]\ntype = \"file\"\npath = \"{file}\"\nflush_interval = \"100ms\"\n\n"
     );
@@ -41,6 +42,7 @@ struct Setup {
     _rt: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
     config: std::path::PathBuf,
+    metrics_url: String,
 }
 
 fn setup() -> Setup {
@@ -49,21 +51,27 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("out.lp").display().to_string();
     let placeholder = vec!["127.0.0.1:0".to_string(); 3];
-    let cfg = config::parse("sim.toml", &line_config(&vm.url, &file, &placeholder))
-        .expect("valid config");
+    let metrics_port = free_port();
+    let cfg = config::parse(
+        "sim.toml",
+        &line_config(&vm.url, &file, &placeholder, metrics_port),
+    )
+    .expect("valid config");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sim = rt.block_on(Simulator::start(&cfg)).expect("simulator");
     let addrs: Vec<String> = (1..=3)
         .map(|n| sim.addresses[&format!("robot-0{n}")].to_string())
         .collect();
     let config = dir.path().join("line.toml");
-    std::fs::write(&config, line_config(&vm.url, &file, &addrs)).unwrap();
+    std::fs::write(&config, line_config(&vm.url, &file, &addrs, metrics_port)).unwrap();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
     Setup {
         vm,
         sim,
         _rt: rt,
         dir,
         config,
+        metrics_url,
     }
 }
 

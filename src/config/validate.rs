@@ -535,7 +535,10 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
         .map(|k| *k.get_ref())
         .unwrap_or(DeviceKind::Other);
     if let Some(p) = &d.profile {
-        cx.err(p.span(), format!("profile {:?}: device profiles are not available in this version yet; list the points instead", p.get_ref()));
+        cx.err(
+            p.span(),
+            format!("profile {:?}: device profiles are not available in this version yet; list the points instead", p.get_ref()),
+        );
     }
     let protocol = d
         .protocol
@@ -643,10 +646,16 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
                     .as_ref()
                     .map(|a| a.span())
                     .unwrap_or(pspan.clone());
-                cx.err(at, format!(
-                    "point {:?} ({} {}..{}) overlaps point {other:?}: a register belongs to at most one non-bit point",
-                    pc.name, pc.table.as_str(), start, end - 1
-                ));
+                cx.err(
+                    at,
+                    format!(
+                        "point {:?} ({} {}..{}) overlaps point {other:?}: a register belongs to at most one non-bit point",
+                        pc.name,
+                        pc.table.as_str(),
+                        start,
+                        end - 1
+                    ),
+                );
             }
             ranges.push((start, end, pc.name.clone()));
         }

@@ -17,8 +17,27 @@ pub struct DeviceMetrics {
     pub samples: AtomicU64,
     pub missed_ticks: AtomicU64,
     pub polls: AtomicU64,
-    /// Sum and count of poll durations, in microseconds.
+    /// Sum of poll durations, in microseconds (the count is `polls`).
     pub poll_micros: AtomicU64,
+    /// Poll-duration histogram: counts of polls at or under each `POLL_BUCKETS` bound.
+    pub poll_buckets: [AtomicU64; POLL_BUCKETS.len()],
+}
+
+/// Upper bounds (seconds) of the poll-duration histogram buckets.
+pub const POLL_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+impl DeviceMetrics {
+    /// Records one poll cycle's duration.
+    pub fn observe_poll(&self, d: std::time::Duration) {
+        self.polls.fetch_add(1, Relaxed);
+        self.poll_micros.fetch_add(d.as_micros() as u64, Relaxed);
+        let secs = d.as_secs_f64();
+        for (bound, b) in POLL_BUCKETS.iter().zip(&self.poll_buckets) {
+            if secs <= *bound {
+                b.fetch_add(1, Relaxed);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +127,34 @@ impl Metrics {
                 );
             }
         }
+        o.push_str("# TYPE linetap_poll_duration_seconds histogram\n");
+        for d in &self.devices {
+            for (bound, b) in POLL_BUCKETS.iter().zip(&d.poll_buckets) {
+                let _ = writeln!(
+                    o,
+                    "linetap_poll_duration_seconds_bucket{{device=\"{}\",le=\"{bound}\"}} {}",
+                    d.name,
+                    b.load(Relaxed)
+                );
+            }
+            let polls = d.polls.load(Relaxed);
+            let _ = writeln!(
+                o,
+                "linetap_poll_duration_seconds_bucket{{device=\"{}\",le=\"+Inf\"}} {polls}",
+                d.name
+            );
+            let _ = writeln!(
+                o,
+                "linetap_poll_duration_seconds_sum{{device=\"{}\"}} {}",
+                d.name,
+                d.poll_micros.load(Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                o,
+                "linetap_poll_duration_seconds_count{{device=\"{}\"}} {polls}",
+                d.name
+            );
+        }
         o.push_str("# TYPE linetap_samples_collected_total counter\n");
         for d in &self.devices {
             let _ = writeln!(
@@ -133,6 +180,21 @@ impl Metrics {
                 "linetap_samples_delivered_total{{sink=\"{}\"}} {}",
                 s.name,
                 s.delivered.load(Relaxed)
+            );
+        }
+        o.push_str("# TYPE linetap_sink_write_duration_seconds summary\n");
+        for s in &self.sinks {
+            let _ = writeln!(
+                o,
+                "linetap_sink_write_duration_seconds_sum{{sink=\"{}\"}} {}",
+                s.name,
+                s.write_micros.load(Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                o,
+                "linetap_sink_write_duration_seconds_count{{sink=\"{}\"}} {}",
+                s.name,
+                s.requests.load(Relaxed)
             );
         }
         o.push_str("# TYPE linetap_samples_dropped_total counter\n");

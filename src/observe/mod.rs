@@ -1,3 +1,4 @@
 //! Self-observation: counters every component updates, logging set-up.
+pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -158,9 +158,7 @@ mod tests {
     use crate::config;
 
     fn device(points: &str, extra: &str) -> DeviceConfig {
-        let text = format!(
-            "[line]\nid='l'\n[[devices]]\nid='d'\naddress='127.0.0.1:502'\npoll='1s'\n{extra}\n{points}"
-        );
+        let text = format!("[line]\nid='l'\n[[devices]]\nid='d'\naddress='127.0.0.1:502'\npoll='1s'\n{extra}\n{points}");
         config::parse("t.toml", &text).unwrap().devices.remove(0)
     }
 

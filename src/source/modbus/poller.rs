@@ -161,9 +161,7 @@ pub async fn run(
             }
         }
         st.cycle_latency += cycle_start.elapsed();
-        dm.polls.fetch_add(1, Relaxed);
-        dm.poll_micros
-            .fetch_add(cycle_start.elapsed().as_micros() as u64, Relaxed);
+        dm.observe_poll(cycle_start.elapsed());
         if slot.primary {
             let ts = now_ns();
             let h = dev.health;

@@ -1,0 +1,96 @@
+//! The self-observation endpoint (`agent.metrics_listen`): `GET /metrics` (Prometheus text),
+//! `/healthz` (the process is alive) and `/readyz` (every device has been polled once).
+//! A deliberately tiny HTTP/1.1 responder: one request per connection, bounded request size
+//! and time; three fixed pages need no web framework.
+
+use super::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Binds `address` (so a taken port is a start-up error).
+pub fn bind(address: &str) -> Result<TcpListener, String> {
+    let std_listener = std::net::TcpListener::bind(address)
+        .map_err(|e| format!("metrics_listen {address}: {e}"))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("metrics_listen {address}: {e}"))?;
+    TcpListener::from_std(std_listener).map_err(|e| format!("metrics_listen {address}: {e}"))
+}
+
+/// Serves until shutdown.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.recv() => return,
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &metrics)).await;
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut buf = [0u8; 2048];
+    let mut len = 0;
+    while len < buf.len() {
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", metrics.render_prometheus()),
+        ("GET", "/healthz") => ("200 OK", "ok\n".to_string()),
+        ("GET", "/readyz") => {
+            let waiting: Vec<&str> = metrics
+                .devices
+                .iter()
+                .filter(|d| d.polls.load(Relaxed) == 0)
+                .map(|d| d.name.as_str())
+                .collect();
+            if waiting.is_empty() {
+                ("200 OK", "ready\n".to_string())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    format!("not polled yet: {}\n", waiting.join(", ")),
+                )
+            }
+        }
+        ("GET", _) => (
+            "404 Not Found",
+            "try /metrics, /healthz or /readyz\n".to_string(),
+        ),
+        _ => ("405 Method Not Allowed", String::new()),
+    };
+    let content_type = if path == "/metrics" {
+        "text/plain; version=0.0.4"
+    } else {
+        "text/plain"
+    };
+    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
