@@ -111,6 +111,30 @@ fn exact_values_and_tags_arrive_in_victoriametrics_v2() {
         "data did not arrive; agent log:\n{}",
         agent.stderr()
     );
+    // The self-metrics agree with what arrived.
+    let m = request("GET", &format!("{}/metrics", s.metrics_url), None).unwrap();
+    assert_eq!(m.status, 200);
+    assert!(
+        m.body.contains("linetap_device_up{device=\"robot-02\"} 1"),
+        "{}",
+        m.body
+    );
+    let delivered: u64 = m
+        .body
+        .lines()
+        .find(|l| l.starts_with("linetap_samples_delivered_total{sink=\"central\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("delivered counter");
+    assert!(delivered >= 3 * 14, "delivered {delivered}");
+    assert!(m
+        .body
+        .contains("linetap_poll_duration_seconds_count{device=\"robot-01\"}"));
+    assert_eq!(
+        request("GET", &format!("{}/readyz", s.metrics_url), None)
+            .unwrap()
+            .status,
+        200
+    );
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
 
