@@ -1,9 +1,9 @@
 //! linetap: a telemetry edge agent for robot production lines. See docs/ARCHITECTURE.md.
+pub mod buffer;
 pub mod check;
 pub mod config;
 pub mod model;
 pub mod observe;
-pub mod pipeline;
 pub mod run;
 pub mod shutdown;
 pub mod sim;

@@ -101,7 +101,7 @@ fn main() -> ExitCode {
                 let delivered: u64 = metrics.sinks.iter().map(|s| s.delivered.load(std::sync::atomic::Ordering::Relaxed)).sum();
                 let dropped: u64 = metrics.sinks.iter().map(|s| s.dropped_total()).sum();
                 if undelivered > 0 {
-                    tracing::error!(delivered, dropped, undelivered, "stopped; some samples could not be delivered");
+                    tracing::warn!(delivered, dropped, kept_bytes = undelivered, "stopped; undelivered data is kept in the buffer for the next start");
                 } else if dropped > 0 {
                     tracing::warn!(delivered, dropped, "stopped; samples were dropped during the run (see the sink messages above)");
                 } else {

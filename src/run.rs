@@ -2,10 +2,10 @@
 //! per Modbus endpoint → fan-out → one task per sink. Owns start-up and shutdown order:
 //! stop the pollers, let every sink drain its queue within the grace period, report.
 
+use crate::buffer::Buffer;
 use crate::config::{Config, SinkKind};
 use crate::model::catalog::{self, BuiltCatalog};
 use crate::observe::metrics::Metrics;
-use crate::pipeline::Fanout;
 use crate::shutdown::{self, Trigger};
 use crate::sink::{self, file::FileWriter, influx::InfluxWriter, SinkLoop, SinkMetricsRef};
 use crate::source::modbus::plan::plan_reads;
@@ -16,17 +16,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
-/// Batches a sink's queue holds before a slow sink starts losing data for itself only.
-const SINK_QUEUE_BATCHES: usize = 4096;
-
 /// A running agent.
 pub struct Agent {
     pub metrics: Arc<Metrics>,
     pub catalog: Arc<BuiltCatalog>,
     trigger: Trigger,
+    /// Stops the sinks, after the pollers have stopped and the buffer has written everything.
+    sink_trigger: Trigger,
     pollers: Vec<JoinHandle<()>>,
     sinks: Vec<JoinHandle<()>>,
+    buffer: Buffer,
     grace: Duration,
+    _lock: std::fs::File,
 }
 
 /// The per-device read plans of a configuration (also what `linetap check` prints).
@@ -81,9 +82,19 @@ impl Agent {
                 "no [sinks] configured: readings are polled and counted but delivered nowhere"
             );
         }
-        let (fanout, rxs) = Fanout::new(metrics.clone(), SINK_QUEUE_BATCHES);
+        let lock = lock_data_dir(&config.agent.data_dir)?;
+        let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+        let (mut buffer, input) = Buffer::open(
+            &config.agent.data_dir.join("buffer"),
+            &config.buffer,
+            &built.catalog,
+            &sink_names,
+            metrics.clone(),
+        )?;
+        buffer.set_live_share(config.buffer.live_share);
+        let (sink_trigger, _) = shutdown::channel();
         let mut sinks = Vec::new();
-        for (index, ((s, w), rx)) in config.sinks.iter().zip(writers).zip(rxs).enumerate() {
+        for (index, (s, w)) in config.sinks.iter().zip(writers).enumerate() {
             let settings = SinkLoop {
                 batch_size: s.batch_size,
                 flush_interval: s.flush_interval,
@@ -93,19 +104,11 @@ impl Agent {
                 metrics: metrics.clone(),
                 index,
             });
-            let cat = built.clone();
-            let sd = trigger.subscribe();
+            let reader = buffer.reader(index);
+            let sd = sink_trigger.subscribe();
             sinks.push(match w {
-                AnyWriter::Influx(w) => {
-                    tokio::spawn(
-                        async move { sink::run(w, settings, &cat.catalog, rx, mref, sd).await },
-                    )
-                }
-                AnyWriter::File(w) => {
-                    tokio::spawn(
-                        async move { sink::run(w, settings, &cat.catalog, rx, mref, sd).await },
-                    )
-                }
+                AnyWriter::Influx(w) => tokio::spawn(sink::run(w, settings, reader, mref, sd)),
+                AnyWriter::File(w) => tokio::spawn(sink::run(w, settings, reader, mref, sd)),
             });
         }
 
@@ -138,28 +141,36 @@ impl Agent {
             pollers.push(tokio::spawn(poller::run(
                 link,
                 plans,
-                fanout.clone(),
+                input.clone(),
                 metrics.clone(),
                 trigger.subscribe(),
             )));
         }
+        drop(input);
         Ok(Agent {
             metrics,
             catalog: built,
             trigger,
+            sink_trigger,
             pollers,
             sinks,
+            buffer,
             grace,
+            _lock: lock,
         })
     }
 
-    /// Stops polling, lets the sinks deliver what they hold within the grace period, and
-    /// returns the number of samples that could not be delivered.
+    /// Stops polling, lets the buffer write everything, lets the sinks deliver what they can
+    /// within the grace period, and returns how many buffered bytes stay on disk undelivered.
     pub async fn stop(self) -> u64 {
         self.trigger.fire();
         for p in self.pollers {
             let _ = p.await;
         }
+        // The pollers held the last handles to the buffer's input: the writer drains and ends.
+        let buffer = self.buffer;
+        let _ = tokio::task::spawn_blocking(move || buffer.close()).await;
+        self.sink_trigger.fire();
         let deadline = tokio::time::Instant::now() + self.grace + Duration::from_secs(2);
         for s in self.sinks {
             let _ = tokio::time::timeout_at(deadline, s).await;
@@ -167,11 +178,28 @@ impl Agent {
         self.metrics
             .sinks
             .iter()
-            .map(|s| {
-                s.dropped_shutdown
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
+            .map(|s| s.buffer_bytes.load(std::sync::atomic::Ordering::Relaxed))
             .sum()
+    }
+}
+
+/// Takes the data directory for this process: two agents writing one buffer would corrupt it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "data_dir {} is in use by another linetap process",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
     }
 }
 

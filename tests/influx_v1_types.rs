@@ -131,11 +131,14 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
     expected.insert("coil_b".into(), J::from(false));
     expected.insert("di".into(), J::from(true));
 
+    let data_dir = tempfile::tempdir().unwrap();
     let device = |address: &str| {
         format!(
             "[line]\nid = \"line-t\"\nsite = \"plant-t\"\ntags = {{ workshop = \"ws 9\" }}\n\n\
+             [agent]\ndata_dir = \"{}\"\n\n\
              [sinks.db]\ntype = \"influxdb\"\napi = \"v1\"\nurl = \"{}\"\ndatabase = \"lt\"\nflush_interval = \"200ms\"\n\n\
              [[devices]]\nid = \"plc-01\"\nkind = \"plc\"\ncell = \"cell-9\"\naddress = \"{address}\"\nunit = 7\npoll = \"200ms\"\ntags = {{ station = \"st-10\" }}\n\n{points}",
+            data_dir.path().display(),
             influx.url
         )
     };

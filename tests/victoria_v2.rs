@@ -19,7 +19,7 @@ fn now_ms() -> i64 {
 fn line_config(vm: &str, file: &str, addresses: &[String], metrics_port: u16) -> String {
     let mut s = format!(
         "[line]\nid = \"weld-a\"\nsite = \"plant-2\"\n\n\
-         [agent]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n\
+         [agent]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"{file}.data\"\n\n\
          [sinks.central]\ntype = \"influxdb\"\nurl = \"{vm}\"\napi = \"v2\"\norg = \"plant-2\"\nbucket = \"robots\"\ntoken_env = \"LINETAP_TEST_TOKEN\"\nflush_interval = \"100ms\"\n\n\
          [sinks.local]\ntype = \"file\"\npath = \"{file}\"\nflush_interval = \"100ms\"\n\n"
     );

@@ -39,6 +39,10 @@ pub struct AgentConfig {
 pub struct BufferConfig {
     pub max_bytes: u64,
     pub when_full: WhenFull,
+    /// Group commit: the log is synced to disk at least this often.
+    pub sync_interval: Duration,
+    /// While a sink replays a backlog, the share of each flush given to new data.
+    pub live_share: f64,
 }
 
 #[derive(Debug, Clone)]

@@ -53,8 +53,10 @@ pub enum WhenFull {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BufferSection {
-    pub max_bytes: Option<ConfSize>,
+    pub max_bytes: Option<Spanned<ConfSize>>,
     pub when_full: Option<WhenFull>,
+    pub sync_interval: Option<Spanned<ConfDuration>>,
+    pub live_share: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

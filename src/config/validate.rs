@@ -162,9 +162,47 @@ fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(10)),
     };
+    let max_bytes = raw
+        .buffer
+        .max_bytes
+        .as_ref()
+        .map(|s| s.get_ref().0)
+        .unwrap_or(256 << 20);
+    if let Some(m) = &raw.buffer.max_bytes {
+        if max_bytes < 1 << 20 {
+            cx.err(m.span(), "buffer max_bytes must be at least 1MiB");
+        }
+    }
+    let sync_interval = raw
+        .buffer
+        .sync_interval
+        .as_ref()
+        .map(|d| d.get_ref().0)
+        .unwrap_or(Duration::from_secs(1));
+    if let Some(d) = &raw.buffer.sync_interval {
+        if sync_interval > Duration::from_secs(60) {
+            cx.err(
+                d.span(),
+                "sync_interval above 60s would risk a minute of data at every power cut",
+            );
+        }
+    }
+    let live_share = raw
+        .buffer
+        .live_share
+        .as_ref()
+        .map(|s| *s.get_ref())
+        .unwrap_or(0.25);
+    if let Some(s) = &raw.buffer.live_share {
+        if !(0.0..=1.0).contains(&live_share) {
+            cx.err(s.span(), "live_share is a fraction from 0.0 to 1.0");
+        }
+    }
     let buffer = BufferConfig {
-        max_bytes: raw.buffer.max_bytes.map(|s| s.0).unwrap_or(256 << 20),
+        max_bytes,
         when_full: raw.buffer.when_full.unwrap_or_default(),
+        sync_interval,
+        live_share,
     };
 
     let sinks = raw

@@ -52,7 +52,17 @@ pub struct SinkMetrics {
     pub dropped_out_of_range: AtomicU64,
     pub dropped_rejected: AtomicU64,
     pub dropped_shutdown: AtomicU64,
+    /// Dropped by the disk budget (`buffer.max_bytes` with drop_oldest or drop_newest).
+    pub dropped_buffer_full: AtomicU64,
+    /// Lost to damaged buffer records.
+    pub dropped_corrupt: AtomicU64,
+    /// Lost because the buffer could not write them to disk.
+    pub dropped_disk_error: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Buffered bytes this sink has not delivered yet.
+    pub buffer_bytes: AtomicU64,
+    /// Age of the oldest undelivered buffered record, in ms.
+    pub buffer_oldest_ms: AtomicU64,
 }
 
 impl SinkMetrics {
@@ -62,6 +72,9 @@ impl SinkMetrics {
             + self.dropped_out_of_range.load(Relaxed)
             + self.dropped_rejected.load(Relaxed)
             + self.dropped_shutdown.load(Relaxed)
+            + self.dropped_buffer_full.load(Relaxed)
+            + self.dropped_corrupt.load(Relaxed)
+            + self.dropped_disk_error.load(Relaxed)
     }
 }
 
@@ -69,6 +82,14 @@ impl SinkMetrics {
 pub struct Metrics {
     pub devices: Vec<DeviceMetrics>,
     pub sinks: Vec<SinkMetrics>,
+    /// Bytes the buffer has written to disk (records and their headers).
+    pub buffer_bytes_written: AtomicU64,
+    /// Bytes of damaged buffer data skipped.
+    pub buffer_corrupt_bytes: AtomicU64,
+    /// Segments set aside because their header was damaged.
+    pub buffer_quarantined: AtomicU64,
+    /// The log position of the newest buffered byte.
+    pub buffer_head: AtomicU64,
 }
 
 impl Metrics {
@@ -91,6 +112,7 @@ impl Metrics {
                     ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 
@@ -205,6 +227,9 @@ impl Metrics {
                 ("out_of_range", &s.dropped_out_of_range),
                 ("rejected", &s.dropped_rejected),
                 ("shutdown", &s.dropped_shutdown),
+                ("buffer_full", &s.dropped_buffer_full),
+                ("corrupt", &s.dropped_corrupt),
+                ("disk_error", &s.dropped_disk_error),
             ] {
                 let _ = writeln!(
                     o,
@@ -214,6 +239,27 @@ impl Metrics {
                 );
             }
         }
+        o.push_str("# TYPE linetap_buffer_bytes gauge\n");
+        for s in &self.sinks {
+            let _ = writeln!(
+                o,
+                "linetap_buffer_bytes{{sink=\"{}\"}} {}",
+                s.name,
+                s.buffer_bytes.load(Relaxed)
+            );
+        }
+        o.push_str("# TYPE linetap_buffer_oldest_age_seconds gauge\n");
+        for s in &self.sinks {
+            let _ = writeln!(
+                o,
+                "linetap_buffer_oldest_age_seconds{{sink=\"{}\"}} {}",
+                s.name,
+                s.buffer_oldest_ms.load(Relaxed) as f64 / 1000.0
+            );
+        }
+        let _ = writeln!(o, "# TYPE linetap_buffer_written_bytes_total counter\nlinetap_buffer_written_bytes_total {}", self.buffer_bytes_written.load(Relaxed));
+        let _ = writeln!(o, "# TYPE linetap_buffer_corrupt_bytes_total counter\nlinetap_buffer_corrupt_bytes_total {}", self.buffer_corrupt_bytes.load(Relaxed));
+        let _ = writeln!(o, "# TYPE linetap_buffer_quarantined_segments_total counter\nlinetap_buffer_quarantined_segments_total {}", self.buffer_quarantined.load(Relaxed));
         o
     }
 }

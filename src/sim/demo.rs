@@ -176,6 +176,10 @@ pub async fn run(duration: Option<Duration>) -> i32 {
         .iter()
         .map(|s| s.delivered.load(Relaxed))
         .sum();
-    eprintln!("linetap demo: stopped; {delivered} samples delivered, {undelivered} undelivered");
+    if undelivered > 0 {
+        eprintln!("linetap demo: stopped; {delivered} samples delivered, {undelivered} bytes kept in the buffer for the next run");
+    } else {
+        eprintln!("linetap demo: stopped; {delivered} samples delivered, nothing left undelivered");
+    }
     0
 }

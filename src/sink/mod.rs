@@ -7,11 +7,11 @@ pub mod file;
 pub mod influx;
 pub mod lineproto;
 
-use crate::model::Catalog;
+use crate::buffer::SinkReader;
 use crate::observe::metrics::SinkMetrics;
-use crate::pipeline::BatchRx;
 use crate::shutdown::Shutdown;
 use lineproto::{LineEncoder, Skipped};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,75 +82,118 @@ pub struct SinkLoop {
     pub grace: Duration,
 }
 
+/// Encoders by catalog id: records written under an earlier configuration keep their meaning.
+struct Encoders {
+    by_catalog: HashMap<u64, Option<LineEncoder>>,
+}
+
+impl Encoders {
+    fn get(&mut self, id: u64, reader: &mut SinkReader) -> Option<&LineEncoder> {
+        self.by_catalog
+            .entry(id)
+            .or_insert_with(|| reader.catalog(id).map(|c| LineEncoder::new(&c)))
+            .as_ref()
+    }
+}
+
+/// The loop every sink runs: read from its buffer cursor, encode, flush by size or interval,
+/// acknowledge what was delivered. A sink that cannot deliver keeps retrying its batch while
+/// the buffer holds everything after it on disk.
 pub async fn run<W: Writer>(
     mut writer: W,
     settings: SinkLoop,
-    catalog: &Catalog,
-    mut rx: BatchRx,
+    mut reader: SinkReader,
     metrics: Arc<SinkMetricsRef>,
     mut shutdown: Shutdown,
 ) {
-    let encoder = LineEncoder::new(catalog);
     let m = metrics.get();
+    let mut encoders = Encoders {
+        by_catalog: HashMap::new(),
+    };
     let mut body: Vec<u8> = Vec::with_capacity(settings.batch_size * 128);
     let mut lines = 0usize;
     let mut skipped = Skipped::default();
     let mut retry = RetryCtl::new(shutdown.clone(), settings.grace);
-    let mut ticker = tokio::time::interval(settings.flush_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_flush = Instant::now() + settings.flush_interval;
+    let mut closing_deadline: Option<Instant> = None;
     loop {
-        let closing = tokio::select! {
-            batch = rx.recv() => match batch {
-                Some(batch) => {
-                    lines += encoder.encode(&batch, &mut body, &mut skipped);
-                    account_skipped(m, &mut skipped);
-                    if lines < settings.batch_size {
-                        continue;
-                    }
-                    false
+        if closing_deadline.is_none() && shutdown.is_shutdown() {
+            closing_deadline = Some(Instant::now() + settings.grace);
+        }
+        let closing = closing_deadline.is_some();
+        if !reader.has_data() {
+            if closing {
+                // Everything written has been read: deliver what is pending, then stop.
+                if flush(&mut writer, &mut body, &mut lines, m, &mut retry).await {
+                    reader.ack();
                 }
-                None => true,
-            },
-            _ = ticker.tick() => {
-                if lines == 0 {
-                    continue;
-                }
-                false
+                break;
             }
-            _ = shutdown.recv() => true,
-        };
-        if closing {
-            // Take what is still queued, then deliver it within the grace period.
-            rx.close();
-            while let Some(batch) = rx.recv().await {
-                lines += encoder.encode(&batch, &mut body, &mut skipped);
-                if lines >= settings.batch_size {
-                    flush(&mut writer, &mut body, &mut lines, m, &mut retry).await;
+            tokio::select! {
+                _ = reader.changed() => {}
+                _ = tokio::time::sleep_until(next_flush) => {}
+                _ = shutdown.recv() => continue,
+            }
+        }
+        let mut read_nothing = false;
+        if reader.has_data() && lines < settings.batch_size {
+            let read = reader.read(settings.batch_size - lines).await;
+            read_nothing = read.items.is_empty();
+            for item in &read.items {
+                match encoders.get(item.catalog, &mut reader) {
+                    Some(enc) => lines += enc.encode(&item.batch, &mut body, &mut skipped),
+                    None => {
+                        m.dropped_corrupt
+                            .fetch_add(item.batch.samples.len() as u64, Relaxed);
+                        tracing::error!(sink = %m.name, catalog = item.catalog, "buffered data refers to a catalog that is missing; dropped");
+                    }
                 }
             }
             account_skipped(m, &mut skipped);
-            flush(&mut writer, &mut body, &mut lines, m, &mut retry).await;
-            let undelivered = m.dropped_shutdown.load(Relaxed);
-            let dropped = m.dropped_total();
-            let delivered = m.delivered.load(Relaxed);
-            if undelivered > 0 {
-                tracing::error!(sink = %m.name, delivered, undelivered, dropped, "stopped with samples that could not be delivered");
-            } else if dropped > 0 {
-                tracing::warn!(
-                    sink = %m.name,
-                    delivered,
-                    queue_full = m.dropped_queue_full.load(Relaxed),
-                    rejected = m.dropped_rejected.load(Relaxed),
-                    not_finite = m.dropped_not_finite.load(Relaxed),
-                    out_of_range = m.dropped_out_of_range.load(Relaxed),
-                    "sink stopped; samples were dropped during the run"
-                );
-            } else {
-                tracing::info!(sink = %m.name, delivered, "sink stopped, everything delivered");
-            }
-            return;
         }
-        flush(&mut writer, &mut body, &mut lines, m, &mut retry).await;
+        let now = Instant::now();
+        let due = now >= next_flush || closing;
+        if lines >= settings.batch_size || (due && lines > 0) || (due && read_nothing) {
+            if flush(&mut writer, &mut body, &mut lines, m, &mut retry).await {
+                reader.ack();
+            } else {
+                // Not delivered before the grace period ended: it stays in the buffer.
+                break;
+            }
+            next_flush = Instant::now() + settings.flush_interval;
+        } else if due {
+            next_flush = now + settings.flush_interval;
+        }
+        if read_nothing && !due {
+            // Nothing readable yet despite a newer head (a record still being written).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        reader.observe();
+        if closing && closing_deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    reader.observe();
+    let kept = m.buffer_bytes.load(Relaxed);
+    let dropped = m.dropped_total();
+    let delivered = m.delivered.load(Relaxed);
+    if kept > 0 {
+        let (head, read, acked) = reader.positions();
+        tracing::warn!(sink = %m.name, delivered, kept_bytes = kept, head, read, acked, "sink stopped; undelivered data stays in the buffer for the next start");
+    } else if dropped > 0 {
+        tracing::warn!(
+            sink = %m.name,
+            delivered,
+            queue_full = m.dropped_queue_full.load(Relaxed),
+            rejected = m.dropped_rejected.load(Relaxed),
+            not_finite = m.dropped_not_finite.load(Relaxed),
+            out_of_range = m.dropped_out_of_range.load(Relaxed),
+            buffer_full = m.dropped_buffer_full.load(Relaxed),
+            corrupt = m.dropped_corrupt.load(Relaxed),
+            "sink stopped; samples were dropped during the run"
+        );
+    } else {
+        tracing::info!(sink = %m.name, delivered, "sink stopped, everything delivered");
     }
 }
 
@@ -163,37 +206,42 @@ fn account_skipped(m: &SinkMetrics, skipped: &mut Skipped) {
     }
 }
 
+/// Writes the pending body. Returns whether it may be acknowledged in the buffer: delivered,
+/// or rejected for good (dropped and counted); false when shutdown ended the retries.
 async fn flush<W: Writer>(
     writer: &mut W,
     body: &mut Vec<u8>,
     lines: &mut usize,
     m: &SinkMetrics,
     retry: &mut RetryCtl,
-) {
+) -> bool {
     if *lines == 0 {
-        return;
+        return true;
     }
     let started = Instant::now();
     let outcome = writer.write(body, *lines, retry).await;
     m.write_micros
         .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
     m.requests.fetch_add(1, Relaxed);
-    match outcome {
+    let acknowledge = match outcome {
         Outcome::Delivered => {
             m.delivered.fetch_add(*lines as u64, Relaxed);
             m.bytes_sent.fetch_add(body.len() as u64, Relaxed);
+            true
         }
         Outcome::Rejected(reason) => {
             m.dropped_rejected.fetch_add(*lines as u64, Relaxed);
             tracing::error!(sink = %m.name, lines = *lines, %reason, "batch rejected; dropped");
+            true
         }
         Outcome::Abandoned(reason) => {
-            m.dropped_shutdown.fetch_add(*lines as u64, Relaxed);
-            tracing::error!(sink = %m.name, lines = *lines, %reason, "grace period over; batch not delivered");
+            tracing::warn!(sink = %m.name, lines = *lines, %reason, "grace period over; the batch stays in the buffer");
+            false
         }
-    }
+    };
     body.clear();
     *lines = 0;
+    acknowledge
 }
 
 /// A handle to one sink's slot in the shared metrics.

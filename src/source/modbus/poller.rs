@@ -6,10 +6,10 @@
 use super::decode::decode_field;
 use super::plan::{PollGroup, ReadRequest};
 use super::tcp::{ReadError, TcpLink, Words};
+use crate::buffer::BufferInput;
 use crate::model::catalog::HealthIds;
 use crate::model::{now_ns, Quality, Sample, SampleBatch, Value};
 use crate::observe::metrics::{DeviceMetrics, Metrics};
-use crate::pipeline::Fanout;
 use crate::shutdown::Shutdown;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -70,7 +70,7 @@ struct DeviceState {
 pub async fn run(
     mut link: TcpLink,
     devices: Vec<DevicePlan>,
-    fanout: Fanout,
+    input: BufferInput,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) {
@@ -197,7 +197,7 @@ pub async fn run(
         dm.samples.fetch_add(batch.samples.len() as u64, Relaxed);
         st.seq += 1;
         batch.seq = st.seq;
-        fanout.publish(batch);
+        input.publish(batch).await;
         let skipped = slots[i].schedule.advance(Instant::now());
         if skipped > 0 {
             dm.missed_ticks.fetch_add(skipped, Relaxed);

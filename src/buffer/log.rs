@@ -1,0 +1,352 @@
+//! The segmented log on disk: segment files named by the position of their first byte
+//! (`00000000000000000000.seg`), appended by one writer, read by any number of readers.
+//! A position is a byte offset in the whole log (segment base + offset in the file), so
+//! positions only grow and compare across segments.
+
+use super::record::{self, Scan, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::model::SampleBatch;
+use prost::Message;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub base: u64,
+    /// Bytes in the file, header included.
+    pub len: u64,
+    pub catalog: u64,
+}
+
+impl Segment {
+    pub fn end(&self) -> u64 {
+        self.base + self.len
+    }
+}
+
+pub fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.seg"))
+}
+
+/// What start-up found and repaired.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Bytes cut off the end of the last segment (a record torn by a crash).
+    pub truncated_bytes: u64,
+    /// Segments set aside because their header is damaged (renamed `*.seg.quarantined`).
+    pub quarantined: Vec<PathBuf>,
+}
+
+/// Lists the segments of `dir`, quarantines those with a damaged header, and cuts a torn record
+/// off the end of the last one.
+pub fn recover(dir: &Path) -> io::Result<(Vec<Segment>, Recovery)> {
+    fs::create_dir_all(dir)?;
+    let mut bases: Vec<u64> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+        .collect();
+    bases.sort_unstable();
+    let mut rec = Recovery::default();
+    let mut segments = Vec::new();
+    for base in bases {
+        let path = segment_path(dir, base);
+        let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+        let len = fs::metadata(&path)?.len();
+        let ok = File::open(&path)
+            .and_then(|mut f| f.read_exact(&mut header))
+            .is_ok();
+        match record::parse_segment_header(&header).filter(|_| ok) {
+            Some(catalog) => segments.push(Segment { base, len, catalog }),
+            None => {
+                let q = path.with_extension("seg.quarantined");
+                fs::rename(&path, &q)?;
+                rec.quarantined.push(q);
+            }
+        }
+    }
+    if let Some(last) = segments.last_mut() {
+        let path = segment_path(dir, last.base);
+        let bytes = fs::read(&path)?;
+        let mut at = SEGMENT_HEADER_LEN as usize;
+        let valid_end = loop {
+            match record::scan(&bytes, at) {
+                Scan::Record(_, r) => at = r.end,
+                Scan::BadPayload { next, .. } => at = next,
+                Scan::BadHeader => match record::resync(&bytes, at + 1) {
+                    Some(n) => at = n,
+                    None => break at,
+                },
+                Scan::Incomplete => break at,
+            }
+        };
+        if (valid_end as u64) < last.len {
+            rec.truncated_bytes = last.len - valid_end as u64;
+            let f = OpenOptions::new().write(true).open(&path)?;
+            f.set_len(valid_end as u64)?;
+            f.sync_all()?;
+            last.len = valid_end as u64;
+        }
+    }
+    Ok((segments, rec))
+}
+
+/// Appends to the newest segment.
+pub struct LogWriter {
+    dir: PathBuf,
+    file: File,
+    pub segment: Segment,
+}
+
+impl LogWriter {
+    /// Starts a new segment at `base`.
+    pub fn create(dir: &Path, base: u64, catalog: u64) -> io::Result<LogWriter> {
+        let path = segment_path(dir, base);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)?;
+        file.write_all(&record::segment_header(catalog))?;
+        sync_dir(dir);
+        Ok(LogWriter {
+            dir: dir.to_path_buf(),
+            file,
+            segment: Segment {
+                base,
+                len: SEGMENT_HEADER_LEN,
+                catalog,
+            },
+        })
+    }
+
+    pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.segment.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Seals this segment (synced) and starts the next one.
+    pub fn roll(&mut self, catalog: u64) -> io::Result<Segment> {
+        self.sync()?;
+        let sealed = self.segment;
+        *self = LogWriter::create(&self.dir, sealed.end(), catalog)?;
+        Ok(sealed)
+    }
+}
+
+/// Best effort: make a directory's entries (created, renamed, removed files) durable.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// One record read back.
+#[derive(Debug)]
+pub struct Item {
+    pub batch: SampleBatch,
+    pub catalog: u64,
+    /// The position just after this record: acknowledging it means "delivered up to here".
+    pub end: u64,
+    pub written_ms: u64,
+}
+
+/// What a read found damaged.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    /// Samples of records whose header was intact but payload damaged.
+    pub samples: u64,
+    /// Bytes skipped where no intact header could be found.
+    pub bytes: u64,
+}
+
+/// Reads records sequentially from a position. Owns its file handle and a read-ahead buffer.
+pub struct LogReader {
+    dir: PathBuf,
+    pub pos: u64,
+    buf: Vec<u8>,
+    /// The log position of `buf[0]`.
+    buf_pos: u64,
+    file: Option<(u64, File)>,
+}
+
+const CHUNK: usize = 256 << 10;
+
+impl LogReader {
+    pub fn new(dir: &Path, pos: u64) -> Self {
+        LogReader {
+            dir: dir.to_path_buf(),
+            pos,
+            buf: Vec::new(),
+            buf_pos: pos,
+            file: None,
+        }
+    }
+
+    /// Moves to `pos` (e.g. when the data before it was dropped).
+    pub fn seek(&mut self, pos: u64) {
+        self.pos = pos;
+        self.buf.clear();
+        self.buf_pos = pos;
+    }
+
+    /// Reads records up to `limit` (exclusive), stopping after `max_samples` samples.
+    /// `segments` is a snapshot of the log's segments (the last one's `len` as far as written).
+    pub fn read(
+        &mut self,
+        segments: &[Segment],
+        limit: u64,
+        max_samples: usize,
+        out: &mut Vec<Item>,
+        damage: &mut Damage,
+    ) -> io::Result<()> {
+        let mut samples = 0usize;
+        while self.pos < limit && samples < max_samples {
+            let Some(seg) = segments
+                .iter()
+                .find(|s| s.base <= self.pos && self.pos < s.end())
+                .copied()
+            else {
+                // Not inside any segment: the data here was dropped or quarantined; go to the next.
+                match segments.iter().find(|s| s.base > self.pos) {
+                    Some(next) => self.seek(next.base),
+                    None => break,
+                }
+                continue;
+            };
+            if self.pos < seg.base + SEGMENT_HEADER_LEN {
+                self.seek(seg.base + SEGMENT_HEADER_LEN);
+                continue;
+            }
+            let seg_end = seg.end().min(limit);
+            if self.buf.is_empty()
+                || self.pos < self.buf_pos
+                || self.pos > self.buf_pos + self.buf.len() as u64
+            {
+                self.buf.clear();
+                self.buf_pos = self.pos;
+            }
+            let at = (self.pos - self.buf_pos) as usize;
+            match record::scan(&self.buf, at) {
+                Scan::Record(h, r) => {
+                    let end = self.buf_pos + r.end as u64;
+                    match SampleBatch::decode(&self.buf[r.clone()]) {
+                        Ok(batch) => {
+                            samples += batch.samples.len();
+                            out.push(Item {
+                                batch,
+                                catalog: seg.catalog,
+                                end,
+                                written_ms: h.written_ms,
+                            });
+                        }
+                        Err(_) => damage.samples += h.samples as u64,
+                    }
+                    self.pos = end;
+                }
+                Scan::BadPayload {
+                    samples: lost,
+                    next,
+                } => {
+                    damage.samples += lost as u64;
+                    self.pos = self.buf_pos + next as u64;
+                }
+                Scan::BadHeader | Scan::Incomplete => {
+                    let buffered_end = self.buf_pos + self.buf.len() as u64;
+                    if buffered_end < seg_end {
+                        self.fill(seg, seg_end)?;
+                        continue;
+                    }
+                    if matches!(record::scan(&self.buf, at), Scan::Incomplete)
+                        && seg_end == seg.end()
+                        && seg.end() >= limit
+                    {
+                        // The newest record is still being written.
+                        break;
+                    }
+                    // Damaged: resume at the next intact record of this segment, or the next segment.
+                    match record::resync(&self.buf, at + 1) {
+                        Some(n) => {
+                            damage.bytes += (n - at) as u64;
+                            self.pos = self.buf_pos + n as u64;
+                        }
+                        None => {
+                            damage.bytes += seg_end - self.pos;
+                            self.seek(seg_end);
+                        }
+                    }
+                }
+            }
+            // Drop what has been consumed once it is large.
+            let consumed = (self.pos - self.buf_pos) as usize;
+            if consumed > CHUNK && consumed <= self.buf.len() {
+                self.buf.drain(..consumed);
+                self.buf_pos = self.pos;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next chunk of `seg` (up to `seg_end`) into the buffer.
+    fn fill(&mut self, seg: Segment, seg_end: u64) -> io::Result<()> {
+        let from = self.buf_pos + self.buf.len() as u64;
+        if self.file.as_ref().map(|(b, _)| *b) != Some(seg.base) {
+            self.file = Some((seg.base, File::open(segment_path(&self.dir, seg.base))?));
+        }
+        let Some((_, f)) = self.file.as_mut() else {
+            return Ok(());
+        };
+        f.seek(SeekFrom::Start(from - seg.base))?;
+        let want = ((seg_end - from) as usize).min(CHUNK.max(RECORD_HEADER_LEN));
+        let old = self.buf.len();
+        self.buf.resize(old + want, 0);
+        let mut got = 0;
+        while got < want {
+            match f.read(&mut self.buf[old + got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.buf.truncate(old + got);
+                    return Err(e);
+                }
+            }
+        }
+        self.buf.truncate(old + got);
+        if got == 0 {
+            // The file is shorter than the log says (removed or truncated underneath us).
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "segment shorter than expected",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counts the samples of the intact records in `[from, to)` of one segment, reading headers only
+/// (for counting what a dropped segment held for a sink).
+pub fn count_samples(dir: &Path, seg: Segment, from: u64, to: u64) -> u64 {
+    let Ok(mut f) = File::open(segment_path(dir, seg.base)) else {
+        return 0;
+    };
+    let mut pos = from.max(seg.base + SEGMENT_HEADER_LEN);
+    let mut total = 0u64;
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    while pos + RECORD_HEADER_LEN as u64 <= to {
+        if f.seek(SeekFrom::Start(pos - seg.base)).is_err() || f.read_exact(&mut h).is_err() {
+            break;
+        }
+        let Some(header) = record::RecordHeader::decode(&h) else {
+            break;
+        };
+        total += header.samples as u64;
+        pos += RECORD_HEADER_LEN as u64 + header.len as u64;
+    }
+    total
+}

@@ -1,0 +1,700 @@
+//! Store-and-forward: the durable buffer between the sources and every sink.
+//!
+//! Every `SampleBatch` is appended to a segmented log on disk (`log.rs`, record format in
+//! `record.rs`) by one writer thread, with group commit (`sync_interval`). Each sink reads the
+//! log from its own cursor, named after the sink's table name, and acknowledges what it
+//! delivered; a segment is deleted once every configured sink has acknowledged all of it, and
+//! only after the cursors are synced. When the disk budget is reached, `when_full` decides:
+//! drop the oldest segment, refuse new data, or hold the sources back; every dropped sample
+//! is counted by sink and reason.
+//!
+//! What a crash can lose: a process crash (SIGKILL, panic) loses only batches still in the
+//! in-memory queue to the writer thread (written to the OS within milliseconds); a power cut
+//! loses at most the last `sync_interval` of data. After either, a sink may deliver again
+//! what it had delivered but not yet acknowledged on disk: InfluxDB keys points by series and
+//! timestamp, so a replay overwrites with identical values.
+
+pub mod log;
+pub mod record;
+
+use crate::config::{BufferConfig, WhenFull};
+use crate::model::{Catalog, SampleBatch};
+use crate::observe::metrics::Metrics;
+use log::{Damage, Item, LogReader, LogWriter, Segment};
+use prost::Message;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Batches waiting for the writer thread.
+const QUEUE: usize = 8192;
+/// A sink this far behind the head reads new data beside its backlog (`live_share`).
+const LAG_BYTES: u64 = 1 << 20;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The identity of a catalog: the segments written with it refer to its point ids.
+pub fn catalog_id(catalog: &Catalog) -> (u64, Vec<u8>) {
+    let bytes = catalog.encode_to_vec();
+    (
+        (crc32fast::hash(&bytes) as u64) << 32 | (bytes.len() as u64 & 0xffff_ffff),
+        bytes,
+    )
+}
+
+struct SinkCursor {
+    name: String,
+    /// Delivered up to here.
+    acked: u64,
+    /// `written_ms` of the oldest record not yet acknowledged (0: none pending).
+    oldest_ms: u64,
+    persisted: u64,
+}
+
+struct State {
+    segments: Vec<Segment>,
+    head: u64,
+    cursors: Vec<SinkCursor>,
+    closed: bool,
+}
+
+struct Shared {
+    dir: PathBuf,
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The writing side: sources hand batches to `publish`.
+#[derive(Clone)]
+pub struct BufferInput {
+    tx: SyncSender<SampleBatch>,
+    block: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl BufferInput {
+    /// Queues a batch for the log. With `when_full = "block"` a full buffer holds the source
+    /// back here; otherwise this never waits.
+    pub async fn publish(&self, batch: SampleBatch) {
+        if batch.samples.is_empty() {
+            return;
+        }
+        let mut batch = batch;
+        loop {
+            match self.tx.try_send(batch) {
+                Ok(()) => return,
+                Err(TrySendError::Full(b)) if self.block => {
+                    batch = b;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
+                    for s in &self.metrics.sinks {
+                        s.dropped_queue_full
+                            .fetch_add(b.samples.len() as u64, Relaxed);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The durable buffer of one agent.
+pub struct Buffer {
+    shared: Arc<Shared>,
+    head_rx: watch::Receiver<u64>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    live_share: f64,
+}
+
+/// Settings of the buffer beyond the user's `[buffer]`.
+pub struct Options {
+    pub segment_bytes: u64,
+}
+
+impl Buffer {
+    /// Opens (recovering) the buffer under `dir` and starts the writer thread.
+    pub fn open(
+        dir: &Path,
+        cfg: &BufferConfig,
+        catalog: &Catalog,
+        sinks: &[String],
+        metrics: Arc<Metrics>,
+    ) -> Result<(Buffer, BufferInput), String> {
+        let err = |what: &str, e: std::io::Error| format!("buffer {}: {what}: {e}", dir.display());
+        let seg_dir = dir.join("segments");
+        let (mut segments, recovery) = log::recover(&seg_dir).map_err(|e| err("recovering", e))?;
+        if recovery.truncated_bytes > 0 {
+            tracing::warn!(
+                bytes = recovery.truncated_bytes,
+                "buffer: cut a torn record off the end of the log (a crash interrupted a write)"
+            );
+        }
+        for q in &recovery.quarantined {
+            tracing::error!(file = %q.display(), "buffer: damaged segment header; segment set aside and its data counted as lost");
+            metrics.buffer_quarantined.fetch_add(1, Relaxed);
+        }
+        let (cat_id, cat_bytes) = catalog_id(catalog);
+        let cat_dir = dir.join("catalogs");
+        std::fs::create_dir_all(&cat_dir).map_err(|e| err("creating catalogs", e))?;
+        let cat_path = cat_dir.join(format!("{cat_id:016x}.pb"));
+        if !cat_path.exists() {
+            let tmp = cat_path.with_extension("tmp");
+            std::fs::write(&tmp, &cat_bytes)
+                .and_then(|_| std::fs::rename(&tmp, &cat_path))
+                .map_err(|e| err("writing the catalog", e))?;
+        }
+        let head = segments.last().map(|s| s.end()).unwrap_or(0);
+        let floor = segments.first().map(|s| s.base).unwrap_or(head);
+        // Cursors: a sink seen before resumes where it was; a new sink starts at the head.
+        let cur_dir = dir.join("cursors");
+        std::fs::create_dir_all(&cur_dir).map_err(|e| err("creating cursors", e))?;
+        let cursors = sinks
+            .iter()
+            .map(|name| {
+                let stored = read_cursor(&cur_dir, name);
+                let acked = stored.map(|p| p.clamp(floor, head)).unwrap_or(head);
+                if stored.is_some() && acked < head {
+                    tracing::info!(sink = %name, backlog_bytes = head - acked, "buffer: resuming delivery of stored data");
+                }
+                SinkCursor { name: name.clone(), acked, oldest_ms: 0, persisted: u64::MAX }
+            })
+            .collect();
+        let writer =
+            LogWriter::create(&seg_dir, head, cat_id).map_err(|e| err("starting a segment", e))?;
+        segments.push(writer.segment);
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State {
+                segments,
+                head: writer.segment.end(),
+                cursors,
+                closed: false,
+            }),
+            metrics: metrics.clone(),
+        });
+        {
+            let mut st = shared.lock();
+            persist_cursors(&shared.dir, &mut st);
+        }
+        let (tx, rx) = sync_channel(QUEUE);
+        let (head_tx, head_rx) = watch::channel(writer.segment.end());
+        let segment_bytes = (cfg.max_bytes / 8).clamp(64 << 10, 64 << 20);
+        let thread_shared = shared.clone();
+        let block = cfg.when_full == WhenFull::Block;
+        let cfg = cfg.clone();
+        let handle = std::thread::Builder::new()
+            .name("linetap-buffer".into())
+            .spawn(move || {
+                write_loop(
+                    thread_shared,
+                    writer,
+                    rx,
+                    head_tx,
+                    cfg,
+                    cat_id,
+                    segment_bytes,
+                )
+            })
+            .map_err(|e| format!("buffer: cannot start the writer thread: {e}"))?;
+        Ok((
+            Buffer {
+                shared,
+                head_rx,
+                writer: Some(handle),
+                live_share: 0.25,
+            },
+            BufferInput { tx, block, metrics },
+        ))
+    }
+
+    pub fn set_live_share(&mut self, share: f64) {
+        self.live_share = share.clamp(0.0, 1.0);
+    }
+
+    /// The reader for sink number `index` (in the order given to `open`).
+    pub fn reader(&self, index: usize) -> SinkReader {
+        let (pos, name) = {
+            let st = self.shared.lock();
+            (st.cursors[index].acked, st.cursors[index].name.clone())
+        };
+        let seg_dir = self.shared.dir.join("segments");
+        SinkReader {
+            index,
+            name,
+            shared: self.shared.clone(),
+            head_rx: self.head_rx.clone(),
+            main: Some(LogReader::new(&seg_dir, pos)),
+            live: None,
+            backlog_end: 0,
+            live_share: self.live_share,
+            pending_main: pos,
+            pending_live: 0,
+            catalogs: HashMap::new(),
+        }
+    }
+
+    /// Waits for the writer to finish (once every `BufferInput` is dropped) and syncs.
+    pub fn close(mut self) {
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+        let mut st = self.shared.lock();
+        persist_cursors(&self.shared.dir, &mut st);
+    }
+}
+
+fn cursor_path(dir: &Path, sink: &str) -> PathBuf {
+    // Sink names are TOML keys; keep the file name safe whatever they contain.
+    let safe: String = sink
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("{safe}.pos"))
+}
+
+fn read_cursor(dir: &Path, sink: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(cursor_path(dir, sink)).ok()?;
+    let (pos, crc) = text.trim().split_once(' ')?;
+    (crc32fast::hash(pos.as_bytes()).to_string() == crc)
+        .then(|| pos.parse().ok())
+        .flatten()
+}
+
+/// Writes every changed cursor durably (temp file, fsync, rename, fsync the directory).
+fn persist_cursors(dir: &Path, st: &mut State) {
+    let cur_dir = dir.join("cursors");
+    let mut changed = false;
+    for c in &mut st.cursors {
+        if c.acked == c.persisted {
+            continue;
+        }
+        let path = cursor_path(&cur_dir, &c.name);
+        let tmp = path.with_extension("tmp");
+        let pos = c.acked.to_string();
+        let body = format!("{pos} {}\n", crc32fast::hash(pos.as_bytes()));
+        let ok = std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(body.as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        match ok {
+            Ok(()) => {
+                c.persisted = c.acked;
+                changed = true;
+            }
+            Err(e) => {
+                tracing::warn!(sink = %c.name, error = %e, "buffer: cannot save the read position")
+            }
+        }
+    }
+    if changed {
+        log::sync_dir(&cur_dir);
+    }
+}
+
+fn write_loop(
+    shared: Arc<Shared>,
+    mut writer: LogWriter,
+    rx: Receiver<SampleBatch>,
+    head_tx: watch::Sender<u64>,
+    cfg: BufferConfig,
+    cat_id: u64,
+    segment_bytes: u64,
+) {
+    let seg_dir = shared.dir.join("segments");
+    let mut pending: Vec<u8> = Vec::with_capacity(256 << 10);
+    let mut scratch: Vec<u8> = Vec::with_capacity(8 << 10);
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    let mut refused_logged = false;
+    loop {
+        let first = match rx.recv_timeout(cfg.sync_interval.min(Duration::from_millis(200))) {
+            Ok(b) => Some(b),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batches = 0usize;
+        let mut pending_samples = 0u64;
+        let mut next = first;
+        while let Some(batch) = next {
+            // The disk budget, before accepting more.
+            let mut over =
+                { shared.lock().bytes_on_disk() } + pending.len() as u64 >= cfg.max_bytes;
+            if over && cfg.when_full == WhenFull::Block {
+                // Hold the sources back (the queue fills, `publish` waits) until sinks deliver.
+                if !refused_logged {
+                    tracing::warn!(
+                        "buffer full (max_bytes): holding the sources back (when_full = block)"
+                    );
+                    refused_logged = true;
+                }
+                while over {
+                    std::thread::sleep(Duration::from_millis(50));
+                    enforce_budget(&shared, &seg_dir, &cfg);
+                    over =
+                        { shared.lock().bytes_on_disk() } + pending.len() as u64 >= cfg.max_bytes;
+                }
+            }
+            if over && cfg.when_full == WhenFull::DropNewest {
+                for s in &shared.metrics.sinks {
+                    s.dropped_buffer_full
+                        .fetch_add(batch.samples.len() as u64, Relaxed);
+                }
+                if !refused_logged {
+                    tracing::warn!(
+                        "buffer full (max_bytes): refusing new data (when_full = drop_newest)"
+                    );
+                    refused_logged = true;
+                }
+            } else {
+                refused_logged = false;
+                scratch.clear();
+                if batch.encode(&mut scratch).is_ok() {
+                    pending_samples += batch.samples.len() as u64;
+                    record::append_record(
+                        &mut pending,
+                        &scratch,
+                        batch.samples.len() as u32,
+                        now_ms(),
+                    );
+                }
+            }
+            batches += 1;
+            next = if batches < 4096 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !pending.is_empty() {
+            match writer.append(&pending) {
+                Ok(()) => {
+                    unsynced = true;
+                    shared
+                        .metrics
+                        .buffer_bytes_written
+                        .fetch_add(pending.len() as u64, Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "buffer: write failed; these samples are lost");
+                    for s in &shared.metrics.sinks {
+                        s.dropped_disk_error.fetch_add(pending_samples, Relaxed);
+                    }
+                }
+            }
+            pending.clear();
+            let head = writer.segment.end();
+            {
+                let mut st = shared.lock();
+                if let Some(last) = st.segments.last_mut() {
+                    *last = writer.segment;
+                }
+                st.head = head;
+            }
+            let _ = head_tx.send(head);
+        }
+        let now = Instant::now();
+        if unsynced && now.duration_since(last_sync) >= cfg.sync_interval {
+            if let Err(e) = writer.sync() {
+                tracing::error!(error = %e, "buffer: sync failed");
+            }
+            unsynced = false;
+            last_sync = now;
+            let mut st = shared.lock();
+            persist_cursors(&shared.dir, &mut st);
+        }
+        if writer.segment.len >= segment_bytes {
+            match writer.roll(cat_id) {
+                Ok(_) => {
+                    let mut st = shared.lock();
+                    st.segments.push(writer.segment);
+                }
+                Err(e) => tracing::error!(error = %e, "buffer: cannot start a new segment"),
+            }
+        }
+        enforce_budget(&shared, &seg_dir, &cfg);
+        shared
+            .metrics
+            .buffer_head
+            .store(writer.segment.end(), Relaxed);
+    }
+    let _ = writer.sync();
+    let mut st = shared.lock();
+    st.closed = true;
+    persist_cursors(&shared.dir, &mut st);
+}
+
+impl State {
+    fn bytes_on_disk(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+}
+
+/// Deletes sealed segments every sink has delivered; with `drop_oldest`, also the oldest
+/// segment while the log is over budget, counting what each sink loses.
+fn enforce_budget(shared: &Shared, seg_dir: &Path, cfg: &BufferConfig) {
+    loop {
+        let mut st = shared.lock();
+        if st.segments.len() < 2 {
+            return;
+        }
+        let oldest = st.segments[0];
+        let min_acked = st.cursors.iter().map(|c| c.acked).min().unwrap_or(st.head);
+        let fully_acked = min_acked >= oldest.end();
+        let over = st.bytes_on_disk() > cfg.max_bytes;
+        let may_drop = over && cfg.when_full == WhenFull::DropOldest;
+        if !fully_acked && !may_drop {
+            return;
+        }
+        if !fully_acked {
+            // Dropping undelivered data: count it for each sink that had not delivered it.
+            for (i, c) in st.cursors.iter_mut().enumerate() {
+                if c.acked < oldest.end() {
+                    let lost = log::count_samples(seg_dir, oldest, c.acked, oldest.end());
+                    if let Some(m) = shared.metrics.sinks.get(i) {
+                        m.dropped_buffer_full.fetch_add(lost, Relaxed);
+                    }
+                    tracing::warn!(sink = %c.name, samples = lost, "buffer full (max_bytes): dropped the oldest undelivered data");
+                    c.acked = oldest.end();
+                    c.oldest_ms = 0;
+                }
+            }
+        }
+        // Cursors first, then the data: a crash in between re-reads nothing that is gone.
+        persist_cursors(&shared.dir, &mut st);
+        st.segments.remove(0);
+        drop(st);
+        if let Err(e) = std::fs::remove_file(log::segment_path(seg_dir, oldest.base)) {
+            tracing::warn!(error = %e, "buffer: cannot remove a delivered segment");
+        }
+    }
+}
+
+/// One sink's view of the buffer.
+pub struct SinkReader {
+    index: usize,
+    pub name: String,
+    shared: Arc<Shared>,
+    head_rx: watch::Receiver<u64>,
+    /// Reads the backlog (or everything, when not lagging). `None` only while a read is running.
+    main: Option<LogReader>,
+    /// While lagging: reads new data from where the lag was noticed, beside the backlog.
+    live: Option<LogReader>,
+    /// While lagging: where the backlog ends and `live` began.
+    backlog_end: u64,
+    live_share: f64,
+    /// Read but not yet acknowledged up to here.
+    pending_main: u64,
+    pending_live: u64,
+    catalogs: HashMap<u64, Option<Arc<Catalog>>>,
+}
+
+/// A batch read for a sink, with what to acknowledge once it is delivered.
+pub struct Read {
+    pub items: Vec<Item>,
+    pub damage: Damage,
+}
+
+impl SinkReader {
+    fn limit(&self) -> u64 {
+        *self.head_rx.borrow()
+    }
+
+    /// Whether there is anything to read now.
+    pub fn has_data(&self) -> bool {
+        let head = self.limit();
+        self.main.as_ref().is_some_and(|m| {
+            m.pos
+                < if self.live.is_some() {
+                    self.backlog_end
+                } else {
+                    head
+                }
+        }) || self.live.as_ref().is_some_and(|l| l.pos < head)
+    }
+
+    /// Waits until new data is written (cancel-safe).
+    pub async fn changed(&mut self) {
+        let _ = self.head_rx.changed().await;
+    }
+
+    /// Reads up to `max_samples` samples: while lagging, `live_share` of them from new data and
+    /// the rest from the backlog, both in order. The file reads run on the blocking pool.
+    pub async fn read(&mut self, max_samples: usize) -> Read {
+        let head = self.limit();
+        let segments = self.shared.lock().segments.clone();
+        // Fell far behind (the sink was down)? Start reading new data beside the backlog.
+        if self.live.is_none() {
+            if let Some(m) = &self.main {
+                if head.saturating_sub(m.pos) > LAG_BYTES && self.live_share > 0.0 {
+                    self.backlog_end = head;
+                    self.live = Some(LogReader::new(&self.shared.dir.join("segments"), head));
+                    self.pending_live = head;
+                    tracing::info!(sink = %self.name, backlog_bytes = head - m.pos, "replaying stored data beside live data");
+                }
+            }
+        }
+        let live_quota = if self.live.is_some() {
+            ((max_samples as f64) * self.live_share).ceil() as usize
+        } else {
+            0
+        };
+        let mut main = self.main.take();
+        let mut live = self.live.take();
+        let main_limit = if live.is_some() {
+            self.backlog_end
+        } else {
+            head
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut items = Vec::new();
+            let mut damage = Damage::default();
+            let mut tags = Vec::new();
+            if let Some(l) = live.as_mut() {
+                if let Err(e) = l.read(&segments, head, live_quota, &mut items, &mut damage) {
+                    tracing::warn!(error = %e, "buffer: read failed");
+                }
+                tags.resize(items.len(), true);
+            }
+            if let Some(m) = main.as_mut() {
+                let taken: usize = items.iter().map(|i| i.batch.samples.len()).sum();
+                if let Err(e) = m.read(
+                    &segments,
+                    main_limit,
+                    max_samples.saturating_sub(taken).max(1),
+                    &mut items,
+                    &mut damage,
+                ) {
+                    tracing::warn!(error = %e, "buffer: read failed");
+                }
+                tags.resize(items.len(), false);
+            }
+            (main, live, items, tags, damage)
+        })
+        .await;
+        let (main, live, items, tags, damage) = match joined {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "buffer: reader task failed");
+                (
+                    Some(LogReader::new(
+                        &self.shared.dir.join("segments"),
+                        self.pending_main,
+                    )),
+                    None,
+                    Vec::new(),
+                    Vec::new(),
+                    Damage::default(),
+                )
+            }
+        };
+        self.main = main;
+        self.live = live;
+        for (item, from_live) in items.iter().zip(&tags) {
+            if *from_live {
+                self.pending_live = item.end;
+            } else {
+                self.pending_main = item.end;
+            }
+        }
+        if let Some(first) = items.first() {
+            let mut st = self.shared.lock();
+            let c = &mut st.cursors[self.index];
+            if c.oldest_ms == 0 {
+                c.oldest_ms = first.written_ms;
+            }
+        }
+        if damage.samples > 0 || damage.bytes > 0 {
+            if let Some(m) = self.shared.metrics.sinks.get(self.index) {
+                m.dropped_corrupt.fetch_add(damage.samples, Relaxed);
+            }
+            self.shared
+                .metrics
+                .buffer_corrupt_bytes
+                .fetch_add(damage.bytes, Relaxed);
+            tracing::error!(sink = %self.name, samples = damage.samples, bytes = damage.bytes, "buffer: damaged data skipped");
+        }
+        // Items in log order per reader; the sink encodes them in this order.
+        Read { items, damage }
+    }
+
+    /// Everything read so far has been delivered (or deliberately dropped).
+    pub fn ack(&mut self) {
+        let mut st = self.shared.lock();
+        let head = st.head;
+        let c = &mut st.cursors[self.index];
+        if self.live.is_some() && self.pending_main >= self.backlog_end {
+            // The backlog is done: the live reader becomes the only one.
+            self.main = self.live.take();
+            self.pending_main = self.pending_live;
+            tracing::info!(sink = %self.name, "stored data replayed; back to live delivery");
+        }
+        c.acked = c.acked.max(self.pending_main);
+        c.oldest_ms = 0;
+        self.shared.metrics.sinks[self.index]
+            .buffer_bytes
+            .store(head.saturating_sub(c.acked), Relaxed);
+    }
+
+    /// The catalog a record refers to (loaded from the buffer directory when it is not the
+    /// current one), or `None` when it is missing.
+    pub fn catalog(&mut self, id: u64) -> Option<Arc<Catalog>> {
+        let dir = self.shared.dir.join("catalogs");
+        self.catalogs
+            .entry(id)
+            .or_insert_with(|| {
+                let bytes = std::fs::read(dir.join(format!("{id:016x}.pb"))).ok()?;
+                Catalog::decode(bytes.as_slice()).ok().map(Arc::new)
+            })
+            .clone()
+    }
+
+    /// (head seen, read position, acknowledged position), for diagnostics.
+    pub fn positions(&self) -> (u64, u64, u64) {
+        let acked = self.shared.lock().cursors[self.index].acked;
+        (
+            self.limit(),
+            self.main.as_ref().map(|m| m.pos).unwrap_or(0),
+            acked,
+        )
+    }
+
+    /// Metrics: bytes not yet delivered, and the age of the oldest of them.
+    pub fn observe(&self) {
+        let st = self.shared.lock();
+        let c = &st.cursors[self.index];
+        let m = &self.shared.metrics.sinks[self.index];
+        m.buffer_bytes
+            .store(st.head.saturating_sub(c.acked), Relaxed);
+        let age = if c.oldest_ms == 0 {
+            0
+        } else {
+            now_ms().saturating_sub(c.oldest_ms)
+        };
+        m.buffer_oldest_ms.store(age, Relaxed);
+    }
+}
