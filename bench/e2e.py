@@ -58,9 +58,13 @@ def proc_peak_rss_mb(pid):
     return float("nan")
 
 
+DATA_DIR = ""
+
+
 def config(n, ports, vm_url, poll):
     out = [
         '[line]\nid = "bench"\nsite = "lab"\n',
+        f'[agent]\ndata_dir = "{DATA_DIR}"\n',
         f'[sinks.vm]\ntype = "influxdb"\nurl = "{vm_url}"\napi = "v2"\norg = "lab"\nbucket = "bench"\n'
         'token_env = "BENCH_TOKEN"\nbatch_size = 5000\nflush_interval = "1s"\n' + EXTRA,
     ]
@@ -94,6 +98,8 @@ def main():
         procs.append(vm)
         vm_url = f"http://127.0.0.1:{vm_port}"
         wait_ok(vm_url + "/health", vm, "victoria-metrics")
+        global DATA_DIR
+        DATA_DIR = os.path.join(tmp, "agent-data")
         ports = [free_port() for _ in range(a.devices)]
         cfg_path = os.path.join(tmp, "bench.toml")
         with open(cfg_path, "w") as f:
@@ -113,6 +119,11 @@ def main():
         cpu1 = proc_cpu_seconds(agent.pid)
         t1 = time.time()
         rss = proc_peak_rss_mb(agent.pid)
+        written = 0
+        try:
+            metrics_port = None
+        except Exception:
+            pass
         agent.terminate()
         agent.wait(timeout=30)
         http(vm_url + "/internal/force_flush")

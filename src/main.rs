@@ -98,14 +98,18 @@ fn main() -> ExitCode {
                 tracing::info!("stopping: flushing sinks");
                 let metrics = agent.metrics.clone();
                 let undelivered = agent.stop().await;
-                let delivered: u64 = metrics.sinks.iter().map(|s| s.delivered.load(std::sync::atomic::Ordering::Relaxed)).sum();
+                use std::sync::atomic::Ordering::Relaxed;
+                let collected = metrics.collected();
+                let delivered: u64 = metrics.sinks.iter().map(|s| s.delivered.load(Relaxed)).sum();
                 let dropped: u64 = metrics.sinks.iter().map(|s| s.dropped_total()).sum();
+                let buffer_full: u64 = metrics.sinks.iter().map(|s| s.dropped_buffer_full.load(Relaxed)).sum();
+                let corrupt: u64 = metrics.sinks.iter().map(|s| s.dropped_corrupt.load(Relaxed)).sum();
                 if undelivered > 0 {
-                    tracing::warn!(delivered, dropped, kept_bytes = undelivered, "stopped; undelivered data is kept in the buffer for the next start");
+                    tracing::warn!(collected, delivered, dropped, buffer_full, corrupt, kept_bytes = undelivered, "stopped; undelivered data is kept in the buffer for the next start");
                 } else if dropped > 0 {
-                    tracing::warn!(delivered, dropped, "stopped; samples were dropped during the run (see the sink messages above)");
+                    tracing::warn!(collected, delivered, dropped, buffer_full, corrupt, "stopped; samples were dropped during the run (see the sink messages above)");
                 } else {
-                    tracing::info!(delivered, "stopped cleanly; everything delivered");
+                    tracing::info!(collected, delivered, "stopped cleanly; everything delivered");
                 }
                 0
             }),

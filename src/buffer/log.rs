@@ -149,7 +149,7 @@ pub fn sync_dir(dir: &Path) {
 /// One record read back.
 #[derive(Debug)]
 pub struct Item {
-    pub batch: SampleBatch,
+    pub batch: std::sync::Arc<SampleBatch>,
     pub catalog: u64,
     /// The position just after this record: acknowledging it means "delivered up to here".
     pub end: u64,
@@ -239,7 +239,7 @@ impl LogReader {
                         Ok(batch) => {
                             samples += batch.samples.len();
                             out.push(Item {
-                                batch,
+                                batch: std::sync::Arc::new(batch),
                                 catalog: seg.catalog,
                                 end,
                                 written_ms: h.written_ms,

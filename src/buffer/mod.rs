@@ -23,15 +23,30 @@ use crate::observe::metrics::Metrics;
 use log::{Damage, Item, LogReader, LogWriter, Segment};
 use prost::Message;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// Batches waiting for the writer thread.
 const QUEUE: usize = 8192;
+/// How often the writer thread wakes to write what has been queued.
+const TICK: Duration = Duration::from_millis(20);
+/// Batches kept in memory per sink, so a caught-up sink never reads the disk.
+const TAIL_ITEMS: usize = 8192;
+
+/// A batch just written, kept in memory for the sinks.
+#[derive(Clone)]
+struct TailItem {
+    start: u64,
+    end: u64,
+    catalog: u64,
+    written_ms: u64,
+    batch: Arc<SampleBatch>,
+}
 /// A sink this far behind the head reads new data beside its backlog (`live_share`).
 const LAG_BYTES: u64 = 1 << 20;
 
@@ -61,6 +76,8 @@ struct SinkCursor {
 }
 
 struct State {
+    /// Per sink: the newest batches, for reading without the disk.
+    tails: Vec<VecDeque<TailItem>>,
     segments: Vec<Segment>,
     head: u64,
     cursors: Vec<SinkCursor>,
@@ -181,6 +198,7 @@ impl Buffer {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             state: Mutex::new(State {
+                tails: vec![VecDeque::new(); sinks.len()],
                 segments,
                 head: writer.segment.end(),
                 cursors,
@@ -192,6 +210,7 @@ impl Buffer {
             let mut st = shared.lock();
             persist_cursors(&shared.dir, &mut st);
         }
+        update_gauges(&shared);
         let (tx, rx) = sync_channel(QUEUE);
         let (head_tx, head_rx) = watch::channel(writer.segment.end());
         let segment_bytes = (cfg.max_bytes / 8).clamp(64 << 10, 64 << 20);
@@ -316,6 +335,9 @@ fn persist_cursors(dir: &Path, st: &mut State) {
     }
 }
 
+/// The writer thread. It wakes every `TICK` (never once per batch: a source's `publish`
+/// costs no wake-up), appends everything queued as one write, hands the batches to the sinks'
+/// in-memory tails, and syncs every `sync_interval`.
 fn write_loop(
     shared: Arc<Shared>,
     mut writer: LogWriter,
@@ -328,22 +350,26 @@ fn write_loop(
     let seg_dir = shared.dir.join("segments");
     let mut pending: Vec<u8> = Vec::with_capacity(256 << 10);
     let mut scratch: Vec<u8> = Vec::with_capacity(8 << 10);
+    let mut fresh: Vec<TailItem> = Vec::new();
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     let mut refused_logged = false;
-    loop {
-        let first = match rx.recv_timeout(cfg.sync_interval.min(Duration::from_millis(200))) {
-            Ok(b) => Some(b),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut batches = 0usize;
+    let mut disconnected = false;
+    while !disconnected {
+        std::thread::sleep(TICK);
         let mut pending_samples = 0u64;
-        let mut next = first;
-        while let Some(batch) = next {
+        let base = writer.segment.end();
+        loop {
+            let batch = match rx.try_recv() {
+                Ok(b) => b,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
+            };
             // The disk budget, before accepting more.
-            let mut over =
-                { shared.lock().bytes_on_disk() } + pending.len() as u64 >= cfg.max_bytes;
+            let mut over = shared.lock().bytes_on_disk() + pending.len() as u64 >= cfg.max_bytes;
             if over && cfg.when_full == WhenFull::Block {
                 // Hold the sources back (the queue fills, `publish` waits) until sinks deliver.
                 if !refused_logged {
@@ -355,8 +381,7 @@ fn write_loop(
                 while over {
                     std::thread::sleep(Duration::from_millis(50));
                     enforce_budget(&shared, &seg_dir, &cfg);
-                    over =
-                        { shared.lock().bytes_on_disk() } + pending.len() as u64 >= cfg.max_bytes;
+                    over = shared.lock().bytes_on_disk() + pending.len() as u64 >= cfg.max_bytes;
                 }
             }
             if over && cfg.when_full == WhenFull::DropNewest {
@@ -370,25 +395,33 @@ fn write_loop(
                     );
                     refused_logged = true;
                 }
-            } else {
-                refused_logged = false;
-                scratch.clear();
-                if batch.encode(&mut scratch).is_ok() {
-                    pending_samples += batch.samples.len() as u64;
-                    record::append_record(
-                        &mut pending,
-                        &scratch,
-                        batch.samples.len() as u32,
-                        now_ms(),
-                    );
-                }
+                continue;
             }
-            batches += 1;
-            next = if batches < 4096 {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
+            refused_logged = false;
+            scratch.clear();
+            if batch.encode(&mut scratch).is_err() {
+                continue;
+            }
+            let start = base + pending.len() as u64;
+            let written_ms = now_ms();
+            pending_samples += batch.samples.len() as u64;
+            record::append_record(
+                &mut pending,
+                &scratch,
+                batch.samples.len() as u32,
+                written_ms,
+            );
+            let end = base + pending.len() as u64;
+            fresh.push(TailItem {
+                start,
+                end,
+                catalog: cat_id,
+                written_ms,
+                batch: Arc::new(batch),
+            });
+            if pending.len() >= 1 << 20 {
+                break;
+            }
         }
         if !pending.is_empty() {
             match writer.append(&pending) {
@@ -398,6 +431,23 @@ fn write_loop(
                         .metrics
                         .buffer_bytes_written
                         .fetch_add(pending.len() as u64, Relaxed);
+                    let head = writer.segment.end();
+                    let mut st = shared.lock();
+                    if let Some(last) = st.segments.last_mut() {
+                        *last = writer.segment;
+                    }
+                    st.head = head;
+                    // Sinks that are caught up take these from memory instead of the disk.
+                    for tail in &mut st.tails {
+                        for item in &fresh {
+                            if tail.len() >= TAIL_ITEMS {
+                                tail.pop_front();
+                            }
+                            tail.push_back(item.clone());
+                        }
+                    }
+                    drop(st);
+                    let _ = head_tx.send(head);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "buffer: write failed; these samples are lost");
@@ -407,15 +457,7 @@ fn write_loop(
                 }
             }
             pending.clear();
-            let head = writer.segment.end();
-            {
-                let mut st = shared.lock();
-                if let Some(last) = st.segments.last_mut() {
-                    *last = writer.segment;
-                }
-                st.head = head;
-            }
-            let _ = head_tx.send(head);
+            fresh.clear();
         }
         let now = Instant::now();
         if unsynced && now.duration_since(last_sync) >= cfg.sync_interval {
@@ -437,15 +479,29 @@ fn write_loop(
             }
         }
         enforce_budget(&shared, &seg_dir, &cfg);
-        shared
-            .metrics
-            .buffer_head
-            .store(writer.segment.end(), Relaxed);
+        update_gauges(&shared);
     }
     let _ = writer.sync();
     let mut st = shared.lock();
     st.closed = true;
     persist_cursors(&shared.dir, &mut st);
+}
+
+/// `linetap_buffer_bytes` and `linetap_buffer_oldest_age_seconds` for every sink, kept current
+/// by the writer thread (a sink stuck retrying cannot update its own).
+fn update_gauges(shared: &Shared) {
+    let st = shared.lock();
+    let now = now_ms();
+    for (c, m) in st.cursors.iter().zip(&shared.metrics.sinks) {
+        m.buffer_bytes
+            .store(st.head.saturating_sub(c.acked), Relaxed);
+        let age = if c.oldest_ms == 0 || c.acked >= st.head {
+            0
+        } else {
+            now.saturating_sub(c.oldest_ms)
+        };
+        m.buffer_oldest_ms.store(age, Relaxed);
+    }
 }
 
 impl State {
@@ -537,14 +593,33 @@ impl SinkReader {
         }) || self.live.as_ref().is_some_and(|l| l.pos < head)
     }
 
-    /// Waits until new data is written (cancel-safe).
-    pub async fn changed(&mut self) {
-        let _ = self.head_rx.changed().await;
+    /// Bytes written but not read yet.
+    pub fn pending_bytes(&self) -> u64 {
+        let head = self.limit();
+        let main_limit = if self.live.is_some() {
+            self.backlog_end
+        } else {
+            head
+        };
+        let main = self
+            .main
+            .as_ref()
+            .map(|m| main_limit.saturating_sub(m.pos))
+            .unwrap_or(0);
+        let live = self
+            .live
+            .as_ref()
+            .map(|l| head.saturating_sub(l.pos))
+            .unwrap_or(0);
+        main + live
     }
 
     /// Reads up to `max_samples` samples: while lagging, `live_share` of them from new data and
     /// the rest from the backlog, both in order. The file reads run on the blocking pool.
     pub async fn read(&mut self, max_samples: usize) -> Read {
+        if let Some(read) = self.read_from_memory(max_samples) {
+            return read;
+        }
         let head = self.limit();
         let segments = self.shared.lock().segments.clone();
         // Fell far behind (the sink was down)? Start reading new data beside the backlog.
@@ -640,6 +715,53 @@ impl SinkReader {
         }
         // Items in log order per reader; the sink encodes them in this order.
         Read { items, damage }
+    }
+
+    /// The fast path of a caught-up sink: the batches the writer just wrote, from memory.
+    fn read_from_memory(&mut self, max_samples: usize) -> Option<Read> {
+        if self.live.is_some() {
+            return None;
+        }
+        let pos = self.main.as_ref()?.pos;
+        let mut st = self.shared.lock();
+        let tail = &mut st.tails[self.index];
+        while tail.front().is_some_and(|t| t.end <= pos) {
+            tail.pop_front();
+        }
+        if tail.front()?.start != pos {
+            return None;
+        }
+        let mut items = Vec::new();
+        let mut samples = 0;
+        let mut at = pos;
+        while samples < max_samples {
+            let Some(t) = tail.front() else { break };
+            if t.start != at {
+                break;
+            }
+            let t = tail.pop_front()?;
+            samples += t.batch.samples.len();
+            at = t.end;
+            items.push(Item {
+                batch: t.batch,
+                catalog: t.catalog,
+                end: t.end,
+                written_ms: t.written_ms,
+            });
+        }
+        let c = &mut st.cursors[self.index];
+        if c.oldest_ms == 0 {
+            c.oldest_ms = items.first().map(|i| i.written_ms).unwrap_or(0);
+        }
+        drop(st);
+        if let Some(m) = self.main.as_mut() {
+            m.seek(at);
+        }
+        self.pending_main = at;
+        Some(Read {
+            items,
+            damage: Damage::default(),
+        })
     }
 
     /// Everything read so far has been delivered (or deliberately dropped).

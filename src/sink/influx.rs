@@ -98,7 +98,8 @@ impl InfluxWriter {
             url,
             auth,
             gzip: cfg.gzip,
-            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+            // A store that comes back is found within 5 s; the backlog then drains at full speed.
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
         })
     }
 

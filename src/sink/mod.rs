@@ -115,30 +115,28 @@ pub async fn run<W: Writer>(
     let mut skipped = Skipped::default();
     let mut retry = RetryCtl::new(shutdown.clone(), settings.grace);
     let mut next_flush = Instant::now() + settings.flush_interval;
+    // About how many buffer bytes make a full batch: with that much waiting, do not wait.
+    let batch_bytes = settings.batch_size as u64 * 24;
     let mut closing_deadline: Option<Instant> = None;
-    loop {
+    'outer: loop {
         if closing_deadline.is_none() && shutdown.is_shutdown() {
             closing_deadline = Some(Instant::now() + settings.grace);
         }
         let closing = closing_deadline.is_some();
-        if !reader.has_data() {
-            if closing {
-                // Everything written has been read: deliver what is pending, then stop.
-                if flush(&mut writer, &mut body, &mut lines, m, &mut retry).await {
-                    reader.ack();
-                }
-                break;
-            }
+        // Timer-driven: one wake-up per flush interval in steady state, not one per write.
+        if !closing && reader.pending_bytes() < batch_bytes {
             tokio::select! {
-                _ = reader.changed() => {}
                 _ = tokio::time::sleep_until(next_flush) => {}
                 _ = shutdown.recv() => continue,
             }
         }
-        let mut read_nothing = false;
-        if reader.has_data() && lines < settings.batch_size {
+        next_flush = Instant::now() + settings.flush_interval;
+        // Deliver everything readable now, a full batch at a time.
+        while reader.has_data() {
             let read = reader.read(settings.batch_size - lines).await;
-            read_nothing = read.items.is_empty();
+            if read.items.is_empty() {
+                break;
+            }
             for item in &read.items {
                 match encoders.get(item.catalog, &mut reader) {
                     Some(enc) => lines += enc.encode(&item.batch, &mut body, &mut skipped),
@@ -150,26 +148,28 @@ pub async fn run<W: Writer>(
                 }
             }
             account_skipped(m, &mut skipped);
-        }
-        let now = Instant::now();
-        let due = now >= next_flush || closing;
-        if lines >= settings.batch_size || (due && lines > 0) || (due && read_nothing) {
-            if flush(&mut writer, &mut body, &mut lines, m, &mut retry).await {
+            if lines >= settings.batch_size {
+                if !flush(&mut writer, &mut body, &mut lines, m, &mut retry).await {
+                    break 'outer;
+                }
                 reader.ack();
-            } else {
+                reader.observe();
+            }
+            if closing_deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+        }
+        if lines > 0 {
+            if !flush(&mut writer, &mut body, &mut lines, m, &mut retry).await {
                 // Not delivered before the grace period ended: it stays in the buffer.
                 break;
             }
-            next_flush = Instant::now() + settings.flush_interval;
-        } else if due {
-            next_flush = now + settings.flush_interval;
         }
-        if read_nothing && !due {
-            // Nothing readable yet despite a newer head (a record still being written).
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // Rejected-and-dropped or delivered: either way, done with what was read.
+        reader.ack();
         reader.observe();
-        if closing && closing_deadline.is_some_and(|d| Instant::now() >= d) {
+        if closing && (!reader.has_data() || closing_deadline.is_some_and(|d| Instant::now() >= d))
+        {
             break;
         }
     }

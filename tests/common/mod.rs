@@ -124,8 +124,9 @@ pub type Series = (
 );
 
 pub struct VictoriaMetrics {
-    child: Child,
-    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
     pub url: String,
 }
 
@@ -133,24 +134,59 @@ impl VictoriaMetrics {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut vm = VictoriaMetrics {
+            child: None,
+            dir,
+            port,
+            url,
+        };
+        vm.restart();
+        vm
+    }
+
+    /// Stops the server the way an operator restarting it would (SIGTERM: it saves what it
+    /// has acknowledged; a SIGKILLed VictoriaMetrics loses its last second of writes).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
         let mut child = Command::new(binary("victoria-metrics"))
-            .arg(format!("-storageDataPath={}", dir.path().display()))
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg(format!("-storageDataPath={}", self.dir.path().display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
             .arg("-retentionPeriod=100y")
             .arg("-search.disableCache")
             .arg("-search.latencyOffset=0s")
+            // Replays after an outage or a crash send some points twice (at-least-once);
+            // InfluxDB overwrites identical points, VictoriaMetrics needs to be told to.
+            .arg("-dedup.minScrapeInterval=1ms")
             .arg("-loggerLevel=ERROR")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start victoria-metrics");
-        let url = format!("http://127.0.0.1:{port}");
-        wait_http_ok(&format!("{url}/health"), "victoria-metrics", &mut child);
-        VictoriaMetrics {
-            child,
-            _dir: dir,
-            url,
-        }
+        wait_http_ok(
+            &format!("{}/health", self.url),
+            "victoria-metrics",
+            &mut child,
+        );
+        self.child = Some(child);
     }
 
     /// Every sample of the series matching `selector` (e.g. `{__name__="joint_position"}`),
@@ -186,8 +222,7 @@ impl VictoriaMetrics {
 
 impl Drop for VictoriaMetrics {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -250,6 +285,14 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// SIGKILL: a crash.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        self.stderr()
+    }
+
     pub fn start(config: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_linetap"))
             .arg("run")

@@ -1,0 +1,414 @@
+//! Store-and-forward against a real VictoriaMetrics and the agent binary: an outage of the
+//! store, repeated crashes of the agent (SIGKILL), damaged buffer files, and a full disk
+//! budget. Every sample the devices produced must arrive, except what each scenario says may
+//! be lost, and that must be counted.
+
+mod common;
+
+use common::*;
+use linetap::buffer::record::{self, Scan, SEGMENT_HEADER_LEN};
+use linetap::config;
+use linetap::sim::{SimHandle, Simulator};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const POLL_MS: i64 = 100;
+/// Values per poll; each poll also writes 4 health fields, one of them a string.
+const VALUES: u64 = 10;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+struct Line {
+    vm: VictoriaMetrics,
+    sim: SimHandle,
+    _rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    metrics_url: String,
+}
+
+fn text(vm: &str, data_dir: &Path, addrs: &[String], metrics_port: u16, buffer: &str) -> String {
+    let mut s = format!(
+        "[line]\nid = \"sf\"\n\n[agent]\ndata_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nshutdown_grace = \"3s\"\n\n\
+         [buffer]\nsync_interval = \"1s\"\n{buffer}\n\n\
+         [sinks.central]\ntype = \"influxdb\"\nurl = \"{vm}\"\napi = \"v1\"\ndatabase = \"sf\"\nflush_interval = \"200ms\"\ntimeout = \"2s\"\n\n",
+        data_dir.display()
+    );
+    for (i, a) in addrs.iter().enumerate() {
+        s.push_str(&format!(
+            "[[devices]]\nid = \"dev-{i}\"\nkind = \"robot\"\naddress = \"{a}\"\npoll = \"{POLL_MS}ms\"\ntimeout = \"300ms\"\n\n\
+             [[devices.points]]\nname = \"value\"\nmeasurement = \"m\"\naddress = 0\ntype = \"f32\"\ncount = {VALUES}\nindex_tag = \"i\"\n\n"
+        ));
+    }
+    s
+}
+
+fn line(devices: usize, buffer: &str) -> Line {
+    let vm = VictoriaMetrics::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let port = free_port();
+    let placeholder = vec!["127.0.0.1:0".to_string(); devices];
+    let cfg = config::parse(
+        "sf.toml",
+        &text(&vm.url, &data_dir, &placeholder, port, buffer),
+    )
+    .expect("valid config");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt.block_on(Simulator::start(&cfg)).expect("simulator");
+    let addrs: Vec<String> = (0..devices)
+        .map(|i| sim.addresses[&format!("dev-{i}")].to_string())
+        .collect();
+    let config = dir.path().join("sf.toml");
+    std::fs::write(&config, text(&vm.url, &data_dir, &addrs, port, buffer)).unwrap();
+    Line {
+        vm,
+        sim,
+        _rt: rt,
+        dir,
+        config,
+        metrics_url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// A counter or gauge from the agent's /metrics.
+fn metric(url: &str, name: &str) -> Option<f64> {
+    let r = request("GET", &format!("{url}/metrics"), None).ok()?;
+    r.body
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A `key=value` field of the agent's last "stopped" log line.
+fn stopped_field(log: &str, key: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped"))
+        .unwrap_or_else(|| panic!("no stop line in:\n{log}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+/// Timestamps (ms) of every stored `m_value` sample of element 1, per device.
+fn stored(vm: &VictoriaMetrics) -> Vec<(String, Vec<i64>)> {
+    let mut out: Vec<(String, Vec<i64>)> = vm
+        .export(r#"{__name__="m_value",i="1"}"#)
+        .into_iter()
+        .map(|(labels, _, mut ts)| {
+            ts.sort_unstable();
+            (labels["device"].as_str().unwrap().to_string(), ts)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every stored m_value sample, all elements and devices, once the store has made the last
+/// writes searchable (VictoriaMetrics takes up to a few seconds even after a forced flush):
+/// waits up to 10 s for the count to reach `expected`, then returns what it has.
+fn stored_values_settled(vm: &VictoriaMetrics, expected: u64) -> u64 {
+    wait_for(Duration::from_secs(10), || {
+        (stored_values(vm) == expected).then_some(expected)
+    })
+    .unwrap_or_else(|| stored_values(vm))
+}
+
+/// Every stored m_value sample, all elements and devices.
+fn stored_values(vm: &VictoriaMetrics) -> u64 {
+    vm.export(r#"{__name__="m_value"}"#)
+        .iter()
+        .map(|(_, v, _)| v.len() as u64)
+        .sum()
+}
+
+/// Whether the sink has caught up: under live load the buffer never stays at exactly 0 bytes
+/// (new data arrives every tick, acknowledgements come every flush), so "caught up" is less
+/// than one flush interval's worth of data, none of it older than 2 s.
+fn caught_up(url: &str) -> bool {
+    metric(url, "linetap_buffer_bytes{sink=\"central\"}").is_some_and(|b| b < 64.0 * 1024.0)
+        && metric(url, "linetap_buffer_oldest_age_seconds{sink=\"central\"}")
+            .is_some_and(|a| a < 2.0)
+}
+
+fn wait_drained(url: &str, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let ok = wait_for(timeout, || caught_up(url).then_some(()));
+    assert!(ok.is_some(), "the backlog did not drain within {timeout:?}");
+    start.elapsed()
+}
+
+#[test]
+fn an_outage_of_the_store_loses_nothing() {
+    let outage = std::env::var("LINETAP_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60u64);
+    let mut l = line(4, "");
+    let agent_start = now_ms();
+    let agent = AgentProcess::start(&l.config);
+    std::thread::sleep(Duration::from_secs(3));
+    let outage_start = now_ms();
+    l.vm.stop();
+    std::thread::sleep(Duration::from_secs(outage));
+    eprintln!("outage from {outage_start} to {}", now_ms());
+    let backlog = metric(&l.metrics_url, "linetap_buffer_bytes{sink=\"central\"}").unwrap_or(0.0);
+    assert!(backlog > 0.0, "nothing was buffered during the outage");
+    l.vm.restart();
+    let drained_in = wait_drained(&l.metrics_url, Duration::from_secs(120));
+    eprintln!("outage {outage}s: {backlog} buffered bytes drained in {drained_in:?} while live data kept flowing");
+    std::thread::sleep(Duration::from_secs(1));
+    let stop_at = now_ms();
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    for (dev, ts) in stored(&l.vm) {
+        eprintln!(
+            "{dev}: {} samples from +{} to +{} (stop at +{})",
+            ts.len(),
+            ts[0] - agent_start,
+            ts[ts.len() - 1] - agent_start,
+            stop_at - agent_start
+        );
+    }
+    let collected = stopped_field(&log, "collected");
+    let delivered = stopped_field(&log, "delivered");
+    assert_eq!(delivered, collected, "{log}");
+    // And no poll is missing in time: one sample per 100 ms per device, across the outage.
+    for (dev, ts) in stored(&l.vm) {
+        let gaps: Vec<(i64, i64)> = ts
+            .windows(2)
+            .filter(|w| w[1] - w[0] > 3 * POLL_MS)
+            .map(|w| (w[0], w[1]))
+            .collect();
+        assert!(gaps.is_empty(), "{dev}: gaps {gaps:?}");
+    }
+    // Every poll's 10 values arrived: 14 samples per poll (10 values + 4 health fields).
+    assert_eq!(collected % (VALUES + 4), 0);
+    assert_eq!(
+        stored_values_settled(&l.vm, collected / (VALUES + 4) * VALUES),
+        collected / (VALUES + 4) * VALUES,
+        "stored values != produced values"
+    );
+    drop(l.dir);
+}
+
+#[test]
+fn sigkill_under_load_loses_at_most_the_last_sync_interval() {
+    let l = line(3, "");
+    let mut kills = Vec::new();
+    for _ in 0..3 {
+        let agent = AgentProcess::start(&l.config);
+        std::thread::sleep(Duration::from_millis(3000));
+        let killed_at = now_ms();
+        agent.kill();
+        let restarted_at = now_ms();
+        kills.push((killed_at, restarted_at));
+    }
+    let agent = AgentProcess::start(&l.config);
+    std::thread::sleep(Duration::from_secs(2));
+    let drained = wait_for(Duration::from_secs(60), || {
+        caught_up(&l.metrics_url).then_some(())
+    });
+    assert!(
+        drained.is_some(),
+        "did not drain: buffer_bytes {:?}; log:\n{}",
+        metric(&l.metrics_url, "linetap_buffer_bytes{sink=\"central\"}"),
+        agent.stderr()
+    );
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let sync_ms = 1000;
+    for (dev, ts) in stored(&l.vm) {
+        for w in ts.windows(2) {
+            if w[1] - w[0] <= 3 * POLL_MS {
+                continue;
+            }
+            // A gap is allowed only from (kill - sync interval) to shortly after the restart.
+            let explained = kills
+                .iter()
+                .any(|(k, r)| w[0] >= k - sync_ms - 2 * POLL_MS && w[1] <= r + 3000);
+            assert!(
+                explained,
+                "{dev}: samples between {} and {} are missing (kills at {kills:?})",
+                w[0], w[1]
+            );
+        }
+        for (k, _) in &kills {
+            assert!(
+                ts.iter()
+                    .any(|t| *t >= k - sync_ms - 2 * POLL_MS && *t < *k),
+                "{dev}: nothing from the second before the kill at {k}"
+            );
+        }
+    }
+}
+
+/// (position, samples, payload range) of each record in a segment file.
+fn records(bytes: &[u8]) -> Vec<(usize, u32, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    let mut at = SEGMENT_HEADER_LEN as usize;
+    while let Scan::Record(h, r) = record::scan(bytes, at) {
+        out.push((at, h.samples, r.clone()));
+        at = r.end;
+    }
+    out
+}
+
+fn segments(data: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data.join("buffer/segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn damaged_buffer_files_are_cut_and_counted_and_the_rest_delivered() {
+    let mut l = line(3, "");
+    l.vm.stop();
+    let agent = AgentProcess::start(&l.config);
+    std::thread::sleep(Duration::from_secs(4));
+    l.sim.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    // Damage: flip a byte inside the payload of one record, and tear the last record in two.
+    let data = l.dir.path().join("data");
+    let segs = segments(&data);
+    let mut with_values = 0u64;
+    let mut lost_values = 0u64;
+    let mut last_file = None;
+    for path in &segs {
+        let bytes = std::fs::read(path).unwrap();
+        for (_, samples, _) in records(&bytes) {
+            if samples as u64 == VALUES + 4 {
+                with_values += 1;
+            }
+        }
+        if !records(&bytes).is_empty() {
+            last_file = Some(path.clone());
+        }
+    }
+    let path = last_file.expect("buffered records");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let recs = records(&bytes);
+    assert!(recs.len() > 10, "too few records to damage: {}", recs.len());
+    let (_, samples, payload) = recs[3].clone();
+    bytes[payload.start + payload.len() / 2] ^= 0x40;
+    assert_eq!(
+        samples as u64,
+        VALUES + 4,
+        "the damaged record holds one poll"
+    );
+    lost_values += VALUES;
+    let (tail_at, tail_samples, tail_payload) = recs[recs.len() - 1].clone();
+    bytes.truncate(tail_at + (tail_payload.end - tail_at) / 2);
+    if tail_samples as u64 == VALUES + 4 {
+        lost_values += VALUES;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+
+    l.vm.restart();
+    let agent = AgentProcess::start(&l.config);
+    let ok = wait_for(Duration::from_secs(60), || {
+        (metric(&l.metrics_url, "linetap_buffer_bytes{sink=\"central\"}") == Some(0.0))
+            .then_some(())
+    });
+    assert!(ok.is_some(), "did not drain; log:\n{}", agent.stderr());
+    let corrupt = metric(
+        &l.metrics_url,
+        "linetap_samples_dropped_total{sink=\"central\",reason=\"corrupt\"}",
+    )
+    .unwrap();
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("torn record"),
+        "the torn tail is reported:\n{log}"
+    );
+    assert_eq!(
+        corrupt,
+        (VALUES + 4) as f64,
+        "the damaged record's samples are counted"
+    );
+    assert_eq!(
+        stored_values_settled(&l.vm, (with_values * VALUES) - lost_values),
+        (with_values * VALUES) - lost_values,
+        "every intact value is delivered"
+    );
+}
+
+#[test]
+fn a_full_disk_budget_drops_the_oldest_and_counts_exactly() {
+    // 20 devices x 14 samples at 10 Hz: about 60 KB/s of buffer, so 1 MiB fills in ~20 s.
+    let mut l = line(20, "max_bytes = \"1MiB\"\nwhen_full = \"drop_oldest\"");
+    l.vm.stop();
+    let started = now_ms();
+    let agent = AgentProcess::start(&l.config);
+    let filled = wait_for(Duration::from_secs(240), || {
+        (metric(
+            &l.metrics_url,
+            "linetap_samples_dropped_total{sink=\"central\",reason=\"buffer_full\"}",
+        )
+        .unwrap_or(0.0)
+            > 0.0)
+            .then_some(())
+    });
+    assert!(filled.is_some(), "the budget was never reached");
+    std::thread::sleep(Duration::from_secs(2));
+    // Stop the agent while every poll still succeeds (each poll is one record of 14 samples),
+    // then the devices, so the second run adds no values.
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    l.sim.stop();
+    let collected = stopped_field(&log, "collected");
+    let dropped = stopped_field(&log, "buffer_full");
+    assert!(dropped > 0);
+    assert_eq!(dropped % (VALUES + 4), 0, "whole polls are dropped");
+    let disk: u64 = segments(&l.dir.path().join("data"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        disk <= 1 << 20,
+        "buffer uses {disk} bytes, over the 1 MiB budget"
+    );
+
+    l.vm.restart();
+    let agent = AgentProcess::start(&l.config);
+    let ok = wait_for(Duration::from_secs(60), || {
+        (metric(&l.metrics_url, "linetap_buffer_bytes{sink=\"central\"}") == Some(0.0))
+            .then_some(())
+    });
+    assert!(ok.is_some(), "did not drain; log:\n{}", agent.stderr());
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let polls_kept = (collected - dropped) / (VALUES + 4);
+    assert_eq!(
+        stored_values_settled(&l.vm, polls_kept * VALUES),
+        polls_kept * VALUES,
+        "kept = collected - dropped, exactly"
+    );
+    // Oldest first: what survives is the newest, without holes.
+    for (dev, ts) in stored(&l.vm) {
+        assert!(
+            ts[0] > started + 2000,
+            "{dev}: the oldest data should have been dropped"
+        );
+        let gaps: Vec<_> = ts
+            .windows(2)
+            .filter(|w| w[1] - w[0] > 3 * POLL_MS)
+            .collect();
+        assert!(gaps.is_empty(), "{dev}: holes in the kept data: {gaps:?}");
+    }
+}
