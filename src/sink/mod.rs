@@ -159,11 +159,9 @@ pub async fn run<W: Writer>(
                 break;
             }
         }
-        if lines > 0 {
-            if !flush(&mut writer, &mut body, &mut lines, m, &mut retry).await {
-                // Not delivered before the grace period ended: it stays in the buffer.
-                break;
-            }
+        // Not delivered before the grace period ended: it stays in the buffer.
+        if lines > 0 && !flush(&mut writer, &mut body, &mut lines, m, &mut retry).await {
+            break;
         }
         // Rejected-and-dropped or delivered: either way, done with what was read.
         reader.ack();
