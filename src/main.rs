@@ -46,7 +46,7 @@ enum Command {
         duration: Option<String>,
     },
     /// Serve the simulated devices a configuration describes. Reads commands on stdin:
-    /// `fault DEVICE none|silent|drop|slow 300ms|exception 4`.
+    /// `fault DEVICE none|silent|drop|slow 300ms|exception 4|badcrc`.
     Simulate {
         #[arg(long, short)]
         config: PathBuf,
@@ -144,6 +144,11 @@ async fn simulate(cfg: config::Config) -> i32 {
     for (device, addr) in listing {
         println!("serving {device} on {addr}");
     }
+    let mut ports: Vec<_> = sim.serial_ports.iter().collect();
+    ports.sort();
+    for (device, port) in ports {
+        println!("serving {device} (RTU) on {port}");
+    }
     // Commands on stdin, read on a plain thread (stdin is blocking).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
     std::thread::spawn(move || {
@@ -169,7 +174,7 @@ async fn simulate(cfg: config::Config) -> i32 {
                         Err(e) => println!("error: {e}"),
                     },
                     (Some(""), None, None) => {}
-                    _ => println!("error: commands: fault DEVICE none|silent|drop|slow DURATION|exception CODE"),
+                    _ => println!("error: commands: fault DEVICE none|silent|drop|slow DURATION|exception CODE|badcrc"),
                 }
             }
         }
