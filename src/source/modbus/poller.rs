@@ -183,7 +183,12 @@ pub async fn run(
         return;
     }
     loop {
-        let Some(i) = (0..slots.len()).min_by_key(|&i| slots[i].schedule.next) else {
+        // Earliest deadline first; on a tie a degraded unit goes last, so a probe that times
+        // out delays the others' next polls instead of making them skip this one.
+        let Some(i) = (0..slots.len()).min_by_key(|&i| {
+            let degraded = state[slots[i].device].degrade.probe_at.is_some();
+            (slots[i].schedule.next, degraded)
+        }) else {
             return;
         };
         tokio::select! {
