@@ -45,7 +45,8 @@ enum Command {
         #[arg(long)]
         duration: Option<String>,
     },
-    /// Serve the simulated devices a configuration describes. Reads commands on stdin:
+    /// Serve the simulated devices a configuration describes (Modbus TCP, RTU on the `serial.port`
+    /// device or pty, RTU over TCP). Reads commands on stdin:
     /// `fault DEVICE none|silent|drop|slow 300ms|exception 4|badcrc`.
     Simulate {
         #[arg(long, short)]
