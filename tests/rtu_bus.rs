@@ -57,7 +57,7 @@ impl Drop for PtyPair {
 const UNITS: [u8; 4] = [1, 2, 3, 4];
 
 /// Four drives on one serial port, or behind one RTU-over-TCP gateway address.
-fn bus_config(vm: &str, file: &str, bus: &str) -> String {
+fn bus_config(vm: &str, file: &str, bus: &str, extra: &str) -> String {
     let mut s = format!(
         "[line]\nid = \"press-b\"\n\n\
          [sinks.central]\ntype = \"influxdb\"\nurl = \"{vm}\"\napi = \"v2\"\norg = \"p\"\nbucket = \"drives\"\ntoken_env = \"LINETAP_TEST_TOKEN\"\nflush_interval = \"100ms\"\n\n\
@@ -65,7 +65,7 @@ fn bus_config(vm: &str, file: &str, bus: &str) -> String {
     );
     for u in UNITS {
         s.push_str(&format!(
-            "[[devices]]\nid = \"servo-{u}\"\nkind = \"drive\"\n{bus}\nunit = {u}\npoll = \"100ms\"\ntimeout = \"100ms\"\nprobe_interval = \"1s\"\n\n\
+            "[[devices]]\nid = \"servo-{u}\"\nkind = \"drive\"\n{bus}\n{extra}unit = {u}\npoll = \"100ms\"\ntimeout = \"100ms\"\nprobe_interval = \"1s\"\n\n\
              [[devices.points]]\nname = \"speed\"\naddress = 10\ntype = \"i16\"\ncount = 4\nindex_tag = \"axis\"\n\n\
              [[devices.points]]\nname = \"position\"\naddress = 20\ntype = \"i32\"\norder = \"CDAB\"\n\n\
              [[devices.points]]\nname = \"ready\"\ntable = \"coil\"\naddress = 3\n\n"
@@ -97,15 +97,31 @@ fn serial_bus(port: &Path) -> String {
 
 /// The simulator on one end of a pty pair (or on a TCP port for RTU over TCP), the agent's
 /// configuration pointing at the other.
-fn setup(over_tcp: bool) -> Setup {
+#[derive(Clone, Copy, PartialEq)]
+enum Bus {
+    Serial,
+    RtuOverTcp,
+    TcpGateway,
+}
+
+fn setup(bus: Bus) -> Setup {
+    setup_with(bus, "")
+}
+
+fn setup_with(bus: Bus, extra: &str) -> Setup {
     let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     std::env::set_var("LINETAP_TEST_TOKEN", "secret-token");
     let vm = VictoriaMetrics::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("out.lp").display().to_string();
-    let (pty, sim_bus, agent_bus) = if over_tcp {
+    let (pty, sim_bus, agent_bus) = if bus != Bus::Serial {
+        let protocol = if bus == Bus::RtuOverTcp {
+            "modbus-rtu-over-tcp"
+        } else {
+            "modbus-tcp"
+        };
         let bus = format!(
-            "protocol = \"modbus-rtu-over-tcp\"\naddress = \"127.0.0.1:{}\"",
+            "protocol = \"{protocol}\"\naddress = \"127.0.0.1:{}\"",
             free_port()
         );
         (None, bus.clone(), bus)
@@ -114,12 +130,12 @@ fn setup(over_tcp: bool) -> Setup {
         let (s, a) = (serial_bus(&pty.a), serial_bus(&pty.b));
         (Some(pty), s, a)
     };
-    let sim_cfg =
-        config::parse("sim.toml", &bus_config(&vm.url, &file, &sim_bus)).expect("valid config");
+    let sim_cfg = config::parse("sim.toml", &bus_config(&vm.url, &file, &sim_bus, extra))
+        .expect("valid config");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sim = rt.block_on(Simulator::start(&sim_cfg)).expect("simulator");
     let config = dir.path().join("line.toml");
-    std::fs::write(&config, bus_config(&vm.url, &file, &agent_bus)).unwrap();
+    std::fs::write(&config, bus_config(&vm.url, &file, &agent_bus, extra)).unwrap();
     for u in UNITS {
         let dev = format!("servo-{u}");
         let speeds: Vec<u16> = (0..4).map(|i| (-100 * u as i16 + i) as u16).collect();
@@ -231,7 +247,7 @@ fn assert_healthy_rate(s: &Setup, healthy: &[&str], w0: i64, w1: i64) {
 
 #[test]
 fn four_units_on_one_serial_bus_decode_exactly() {
-    let s = setup(false);
+    let s = setup(Bus::Serial);
     let agent = AgentProcess::start(&s.config);
     wait_all_up(&s, &agent);
     std::thread::sleep(Duration::from_secs(2));
@@ -250,7 +266,7 @@ fn four_units_on_one_serial_bus_decode_exactly() {
 
 #[test]
 fn a_silent_unit_does_not_starve_the_bus_and_is_read_again_once_it_answers() {
-    let s = setup(false);
+    let s = setup(Bus::Serial);
     let agent = AgentProcess::start(&s.config);
     wait_all_up(&s, &agent);
     std::thread::sleep(Duration::from_secs(1));
@@ -314,7 +330,7 @@ fn a_silent_unit_does_not_starve_the_bus_and_is_read_again_once_it_answers() {
 
 #[test]
 fn bad_crc_replies_are_counted_and_do_not_desynchronise_the_bus() {
-    let s = setup(false);
+    let s = setup(Bus::Serial);
     let agent = AgentProcess::start(&s.config);
     wait_all_up(&s, &agent);
     std::thread::sleep(Duration::from_secs(1));
@@ -387,7 +403,7 @@ fn bad_crc_replies_are_counted_and_do_not_desynchronise_the_bus() {
 
 #[test]
 fn a_port_that_disappears_is_reopened() {
-    let mut s = setup(false);
+    let mut s = setup(Bus::Serial);
     let agent = AgentProcess::start(&s.config);
     wait_all_up(&s, &agent);
     // Unplug: the pty pair goes away (both ends), then comes back under the same names.
@@ -413,7 +429,7 @@ fn a_port_that_disappears_is_reopened() {
 
 #[test]
 fn rtu_over_tcp_to_a_gateway_with_four_units() {
-    let s = setup(true);
+    let s = setup(Bus::RtuOverTcp);
     let agent = AgentProcess::start(&s.config);
     wait_all_up(&s, &agent);
     std::thread::sleep(Duration::from_secs(1));
@@ -436,4 +452,55 @@ fn rtu_over_tcp_to_a_gateway_with_four_units() {
     assert!(h
         .iter()
         .any(|(t, v)| *t >= fault_end && *v == 1.0 && *t - fault_end < 1500));
+}
+
+#[test]
+fn a_modbus_tcp_gateway_with_four_units_shares_one_connection() {
+    let s = setup(Bus::TcpGateway);
+    let agent = AgentProcess::start(&s.config);
+    wait_all_up(&s, &agent);
+    std::thread::sleep(Duration::from_secs(1));
+    let fault_start = now_ms();
+    s.sim.set_fault("servo-1", Fault::Silent).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let fault_end = now_ms();
+    s.sim.set_fault("servo-1", Fault::None).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_exact_values(&s);
+    assert_healthy_rate(
+        &s,
+        &["servo-2", "servo-3", "servo-4"],
+        fault_start + 1000,
+        fault_end,
+    );
+    let h = health(&s, "servo-1");
+    assert!(h
+        .iter()
+        .any(|(t, v)| *t >= fault_start + 400 && *t < fault_end && *v == 0.0));
+    assert!(h
+        .iter()
+        .any(|(t, v)| *t >= fault_end && *v == 1.0 && *t - fault_end < 1500));
+}
+
+#[test]
+fn the_turnaround_gap_is_kept_around_every_frame() {
+    // 20 ms turnaround + t3.5 before each of a unit's two requests: a cycle takes > 43 ms.
+    let s = setup_with(Bus::Serial, "turnaround = \"20ms\"\n");
+    let agent = AgentProcess::start(&s.config);
+    wait_all_up(&s, &agent);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let latency = s.vm.export(r#"{__name__="linetap_device_latency_ms"}"#);
+    assert_eq!(latency.len(), 4);
+    for (labels, values, _) in &latency {
+        assert!(
+            !values.is_empty() && values.iter().all(|v| *v >= 43.5),
+            "{}: {values:?}",
+            labels["device"]
+        );
+    }
+    assert_exact_values(&s);
 }
