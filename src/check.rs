@@ -1,10 +1,61 @@
-//! `linetap check`: the plan of a valid configuration, as text: devices, points and the
-//! Modbus requests each poll cycle issues.
+//! `linetap check`: the plan of a valid configuration, as text: devices, points, the
+//! Modbus requests each poll cycle issues, and the estimated load of each serial bus.
 
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, SerialConfig, SinkKind};
 use crate::model::catalog;
 use crate::run::device_plans;
+use crate::source::modbus::budget::{bus_budget, BusBudget, DeviceLoad};
+use crate::source::modbus::poller::DevicePlan;
+use std::collections::BTreeMap;
 use std::fmt::Write;
+
+/// One bus of a configuration: its name, its serial line (when it has one), its devices.
+struct Bus<'a> {
+    name: String,
+    serial: Option<&'a SerialConfig>,
+    devices: Vec<(&'a crate::config::DeviceConfig, &'a DevicePlan)>,
+}
+
+fn buses<'a>(config: &'a Config, plans: &'a [DevicePlan]) -> Vec<Bus<'a>> {
+    let mut by: BTreeMap<String, Bus<'a>> = BTreeMap::new();
+    for (d, p) in config.devices.iter().zip(plans) {
+        by.entry(d.bus())
+            .or_insert_with(|| Bus {
+                name: d.bus(),
+                serial: d.serial.as_ref(),
+                devices: Vec::new(),
+            })
+            .devices
+            .push((d, p));
+    }
+    by.into_values().collect()
+}
+
+fn budget(serial: &SerialConfig, bus: &Bus<'_>) -> BusBudget {
+    let loads: Vec<DeviceLoad> = bus
+        .devices
+        .iter()
+        .map(|(d, p)| DeviceLoad {
+            groups: &p.groups,
+            turnaround: d.turnaround,
+        })
+        .collect();
+    bus_budget(serial, &loads)
+}
+
+fn line_settings(s: &SerialConfig) -> String {
+    format!(
+        "{} baud {}{}{}",
+        s.baud,
+        s.data_bits,
+        match s.parity {
+            crate::config::Parity::None => 'N',
+            crate::config::Parity::Even => 'E',
+            crate::config::Parity::Odd => 'O',
+        },
+        s.stop_bits
+    )
+}
 
 pub fn render_plan(config: &Config) -> String {
     let built = catalog::build(config);
@@ -31,7 +82,10 @@ pub fn render_plan(config: &Config) -> String {
             d.id,
             d.kind.as_str(),
             d.protocol.as_str(),
-            d.address,
+            d.serial
+                .as_ref()
+                .map(|s| format!("{} {}", s.port, line_settings(s)))
+                .unwrap_or_else(|| d.address.clone()),
             d.unit,
             d.points.len(),
             values,
@@ -69,6 +123,39 @@ pub fn render_plan(config: &Config) -> String {
                     r.count,
                     r.fields.len(),
                     plural(r.fields.len())
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "\nbuses:");
+    for bus in buses(config, &plans) {
+        let n = bus.devices.len();
+        match bus.serial {
+            Some(serial) => {
+                let b = budget(serial, &bus);
+                let _ = writeln!(
+                    o,
+                    "  {} ({}): {n} unit{}, wire time {:.1} ms per cycle of every group, load {:.0}% of the bus (shortest interval {:?}){}",
+                    bus.name,
+                    line_settings(serial),
+                    plural(n),
+                    b.cycle.as_secs_f64() * 1000.0,
+                    b.load * 100.0,
+                    b.shortest,
+                    if b.overloaded() { " OVERLOADED" } else { "" }
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "  {}: {n} unit{}, one request at a time{}",
+                    bus.name,
+                    plural(n),
+                    if bus.name.starts_with("rtu-over-tcp") {
+                        " (the serial speed behind the gateway is unknown: no load estimate)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
@@ -126,6 +213,22 @@ fn plural(n: usize) -> &'static str {
 /// read now, no sinks.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut w = Vec::new();
+    let built = catalog::build(config);
+    let plans = device_plans(config, &built);
+    for bus in buses(config, &plans) {
+        if let Some(serial) = bus.serial {
+            let b = budget(serial, &bus);
+            if b.overloaded() {
+                w.push(format!(
+                    "{} needs {:.0}% of what {} can carry at the configured poll intervals ({:.1} ms of wire time per cycle): polls will be skipped; lengthen `poll`, raise the baud rate, or split the units over more ports",
+                    bus.name,
+                    b.load * 100.0,
+                    line_settings(serial),
+                    b.cycle.as_secs_f64() * 1000.0
+                ));
+            }
+        }
+    }
     if config.sinks.is_empty() {
         w.push("no [sinks]: readings would be polled but delivered nowhere".to_string());
     }

@@ -45,8 +45,9 @@ enum Command {
         #[arg(long)]
         duration: Option<String>,
     },
-    /// Serve the simulated devices a configuration describes. Reads commands on stdin:
-    /// `fault DEVICE none|silent|drop|slow 300ms|exception 4`.
+    /// Serve the simulated devices a configuration describes (Modbus TCP, RTU on the `serial.port`
+    /// device or pty, RTU over TCP). Reads commands on stdin:
+    /// `fault DEVICE none|silent|drop|slow 300ms|exception 4|badcrc`.
     Simulate {
         #[arg(long, short)]
         config: PathBuf,
@@ -148,6 +149,11 @@ async fn simulate(cfg: config::Config) -> i32 {
     for (device, addr) in listing {
         println!("serving {device} on {addr}");
     }
+    let mut ports: Vec<_> = sim.serial_ports.iter().collect();
+    ports.sort();
+    for (device, port) in ports {
+        println!("serving {device} (RTU) on {port}");
+    }
     // Commands on stdin, read on a plain thread (stdin is blocking).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
     std::thread::spawn(move || {
@@ -173,7 +179,7 @@ async fn simulate(cfg: config::Config) -> i32 {
                         Err(e) => println!("error: {e}"),
                     },
                     (Some(""), None, None) => {}
-                    _ => println!("error: commands: fault DEVICE none|silent|drop|slow DURATION|exception CODE"),
+                    _ => println!("error: commands: fault DEVICE none|silent|drop|slow DURATION|exception CODE|badcrc"),
                 }
             }
         }

@@ -3,13 +3,15 @@
 //! stop the pollers, let every sink drain its queue within the grace period, report.
 
 use crate::buffer::Buffer;
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, Protocol, SinkKind};
 use crate::model::catalog::{self, BuiltCatalog};
 use crate::observe::metrics::Metrics;
 use crate::shutdown::{self, Trigger};
 use crate::sink::{self, file::FileWriter, influx::InfluxWriter, SinkLoop, SinkMetricsRef};
+use crate::source::modbus::link::Link;
 use crate::source::modbus::plan::plan_reads;
 use crate::source::modbus::poller::{self, DevicePlan};
+use crate::source::modbus::rtu::{RtuLink, RtuTarget};
 use crate::source::modbus::tcp::TcpLink;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +43,9 @@ pub fn device_plans(config: &Config, built: &BuiltCatalog) -> Vec<DevicePlan> {
             name: d.id.clone(),
             unit: d.unit,
             timeout: d.timeout,
+            turnaround: d.turnaround,
+            retries: d.retries,
+            probe_interval: d.probe_interval,
             groups: plan_reads(d, &built.point_ids[i]),
             health: built.health[i],
         })
@@ -122,22 +127,37 @@ impl Agent {
             tracing::info!(%address, "serving /metrics, /healthz, /readyz");
         }
 
-        // One poller per endpoint: devices at the same address share one connection.
-        let mut endpoints: BTreeMap<String, Vec<DevicePlan>> = BTreeMap::new();
+        // One scheduler per bus: devices on the same serial port or at the same address share
+        // one connection, one request in flight.
+        let mut buses: BTreeMap<String, (Link, Vec<DevicePlan>)> = BTreeMap::new();
         for (plan, d) in device_plans(config, &built)
             .into_iter()
             .zip(&config.devices)
         {
-            endpoints.entry(d.address.clone()).or_default().push(plan);
+            let (_, plans) = buses.entry(d.bus()).or_insert_with(|| {
+                let connect_timeout = config
+                    .devices
+                    .iter()
+                    .filter(|o| o.bus() == d.bus())
+                    .map(|o| o.timeout)
+                    .max()
+                    .unwrap_or(Duration::from_millis(500));
+                let link = match (&d.protocol, &d.serial) {
+                    (Protocol::ModbusRtu, Some(s)) => {
+                        Link::Rtu(RtuLink::new(RtuTarget::Serial(s.clone()), connect_timeout))
+                    }
+                    (Protocol::ModbusRtuOverTcp, _) => Link::Rtu(RtuLink::new(
+                        RtuTarget::Tcp(d.address.clone()),
+                        connect_timeout,
+                    )),
+                    _ => Link::Tcp(TcpLink::new(d.address.clone(), connect_timeout)),
+                };
+                (link, Vec::new())
+            });
+            plans.push(plan);
         }
         let mut pollers = Vec::new();
-        for (address, plans) in endpoints {
-            let timeout = plans
-                .iter()
-                .map(|p| p.timeout)
-                .max()
-                .unwrap_or(Duration::from_millis(500));
-            let link = TcpLink::new(address, timeout);
+        for (_, (link, plans)) in buses {
             pollers.push(tokio::spawn(poller::run(
                 link,
                 plans,

@@ -591,3 +591,157 @@ fn several_mistakes_are_all_reported_in_file_order() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Modbus RTU: serial lines and RTU-over-TCP gateways
+
+const RTU_DRIVE: &str = r#"
+[[devices]]
+id = "servo-1"
+kind = "drive"
+protocol = "modbus-rtu"
+serial = { port = "/dev/ttyRS485-1", baud = 115200, parity = "even", data_bits = 8, stop_bits = 1 }
+unit = 3
+turnaround = "10ms"
+
+[[devices.points]]
+name = "speed"
+address = 10
+"#;
+
+const RTU_DRIVE_2: &str = r#"
+[[devices]]
+id = "servo-2"
+kind = "drive"
+protocol = "modbus-rtu"
+serial = { port = "/dev/ttyRS485-1", baud = 115200, parity = "even", data_bits = 8, stop_bits = 1 }
+unit = 4
+
+[[devices.points]]
+name = "speed"
+address = 10
+"#;
+
+#[test]
+fn rtu_devices_are_valid_and_check_prints_the_bus_load() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = write_config(&dir, "rtu", &format!("{BASE}{RTU_DRIVE}{RTU_DRIVE_2}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_linetap"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("INFLUX_TOKEN", "t")
+        .output()
+        .expect("run linetap check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("serial /dev/ttyRS485-1 (115200 baud 8E1): 2 units"),
+        "{stdout}"
+    );
+    // Per request: 8 + 7 bytes at 11 bits / 115200 = 1.43 ms + 2 x 1.75 ms; plus 10 ms turnaround once.
+    assert!(stdout.contains("wire time 19.9 ms per cycle"), "{stdout}");
+}
+
+#[test]
+fn an_overloaded_bus_is_a_warning() {
+    let dir = TempDir::new().expect("tempdir");
+    let slow = format!("{RTU_DRIVE}{RTU_DRIVE_2}")
+        .replace("baud = 115200", "baud = 9600")
+        .replace("unit = 3\n", "unit = 3\npoll = \"20ms\"\n");
+    let path = write_config(&dir, "slow", &format!("{BASE}{slow}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_linetap"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("INFLUX_TOKEN", "t")
+        .output()
+        .expect("run linetap check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: serial /dev/ttyRS485-1 needs")
+            && stderr.contains("of what 9600 baud 8E1 can carry"),
+        "{stderr}"
+    );
+}
+
+broken!(
+    rtu_without_serial,
+    format!("{BASE}{}", edit(RTU_DRIVE, "serial = { port = \"/dev/ttyRS485-1\", baud = 115200, parity = \"even\", data_bits = 8, stop_bits = 1 }\n", "")),
+    at: ("[[devices]]", 2, "[[devices]]"),
+    says: "device \"servo-1\" uses modbus-rtu and needs `serial",
+);
+
+broken!(
+    rtu_with_address,
+    format!("{BASE}{}", edit(RTU_DRIVE, "unit = 3\n", "unit = 3\naddress = \"10.0.0.9:502\"\n")),
+    at: ("address = \"10.0.0.9:502\"", 1, "\"10.0.0.9:502\""),
+    says: "modbus-rtu devices are reached through `serial`, not `address`",
+);
+
+broken!(
+    rtu_unit_zero,
+    format!("{BASE}{}", edit(RTU_DRIVE, "unit = 3\n", "unit = 0\n")),
+    at: ("unit = 0", 1, "0"),
+    says: "unit on a serial line must be between 1 and 247, not 0",
+);
+
+broken!(
+    rtu_bad_parity,
+    format!("{BASE}{}", edit(RTU_DRIVE, "parity = \"even\"", "parity = \"mark\"")),
+    at: ("parity = \"mark\"", 1, "\"mark\""),
+    says: "parity \"mark\": use \"none\", \"even\" or \"odd\"",
+);
+
+broken!(
+    rtu_bad_baud,
+    format!("{BASE}{}", edit(RTU_DRIVE, "baud = 115200", "baud = 12")),
+    at: ("baud = 12", 1, "12"),
+    says: "baud must be between 300 and 4000000, not 12",
+);
+
+broken!(
+    rtu_bad_stop_bits,
+    format!("{BASE}{}", edit(RTU_DRIVE, "stop_bits = 1", "stop_bits = 3")),
+    at: ("stop_bits = 3", 1, "3"),
+    says: "stop_bits must be between 1 and 2, not 3",
+);
+
+broken!(
+    serial_with_modbus_tcp,
+    edit(BASE, "unit = 1\n", "unit = 1\nserial = { port = \"/dev/ttyS0\" }\n"),
+    at: ("serial = { port = \"/dev/ttyS0\" }", 1, "{ port"),
+    says: "`serial` belongs to protocol = \"modbus-rtu\"; modbus-tcp uses `address`",
+);
+
+broken!(
+    rtu_over_tcp_without_address,
+    format!("{BASE}{}", edit(&edit(RTU_DRIVE, "protocol = \"modbus-rtu\"", "protocol = \"modbus-rtu-over-tcp\""), "serial = { port = \"/dev/ttyRS485-1\", baud = 115200, parity = \"even\", data_bits = 8, stop_bits = 1 }\n", "")),
+    at: ("[[devices]]", 2, "[[devices]]"),
+    says: "device \"servo-1\" needs `address` (HOST:PORT)",
+);
+
+broken!(
+    one_port_two_baud_rates,
+    format!("{BASE}{RTU_DRIVE}{}", edit(RTU_DRIVE_2, "baud = 115200", "baud = 9600")),
+    at: ("serial = { port", 2, "{ port"),
+    says: "serial port \"/dev/ttyRS485-1\" is configured differently by device \"servo-1\"",
+);
+
+broken!(
+    two_units_with_one_address_on_a_bus,
+    format!("{BASE}{RTU_DRIVE}{}", edit(RTU_DRIVE_2, "unit = 4\n", "unit = 3\n")),
+    at: ("unit = 3", 2, "3"),
+    says: "unit 3 is already used by device \"servo-1\" on serial /dev/ttyRS485-1",
+);
+
+broken!(
+    retries_out_of_range,
+    format!("{BASE}{}", edit(RTU_DRIVE, "unit = 3\n", "unit = 3\nretries = 9\n")),
+    at: ("retries = 9", 1, "9"),
+    says: "retries must be between 0 and 5, not 9",
+);

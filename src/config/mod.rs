@@ -109,15 +109,70 @@ pub struct DeviceConfig {
     pub kind: DeviceKind,
     pub cell: Option<String>,
     pub protocol: Protocol,
-    /// `host:port` for the TCP variants.
+    /// `host:port` for the TCP variants (empty for `modbus-rtu`).
     pub address: String,
+    /// The serial line, for `modbus-rtu`.
+    pub serial: Option<SerialConfig>,
     pub unit: u8,
     pub poll: Duration,
     pub timeout: Duration,
     pub max_registers: u16,
     pub max_gap: u16,
+    /// Extra silence before and after each frame to this unit (default 0).
+    pub turnaround: Duration,
+    /// Further attempts after a timeout, CRC or framing error, within one cycle.
+    pub retries: u8,
+    /// On a shared bus, a unit that failed `DEGRADE_AFTER_CYCLES` cycles is only probed this often.
+    pub probe_interval: Duration,
     pub tags: Vec<(String, String)>,
     pub points: Vec<PointConfig>,
+}
+
+impl DeviceConfig {
+    /// The physical bus this device is on: its serial port, or its TCP address. Devices with
+    /// the same bus share one connection and one scheduler.
+    pub fn bus(&self) -> String {
+        match (&self.protocol, &self.serial) {
+            (Protocol::ModbusRtu, Some(s)) => format!("serial {}", s.port),
+            (Protocol::ModbusRtuOverTcp, _) => format!("rtu-over-tcp {}", self.address),
+            _ => format!("tcp {}", self.address),
+        }
+    }
+}
+
+/// Serial line parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+impl Parity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }
+    }
+}
+
+/// One serial line (`serial = { port, baud, parity, data_bits, stop_bits }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialConfig {
+    pub port: String,
+    pub baud: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+impl SerialConfig {
+    /// Bits on the wire per character: start + data + parity + stop.
+    pub fn bits_per_char(&self) -> u32 {
+        1 + self.data_bits as u32 + u32::from(self.parity != Parity::None) + self.stop_bits as u32
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -182,6 +182,12 @@ pub struct DeviceSection {
     pub timeout: Option<ConfDuration>,
     pub max_registers: Option<Spanned<i64>>,
     pub max_gap: Option<Spanned<i64>>,
+    /// Extra silence before and after each frame to this unit (RTU drives that need it).
+    pub turnaround: Option<ConfDuration>,
+    /// Further attempts after a timeout, CRC or framing error, within the same cycle.
+    pub retries: Option<Spanned<i64>>,
+    /// How often a unit that stopped answering is probed on a shared bus.
+    pub probe_interval: Option<ConfDuration>,
     #[serde(default)]
     pub tags: Tags,
     #[serde(default)]

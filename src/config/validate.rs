@@ -11,6 +11,8 @@ use std::ops::Range;
 const RESERVED_TAGS: [&str; 5] = ["site", "line", "cell", "device", "kind"];
 /// Most registers one read request can carry (Modbus spec: 125 for FC03/FC04).
 pub const MAX_REGISTERS: i64 = 125;
+/// How often a unit that stopped answering on a shared bus is probed (`probe_interval`).
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Ctx<'a> {
     file: &'a str,
@@ -213,6 +215,9 @@ fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
 
     let mut devices = Vec::new();
     let mut ids: HashMap<String, Range<usize>> = HashMap::new();
+    // Per serial port: its settings and the device that set them; per RTU bus: units in use.
+    let mut ports: HashMap<String, (SerialConfig, String)> = HashMap::new();
+    let mut units: HashMap<(String, u8), String> = HashMap::new();
     for d in &raw.devices {
         if let Some(dev) = device(cx, d) {
             if let Some(id) = &d.get_ref().id {
@@ -220,6 +225,35 @@ fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
                     cx.err(id.span(), format!("duplicate device id {:?}", id.get_ref()));
                 }
                 ids.insert(id.get_ref().clone(), id.span());
+            }
+            let at = d.span();
+            if let (Some(sc), Some(raw_serial)) = (&dev.serial, &d.get_ref().serial) {
+                match ports.get(&sc.port) {
+                    Some((first, owner)) if first != sc => cx.err(
+                        raw_serial.span(),
+                        format!(
+                            "serial port {:?} is configured differently by device {owner:?}: one port has one baud rate, parity, data and stop bits",
+                            sc.port
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        ports.insert(sc.port.clone(), (sc.clone(), dev.id.clone()));
+                    }
+                }
+            }
+            if dev.protocol != Protocol::ModbusTcp {
+                let unit_at = d.get_ref().unit.as_ref().map(|u| u.span()).unwrap_or(at);
+                if let Some(other) = units.insert((dev.bus(), dev.unit), dev.id.clone()) {
+                    cx.err(
+                        unit_at,
+                        format!(
+                            "unit {} is already used by device {other:?} on {}: units on one bus must differ",
+                            dev.unit,
+                            dev.bus()
+                        ),
+                    );
+                }
             }
             devices.push(dev);
         }
@@ -583,29 +617,35 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
         .as_ref()
         .map(|p| *p.get_ref())
         .unwrap_or(Protocol::ModbusTcp);
-    if protocol != Protocol::ModbusTcp {
-        let at = d
-            .protocol
-            .as_ref()
-            .map(|p| p.span())
-            .unwrap_or(span.clone());
-        cx.err(
-            at,
-            format!(
-                "protocol {:?} is not available in this version yet (supported: modbus-tcp)",
-                protocol.as_str()
-            ),
-        );
-    }
-    if let Some(s) = &d.serial {
-        if protocol == Protocol::ModbusTcp {
+    let serial = match (&d.serial, protocol) {
+        (Some(s), Protocol::ModbusRtu) => Some(serial(cx, s)),
+        (Some(s), _) => {
             cx.err(
                 s.span(),
-                "`serial` belongs to protocol = \"modbus-rtu\"; modbus-tcp uses `address`",
+                format!(
+                    "`serial` belongs to protocol = \"modbus-rtu\"; {} uses `address`",
+                    protocol.as_str()
+                ),
             );
+            None
         }
-    }
+        (None, Protocol::ModbusRtu) => {
+            cx.err(
+                span.clone(),
+                format!("device {id:?} uses modbus-rtu and needs `serial = {{ port = \"/dev/ttyUSB0\", baud = 19200 }}`"),
+            );
+            None
+        }
+        (None, _) => None,
+    };
     let address = match &d.address {
+        Some(a) if protocol == Protocol::ModbusRtu => {
+            cx.err(
+                a.span(),
+                "modbus-rtu devices are reached through `serial`, not `address` (use protocol = \"modbus-rtu-over-tcp\" for a serial device server)",
+            );
+            String::new()
+        }
         Some(a) => {
             let ok = a
                 .get_ref()
@@ -633,7 +673,23 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
             String::new()
         }
     };
-    let unit = int_in(cx, &d.unit, 0..=255, 1, "unit") as u8;
+    // A serial line addresses units 1..=247 (0 is broadcast, which never answers).
+    let unit = if protocol == Protocol::ModbusTcp {
+        int_in(cx, &d.unit, 0..=255, 1, "unit")
+    } else {
+        int_in(cx, &d.unit, 1..=247, 1, "unit on a serial line")
+    } as u8;
+    let turnaround = d.turnaround.map(|t| t.0).unwrap_or(Duration::ZERO);
+    let default_retries = if protocol == Protocol::ModbusTcp {
+        0
+    } else {
+        1
+    };
+    let retries = int_in(cx, &d.retries, 0..=5, default_retries, "retries") as u8;
+    let probe_interval = d
+        .probe_interval
+        .map(|t| t.0)
+        .unwrap_or(DEFAULT_PROBE_INTERVAL);
     let poll = d.poll.map(|p| p.0).unwrap_or(Duration::from_secs(1));
     let timeout = d.timeout.map(|p| p.0).unwrap_or(Duration::from_millis(500));
     let max_registers = int_in(
@@ -708,14 +764,53 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
         cell: d.cell.as_ref().map(|c| c.get_ref().clone()),
         protocol,
         address,
+        serial,
         unit,
         poll,
         timeout,
         max_registers,
         max_gap,
+        turnaround,
+        retries,
+        probe_interval,
         tags,
         points,
     })
+}
+
+fn serial(cx: &mut Ctx, s: &Spanned<SerialSection>) -> SerialConfig {
+    let s = s.get_ref();
+    if s.port.get_ref().trim().is_empty() {
+        cx.err(
+            s.port.span(),
+            "serial port must not be empty, e.g. \"/dev/ttyUSB0\"",
+        );
+    }
+    let baud = int_in(cx, &s.baud, 300..=4_000_000, 19200, "baud") as u32;
+    let parity = match &s.parity {
+        None => Parity::Even,
+        Some(p) => match p.get_ref().to_ascii_lowercase().as_str() {
+            "none" | "n" => Parity::None,
+            "even" | "e" => Parity::Even,
+            "odd" | "o" => Parity::Odd,
+            other => {
+                cx.err(
+                    p.span(),
+                    format!("parity {other:?}: use \"none\", \"even\" or \"odd\""),
+                );
+                Parity::Even
+            }
+        },
+    };
+    let data_bits = int_in(cx, &s.data_bits, 7..=8, 8, "data_bits") as u8;
+    let stop_bits = int_in(cx, &s.stop_bits, 1..=2, 1, "stop_bits") as u8;
+    SerialConfig {
+        port: s.port.get_ref().clone(),
+        baud,
+        parity,
+        data_bits,
+        stop_bits,
+    }
 }
 
 fn point(

@@ -13,6 +13,12 @@ pub struct DeviceMetrics {
     pub requests_exception: AtomicU64,
     pub requests_connect_error: AtomicU64,
     pub requests_link_error: AtomicU64,
+    /// RTU replies with a bad CRC.
+    pub requests_crc_error: AtomicU64,
+    /// RTU replies from the wrong unit, with the wrong function, truncated or too long.
+    pub requests_frame_error: AtomicU64,
+    /// Replies that arrived after their request timed out, discarded before the next request.
+    pub late_replies: AtomicU64,
     pub decode_errors: AtomicU64,
     pub samples: AtomicU64,
     pub missed_ticks: AtomicU64,
@@ -140,6 +146,8 @@ impl Metrics {
                 ("exception", &d.requests_exception),
                 ("connect_error", &d.requests_connect_error),
                 ("link_error", &d.requests_link_error),
+                ("crc_error", &d.requests_crc_error),
+                ("frame_error", &d.requests_frame_error),
             ] {
                 let _ = writeln!(
                     o,
@@ -175,6 +183,15 @@ impl Metrics {
                 o,
                 "linetap_poll_duration_seconds_count{{device=\"{}\"}} {polls}",
                 d.name
+            );
+        }
+        o.push_str("# TYPE linetap_modbus_late_replies_total counter\n");
+        for d in &self.devices {
+            let _ = writeln!(
+                o,
+                "linetap_modbus_late_replies_total{{device=\"{}\"}} {}",
+                d.name,
+                d.late_replies.load(Relaxed)
             );
         }
         o.push_str("# TYPE linetap_samples_collected_total counter\n");

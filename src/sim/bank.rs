@@ -17,25 +17,29 @@ pub enum Fault {
     /// Answer every read with this Modbus exception code.
     Exception(u8),
     /// Close the connection when the next request arrives (and every connection after).
+    /// On a serial bus there is no connection: the request goes unanswered.
     Drop,
+    /// RTU: answer with a corrupted CRC (over Modbus TCP, which has no CRC: answer normally).
+    BadCrc,
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
-    /// `none`, `slow 300ms`, `silent`, `exception 4`, `drop`.
+    /// `none`, `slow 300ms`, `silent`, `exception 4`, `drop`, `badcrc`.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.split_whitespace();
         match (parts.next(), parts.next()) {
             (Some("none"), None) => Ok(Fault::None),
             (Some("silent"), None) => Ok(Fault::Silent),
             (Some("drop"), None) => Ok(Fault::Drop),
+            (Some("badcrc"), None) => Ok(Fault::BadCrc),
             (Some("slow"), Some(d)) => crate::config::units::parse_duration(d).map(Fault::Slow),
             (Some("exception"), Some(c)) => c
                 .parse::<u8>()
                 .map(Fault::Exception)
                 .map_err(|_| format!("bad exception code {c:?}")),
             _ => Err(format!(
-                "unknown fault {s:?}: use none | slow DURATION | silent | exception CODE | drop"
+                "unknown fault {s:?}: use none | slow DURATION | silent | exception CODE | drop | badcrc"
             )),
         }
     }

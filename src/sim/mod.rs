@@ -2,13 +2,15 @@
 //! registers that move like a working cell (joint angles following a trajectory, speeds and
 //! currents that follow it, slowly drifting temperatures, a state code cycling
 //! running/idle/fault, a cycle counter), and faults injected on demand: slow responses, no
-//! response, exception codes, dropped connections.
+//! response, exception codes, dropped connections, corrupted CRCs (RTU). RTU units are served
+//! on a serial device or pty (`serial.port`) or, for `modbus-rtu-over-tcp`, on a TCP address.
 //!
 //! What a point does is chosen from its name (`signal::Wave::for_point`), so any config gets a
 //! plausible simulation without extra keys. Tests freeze a device and write exact registers.
 
 pub mod bank;
 pub mod demo;
+pub mod rtu;
 pub mod server;
 pub mod signal;
 

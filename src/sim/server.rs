@@ -1,8 +1,10 @@
 //! The simulator's Modbus TCP server (tokio-modbus): one listener per distinct address of the
-//! configuration, serving every unit configured at that address.
+//! configuration, serving every unit configured at that address. RTU buses (serial ports,
+//! RTU-over-TCP addresses) are served by `sim::rtu`.
 
 use super::bank::{Bank, Fault};
-use crate::config::{Config, Protocol, Table};
+use super::rtu;
+use crate::config::{Config, Protocol, SerialConfig, Table};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -19,6 +21,7 @@ use tokio_modbus::server::Service;
 use tokio_modbus::{ExceptionCode, Response, SlaveRequest};
 
 type Units = Arc<HashMap<u8, Arc<Mutex<Bank>>>>;
+type UnitMap = HashMap<u8, Arc<Mutex<Bank>>>;
 
 /// The simulated devices of one configuration.
 pub struct Simulator;
@@ -27,12 +30,14 @@ pub struct Simulator;
 #[derive(Clone)]
 pub struct SimHandle {
     devices: Arc<HashMap<String, Arc<Mutex<Bank>>>>,
-    /// Per device: the listening address it is served on.
+    /// Per device: the listening address it is served on (Modbus TCP and RTU over TCP).
     pub addresses: Arc<HashMap<String, SocketAddr>>,
+    /// Per RTU device on a serial line: the port it is served on.
+    pub serial_ports: Arc<HashMap<String, String>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
-fn lock(b: &Mutex<Bank>) -> std::sync::MutexGuard<'_, Bank> {
+pub(super) fn lock(b: &Mutex<Bank>) -> std::sync::MutexGuard<'_, Bank> {
     // A poisoned lock only means another request panicked mid-update; the bank is still usable.
     b.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -43,13 +48,34 @@ impl Simulator {
     pub async fn start(config: &Config) -> io::Result<SimHandle> {
         let started = Instant::now();
         let mut by_address: HashMap<String, HashMap<u8, Arc<Mutex<Bank>>>> = HashMap::new();
+        let mut rtu_tcp: HashMap<String, HashMap<u8, Arc<Mutex<Bank>>>> = HashMap::new();
+        let mut by_port: HashMap<String, (SerialConfig, UnitMap)> = HashMap::new();
+        let mut serial_ports = HashMap::new();
         let mut devices = HashMap::new();
+        let mut addresses = HashMap::new();
+        let mut tasks = Vec::new();
         for d in &config.devices {
-            if d.protocol != Protocol::ModbusTcp {
-                continue;
-            }
             let bank = Arc::new(Mutex::new(Bank::for_device(d)));
             devices.insert(d.id.clone(), bank.clone());
+            match (d.protocol, &d.serial) {
+                (Protocol::ModbusRtu, Some(s)) => {
+                    serial_ports.insert(d.id.clone(), s.port.clone());
+                    by_port
+                        .entry(s.port.clone())
+                        .or_insert_with(|| (s.clone(), HashMap::new()))
+                        .1
+                        .insert(d.unit, bank);
+                    continue;
+                }
+                (Protocol::ModbusRtuOverTcp, _) => {
+                    rtu_tcp
+                        .entry(d.address.clone())
+                        .or_default()
+                        .insert(d.unit, bank);
+                    continue;
+                }
+                _ => {}
+            }
             // Port 0 asks for an ephemeral port: each such device gets a listener of its own.
             let key = if d.address.ends_with(":0") {
                 format!("{}#{}", d.address, d.id)
@@ -58,8 +84,29 @@ impl Simulator {
             };
             by_address.entry(key).or_default().insert(d.unit, bank);
         }
-        let mut addresses = HashMap::new();
-        let mut tasks = Vec::new();
+        for (_, (serial, units)) in by_port {
+            tasks.push(tokio::spawn(rtu::serve_serial(
+                serial,
+                Arc::new(units),
+                started,
+            )));
+        }
+        for (address, units) in rtu_tcp {
+            let listener = TcpListener::bind(&address).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {address}: {e}"))
+            })?;
+            let local = listener.local_addr()?;
+            for d in &config.devices {
+                if d.protocol == Protocol::ModbusRtuOverTcp && d.address == address {
+                    addresses.insert(d.id.clone(), local);
+                }
+            }
+            tasks.push(tokio::spawn(rtu::serve_tcp(
+                listener,
+                Arc::new(units),
+                started,
+            )));
+        }
         for (key, units) in by_address {
             let address = key.split('#').next().unwrap_or(&key).to_string();
             let listener = TcpListener::bind(&address).await.map_err(|e| {
@@ -82,6 +129,7 @@ impl Simulator {
         Ok(SimHandle {
             devices: Arc::new(devices),
             addresses: Arc::new(addresses),
+            serial_ports: Arc::new(serial_ports),
             tasks: Arc::new(Mutex::new(tasks)),
         })
     }
@@ -141,7 +189,7 @@ impl Service for SimService {
             b.serve(&req.request).map(Some)
         };
         match fault {
-            Fault::None | Fault::Drop => Box::pin(std::future::ready(answer())),
+            Fault::None | Fault::Drop | Fault::BadCrc => Box::pin(std::future::ready(answer())),
             Fault::Slow(d) => Box::pin(async move {
                 tokio::time::sleep(d).await;
                 answer()

@@ -1,11 +1,19 @@
-//! Polls the devices behind one Modbus endpoint over one `TcpLink`. Each device's poll groups
-//! keep their own interval without drift: a group's next deadline is its previous deadline
-//! plus its interval; deadlines that have already passed are skipped and counted, never
-//! bunched. After each cycle of its fastest group a device writes its health record.
+//! The bus scheduler: polls every device of one bus (a Modbus TCP endpoint, a serial port, or
+//! an RTU-over-TCP gateway) over its one `Link`, one request in flight, earliest deadline
+//! first across all (device, poll group) pairs. Each group keeps its own interval without
+//! drift: a group's next deadline is its previous deadline plus its interval; deadlines that
+//! have already passed are skipped and counted, never bunched. After each cycle of its fastest
+//! group a device writes its health record.
+//!
+//! On a shared bus (more than one device) a unit that has not answered for
+//! `DEGRADE_AFTER_CYCLES` consecutive polls is degraded: it is only probed every
+//! `probe_interval` (one attempt, no retries) until it answers again, so a dead unit costs the
+//! healthy ones at most one timeout per probe. Its health record keeps saying why it is down.
 
 use super::decode::decode_field;
+use super::link::Link;
 use super::plan::{PollGroup, ReadRequest};
-use super::tcp::{ReadError, TcpLink, Words};
+use super::tcp::{ReadError, Words};
 use crate::buffer::BufferInput;
 use crate::model::catalog::HealthIds;
 use crate::model::{now_ns, Quality, Sample, SampleBatch, Value};
@@ -16,6 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Consecutive polls without an answer after which a unit on a shared bus is only probed.
+pub const DEGRADE_AFTER_CYCLES: u32 = 3;
+
 /// Everything the poller needs to know about one device, fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct DevicePlan {
@@ -24,6 +35,12 @@ pub struct DevicePlan {
     pub name: String,
     pub unit: u8,
     pub timeout: Duration,
+    /// Extra silence around this unit's frames (RTU).
+    pub turnaround: Duration,
+    /// Further attempts after a timeout, CRC or framing error.
+    pub retries: u8,
+    /// How often a degraded unit is probed.
+    pub probe_interval: Duration,
     pub groups: Vec<PollGroup>,
     pub health: HealthIds,
 }
@@ -49,6 +66,62 @@ impl Schedule {
     }
 }
 
+/// A unit's answer/no-answer history: when to stop polling it at full rate and when to probe.
+#[derive(Debug, Clone)]
+pub struct Degrade {
+    /// Consecutive polls without an answer.
+    pub failed: u32,
+    /// Degraded: the next probe is due at this instant.
+    pub probe_at: Option<Instant>,
+}
+
+/// What to do with a due poll of a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Poll normally (with retries).
+    Poll,
+    /// Degraded and a probe is due: one attempt.
+    Probe,
+    /// Degraded and no probe is due: skip the I/O.
+    Skip,
+}
+
+impl Degrade {
+    pub fn new() -> Self {
+        Degrade {
+            failed: 0,
+            probe_at: None,
+        }
+    }
+    pub fn due(&self, now: Instant) -> Due {
+        match self.probe_at {
+            None => Due::Poll,
+            Some(at) if now >= at => Due::Probe,
+            Some(_) => Due::Skip,
+        }
+    }
+    /// Records a poll's outcome; returns Some(true) when the unit became degraded, Some(false)
+    /// when it recovered, None otherwise.
+    pub fn record(&mut self, answered: bool, now: Instant, probe_every: Duration) -> Option<bool> {
+        if answered {
+            self.failed = 0;
+            return self.probe_at.take().map(|_| false);
+        }
+        self.failed = self.failed.saturating_add(1);
+        let was = self.probe_at.is_some();
+        if was || self.failed >= DEGRADE_AFTER_CYCLES {
+            self.probe_at = Some(now + probe_every);
+        }
+        (!was && self.probe_at.is_some()).then_some(true)
+    }
+}
+
+impl Default for Degrade {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 struct Slot {
     device: usize,
     group: usize,
@@ -65,16 +138,19 @@ struct DeviceState {
     last_error: Option<String>,
     /// The kind of failure last logged, so a persistent fault is logged once, not every cycle.
     logged: Option<&'static str>,
+    degrade: Degrade,
 }
 
 pub async fn run(
-    mut link: TcpLink,
+    mut link: Link,
     devices: Vec<DevicePlan>,
     input: BufferInput,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) {
     let start = Instant::now();
+    // Degradation protects the other units of a bus; a device alone keeps its full rate.
+    let shared = devices.len() > 1;
     let mut slots = Vec::new();
     for (d, dev) in devices.iter().enumerate() {
         let fastest = dev.groups.iter().map(|g| g.interval).min();
@@ -100,13 +176,19 @@ pub async fn run(
             cycle_latency: Duration::ZERO,
             last_error: None,
             logged: None,
+            degrade: Degrade::new(),
         })
         .collect();
     if slots.is_empty() {
         return;
     }
     loop {
-        let Some(i) = (0..slots.len()).min_by_key(|&i| slots[i].schedule.next) else {
+        // Earliest deadline first; on a tie a degraded unit goes last, so a probe that times
+        // out delays the others' next polls instead of making them skip this one.
+        let Some(i) = (0..slots.len()).min_by_key(|&i| {
+            let degraded = state[slots[i].device].degrade.probe_at.is_some();
+            (slots[i].schedule.next, degraded)
+        }) else {
             return;
         };
         tokio::select! {
@@ -126,42 +208,105 @@ pub async fn run(
             ),
         };
         let cycle_start = Instant::now();
-        for req in &group.requests {
-            match link
-                .read(dev.unit, req.table, req.start, req.count, dev.timeout)
-                .await
-            {
-                Ok(words) => {
-                    dm.requests_ok.fetch_add(1, Relaxed);
-                    let ts = now_ns();
-                    if let Err(e) = decode_into(req, &words, ts, &mut batch.samples) {
-                        st.errors += 1;
-                        st.cycle_ok = false;
-                        dm.decode_errors.fetch_add(1, Relaxed);
-                        note_error(st, "decode_error", &dev.name, e);
+        let due = if shared {
+            st.degrade.due(cycle_start)
+        } else {
+            Due::Poll
+        };
+        if due == Due::Skip {
+            st.cycle_ok = false;
+        } else {
+            let attempts = if due == Due::Probe {
+                1
+            } else {
+                1 + dev.retries as u32
+            };
+            let mut answered = false;
+            'requests: for req in &group.requests {
+                for attempt in 1..=attempts {
+                    let result = link
+                        .read(
+                            dev.unit,
+                            req.table,
+                            req.start,
+                            req.count,
+                            dev.timeout,
+                            dev.turnaround,
+                        )
+                        .await;
+                    if let Some(unit) = link.take_late() {
+                        if let Some(late) = devices.iter().find(|d| d.unit == unit) {
+                            metrics.devices[late.device as usize]
+                                .late_replies
+                                .fetch_add(1, Relaxed);
+                        }
+                    }
+                    match result {
+                        Ok(words) => {
+                            answered = true;
+                            dm.requests_ok.fetch_add(1, Relaxed);
+                            let ts = now_ns();
+                            if let Err(e) = decode_into(req, &words, ts, &mut batch.samples) {
+                                st.errors += 1;
+                                st.cycle_ok = false;
+                                dm.decode_errors.fetch_add(1, Relaxed);
+                                note_error(st, "decode_error", &dev.name, e);
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            st.errors += 1;
+                            count_error(dm, &e);
+                            let retry = attempt < attempts
+                                && matches!(
+                                    e,
+                                    ReadError::Timeout | ReadError::Crc | ReadError::Frame(_)
+                                );
+                            if retry {
+                                tracing::debug!(device = %dev.name, error = %e, attempt, "retrying");
+                                continue;
+                            }
+                            st.cycle_ok = false;
+                            let reason = format!(
+                                "{} {} {}+{}: {e}",
+                                link.address(),
+                                req.table.as_str(),
+                                req.start,
+                                req.count
+                            );
+                            note_error(st, e.result_label(), &dev.name, reason);
+                            match e {
+                                ReadError::Exception(_) => answered = true,
+                                // The unit answered, garbled: the next request may do better.
+                                ReadError::Crc | ReadError::Frame(_) => {}
+                                // The unit or the link is down; the rest would fail the same way.
+                                _ => break 'requests,
+                            }
+                            break;
+                        }
                     }
                 }
-                Err(e) => {
-                    st.errors += 1;
-                    st.cycle_ok = false;
-                    count_error(dm, &e);
-                    let reason = format!(
-                        "{} {} {}+{}: {e}",
-                        link.address(),
-                        req.table.as_str(),
-                        req.start,
-                        req.count
-                    );
-                    note_error(st, e.result_label(), &dev.name, reason);
-                    if !matches!(e, ReadError::Exception(_)) {
-                        // The link is down; the rest of this group would fail the same way.
-                        break;
+            }
+            dm.observe_poll(cycle_start.elapsed());
+            if shared {
+                match st
+                    .degrade
+                    .record(answered, Instant::now(), dev.probe_interval)
+                {
+                    Some(true) => tracing::warn!(
+                        device = %dev.name,
+                        bus = %link.address(),
+                        probe_every = ?dev.probe_interval,
+                        "unit is not answering; probing it only every probe_interval so the bus keeps serving the others"
+                    ),
+                    Some(false) => {
+                        tracing::info!(device = %dev.name, "unit answers again; polling at its full rate")
                     }
+                    None => {}
                 }
             }
         }
         st.cycle_latency += cycle_start.elapsed();
-        dm.observe_poll(cycle_start.elapsed());
         if slot.primary {
             let ts = now_ns();
             let h = dev.health;
@@ -186,9 +331,11 @@ pub async fn run(
             );
             push(&mut batch.samples, h.errors, Value::UintValue(st.errors));
             let last = if up {
+                st.last_error = None;
                 String::new()
             } else {
-                st.last_error.take().unwrap_or_default()
+                // Kept while the unit stays down (a degraded unit is skipped most cycles).
+                st.last_error.clone().unwrap_or_default()
             };
             push(&mut batch.samples, h.last_error, Value::StringValue(last));
             st.cycle_ok = true;
@@ -211,6 +358,8 @@ fn count_error(dm: &DeviceMetrics, e: &ReadError) {
         ReadError::Timeout => &dm.requests_timeout,
         ReadError::Exception(_) => &dm.requests_exception,
         ReadError::Link(_) => &dm.requests_link_error,
+        ReadError::Crc => &dm.requests_crc_error,
+        ReadError::Frame(_) => &dm.requests_frame_error,
     };
     c.fetch_add(1, Relaxed);
 }
@@ -304,5 +453,29 @@ mod tests {
         };
         assert_eq!(s.advance(t0 + ms(100)), 1);
         assert_eq!(s.next, t0 + ms(200));
+    }
+
+    #[test]
+    fn a_unit_is_degraded_after_n_silent_polls_and_probed_until_it_answers() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(5);
+        let mut d = Degrade::new();
+        assert_eq!(d.due(t0), Due::Poll);
+        for n in 1..DEGRADE_AFTER_CYCLES {
+            assert_eq!(d.record(false, t0, every), None, "poll {n}");
+            assert_eq!(d.due(t0), Due::Poll);
+        }
+        assert_eq!(d.record(false, t0, every), Some(true));
+        assert_eq!(d.due(t0 + Duration::from_secs(1)), Due::Skip);
+        assert_eq!(d.due(t0 + every), Due::Probe);
+        // A failed probe: the next one an interval later.
+        let t1 = t0 + every;
+        assert_eq!(d.record(false, t1, every), None);
+        assert_eq!(d.due(t1 + Duration::from_secs(4)), Due::Skip);
+        assert_eq!(d.due(t1 + every), Due::Probe);
+        // It answers: full rate again.
+        assert_eq!(d.record(true, t1 + every, every), Some(false));
+        assert_eq!(d.due(t1 + every), Due::Poll);
+        assert_eq!(d.failed, 0);
     }
 }

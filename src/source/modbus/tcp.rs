@@ -13,7 +13,7 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
 /// What a read returns.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Words {
     Registers(Vec<u16>),
     Bits(Vec<bool>),
@@ -29,6 +29,10 @@ pub enum ReadError {
     Exception(ExceptionCode),
     /// Transport or protocol error (connection reset, transaction id or function mismatch).
     Link(String),
+    /// RTU: a reply whose CRC does not match (the bus is drained, the port stays open).
+    Crc,
+    /// RTU: a reply from another unit, with another function, truncated or too long.
+    Frame(String),
 }
 
 impl std::fmt::Display for ReadError {
@@ -40,6 +44,8 @@ impl std::fmt::Display for ReadError {
                 write!(f, "exception {:#04x} ({code})", u8::from(*code))
             }
             ReadError::Link(e) => write!(f, "link: {e}"),
+            ReadError::Crc => f.write_str("bad CRC"),
+            ReadError::Frame(e) => write!(f, "framing: {e}"),
         }
     }
 }
@@ -52,6 +58,8 @@ impl ReadError {
             ReadError::Timeout => "timeout",
             ReadError::Exception(_) => "exception",
             ReadError::Link(_) => "link_error",
+            ReadError::Crc => "crc_error",
+            ReadError::Frame(_) => "frame_error",
         }
     }
 }
