@@ -15,7 +15,7 @@ import argparse, json, os, shutil, socket, subprocess, sys, tempfile, time, urll
 
 EXTRA = os.environ.get("BENCH_SINK_EXTRA", "").replace(";", "\n") + "\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "linetap")
+BIN = os.environ.get("LINETAP_BIN") or os.path.join(ROOT, "target", "release", "linetap")
 
 
 def free_port():
@@ -59,12 +59,13 @@ def proc_peak_rss_mb(pid):
 
 
 DATA_DIR = ""
+METRICS_PORT = 0
 
 
 def config(n, ports, vm_url, poll):
     out = [
         '[line]\nid = "bench"\nsite = "lab"\n',
-        f'[agent]\ndata_dir = "{DATA_DIR}"\n',
+        f'[agent]\ndata_dir = "{DATA_DIR}"\nmetrics_listen = "127.0.0.1:{METRICS_PORT}"\n',
         f'[sinks.vm]\ntype = "influxdb"\nurl = "{vm_url}"\napi = "v2"\norg = "lab"\nbucket = "bench"\n'
         'token_env = "BENCH_TOKEN"\nbatch_size = 5000\nflush_interval = "1s"\n' + EXTRA,
     ]
@@ -98,8 +99,9 @@ def main():
         procs.append(vm)
         vm_url = f"http://127.0.0.1:{vm_port}"
         wait_ok(vm_url + "/health", vm, "victoria-metrics")
-        global DATA_DIR
+        global DATA_DIR, METRICS_PORT
         DATA_DIR = os.path.join(tmp, "agent-data")
+        METRICS_PORT = free_port()
         ports = [free_port() for _ in range(a.devices)]
         cfg_path = os.path.join(tmp, "bench.toml")
         with open(cfg_path, "w") as f:
@@ -119,11 +121,15 @@ def main():
         cpu1 = proc_cpu_seconds(agent.pid)
         t1 = time.time()
         rss = proc_peak_rss_mb(agent.pid)
-        written = 0
+        written, collected_total = None, 0.0
         try:
-            metrics_port = None
+            for line in http(f"http://127.0.0.1:{METRICS_PORT}/metrics").splitlines():
+                if line.startswith("linetap_buffer_written_bytes_total "):
+                    written = float(line.split()[1])
+                if line.startswith("linetap_samples_collected_total"):
+                    collected_total += float(line.split()[1])
         except Exception:
-            pass
+            pass  # an agent without /metrics (an older build): no disk figures
         agent.terminate()
         agent.wait(timeout=30)
         http(vm_url + "/internal/force_flush")
@@ -141,6 +147,7 @@ def main():
             "values_expected": int(expected), "delivery_ratio": round(delivered / expected, 4) if expected else None,
             "agent_cpu_seconds": round(cpu, 3), "cpu_seconds_per_million_values": round(per_million, 3),
             "agent_peak_rss_mb": round(rss, 1), "cpu_percent_of_one_core": round(100 * cpu / (t1 - t0), 2),
+            "buffer_bytes_written_per_million_samples": round(written / (collected_total / 1e6)) if written and collected_total else None,
         }))
     finally:
         for p in reversed(procs):

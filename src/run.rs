@@ -184,22 +184,40 @@ impl Agent {
     /// within the grace period, and returns how many buffered bytes stay on disk undelivered.
     pub async fn stop(self) -> u64 {
         self.trigger.fire();
+        self.buffer.stopping();
         for p in self.pollers {
             let _ = p.await;
         }
         // The pollers held the last handles to the buffer's input: the writer drains and ends.
-        let buffer = self.buffer;
-        let _ = tokio::task::spawn_blocking(move || buffer.close()).await;
+        let mut buffer = self.buffer;
+        let buffer = match tokio::task::spawn_blocking(move || {
+            buffer.close_writer();
+            buffer
+        })
+        .await
+        {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(error = %e, "buffer writer did not stop cleanly");
+                None
+            }
+        };
         self.sink_trigger.fire();
         let deadline = tokio::time::Instant::now() + self.grace + Duration::from_secs(2);
         for s in self.sinks {
             let _ = tokio::time::timeout_at(deadline, s).await;
         }
+        // The sinks' last deliveries: save their positions, or the next start re-sends them.
+        if let Some(buffer) = buffer {
+            let _ = tokio::task::spawn_blocking(move || buffer.persist()).await;
+        }
+        // Bytes still to deliver: the largest backlog of any sink (the data they share is on disk once).
         self.metrics
             .sinks
             .iter()
             .map(|s| s.buffer_bytes.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
+            .max()
+            .unwrap_or(0)
     }
 }
 

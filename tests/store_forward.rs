@@ -321,7 +321,13 @@ fn damaged_buffer_files_are_cut_and_counted_and_the_rest_delivered() {
     l.vm.restart();
     let agent = AgentProcess::start(&l.config);
     let ok = wait_for(Duration::from_secs(60), || {
-        (metric(&l.metrics_url, "linetap_buffer_bytes{sink=\"central\"}") == Some(0.0))
+        (caught_up(&l.metrics_url)
+            && metric(
+                &l.metrics_url,
+                "linetap_samples_dropped_total{sink=\"central\",reason=\"corrupt\"}",
+            )
+            .unwrap_or(0.0)
+                > 0.0)
             .then_some(())
     });
     assert!(ok.is_some(), "did not drain; log:\n{}", agent.stderr());
@@ -387,8 +393,7 @@ fn a_full_disk_budget_drops_the_oldest_and_counts_exactly() {
     l.vm.restart();
     let agent = AgentProcess::start(&l.config);
     let ok = wait_for(Duration::from_secs(60), || {
-        (metric(&l.metrics_url, "linetap_buffer_bytes{sink=\"central\"}") == Some(0.0))
-            .then_some(())
+        caught_up(&l.metrics_url).then_some(())
     });
     assert!(ok.is_some(), "did not drain; log:\n{}", agent.stderr());
     let (code, log) = agent.stop();

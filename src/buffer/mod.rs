@@ -101,6 +101,8 @@ impl Shared {
 pub struct BufferInput {
     tx: SyncSender<SampleBatch>,
     block: bool,
+    /// Set at shutdown: a source held back by `block` gives up instead of waiting forever.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     metrics: Arc<Metrics>,
 }
 
@@ -115,9 +117,17 @@ impl BufferInput {
         loop {
             match self.tx.try_send(batch) {
                 Ok(()) => return,
-                Err(TrySendError::Full(b)) if self.block => {
+                Err(TrySendError::Full(b)) if self.block && !self.stopping.load(Relaxed) => {
                     batch = b;
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(TrySendError::Full(b)) if self.block => {
+                    // Stopping while the sources are held back: this batch is not accepted.
+                    for s in &self.metrics.sinks {
+                        s.dropped_shutdown
+                            .fetch_add(b.samples.len() as u64, Relaxed);
+                    }
+                    return;
                 }
                 Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
                     for s in &self.metrics.sinks {
@@ -133,6 +143,7 @@ impl BufferInput {
 
 /// The durable buffer of one agent.
 pub struct Buffer {
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     shared: Arc<Shared>,
     head_rx: watch::Receiver<u64>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -165,6 +176,8 @@ impl Buffer {
         for q in &recovery.quarantined {
             tracing::error!(file = %q.display(), "buffer: damaged segment header; segment set aside and its data counted as lost");
             metrics.buffer_quarantined.fetch_add(1, Relaxed);
+            let bytes = std::fs::metadata(q).map(|m| m.len()).unwrap_or(0);
+            metrics.buffer_corrupt_bytes.fetch_add(bytes, Relaxed);
         }
         let (cat_id, cat_bytes) = catalog_id(catalog);
         let cat_dir = dir.join("catalogs");
@@ -189,7 +202,7 @@ impl Buffer {
                 if stored.is_some() && acked < head {
                     tracing::info!(sink = %name, backlog_bytes = head - acked, "buffer: resuming delivery of stored data");
                 }
-                SinkCursor { name: name.clone(), acked, oldest_ms: 0, persisted: u64::MAX }
+SinkCursor { name: name.clone(), acked, oldest_ms: log::written_at(&seg_dir, &segments, acked).unwrap_or(0), persisted: u64::MAX }
             })
             .collect();
         let writer =
@@ -206,12 +219,10 @@ impl Buffer {
             }),
             metrics: metrics.clone(),
         });
-        {
-            let mut st = shared.lock();
-            persist_cursors(&shared.dir, &mut st);
-        }
+        persist_cursors(&shared);
         update_gauges(&shared);
         let (tx, rx) = sync_channel(QUEUE);
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (head_tx, head_rx) = watch::channel(writer.segment.end());
         let segment_bytes = (cfg.max_bytes / 8).clamp(64 << 10, 64 << 20);
         let thread_shared = shared.clone();
@@ -231,14 +242,21 @@ impl Buffer {
                 )
             })
             .map_err(|e| format!("buffer: cannot start the writer thread: {e}"))?;
+        let input = BufferInput {
+            tx,
+            block,
+            stopping: stopping.clone(),
+            metrics,
+        };
         Ok((
             Buffer {
+                stopping,
                 shared,
                 head_rx,
                 writer: Some(handle),
                 live_share: 0.25,
             },
-            BufferInput { tx, block, metrics },
+            input,
         ))
     }
 
@@ -269,12 +287,21 @@ impl Buffer {
     }
 
     /// Waits for the writer to finish (once every `BufferInput` is dropped) and syncs.
-    pub fn close(mut self) {
+    pub fn close_writer(&mut self) {
         if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
-        let mut st = self.shared.lock();
-        persist_cursors(&self.shared.dir, &mut st);
+        persist_cursors(&self.shared);
+    }
+
+    /// Shutdown has begun: sources held back by `when_full = "block"` stop waiting.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    /// Saves the read positions now (after the sinks' last deliveries at shutdown).
+    pub fn persist(&self) {
+        persist_cursors(&self.shared);
     }
 }
 
@@ -301,18 +328,29 @@ fn read_cursor(dir: &Path, sink: &str) -> Option<u64> {
         .flatten()
 }
 
-/// Writes every changed cursor durably (temp file, fsync, rename, fsync the directory).
-fn persist_cursors(dir: &Path, st: &mut State) {
-    let cur_dir = dir.join("cursors");
-    let mut changed = false;
-    for c in &mut st.cursors {
-        if c.acked == c.persisted {
-            continue;
-        }
-        let path = cursor_path(&cur_dir, &c.name);
+/// Writes every changed cursor durably (temp file, fsync, rename, fsync the directory). The
+/// state lock is held only to copy the positions, never across an fsync: sinks and sources
+/// must not wait for the disk.
+fn persist_cursors(shared: &Shared) {
+    let todo: Vec<(usize, String, u64)> = {
+        let st = shared.lock();
+        st.cursors
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.acked != c.persisted)
+            .map(|(i, c)| (i, c.name.clone(), c.acked))
+            .collect()
+    };
+    if todo.is_empty() {
+        return;
+    }
+    let cur_dir = shared.dir.join("cursors");
+    let mut done = Vec::new();
+    for (i, name, pos) in todo {
+        let path = cursor_path(&cur_dir, &name);
         let tmp = path.with_extension("tmp");
-        let pos = c.acked.to_string();
-        let body = format!("{pos} {}\n", crc32fast::hash(pos.as_bytes()));
+        let text = pos.to_string();
+        let body = format!("{text} {}\n", crc32fast::hash(text.as_bytes()));
         let ok = std::fs::File::create(&tmp)
             .and_then(|mut f| {
                 use std::io::Write;
@@ -321,17 +359,16 @@ fn persist_cursors(dir: &Path, st: &mut State) {
             })
             .and_then(|_| std::fs::rename(&tmp, &path));
         match ok {
-            Ok(()) => {
-                c.persisted = c.acked;
-                changed = true;
-            }
+            Ok(()) => done.push((i, pos)),
             Err(e) => {
-                tracing::warn!(sink = %c.name, error = %e, "buffer: cannot save the read position")
+                tracing::warn!(sink = %name, error = %e, "buffer: cannot save the read position")
             }
         }
     }
-    if changed {
-        log::sync_dir(&cur_dir);
+    log::sync_dir(&cur_dir);
+    let mut st = shared.lock();
+    for (i, pos) in done {
+        st.cursors[i].persisted = pos;
     }
 }
 
@@ -466,8 +503,7 @@ fn write_loop(
             }
             unsynced = false;
             last_sync = now;
-            let mut st = shared.lock();
-            persist_cursors(&shared.dir, &mut st);
+            persist_cursors(&shared);
         }
         if writer.segment.len >= segment_bytes {
             match writer.roll(cat_id) {
@@ -482,9 +518,8 @@ fn write_loop(
         update_gauges(&shared);
     }
     let _ = writer.sync();
-    let mut st = shared.lock();
-    st.closed = true;
-    persist_cursors(&shared.dir, &mut st);
+    shared.lock().closed = true;
+    persist_cursors(&shared);
 }
 
 /// `linetap_buffer_bytes` and `linetap_buffer_oldest_age_seconds` for every sink, kept current
@@ -514,36 +549,40 @@ impl State {
 /// segment while the log is over budget, counting what each sink loses.
 fn enforce_budget(shared: &Shared, seg_dir: &Path, cfg: &BufferConfig) {
     loop {
-        let mut st = shared.lock();
-        if st.segments.len() < 2 {
-            return;
-        }
-        let oldest = st.segments[0];
-        let min_acked = st.cursors.iter().map(|c| c.acked).min().unwrap_or(st.head);
-        let fully_acked = min_acked >= oldest.end();
-        let over = st.bytes_on_disk() > cfg.max_bytes;
-        let may_drop = over && cfg.when_full == WhenFull::DropOldest;
-        if !fully_acked && !may_drop {
-            return;
-        }
-        if !fully_acked {
-            // Dropping undelivered data: count it for each sink that had not delivered it.
+        let (oldest, moved) = {
+            let mut st = shared.lock();
+            if st.segments.len() < 2 {
+                return;
+            }
+            let oldest = st.segments[0];
+            let min_acked = st.cursors.iter().map(|c| c.acked).min().unwrap_or(st.head);
+            let fully_acked = min_acked >= oldest.end();
+            let may_drop =
+                st.bytes_on_disk() > cfg.max_bytes && cfg.when_full == WhenFull::DropOldest;
+            if !fully_acked && !may_drop {
+                return;
+            }
+            // Sinks that had not delivered this segment lose the rest of it.
+            let mut moved = Vec::new();
             for (i, c) in st.cursors.iter_mut().enumerate() {
                 if c.acked < oldest.end() {
-                    let lost = log::count_samples(seg_dir, oldest, c.acked, oldest.end());
-                    if let Some(m) = shared.metrics.sinks.get(i) {
-                        m.dropped_buffer_full.fetch_add(lost, Relaxed);
-                    }
-                    tracing::warn!(sink = %c.name, samples = lost, "buffer full (max_bytes): dropped the oldest undelivered data");
+                    moved.push((i, c.name.clone(), c.acked));
                     c.acked = oldest.end();
                     c.oldest_ms = 0;
                 }
             }
+            (oldest, moved)
+        };
+        for (i, name, from) in moved {
+            let lost = log::count_samples(seg_dir, oldest, from, oldest.end());
+            if let Some(m) = shared.metrics.sinks.get(i) {
+                m.dropped_buffer_full.fetch_add(lost, Relaxed);
+            }
+            tracing::warn!(sink = %name, samples = lost, "buffer full (max_bytes): dropped the oldest undelivered data");
         }
         // Cursors first, then the data: a crash in between re-reads nothing that is gone.
-        persist_cursors(&shared.dir, &mut st);
-        st.segments.remove(0);
-        drop(st);
+        persist_cursors(shared);
+        shared.lock().segments.retain(|s| s.base != oldest.base);
         if let Err(e) = std::fs::remove_file(log::segment_path(seg_dir, oldest.base)) {
             tracing::warn!(error = %e, "buffer: cannot remove a delivered segment");
         }

@@ -5,6 +5,7 @@
 pub mod schema;
 pub mod units;
 mod validate;
+pub(crate) use validate::is_loopback_url;
 
 pub use schema::{DeviceKind, InfluxApi, PointType, Protocol, Table, WhenFull, WordOrder};
 use std::fmt;

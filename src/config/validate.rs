@@ -469,18 +469,6 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
                     }
                 }
             }
-            for (v, key) in [
-                (&s.format, "format"),
-                (&s.topic, "topic"),
-                (&s.path, "path"),
-            ] {
-                if let Some(v) = v {
-                    cx.err(
-                        v.span(),
-                        format!("`{key}` is not a key of an influxdb sink"),
-                    );
-                }
-            }
             SinkKind::Influx(InfluxConfig {
                 url,
                 api,
@@ -554,7 +542,7 @@ fn sink(cx: &mut Ctx, name: &Spanned<String>, s: &Spanned<SinkSection>) -> Optio
 }
 
 /// Whether an http(s) URL points at this machine (127.0.0.0/8, ::1, localhost).
-fn is_loopback_url(url: &str) -> bool {
+pub(crate) fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split('/').next().unwrap_or("");
     let host = authority
@@ -1044,6 +1032,30 @@ fn point(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Any text, including a real configuration with random bytes changed, gives a config
+        /// or located errors; never a panic.
+        #[test]
+        fn never_panics_and_always_locates(noise in proptest::collection::vec((0usize..4000, proptest::prelude::any::<u8>()), 0..6), junk in "\\PC{0,200}") {
+            let mut text = crate::sim::demo::DEMO_CONFIG.as_bytes().to_vec();
+            for (at, b) in noise {
+                if !text.is_empty() {
+                    let i = at % text.len();
+                    text[i] = b;
+                }
+            }
+            let text = String::from_utf8_lossy(&text).into_owned();
+            for input in [text.as_str(), junk.as_str()] {
+                if let Err(errors) = parse("fuzz.toml", input) {
+                    proptest::prop_assert!(!errors.0.is_empty());
+                    for e in &errors.0 {
+                        proptest::prop_assert!(e.line >= 1 && e.column >= 1, "unlocated: {}", e);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn loopback_urls() {

@@ -84,6 +84,18 @@ impl SinkMetrics {
     }
 }
 
+/// A Prometheus label value: backslash, double quote and line feed escaped.
+fn esc(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub devices: Vec<DeviceMetrics>,
@@ -134,7 +146,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "linetap_device_up{{device=\"{}\"}} {}",
-                d.name,
+                esc(&d.name),
                 d.up.load(Relaxed) as u8
             );
         }
@@ -152,7 +164,7 @@ impl Metrics {
                 let _ = writeln!(
                     o,
                     "linetap_modbus_requests_total{{device=\"{}\",result=\"{result}\"}} {}",
-                    d.name,
+                    esc(&d.name),
                     v.load(Relaxed)
                 );
             }
@@ -163,7 +175,7 @@ impl Metrics {
                 let _ = writeln!(
                     o,
                     "linetap_poll_duration_seconds_bucket{{device=\"{}\",le=\"{bound}\"}} {}",
-                    d.name,
+                    esc(&d.name),
                     b.load(Relaxed)
                 );
             }
@@ -171,18 +183,18 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "linetap_poll_duration_seconds_bucket{{device=\"{}\",le=\"+Inf\"}} {polls}",
-                d.name
+                esc(&d.name)
             );
             let _ = writeln!(
                 o,
                 "linetap_poll_duration_seconds_sum{{device=\"{}\"}} {}",
-                d.name,
+                esc(&d.name),
                 d.poll_micros.load(Relaxed) as f64 / 1e6
             );
             let _ = writeln!(
                 o,
                 "linetap_poll_duration_seconds_count{{device=\"{}\"}} {polls}",
-                d.name
+                esc(&d.name)
             );
         }
         o.push_str("# TYPE linetap_modbus_late_replies_total counter\n");
@@ -190,7 +202,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "linetap_modbus_late_replies_total{{device=\"{}\"}} {}",
-                d.name,
+                esc(&d.name),
                 d.late_replies.load(Relaxed)
             );
         }
@@ -199,7 +211,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "linetap_samples_collected_total{{device=\"{}\"}} {}",
-                d.name,
+                esc(&d.name),
                 d.samples.load(Relaxed)
             );
         }
@@ -208,7 +220,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "linetap_poll_missed_ticks_total{{device=\"{}\"}} {}",
-                d.name,
+                esc(&d.name),
                 d.missed_ticks.load(Relaxed)
             );
         }
@@ -217,7 +229,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "linetap_samples_delivered_total{{sink=\"{}\"}} {}",
-                s.name,
+                esc(&s.name),
                 s.delivered.load(Relaxed)
             );
         }
@@ -226,13 +238,13 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "linetap_sink_write_duration_seconds_sum{{sink=\"{}\"}} {}",
-                s.name,
+                esc(&s.name),
                 s.write_micros.load(Relaxed) as f64 / 1e6
             );
             let _ = writeln!(
                 o,
                 "linetap_sink_write_duration_seconds_count{{sink=\"{}\"}} {}",
-                s.name,
+                esc(&s.name),
                 s.requests.load(Relaxed)
             );
         }
@@ -251,7 +263,7 @@ impl Metrics {
                 let _ = writeln!(
                     o,
                     "linetap_samples_dropped_total{{sink=\"{}\",reason=\"{reason}\"}} {}",
-                    s.name,
+                    esc(&s.name),
                     v.load(Relaxed)
                 );
             }
@@ -261,7 +273,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "linetap_buffer_bytes{{sink=\"{}\"}} {}",
-                s.name,
+                esc(&s.name),
                 s.buffer_bytes.load(Relaxed)
             );
         }
@@ -270,7 +282,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "linetap_buffer_oldest_age_seconds{{sink=\"{}\"}} {}",
-                s.name,
+                esc(&s.name),
                 s.buffer_oldest_ms.load(Relaxed) as f64 / 1000.0
             );
         }

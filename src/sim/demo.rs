@@ -49,7 +49,7 @@ pub fn demo_config() -> Result<Config, String> {
                 username: None,
                 password: None,
                 timeout: Duration::from_secs(10),
-                gzip: true,
+                gzip: !config::is_loopback_url(&url),
             }),
             batch_size: 5000,
             flush_interval: Duration::from_secs(1),
