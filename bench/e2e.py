@@ -7,6 +7,10 @@ Reports the agent's CPU seconds per million values delivered and its peak RSS.
     cargo build --release
     python3 bench/e2e.py --devices 20 --seconds 60
     python3 bench/e2e.py --devices 200 --seconds 60
+    python3 bench/e2e.py --devices 20 --seconds 90 --outage 30   # drain rate after an outage
+    LINETAP_BIN=/path/to/other/linetap python3 bench/e2e.py ...  # compare another build
+
+Also reports the durable buffer's bytes written per million samples (eMMC/SD wear).
 
 The simulator runs as a separate process (`linetap simulate`), so its CPU is not counted.
 Everything listens on 127.0.0.1 only.
@@ -62,6 +66,15 @@ DATA_DIR = ""
 METRICS_PORT = 0
 
 
+def metric(port, name):
+    """Sum of a metric's series on the agent's /metrics."""
+    total = 0.0
+    for line in http(f"http://127.0.0.1:{port}/metrics").splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.split()[-1])
+    return total
+
+
 def config(n, ports, vm_url, poll):
     out = [
         '[line]\nid = "bench"\nsite = "lab"\n',
@@ -85,6 +98,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--poll", default="100ms")
     ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--outage", type=float, default=0,
+                    help="stop VictoriaMetrics this many seconds in the middle and measure the drain rate")
     a = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
@@ -93,9 +108,9 @@ def main():
     procs = []
     try:
         vm_port = free_port()
-        vm = subprocess.Popen([vm_bin, f"-storageDataPath={tmp}/vm", f"-httpListenAddr=127.0.0.1:{vm_port}",
-                               "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.latencyOffset=0s"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        vm_args = [vm_bin, f"-storageDataPath={tmp}/vm", f"-httpListenAddr=127.0.0.1:{vm_port}",
+                   "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.latencyOffset=0s", "-dedup.minScrapeInterval=1ms"]
+        vm = subprocess.Popen(vm_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(vm)
         vm_url = f"http://127.0.0.1:{vm_port}"
         wait_ok(vm_url + "/health", vm, "victoria-metrics")
@@ -117,7 +132,32 @@ def main():
         time.sleep(a.warmup)
         cpu0 = proc_cpu_seconds(agent.pid)
         t0 = time.time()
-        time.sleep(a.seconds)
+        drain = None
+        if a.outage > 0:
+            vm.send_signal(15)
+            vm.wait(timeout=30)
+            time.sleep(a.outage)
+            backlog = metric(METRICS_PORT, "linetap_buffer_bytes")
+            collected_before = metric(METRICS_PORT, "linetap_samples_collected_total")
+            delivered_before = metric(METRICS_PORT, "linetap_samples_delivered_total")
+            vm = subprocess.Popen(vm_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(vm)
+            wait_ok(vm_url + "/health", vm, "victoria-metrics")
+            r0 = time.time()
+            while metric(METRICS_PORT, "linetap_buffer_bytes") > 256 * 1024 and time.time() - r0 < 300:
+                time.sleep(0.05)
+            r1 = time.time()
+            behind = collected_before - delivered_before
+            delivered_after = metric(METRICS_PORT, "linetap_samples_delivered_total")
+            drain = {
+                "outage_s": a.outage, "backlog_bytes": backlog, "backlog_samples": int(behind),
+                "caught_up_in_s": round(r1 - r0, 2),
+                "delivered_samples_per_s_while_draining": round((delivered_after - delivered_before) / (r1 - r0)),
+                "ingest_samples_per_s": round(collected_before / (time.time() - t0 + a.warmup)),
+            }
+        remaining = a.seconds - (time.time() - t0)
+        if remaining > 0:
+            time.sleep(remaining)
         cpu1 = proc_cpu_seconds(agent.pid)
         t1 = time.time()
         rss = proc_peak_rss_mb(agent.pid)
@@ -147,6 +187,7 @@ def main():
             "values_expected": int(expected), "delivery_ratio": round(delivered / expected, 4) if expected else None,
             "agent_cpu_seconds": round(cpu, 3), "cpu_seconds_per_million_values": round(per_million, 3),
             "agent_peak_rss_mb": round(rss, 1), "cpu_percent_of_one_core": round(100 * cpu / (t1 - t0), 2),
+            "drain": drain,
             "buffer_bytes_written_per_million_samples": round(written / (collected_total / 1e6)) if written and collected_total else None,
         }))
     finally:
