@@ -42,11 +42,13 @@ fn hot_path(c: &mut Criterion) {
         device: 0,
         seq: 0,
         samples: Vec::with_capacity(values),
+        timestamp_ns: 0,
     };
     g.bench_function("decode_normalize_encode_100_f32", |b| {
         b.iter(|| {
             batch.samples.clear();
-            let ts = 1_795_785_404_087_000_000i64;
+            batch.timestamp_ns = 0;
+            let ts = batch.stamp(1_795_785_404_087_000_000i64);
             for r in groups.iter().flat_map(|g| &g.requests) {
                 let words = &regs[r.start as usize..r.start as usize + r.count as usize];
                 for f in &r.fields {

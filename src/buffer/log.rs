@@ -378,6 +378,7 @@ mod tests {
         SampleBatch {
             device: 0,
             seq,
+            timestamp_ns: 0,
             samples: (0..n)
                 .map(|i| Sample {
                     point: i as u32,

@@ -214,7 +214,7 @@ impl LineEncoder {
                 Value::StringValue(v) => write_string_value(v, out),
             }
             out.push(b' ');
-            out.extend_from_slice(ibuf.format(s.timestamp_ns).as_bytes());
+            out.extend_from_slice(ibuf.format(batch.time_of(s)).as_bytes());
             out.push(b'\n');
             written += 1;
         }
@@ -300,6 +300,7 @@ mod tests {
         let batch = SampleBatch {
             device: 0,
             seq: 1,
+            timestamp_ns: 0,
             samples: vec![
                 sample(0, Value::IntValue(41)),
                 sample(1, Value::IntValue(1)),
@@ -327,6 +328,40 @@ mod tests {
                 unknown_point: 1
             }
         );
+    }
+
+    #[test]
+    fn a_sample_without_its_own_time_takes_the_batch_time() {
+        let enc = LineEncoder::new(&catalog());
+        let mut batch = SampleBatch {
+            device: 0,
+            seq: 1,
+            samples: Vec::new(),
+            timestamp_ns: 0,
+        };
+        let t0 = batch.stamp(1_000);
+        let t1 = batch.stamp(2_000);
+        batch.samples.push(Sample {
+            point: 2,
+            timestamp_ns: t0,
+            quality: 0,
+            value: Some(Value::DoubleValue(1.0)),
+        });
+        batch.samples.push(Sample {
+            point: 2,
+            timestamp_ns: t1,
+            quality: 0,
+            value: Some(Value::DoubleValue(2.0)),
+        });
+        assert_eq!((t0, t1), (0, 2_000));
+        let mut out = Vec::new();
+        enc.encode(&batch, &mut out, &mut Skipped::default());
+        let text = String::from_utf8(out).unwrap();
+        let times: Vec<&str> = text
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap())
+            .collect();
+        assert_eq!(times, ["1000", "2000"]);
     }
 
     #[test]

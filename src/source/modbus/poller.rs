@@ -206,6 +206,7 @@ pub async fn run(
             samples: Vec::with_capacity(
                 group.requests.iter().map(|r| r.fields.len()).sum::<usize>() + 4,
             ),
+            timestamp_ns: 0,
         };
         let cycle_start = Instant::now();
         let due = if shared {
@@ -245,7 +246,7 @@ pub async fn run(
                         Ok(words) => {
                             answered = true;
                             dm.requests_ok.fetch_add(1, Relaxed);
-                            let ts = now_ns();
+                            let ts = batch.stamp(now_ns());
                             if let Err(e) = decode_into(req, &words, ts, &mut batch.samples) {
                                 st.errors += 1;
                                 st.cycle_ok = false;
@@ -308,7 +309,7 @@ pub async fn run(
         }
         st.cycle_latency += cycle_start.elapsed();
         if slot.primary {
-            let ts = now_ns();
+            let ts = batch.stamp(now_ns());
             let h = dev.health;
             let up = st.cycle_ok;
             dm.up.store(up, Relaxed);
