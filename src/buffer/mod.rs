@@ -32,11 +32,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// Batches waiting for the writer thread.
-const QUEUE: usize = 8192;
+const QUEUE: usize = 4096;
 /// How often the writer thread wakes to write what has been queued.
 const TICK: Duration = Duration::from_millis(20);
 /// Batches kept in memory per sink, so a caught-up sink never reads the disk.
-const TAIL_ITEMS: usize = 8192;
+const TAIL_ITEMS: usize = 1024;
 
 /// A batch just written, kept in memory for the sinks.
 #[derive(Clone)]
@@ -99,7 +99,7 @@ impl Shared {
 /// The writing side: sources hand batches to `publish`.
 #[derive(Clone)]
 pub struct BufferInput {
-    tx: SyncSender<SampleBatch>,
+    tx: SyncSender<Arc<SampleBatch>>,
     block: bool,
     /// Set at shutdown: a source held back by `block` gives up instead of waiting forever.
     stopping: Arc<std::sync::atomic::AtomicBool>,
@@ -113,7 +113,8 @@ impl BufferInput {
         if batch.samples.is_empty() {
             return;
         }
-        let mut batch = batch;
+        // Allocated here, on the runtime thread, and freed there by the sinks.
+        let mut batch = Arc::new(batch);
         loop {
             match self.tx.try_send(batch) {
                 Ok(()) => return,
@@ -378,7 +379,7 @@ fn persist_cursors(shared: &Shared) {
 fn write_loop(
     shared: Arc<Shared>,
     mut writer: LogWriter,
-    rx: Receiver<SampleBatch>,
+    rx: Receiver<Arc<SampleBatch>>,
     head_tx: watch::Sender<u64>,
     cfg: BufferConfig,
     cat_id: u64,
@@ -454,7 +455,7 @@ fn write_loop(
                 end,
                 catalog: cat_id,
                 written_ms,
-                batch: Arc::new(batch),
+                batch,
             });
             if pending.len() >= 1 << 20 {
                 break;
@@ -630,6 +631,14 @@ impl SinkReader {
                     head
                 }
         }) || self.live.as_ref().is_some_and(|l| l.pos < head)
+    }
+
+    /// Waits until the writer has written more (cancel-safe).
+    pub async fn changed(&mut self) {
+        if self.head_rx.changed().await.is_err() {
+            // The writer has stopped: nothing more will come.
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Bytes written but not read yet.

@@ -123,12 +123,21 @@ pub async fn run<W: Writer>(
             closing_deadline = Some(Instant::now() + settings.grace);
         }
         let closing = closing_deadline.is_some();
-        // Timer-driven: one wake-up per flush interval in steady state, not one per write.
-        if !closing && reader.pending_bytes() < batch_bytes {
+        // Wait for the flush interval or a full batch, whichever comes first. The writer
+        // publishes at most one new head per tick, so this wakes at most 50 times a second.
+        let mut stop = false;
+        while !closing && reader.pending_bytes() < batch_bytes {
             tokio::select! {
-                _ = tokio::time::sleep_until(next_flush) => {}
-                _ = shutdown.recv() => continue,
+                _ = tokio::time::sleep_until(next_flush) => break,
+                _ = reader.changed() => {}
+                _ = shutdown.recv() => {
+                    stop = true;
+                    break;
+                }
             }
+        }
+        if stop {
+            continue;
         }
         next_flush = Instant::now() + settings.flush_interval;
         // Deliver everything readable now, a full batch at a time.
