@@ -1,4 +1,5 @@
 //! linetap: a telemetry edge agent for robot production lines. See docs/ARCHITECTURE.md.
+pub mod backoff;
 pub mod buffer;
 pub mod check;
 pub mod config;

@@ -7,8 +7,8 @@
 //! - any other 4xx: the data will never be accepted; drop it, counted, with the reason.
 
 use super::{Outcome, RetryCtl, Writer};
+use crate::backoff::Backoff;
 use crate::config::{InfluxApi, InfluxConfig};
-use crate::source::modbus::tcp::Backoff;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};

@@ -8,7 +8,8 @@
 //! truncated frame is reported as such, the line is drained until it is quiet, and the port
 //! stays open. See docs/decisions/0005-rtu-framer.md.
 
-use super::tcp::{Backoff, ReadError, Words};
+use super::tcp::{ReadError, Words};
+use crate::backoff::Backoff;
 use crate::config::{Parity, SerialConfig, Table};
 use futures_util::FutureExt;
 use std::time::Duration;

@@ -3,8 +3,8 @@
 //! any timeout or protocol error: tokio-modbus recovers from neither by itself (a late reply
 //! would otherwise be taken as the answer to the next request).
 
+use crate::backoff::Backoff;
 use crate::config::Table;
-use rand::Rng;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -61,35 +61,6 @@ impl ReadError {
             ReadError::Crc => "crc_error",
             ReadError::Frame(_) => "frame_error",
         }
-    }
-}
-
-/// Exponential backoff with full jitter between `min` and `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            attempt: 0,
-        }
-    }
-    /// The next delay: min·2^n capped at max, then a random point in its upper half.
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self.min.saturating_mul(1u32 << self.attempt.min(16));
-        let cap = exp.min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = cap / 2;
-        half + Duration::from_nanos(rand::rng().random_range(0..=half.as_nanos() as u64))
-    }
-    pub fn reset(&mut self) {
-        self.attempt = 0;
     }
 }
 
@@ -218,21 +189,3 @@ fn describe_link_error(e: &tokio_modbus::Error) -> String {
     e.to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..20 {
-            let d = b.next_delay();
-            assert!(d <= Duration::from_secs(5));
-        }
-        assert!(b.next_delay() >= Duration::from_millis(2500));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
-}
