@@ -21,7 +21,6 @@ use tokio::task::JoinHandle;
 /// A running agent.
 pub struct Agent {
     pub metrics: Arc<Metrics>,
-    pub catalog: Arc<BuiltCatalog>,
     trigger: Trigger,
     /// Stops the sinks, after the pollers have stopped and the buffer has written everything.
     sink_trigger: Trigger,
@@ -56,7 +55,7 @@ impl Agent {
     /// Starts every task. Fails (before polling anything) when a sink cannot be set up,
     /// e.g. its token file is missing.
     pub fn start(config: &Config) -> Result<Agent, String> {
-        let built = Arc::new(catalog::build(config));
+        let mut built = catalog::build(config);
         let metrics = Arc::new(Metrics::new(
             config.devices.iter().map(|d| d.id.clone()),
             config.sinks.iter().map(|s| s.name.clone()),
@@ -92,7 +91,8 @@ impl Agent {
         let (mut buffer, input) = Buffer::open(
             &config.agent.data_dir.join("buffer"),
             &config.buffer,
-            &built.catalog,
+            // The buffer (and through it the sinks) owns the catalog from here on.
+            Arc::new(std::mem::take(&mut built.catalog)),
             &sink_names,
             metrics.clone(),
         )?;
@@ -169,7 +169,6 @@ impl Agent {
         drop(input);
         Ok(Agent {
             metrics,
-            catalog: built,
             trigger,
             sink_trigger,
             pollers,

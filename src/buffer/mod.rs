@@ -22,7 +22,6 @@ use crate::model::{Catalog, SampleBatch};
 use crate::observe::metrics::Metrics;
 use log::{Damage, Item, LogReader, LogWriter, Segment};
 use prost::Message;
-use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -88,6 +87,9 @@ struct Shared {
     dir: PathBuf,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
+    /// The current catalog, until every sink has built its encoder from it (then released:
+    /// on a large line it is megabytes).
+    current: Mutex<Option<(u64, Arc<Catalog>, usize)>>,
 }
 
 impl Shared {
@@ -161,7 +163,7 @@ impl Buffer {
     pub fn open(
         dir: &Path,
         cfg: &BufferConfig,
-        catalog: &Catalog,
+        catalog: Arc<Catalog>,
         sinks: &[String],
         metrics: Arc<Metrics>,
     ) -> Result<(Buffer, BufferInput), String> {
@@ -180,7 +182,7 @@ impl Buffer {
             let bytes = std::fs::metadata(q).map(|m| m.len()).unwrap_or(0);
             metrics.buffer_corrupt_bytes.fetch_add(bytes, Relaxed);
         }
-        let (cat_id, cat_bytes) = catalog_id(catalog);
+        let (cat_id, cat_bytes) = catalog_id(&catalog);
         let cat_dir = dir.join("catalogs");
         std::fs::create_dir_all(&cat_dir).map_err(|e| err("creating catalogs", e))?;
         let cat_path = cat_dir.join(format!("{cat_id:016x}.pb"));
@@ -219,6 +221,7 @@ SinkCursor { name: name.clone(), acked, oldest_ms: log::written_at(&seg_dir, &se
                 closed: false,
             }),
             metrics: metrics.clone(),
+            current: Mutex::new(Some((cat_id, catalog, sinks.len()))),
         });
         persist_cursors(&shared);
         update_gauges(&shared);
@@ -283,7 +286,6 @@ SinkCursor { name: name.clone(), acked, oldest_ms: log::written_at(&seg_dir, &se
             live_share: self.live_share,
             pending_main: pos,
             pending_live: 0,
-            catalogs: HashMap::new(),
         }
     }
 
@@ -606,7 +608,6 @@ pub struct SinkReader {
     /// Read but not yet acknowledged up to here.
     pending_main: u64,
     pending_live: u64,
-    catalogs: HashMap<u64, Option<Arc<Catalog>>>,
 }
 
 /// A batch read for a sink, with what to acknowledge once it is delivered.
@@ -833,14 +834,31 @@ impl SinkReader {
     /// The catalog a record refers to (loaded from the buffer directory when it is not the
     /// current one), or `None` when it is missing.
     pub fn catalog(&mut self, id: u64) -> Option<Arc<Catalog>> {
-        let dir = self.shared.dir.join("catalogs");
-        self.catalogs
-            .entry(id)
-            .or_insert_with(|| {
-                let bytes = std::fs::read(dir.join(format!("{id:016x}.pb"))).ok()?;
-                Catalog::decode(bytes.as_slice()).ok().map(Arc::new)
-            })
-            .clone()
+        {
+            let mut current = self
+                .shared
+                .current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some((cur_id, cat, users)) = current.as_mut() {
+                if *cur_id == id {
+                    let cat = cat.clone();
+                    *users = users.saturating_sub(1);
+                    if *users == 0 {
+                        *current = None;
+                    }
+                    return Some(cat);
+                }
+            }
+        }
+        let bytes = std::fs::read(
+            self.shared
+                .dir
+                .join("catalogs")
+                .join(format!("{id:016x}.pb")),
+        )
+        .ok()?;
+        Catalog::decode(bytes.as_slice()).ok().map(Arc::new)
     }
 
     /// (head seen, read position, acknowledged position), for diagnostics.

@@ -188,4 +188,3 @@ fn describe_link_error(e: &tokio_modbus::Error) -> String {
     }
     e.to_string()
 }
-
