@@ -34,6 +34,10 @@ use tokio::sync::watch;
 const QUEUE: usize = 4096;
 /// How often the writer thread wakes to write what has been queued.
 const TICK: Duration = Duration::from_millis(20);
+/// The writer wakes waiting sinks after this many new bytes (about a default batch) …
+const NOTIFY_BYTES: u64 = 96 << 10;
+/// … or after this long.
+const NOTIFY_EVERY: Duration = Duration::from_millis(250);
 /// Batches kept in memory per sink, so a caught-up sink never reads the disk.
 const TAIL_ITEMS: usize = 1024;
 
@@ -395,6 +399,8 @@ fn write_loop(
     let mut unsynced = false;
     let mut refused_logged = false;
     let mut disconnected = false;
+    let mut last_notified = writer.segment.end();
+    let mut last_notify = Instant::now();
     while !disconnected {
         std::thread::sleep(TICK);
         let mut pending_samples = 0u64;
@@ -487,7 +493,14 @@ fn write_loop(
                         }
                     }
                     drop(st);
-                    let _ = head_tx.send(head);
+                    // Wake waiting sinks when enough has accumulated for a batch, or every
+                    // quarter second; not at every tick (each wake-up costs CPU).
+                    if head - last_notified >= NOTIFY_BYTES || last_notify.elapsed() >= NOTIFY_EVERY
+                    {
+                        let _ = head_tx.send(head);
+                        last_notified = head;
+                        last_notify = Instant::now();
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "buffer: write failed; these samples are lost");
@@ -617,8 +630,10 @@ pub struct Read {
 }
 
 impl SinkReader {
+    /// How far the log is written (read from the shared state: the writer wakes the sinks
+    /// only when about a batch has accumulated, not at every tick).
     fn limit(&self) -> u64 {
-        *self.head_rx.borrow()
+        self.shared.lock().head
     }
 
     /// Whether there is anything to read now.
