@@ -88,7 +88,7 @@ impl Agent {
         }
         let lock = lock_data_dir(&config.agent.data_dir)?;
         let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
-        let (mut buffer, input) = Buffer::open(
+        let (buffer, input) = Buffer::open(
             &config.agent.data_dir.join("buffer"),
             &config.buffer,
             // The buffer (and through it the sinks) owns the catalog from here on.
@@ -96,7 +96,6 @@ impl Agent {
             &sink_names,
             metrics.clone(),
         )?;
-        buffer.set_live_share(config.buffer.live_share);
         let (sink_trigger, _) = shutdown::channel();
         let mut sinks = Vec::new();
         for (index, (s, w)) in config.sinks.iter().zip(writers).enumerate() {

@@ -84,7 +84,6 @@ struct State {
     segments: Vec<Segment>,
     head: u64,
     cursors: Vec<SinkCursor>,
-    closed: bool,
 }
 
 struct Shared {
@@ -157,11 +156,6 @@ pub struct Buffer {
     live_share: f64,
 }
 
-/// Settings of the buffer beyond the user's `[buffer]`.
-pub struct Options {
-    pub segment_bytes: u64,
-}
-
 impl Buffer {
     /// Opens (recovering) the buffer under `dir` and starts the writer thread.
     pub fn open(
@@ -222,7 +216,6 @@ SinkCursor { name: name.clone(), acked, oldest_ms: log::written_at(&seg_dir, &se
                 segments,
                 head: writer.segment.end(),
                 cursors,
-                closed: false,
             }),
             metrics: metrics.clone(),
             current: Mutex::new(Some((cat_id, catalog, sinks.len()))),
@@ -235,6 +228,7 @@ SinkCursor { name: name.clone(), acked, oldest_ms: log::written_at(&seg_dir, &se
         let segment_bytes = (cfg.max_bytes / 8).clamp(64 << 10, 64 << 20);
         let thread_shared = shared.clone();
         let block = cfg.when_full == WhenFull::Block;
+        let live_share = cfg.live_share;
         let cfg = cfg.clone();
         let handle = std::thread::Builder::new()
             .name("linetap-buffer".into())
@@ -262,14 +256,10 @@ SinkCursor { name: name.clone(), acked, oldest_ms: log::written_at(&seg_dir, &se
                 shared,
                 head_rx,
                 writer: Some(handle),
-                live_share: 0.25,
+                live_share,
             },
             input,
         ))
-    }
-
-    pub fn set_live_share(&mut self, share: f64) {
-        self.live_share = share.clamp(0.0, 1.0);
     }
 
     /// The reader for sink number `index` (in the order given to `open`).
@@ -534,7 +524,6 @@ fn write_loop(
         update_gauges(&shared);
     }
     let _ = writer.sync();
-    shared.lock().closed = true;
     persist_cursors(&shared);
 }
 
@@ -623,12 +612,6 @@ pub struct SinkReader {
     pending_live: u64,
 }
 
-/// A batch read for a sink, with what to acknowledge once it is delivered.
-pub struct Read {
-    pub items: Vec<Item>,
-    pub damage: Damage,
-}
-
 impl SinkReader {
     /// How far the log is written (read from the shared state: the writer wakes the sinks
     /// only when about a batch has accumulated, not at every tick).
@@ -680,7 +663,7 @@ impl SinkReader {
 
     /// Reads up to `max_samples` samples: while lagging, `live_share` of them from new data and
     /// the rest from the backlog, both in order. The file reads run on the blocking pool.
-    pub async fn read(&mut self, max_samples: usize) -> Read {
+    pub async fn read(&mut self, max_samples: usize) -> Vec<Item> {
         if let Some(read) = self.read_from_memory(max_samples) {
             return read;
         }
@@ -778,11 +761,11 @@ impl SinkReader {
             tracing::error!(sink = %self.name, samples = damage.samples, bytes = damage.bytes, "buffer: damaged data skipped");
         }
         // Items in log order per reader; the sink encodes them in this order.
-        Read { items, damage }
+        items
     }
 
     /// The fast path of a caught-up sink: the batches the writer just wrote, from memory.
-    fn read_from_memory(&mut self, max_samples: usize) -> Option<Read> {
+    fn read_from_memory(&mut self, max_samples: usize) -> Option<Vec<Item>> {
         if self.live.is_some() {
             return None;
         }
@@ -822,10 +805,7 @@ impl SinkReader {
             m.seek(at);
         }
         self.pending_main = at;
-        Some(Read {
-            items,
-            damage: Damage::default(),
-        })
+        Some(items)
     }
 
     /// Everything read so far has been delivered (or deliberately dropped).

@@ -142,11 +142,11 @@ pub async fn run<W: Writer>(
         next_flush = Instant::now() + settings.flush_interval;
         // Deliver everything readable now, a full batch at a time.
         while reader.has_data() {
-            let read = reader.read(settings.batch_size - lines).await;
-            if read.items.is_empty() {
+            let items = reader.read(settings.batch_size - lines).await;
+            if items.is_empty() {
                 break;
             }
-            for item in &read.items {
+            for item in &items {
                 match encoders.get(item.catalog, &mut reader) {
                     Some(enc) => lines += enc.encode(&item.batch, &mut body, &mut skipped),
                     None => {
