@@ -3,9 +3,7 @@
 //! serial device server). Either way exactly one request is in flight.
 
 use super::rtu::RtuLink;
-use super::tcp::{ReadError, TcpLink, Words};
-use crate::config::Table;
-use std::time::Duration;
+use super::tcp::{ReadError, ReadSpec, TcpLink, Words};
 
 pub enum Link {
     Tcp(TcpLink),
@@ -20,19 +18,11 @@ impl Link {
         }
     }
 
-    /// One read; `turnaround` is the unit's extra silence (RTU only).
-    pub async fn read(
-        &mut self,
-        unit: u8,
-        table: Table,
-        start: u16,
-        count: u16,
-        timeout: Duration,
-        turnaround: Duration,
-    ) -> Result<Words, ReadError> {
+    /// One read.
+    pub async fn read(&mut self, spec: &ReadSpec) -> Result<Words, ReadError> {
         match self {
-            Link::Tcp(l) => l.read(unit, table, start, count, timeout).await,
-            Link::Rtu(l) => l.read(unit, table, start, count, timeout, turnaround).await,
+            Link::Tcp(l) => l.read(spec).await,
+            Link::Rtu(l) => l.read(spec).await,
         }
     }
 

@@ -13,7 +13,7 @@
 use super::decode::decode_field;
 use super::link::Link;
 use super::plan::{PollGroup, ReadRequest};
-use super::tcp::{ReadError, Words};
+use super::tcp::{ReadError, ReadSpec, Words};
 use crate::buffer::BufferInput;
 use crate::model::catalog::HealthIds;
 use crate::model::{now_ns, Quality, Sample, SampleBatch, Value};
@@ -225,16 +225,15 @@ pub async fn run(
             let mut answered = false;
             'requests: for req in &group.requests {
                 for attempt in 1..=attempts {
-                    let result = link
-                        .read(
-                            dev.unit,
-                            req.table,
-                            req.start,
-                            req.count,
-                            dev.timeout,
-                            dev.turnaround,
-                        )
-                        .await;
+                    let spec = ReadSpec {
+                        unit: dev.unit,
+                        table: req.table,
+                        start: req.start,
+                        count: req.count,
+                        timeout: dev.timeout,
+                        turnaround: dev.turnaround,
+                    };
+                    let result = link.read(&spec).await;
                     if let Some(unit) = link.take_late() {
                         if let Some(late) = devices.iter().find(|d| d.unit == unit) {
                             metrics.devices[late.device as usize]

@@ -8,7 +8,7 @@
 //! truncated frame is reported as such, the line is drained until it is quiet, and the port
 //! stays open. See docs/decisions/0005-rtu-framer.md.
 
-use super::tcp::{ReadError, Words};
+use super::tcp::{ReadError, ReadSpec, Words};
 use crate::backoff::Backoff;
 use crate::config::{Parity, SerialConfig, Table};
 use futures_util::FutureExt;
@@ -280,21 +280,14 @@ impl RtuLink {
     /// Reads `count` registers or bits of `table` at `start` from `unit`, within `timeout`,
     /// keeping t3.5 plus the larger of this unit's and the previous unit's `turnaround` of
     /// silence before the request.
-    pub async fn read(
-        &mut self,
-        unit: u8,
-        table: Table,
-        start: u16,
-        count: u16,
-        timeout: Duration,
-        turnaround: Duration,
-    ) -> Result<Words, ReadError> {
+    pub async fn read(&mut self, spec: &ReadSpec) -> Result<Words, ReadError> {
+        let (unit, turnaround) = (spec.unit, spec.turnaround);
         if self.io.is_none() {
             self.open().await?;
         }
         let gap = self.t35 + self.last_turnaround.max(turnaround);
         tokio::time::sleep_until(self.last_end + gap).await;
-        let result = self.exchange(unit, table, start, count, timeout).await;
+        let result = self.exchange(spec).await;
         self.last_end = Instant::now();
         self.last_turnaround = turnaround;
         match &result {
@@ -311,14 +304,15 @@ impl RtuLink {
         result
     }
 
-    async fn exchange(
-        &mut self,
-        unit: u8,
-        table: Table,
-        start: u16,
-        count: u16,
-        timeout: Duration,
-    ) -> Result<Words, ReadError> {
+    async fn exchange(&mut self, spec: &ReadSpec) -> Result<Words, ReadError> {
+        let ReadSpec {
+            unit,
+            table,
+            start,
+            count,
+            timeout,
+            ..
+        } = *spec;
         let Some(io) = self.io.as_mut() else {
             return Err(ReadError::Connect("not open".into()));
         };

@@ -12,6 +12,18 @@ use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
+/// One read request on a link: which unit, which registers, how long to wait, and (RTU) the
+/// unit's extra silence around each frame.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSpec {
+    pub unit: u8,
+    pub table: Table,
+    pub start: u16,
+    pub count: u16,
+    pub timeout: Duration,
+    pub turnaround: Duration,
+}
+
 /// What a read returns.
 #[derive(Debug, PartialEq)]
 pub enum Words {
@@ -122,15 +134,17 @@ impl TcpLink {
         self.ctx = None;
     }
 
-    /// Reads `count` registers or bits of `table` at `start` from `unit`, within `timeout`.
-    pub async fn read(
-        &mut self,
-        unit: u8,
-        table: Table,
-        start: u16,
-        count: u16,
-        timeout: Duration,
-    ) -> Result<Words, ReadError> {
+    /// Reads `count` registers or bits of `table` at `start` from `unit`, within `timeout`
+    /// (`turnaround` does not apply to TCP).
+    pub async fn read(&mut self, spec: &ReadSpec) -> Result<Words, ReadError> {
+        let ReadSpec {
+            unit,
+            table,
+            start,
+            count,
+            timeout,
+            ..
+        } = *spec;
         let deadline = Instant::now() + timeout;
         let ctx = match self.ctx.as_mut() {
             Some(ctx) => ctx,
