@@ -3,11 +3,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use linetap::config;
-use linetap::model::catalog;
+use linetap::model::catalog::{tags, Registry};
 use linetap::model::{Quality, Sample, SampleBatch};
 use linetap::sink::lineproto::{LineEncoder, Skipped};
+use linetap::source::modbus;
 use linetap::source::modbus::decode::decode_field;
-use linetap::source::modbus::plan::plan_reads;
 use std::hint::black_box;
 
 /// One device with 100 f32 values (the bench/e2e workload): 200 registers, two requests.
@@ -27,9 +27,10 @@ fn workload() -> (config::Config, Vec<u16>) {
 
 fn hot_path(c: &mut Criterion) {
     let (cfg, regs) = workload();
-    let built = catalog::build(&cfg);
-    let groups = plan_reads(&cfg.devices[0], &built.point_ids[0]);
-    let encoder = LineEncoder::new(&built.catalog);
+    let mut registry = Registry::new("bench", "lab", tags(&cfg.line.tags), None);
+    let plan = modbus::register(&cfg.devices[0], &mut registry);
+    let groups = plan.groups;
+    let encoder = LineEncoder::new(&registry.version().catalog);
     let values: usize = groups
         .iter()
         .flat_map(|g| &g.requests)

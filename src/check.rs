@@ -2,9 +2,8 @@
 //! Modbus requests each poll cycle issues, and the estimated load of each serial bus.
 
 use crate::config::{Config, SerialConfig, SinkKind};
-use crate::model::catalog;
-use crate::run::device_plans;
 use crate::source::modbus::budget::{bus_budget, BusBudget, DeviceLoad};
+use crate::source::modbus::device_plans;
 use crate::source::modbus::poller::DevicePlan;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -58,8 +57,7 @@ fn line_settings(s: &SerialConfig) -> String {
 }
 
 pub fn render_plan(config: &Config) -> String {
-    let built = catalog::build(config);
-    let plans = device_plans(config, &built);
+    let plans = device_plans(config);
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -213,8 +211,7 @@ fn plural(n: usize) -> &'static str {
 /// read now, no sinks.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut w = Vec::new();
-    let built = catalog::build(config);
-    let plans = device_plans(config, &built);
+    let plans = device_plans(config);
     for bus in buses(config, &plans) {
         if let Some(serial) = bus.serial {
             let b = budget(serial, &bus);

@@ -2,6 +2,7 @@
 pub mod backoff;
 pub mod buffer;
 pub mod check;
+pub mod component;
 pub mod config;
 pub mod model;
 pub mod observe;
@@ -10,3 +11,4 @@ pub mod shutdown;
 pub mod sim;
 pub mod sink;
 pub mod source;
+pub mod transform;

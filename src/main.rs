@@ -101,10 +101,10 @@ fn main() -> ExitCode {
                 let undelivered = agent.stop().await;
                 use std::sync::atomic::Ordering::Relaxed;
                 let collected = metrics.collected();
-                let delivered: u64 = metrics.sinks.iter().map(|s| s.delivered.load(Relaxed)).sum();
-                let dropped: u64 = metrics.sinks.iter().map(|s| s.dropped_total()).sum();
-                let buffer_full: u64 = metrics.sinks.iter().map(|s| s.dropped_buffer_full.load(Relaxed)).sum();
-                let corrupt: u64 = metrics.sinks.iter().map(|s| s.dropped_corrupt.load(Relaxed)).sum();
+                let delivered: u64 = metrics.sinks.all().iter().map(|s| s.delivered.load(Relaxed)).sum();
+                let dropped: u64 = metrics.sinks.all().iter().map(|s| s.dropped_total()).sum();
+                let buffer_full: u64 = metrics.sinks.all().iter().map(|s| s.dropped_buffer_full.load(Relaxed)).sum();
+                let corrupt: u64 = metrics.sinks.all().iter().map(|s| s.dropped_corrupt.load(Relaxed)).sum();
                 if undelivered > 0 {
                     tracing::warn!(collected, delivered, dropped, buffer_full, corrupt, kept_bytes = undelivered, "stopped; undelivered data is kept in the buffer for the next start");
                 } else if dropped > 0 {

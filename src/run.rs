@@ -1,19 +1,17 @@
-//! Wires a validated configuration into a running agent: catalog → read plans → one poller
-//! per Modbus endpoint → fan-out → one task per sink. Owns start-up and shutdown order:
-//! stop the pollers, let every sink drain its queue within the grace period, report.
+//! Wires a validated configuration into a running agent. Knows no protocol: it asks
+//! `source::build` and `sink::build` for components, and owns the start-up order (sinks, the
+//! catalog, the buffer, the sources) and the shutdown order (stop the sources, let the buffer
+//! write everything, let every sink deliver within the grace period, report).
 
-use crate::buffer::Buffer;
-use crate::config::{Config, Protocol, SinkKind};
-use crate::model::catalog::{self, BuiltCatalog};
+use crate::buffer::{Buffer, SinkSlot};
+use crate::component::{fingerprint, ComponentId, Kind};
+use crate::config::Config;
+use crate::model::catalog::{tags, Registry};
 use crate::observe::metrics::Metrics;
 use crate::shutdown::{self, Trigger};
-use crate::sink::{self, file::FileWriter, influx::InfluxWriter, SinkLoop, SinkMetricsRef};
-use crate::source::modbus::link::Link;
-use crate::source::modbus::plan::plan_reads;
-use crate::source::modbus::poller::{self, DevicePlan};
-use crate::source::modbus::rtu::{RtuLink, RtuTarget};
-use crate::source::modbus::tcp::TcpLink;
-use std::collections::BTreeMap;
+use crate::sink::{self, SinkContext, SinkLoop};
+use crate::source::{self, catalogs::Catalogs, Source, SourceContext};
+use crate::transform;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -21,6 +19,10 @@ use tokio::task::JoinHandle;
 /// A running agent.
 pub struct Agent {
     pub metrics: Arc<Metrics>,
+    /// The line's catalog: components change it at run time through this handle.
+    pub catalogs: Arc<Catalogs>,
+    /// Every running component (buses, devices, sinks) with its configuration fingerprint.
+    pub components: Vec<ComponentId>,
     trigger: Trigger,
     /// Stops the sinks, after the pollers have stopped and the buffer has written everything.
     sink_trigger: Trigger,
@@ -31,55 +33,33 @@ pub struct Agent {
     _lock: std::fs::File,
 }
 
-/// The per-device read plans of a configuration (also what `linetap check` prints).
-pub fn device_plans(config: &Config, built: &BuiltCatalog) -> Vec<DevicePlan> {
-    config
-        .devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| DevicePlan {
-            device: i as u32,
-            name: d.id.clone(),
-            unit: d.unit,
-            timeout: d.timeout,
-            turnaround: d.turnaround,
-            retries: d.retries,
-            probe_interval: d.probe_interval,
-            groups: plan_reads(d, &built.point_ids[i]),
-            health: built.health[i],
-        })
-        .collect()
-}
-
 impl Agent {
-    /// Starts every task. Fails (before polling anything) when a sink cannot be set up,
-    /// e.g. its token file is missing.
+    /// Starts every component of `config`. Fails (before polling anything) when a sink cannot
+    /// be set up, e.g. its token file is missing.
     pub fn start(config: &Config) -> Result<Agent, String> {
-        let mut built = catalog::build(config);
-        let metrics = Arc::new(Metrics::new(
-            config.devices.iter().map(|d| d.id.clone()),
-            config.sinks.iter().map(|s| s.name.clone()),
-        ));
+        Self::start_with(config, |_| Vec::new())
+    }
+
+    /// As `start`, plus sources built by `extra` (registered in the same catalog): how tests
+    /// and embedders add a source kind the configuration file does not name.
+    pub fn start_with(
+        config: &Config,
+        extra: impl FnOnce(&mut Registry) -> Vec<Box<dyn Source>>,
+    ) -> Result<Agent, String> {
+        let metrics = Arc::new(Metrics::new());
         let (trigger, _) = shutdown::channel();
         let grace = config.agent.shutdown_grace;
 
         // Sinks first, so nothing is polled for a sink that cannot start.
-        enum AnyWriter {
-            Influx(InfluxWriter),
-            File(FileWriter),
-        }
-        let mut writers = Vec::new();
+        let mut built_sinks = Vec::new();
+        let mut components = Vec::new();
         for s in &config.sinks {
-            let w = match &s.kind {
-                SinkKind::Influx(c) => AnyWriter::Influx(
-                    InfluxWriter::new(c).map_err(|e| format!("sink {:?}: {e}", s.name))?,
-                ),
-                SinkKind::File(c) => {
-                    sink::file::check_writable(c).map_err(|e| format!("sink {:?}: {e}", s.name))?;
-                    AnyWriter::File(FileWriter::new(c.clone()))
-                }
-            };
-            writers.push(w);
+            built_sinks.push(sink::build(s).map_err(|e| format!("sink {:?}: {e}", s.name))?);
+            components.push(ComponentId {
+                kind: Kind::Sink,
+                name: s.name.clone(),
+                fingerprint: fingerprint(s),
+            });
         }
         if config.sinks.is_empty() {
             tracing::warn!(
@@ -87,33 +67,54 @@ impl Agent {
             );
         }
         let lock = lock_data_dir(&config.agent.data_dir)?;
-        let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+        let buffer_dir = config.agent.data_dir.join("buffer");
+
+        // The catalog: ids of the newest buffered catalog are kept for the same points.
+        let previous = Buffer::last_catalog(&buffer_dir);
+        let mut registry = Registry::new(
+            &config.line.id,
+            config.line.site.as_deref().unwrap_or(""),
+            tags(&config.line.tags),
+            previous.as_ref(),
+        );
+        drop(previous);
+        let mut sources = source::build(config, &mut registry);
+        sources.extend(extra(&mut registry));
+        for s in &sources {
+            components.push(s.id().clone());
+            components.extend(s.devices());
+        }
+        let version = registry.version();
+
+        let slots = config
+            .sinks
+            .iter()
+            .map(|s| SinkSlot {
+                name: s.name.clone(),
+                metrics: metrics.sinks.add(&s.name),
+            })
+            .collect();
         let (buffer, input) = Buffer::open(
-            &config.agent.data_dir.join("buffer"),
+            &buffer_dir,
             &config.buffer,
-            // The buffer (and through it the sinks) owns the catalog from here on.
-            Arc::new(std::mem::take(&mut built.catalog)),
-            &sink_names,
+            &version,
+            slots,
             metrics.clone(),
         )?;
+        let catalogs = Arc::new(Catalogs::new(registry, input.clone()));
         let (sink_trigger, _) = shutdown::channel();
         let mut sinks = Vec::new();
-        for (index, (s, w)) in config.sinks.iter().zip(writers).enumerate() {
-            let settings = SinkLoop {
-                batch_size: s.batch_size,
-                flush_interval: s.flush_interval,
-                grace,
-            };
-            let mref = Arc::new(SinkMetricsRef {
-                metrics: metrics.clone(),
-                index,
-            });
-            let reader = buffer.reader(index);
-            let sd = sink_trigger.subscribe();
-            sinks.push(match w {
-                AnyWriter::Influx(w) => tokio::spawn(sink::run(w, settings, reader, mref, sd)),
-                AnyWriter::File(w) => tokio::spawn(sink::run(w, settings, reader, mref, sd)),
-            });
+        for (index, (s, built)) in config.sinks.iter().zip(built_sinks).enumerate() {
+            sinks.push(built.start(SinkContext {
+                settings: SinkLoop {
+                    batch_size: s.batch_size,
+                    flush_interval: s.flush_interval,
+                    grace,
+                },
+                reader: buffer.reader(index),
+                metrics: metrics.sinks.add(&s.name),
+                shutdown: sink_trigger.subscribe(),
+            }));
         }
 
         if let Some(address) = &config.agent.metrics_listen {
@@ -126,48 +127,24 @@ impl Agent {
             tracing::info!(%address, "serving /metrics, /healthz, /readyz");
         }
 
-        // One scheduler per bus: devices on the same serial port or at the same address share
-        // one connection, one request in flight.
-        let mut buses: BTreeMap<String, (Link, Vec<DevicePlan>)> = BTreeMap::new();
-        for (plan, d) in device_plans(config, &built)
-            .into_iter()
-            .zip(&config.devices)
-        {
-            let (_, plans) = buses.entry(d.bus()).or_insert_with(|| {
-                let connect_timeout = config
-                    .devices
-                    .iter()
-                    .filter(|o| o.bus() == d.bus())
-                    .map(|o| o.timeout)
-                    .max()
-                    .unwrap_or(Duration::from_millis(500));
-                let link = match (&d.protocol, &d.serial) {
-                    (Protocol::ModbusRtu, Some(s)) => {
-                        Link::Rtu(RtuLink::new(RtuTarget::Serial(s.clone()), connect_timeout))
-                    }
-                    (Protocol::ModbusRtuOverTcp, _) => Link::Rtu(RtuLink::new(
-                        RtuTarget::Tcp(d.address.clone()),
-                        connect_timeout,
-                    )),
-                    _ => Link::Tcp(TcpLink::new(d.address.clone(), connect_timeout)),
-                };
-                (link, Vec::new())
-            });
-            plans.push(plan);
-        }
+        let transforms = transform::Plan;
         let mut pollers = Vec::new();
-        for (_, (link, plans)) in buses {
-            pollers.push(tokio::spawn(poller::run(
-                link,
-                plans,
-                input.clone(),
-                metrics.clone(),
-                trigger.subscribe(),
-            )));
+        for s in sources {
+            pollers.push(s.start(SourceContext {
+                catalogs: catalogs.clone(),
+                version: version.clone(),
+                metrics: metrics.clone(),
+                shutdown: trigger.subscribe(),
+                input: input.clone(),
+                transforms: transforms.clone(),
+            }));
         }
+        drop(version);
         drop(input);
         Ok(Agent {
             metrics,
+            catalogs,
+            components,
             trigger,
             sink_trigger,
             pollers,
@@ -186,6 +163,8 @@ impl Agent {
         for p in self.pollers {
             let _ = p.await;
         }
+        // The catalog handle holds an input too: the writer ends when the last one is gone.
+        self.catalogs.close().await;
         // The pollers held the last handles to the buffer's input: the writer drains and ends.
         let mut buffer = self.buffer;
         let buffer = match tokio::task::spawn_blocking(move || {
@@ -212,6 +191,7 @@ impl Agent {
         // Bytes still to deliver: the largest backlog of any sink (the data they share is on disk once).
         self.metrics
             .sinks
+            .all()
             .iter()
             .map(|s| s.buffer_bytes.load(std::sync::atomic::Ordering::Relaxed))
             .max()

@@ -1,16 +1,24 @@
-//! Builds the `Catalog` of a line from its configuration: one `DeviceDescriptor` per device,
-//! one `PointDescriptor` per value (array elements each get their own), plus the four health
-//! points every device writes to `linetap_device`. Ids are dense indexes, assigned in config
-//! order, so sinks can look descriptors up by index.
+//! The catalog of a line and how it changes while the agent runs.
+//!
+//! A `Catalog` describes every device and point once; samples refer to points by a small
+//! numeric id. Ids are *stable*: a point keeps its id for as long as its key (device name,
+//! measurement, field, tags) exists, whatever is added or removed around it, and new points
+//! take ids never used before in this process (seeded at start-up from the newest catalog in
+//! the buffer, so a restart with the same points keeps them too). A change (a device added or
+//! removed at reload, a Sparkplug birth with new metrics, a test source adding a point) makes a
+//! new catalog *version*; its id is a hash of its content, and the buffer stores every version
+//! before the first batch that uses it, so data keeps the meaning it was read with.
 
-use super::{Catalog, DataType, DeviceDescriptor, EnumLabel, PointDescriptor, Tag};
-use crate::config::{Config, DeviceConfig, PointConfig, PointType};
+use super::{Catalog, DataType, DeviceDescriptor, PointDescriptor, Tag};
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The measurement of device health records (PRODUCT.md).
 pub const HEALTH_MEASUREMENT: &str = "linetap_device";
 
-/// Ids of one device's health points, in catalog order.
-#[derive(Debug, Clone, Copy)]
+/// Ids of one device's health points.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HealthIds {
     pub up: u32,
     pub latency_ms: u32,
@@ -18,16 +26,27 @@ pub struct HealthIds {
     pub last_error: u32,
 }
 
-/// The catalog plus, for each configured point, the ids of its elements.
-#[derive(Debug, Clone)]
-pub struct BuiltCatalog {
-    pub catalog: Catalog,
-    /// `point_ids[device][point]` = id of element 1; the others follow consecutively.
-    pub point_ids: Vec<Vec<u32>>,
-    pub health: Vec<HealthIds>,
+/// The four health points every device writes to `linetap_device`, in `HealthIds` order.
+pub fn health_points() -> Vec<PointDescriptor> {
+    [
+        ("up", DataType::Boolean, ""),
+        ("latency_ms", DataType::Double, "ms"),
+        ("errors", DataType::Uint64, ""),
+        ("last_error", DataType::String, ""),
+    ]
+    .into_iter()
+    .map(|(name, dt, unit)| PointDescriptor {
+        measurement: HEALTH_MEASUREMENT.to_string(),
+        name: name.to_string(),
+        unit: unit.to_string(),
+        data_type: dt as i32,
+        ..Default::default()
+    })
+    .collect()
 }
 
-fn tags(pairs: &[(String, String)]) -> Vec<Tag> {
+/// Turns `(key, value)` pairs into tags.
+pub fn tags(pairs: &[(String, String)]) -> Vec<Tag> {
     pairs
         .iter()
         .map(|(k, v)| Tag {
@@ -37,109 +56,323 @@ fn tags(pairs: &[(String, String)]) -> Vec<Tag> {
         .collect()
 }
 
-/// The Sparkplug-coded data type a point's values carry.
-pub fn data_type(p: &PointConfig) -> DataType {
-    if p.is_scaled() {
-        return DataType::Double;
+/// What identifies a point within its device: measurement, field and tags (sorted). Two
+/// descriptors with the same key are the same series in the store.
+pub fn point_key(p: &PointDescriptor) -> String {
+    let mut tags: Vec<(&str, &str)> = p
+        .tags
+        .iter()
+        .map(|t| (t.key.as_str(), t.value.as_str()))
+        .collect();
+    tags.sort_unstable();
+    let mut k = String::with_capacity(p.measurement.len() + p.name.len() + 16 * tags.len() + 2);
+    k.push_str(&p.measurement);
+    k.push('\u{1}');
+    k.push_str(&p.name);
+    for (key, value) in tags {
+        k.push('\u{1}');
+        k.push_str(key);
+        k.push('=');
+        k.push_str(value);
     }
-    match p.kind {
-        PointType::Bool => DataType::Boolean,
-        PointType::U16 => DataType::Uint16,
-        PointType::I16 => DataType::Int16,
-        PointType::U32 => DataType::Uint32,
-        PointType::I32 => DataType::Int32,
-        PointType::U64 => DataType::Uint64,
-        PointType::I64 => DataType::Int64,
-        PointType::F32 => DataType::Float,
-        PointType::F64 => DataType::Double,
-        PointType::String => DataType::String,
-    }
+    k
 }
 
-fn device_descriptor(id: u32, d: &DeviceConfig) -> DeviceDescriptor {
-    DeviceDescriptor {
-        id,
-        name: d.id.clone(),
-        kind: d.kind.as_str().to_string(),
-        cell: d.cell.clone().unwrap_or_default(),
-        tags: tags(&d.tags),
-        protocol: d.protocol.as_str().to_string(),
-        address: d.address.clone(),
-        unit: d.unit as u32,
-    }
+/// The content id of a catalog version (what segments and sinks refer to) and its encoding.
+pub fn catalog_id(catalog: &Catalog) -> (u64, Vec<u8>) {
+    let bytes = catalog.encode_to_vec();
+    (
+        (crc32fast::hash(&bytes) as u64) << 32 | (bytes.len() as u64 & 0xffff_ffff),
+        bytes,
+    )
 }
 
-pub fn build(config: &Config) -> BuiltCatalog {
-    let mut catalog = Catalog {
-        line: config.line.id.clone(),
-        site: config.line.site.clone().unwrap_or_default(),
-        tags: tags(&config.line.tags),
-        devices: Vec::new(),
-        points: Vec::new(),
-    };
-    let mut point_ids = Vec::new();
-    let mut health = Vec::new();
-    for (di, d) in config.devices.iter().enumerate() {
-        let dev = di as u32;
-        catalog.devices.push(device_descriptor(dev, d));
-        let mut ids = Vec::new();
-        for p in &d.points {
-            ids.push(catalog.points.len() as u32);
-            for element in 1..=p.count {
-                let mut t = tags(&p.tags);
-                if let Some(key) = &p.index_tag {
-                    t.push(Tag {
-                        key: key.clone(),
-                        value: element.to_string(),
-                    });
+/// A catalog version: its content id and the catalog.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub id: u64,
+    pub catalog: Arc<Catalog>,
+}
+
+/// The ids a device's points were given, in the order they were registered.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceIds {
+    pub device: u32,
+    pub points: Vec<u32>,
+}
+
+struct DeviceEntry {
+    descriptor: DeviceDescriptor,
+    points: Vec<PointDescriptor>,
+}
+
+/// Hands out stable ids and builds catalog versions. One per agent; sources reach it through
+/// `run::Catalogs`, which also hands each new version to the buffer.
+pub struct Registry {
+    line: String,
+    site: String,
+    line_tags: Vec<Tag>,
+    /// Devices in registration order.
+    devices: Vec<DeviceEntry>,
+    device_ids: HashMap<String, u32>,
+    /// `(device name, point key)` → id, for every point seen in this process.
+    point_ids: HashMap<(String, String), u32>,
+    next_device: u32,
+    next_point: u32,
+    current: Option<Version>,
+}
+
+impl Registry {
+    /// An empty registry for a line; ids of `previous` (the newest catalog in the buffer) are
+    /// kept for the same devices and points.
+    pub fn new(
+        line: &str,
+        site: &str,
+        line_tags: Vec<Tag>,
+        previous: Option<&Catalog>,
+    ) -> Registry {
+        let mut r = Registry {
+            line: line.to_string(),
+            site: site.to_string(),
+            line_tags,
+            devices: Vec::new(),
+            device_ids: HashMap::new(),
+            point_ids: HashMap::new(),
+            next_device: 0,
+            next_point: 0,
+            current: None,
+        };
+        if let Some(prev) = previous {
+            let names: HashMap<u32, &str> = prev
+                .devices
+                .iter()
+                .map(|d| (d.id, d.name.as_str()))
+                .collect();
+            for d in &prev.devices {
+                r.device_ids.insert(d.name.clone(), d.id);
+                r.next_device = r.next_device.max(d.id + 1);
+            }
+            for p in &prev.points {
+                if let Some(dev) = names.get(&p.device) {
+                    r.point_ids.insert((dev.to_string(), point_key(p)), p.id);
                 }
-                let id = catalog.points.len() as u32;
-                catalog.points.push(PointDescriptor {
-                    id,
-                    device: dev,
-                    measurement: p.measurement.clone(),
-                    name: p.name.clone(),
-                    tags: t,
-                    unit: p.unit.clone(),
-                    data_type: data_type(p) as i32,
-                    enum_labels: p
-                        .enum_labels
-                        .iter()
-                        .map(|(code, label)| EnumLabel {
-                            code: *code,
-                            label: label.clone(),
-                        })
-                        .collect(),
-                    writable: p.writable,
-                });
+                r.next_point = r.next_point.max(p.id + 1);
             }
         }
-        point_ids.push(ids);
-        let mut add = |name: &str, dt: DataType, unit: &str| {
-            let id = catalog.points.len() as u32;
-            catalog.points.push(PointDescriptor {
-                id,
-                device: dev,
-                measurement: HEALTH_MEASUREMENT.to_string(),
-                name: name.to_string(),
-                tags: Vec::new(),
-                unit: unit.to_string(),
-                data_type: dt as i32,
-                enum_labels: Vec::new(),
-                writable: false,
-            });
-            id
-        };
-        health.push(HealthIds {
-            up: add("up", DataType::Boolean, ""),
-            latency_ms: add("latency_ms", DataType::Double, "ms"),
-            errors: add("errors", DataType::Uint64, ""),
-            last_error: add("last_error", DataType::String, ""),
-        });
+        r
     }
-    BuiltCatalog {
-        catalog,
-        point_ids,
-        health,
+
+    /// Adds a device, or replaces the device of the same name with these points; returns the
+    /// ids given (points whose key existed before keep their id). `descriptor.id` and the
+    /// points' `id` and `device` are filled in here.
+    pub fn set_device(
+        &mut self,
+        mut descriptor: DeviceDescriptor,
+        points: Vec<PointDescriptor>,
+    ) -> DeviceIds {
+        let device = self.device_id(&descriptor.name);
+        descriptor.id = device;
+        let name = descriptor.name.clone();
+        let mut entry = DeviceEntry {
+            descriptor,
+            points: Vec::with_capacity(points.len()),
+        };
+        let ids = self.place(&name, device, points, &mut entry.points);
+        match self.devices.iter_mut().find(|d| d.descriptor.name == name) {
+            Some(d) => *d = entry,
+            None => self.devices.push(entry),
+        }
+        self.current = None;
+        DeviceIds {
+            device,
+            points: ids,
+        }
+    }
+
+    /// Adds points to a registered device (a point whose key it has already is replaced, keeping
+    /// its id); returns their ids, or `None` when the device is unknown.
+    pub fn add_points(&mut self, device: &str, points: Vec<PointDescriptor>) -> Option<Vec<u32>> {
+        let index = self
+            .devices
+            .iter()
+            .position(|d| d.descriptor.name == device)?;
+        let dev_id = self.devices[index].descriptor.id;
+        let mut placed = Vec::new();
+        let ids = self.place(device, dev_id, points, &mut placed);
+        let entry = &mut self.devices[index];
+        for p in placed {
+            match entry.points.iter_mut().find(|q| q.id == p.id) {
+                Some(q) => *q = p,
+                None => entry.points.push(p),
+            }
+        }
+        self.current = None;
+        Some(ids)
+    }
+
+    /// Removes a device and its points from the next version (old data keeps them).
+    pub fn remove_device(&mut self, device: &str) -> bool {
+        let before = self.devices.len();
+        self.devices.retain(|d| d.descriptor.name != device);
+        let removed = self.devices.len() != before;
+        if removed {
+            self.current = None;
+        }
+        removed
+    }
+
+    /// The device names, in registration order.
+    pub fn device_names(&self) -> impl Iterator<Item = &str> {
+        self.devices.iter().map(|d| d.descriptor.name.as_str())
+    }
+
+    /// The current version (built when something changed since the last call).
+    pub fn version(&mut self) -> Version {
+        if let Some(v) = &self.current {
+            return v.clone();
+        }
+        let catalog = Catalog {
+            line: self.line.clone(),
+            site: self.site.clone(),
+            tags: self.line_tags.clone(),
+            devices: self.devices.iter().map(|d| d.descriptor.clone()).collect(),
+            points: self
+                .devices
+                .iter()
+                .flat_map(|d| d.points.iter().cloned())
+                .collect(),
+        };
+        let (id, _) = catalog_id(&catalog);
+        let v = Version {
+            id,
+            catalog: Arc::new(catalog),
+        };
+        self.current = Some(v.clone());
+        v
+    }
+
+    /// Whether the catalog changed since the last `version()`.
+    pub fn changed(&self) -> bool {
+        self.current.is_none()
+    }
+
+    fn device_id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.device_ids.get(name) {
+            return id;
+        }
+        let id = self.next_device;
+        self.next_device += 1;
+        self.device_ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn place(
+        &mut self,
+        device_name: &str,
+        device: u32,
+        points: Vec<PointDescriptor>,
+        out: &mut Vec<PointDescriptor>,
+    ) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(points.len());
+        for mut p in points {
+            let key = (device_name.to_string(), point_key(&p));
+            let id = match self.point_ids.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let id = self.next_point;
+                    self.next_point += 1;
+                    self.point_ids.insert(key, id);
+                    id
+                }
+            };
+            p.id = id;
+            p.device = device;
+            ids.push(id);
+            out.push(p);
+        }
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(name: &str) -> PointDescriptor {
+        PointDescriptor {
+            measurement: "m".into(),
+            name: name.into(),
+            data_type: DataType::Double as i32,
+            ..Default::default()
+        }
+    }
+
+    fn device(name: &str) -> DeviceDescriptor {
+        DeviceDescriptor {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_across_changes_and_never_reused() {
+        let mut r = Registry::new("l", "", Vec::new(), None);
+        let a = r.set_device(device("a"), vec![point("x"), point("y")]);
+        let b = r.set_device(device("b"), vec![point("x")]);
+        assert_eq!((a.device, a.points.clone()), (0, vec![0, 1]));
+        assert_eq!((b.device, b.points.clone()), (1, vec![2]));
+        let v1 = r.version();
+        // Removing a point of `a` and adding one: `y` keeps its id, the new one is fresh.
+        let a2 = r.set_device(device("a"), vec![point("y"), point("z")]);
+        assert_eq!(a2.points, vec![1, 3]);
+        let v2 = r.version();
+        assert_ne!(v1.id, v2.id);
+        assert_eq!(v2.catalog.points.len(), 3);
+        // A point added at run time.
+        assert_eq!(r.add_points("b", vec![point("w")]), Some(vec![4]));
+        assert_eq!(r.add_points("nope", vec![point("w")]), None);
+        assert!(r.remove_device("a"));
+        let v3 = r.version();
+        assert_eq!(
+            v3.catalog.points.iter().map(|p| p.id).collect::<Vec<_>>(),
+            vec![2, 4]
+        );
+        // Unchanged: the same version.
+        assert_eq!(r.version().id, v3.id);
+    }
+
+    #[test]
+    fn a_restart_keeps_the_ids_of_the_previous_catalog() {
+        let mut r = Registry::new("l", "", Vec::new(), None);
+        r.set_device(device("a"), vec![point("x"), point("y")]);
+        r.set_device(device("b"), vec![point("x")]);
+        let prev = r.version();
+        // The next start: device `a` is gone from the config, `b` gains a point.
+        let mut r = Registry::new("l", "", Vec::new(), Some(&prev.catalog));
+        let b = r.set_device(device("b"), vec![point("v"), point("x")]);
+        assert_eq!(b.device, 1);
+        assert_eq!(b.points, vec![3, 2]);
+        let c = r.set_device(device("c"), vec![point("x")]);
+        assert_eq!(c.device, 2);
+    }
+
+    #[test]
+    fn the_point_key_ignores_tag_order() {
+        let mut p = point("x");
+        p.tags = vec![
+            Tag {
+                key: "b".into(),
+                value: "1".into(),
+            },
+            Tag {
+                key: "a".into(),
+                value: "2".into(),
+            },
+        ];
+        let mut q = p.clone();
+        q.tags.reverse();
+        assert_eq!(point_key(&p), point_key(&q));
+        q.tags[0].value = "3".into();
+        assert_ne!(point_key(&p), point_key(&q));
     }
 }

@@ -63,8 +63,8 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
         ("GET", "/metrics") => ("200 OK", metrics.render_prometheus()),
         ("GET", "/healthz") => ("200 OK", "ok\n".to_string()),
         ("GET", "/readyz") => {
-            let waiting: Vec<&str> = metrics
-                .devices
+            let devices = metrics.devices.all();
+            let waiting: Vec<&str> = devices
                 .iter()
                 .filter(|d| d.polls.load(Relaxed) == 0)
                 .map(|d| d.name.as_str())

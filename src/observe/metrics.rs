@@ -1,8 +1,63 @@
-//! Counters and gauges shared by the components (lock-free atomics, fixed at start-up: one
-//! slot per device and per sink). The demo summary and the Prometheus endpoint read them.
+//! Counters and gauges shared by the components (lock-free atomics). Each device and sink has
+//! a slot, added when the component starts and removed when it stops, so the set follows the
+//! catalog and a reload; a component keeps an `Arc` to its own slot and never looks it up on
+//! the hot path. The demo summary and the Prometheus endpoint read them.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+
+/// Something with a name that has a metrics slot.
+pub trait Named: Default {
+    fn name(&self) -> &str;
+    fn with_name(name: String) -> Self;
+}
+
+/// The slots of one kind of component, in the order they were added.
+#[derive(Debug, Default)]
+pub struct Slots<T> {
+    slots: RwLock<Vec<Arc<T>>>,
+}
+
+impl<T: Named> Slots<T> {
+    /// The slot named `name`, added if there is none (a component restarted by a reload keeps
+    /// its counters).
+    pub fn add(&self, name: &str) -> Arc<T> {
+        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = slots.iter().find(|s| s.name() == name) {
+            return s.clone();
+        }
+        let s = Arc::new(T::with_name(name.to_string()));
+        slots.push(s.clone());
+        s
+    }
+
+    /// Removes the slot named `name` (its component is gone).
+    pub fn remove(&self, name: &str) {
+        self.slots
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| s.name() != name);
+    }
+
+    /// The slot named `name`, if any.
+    pub fn get(&self, name: &str) -> Option<Arc<T>> {
+        self.all().into_iter().find(|s| s.name() == name)
+    }
+
+    /// Every slot now.
+    pub fn all(&self) -> Vec<Arc<T>> {
+        self.slots.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct DeviceMetrics {
@@ -31,6 +86,30 @@ pub struct DeviceMetrics {
 
 /// Upper bounds (seconds) of the poll-duration histogram buckets.
 pub const POLL_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+impl Named for DeviceMetrics {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn with_name(name: String) -> Self {
+        DeviceMetrics {
+            name,
+            ..Default::default()
+        }
+    }
+}
+
+impl Named for SinkMetrics {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn with_name(name: String) -> Self {
+        SinkMetrics {
+            name,
+            ..Default::default()
+        }
+    }
+}
 
 impl DeviceMetrics {
     /// Records one poll cycle's duration.
@@ -98,8 +177,8 @@ fn esc(v: &str) -> std::borrow::Cow<'_, str> {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    pub devices: Vec<DeviceMetrics>,
-    pub sinks: Vec<SinkMetrics>,
+    pub devices: Slots<DeviceMetrics>,
+    pub sinks: Slots<SinkMetrics>,
     /// Bytes the buffer has written to disk (records and their headers).
     pub buffer_bytes_written: AtomicU64,
     /// Bytes of damaged buffer data skipped.
@@ -111,38 +190,25 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(
-        devices: impl IntoIterator<Item = String>,
-        sinks: impl IntoIterator<Item = String>,
-    ) -> Self {
-        Metrics {
-            devices: devices
-                .into_iter()
-                .map(|name| DeviceMetrics {
-                    name,
-                    ..Default::default()
-                })
-                .collect(),
-            sinks: sinks
-                .into_iter()
-                .map(|name| SinkMetrics {
-                    name,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     pub fn collected(&self) -> u64 {
-        self.devices.iter().map(|d| d.samples.load(Relaxed)).sum()
+        self.devices
+            .all()
+            .iter()
+            .map(|d| d.samples.load(Relaxed))
+            .sum()
     }
 
     /// The Prometheus text exposition of every counter.
     pub fn render_prometheus(&self) -> String {
+        let devices = self.devices.all();
+        let sinks = self.sinks.all();
         let mut o = String::new();
         o.push_str("# TYPE linetap_device_up gauge\n");
-        for d in &self.devices {
+        for d in &devices {
             let _ = writeln!(
                 o,
                 "linetap_device_up{{device=\"{}\"}} {}",
@@ -151,7 +217,7 @@ impl Metrics {
             );
         }
         o.push_str("# TYPE linetap_modbus_requests_total counter\n");
-        for d in &self.devices {
+        for d in &devices {
             for (result, v) in [
                 ("ok", &d.requests_ok),
                 ("timeout", &d.requests_timeout),
@@ -170,7 +236,7 @@ impl Metrics {
             }
         }
         o.push_str("# TYPE linetap_poll_duration_seconds histogram\n");
-        for d in &self.devices {
+        for d in &devices {
             for (bound, b) in POLL_BUCKETS.iter().zip(&d.poll_buckets) {
                 let _ = writeln!(
                     o,
@@ -198,7 +264,7 @@ impl Metrics {
             );
         }
         o.push_str("# TYPE linetap_modbus_late_replies_total counter\n");
-        for d in &self.devices {
+        for d in &devices {
             let _ = writeln!(
                 o,
                 "linetap_modbus_late_replies_total{{device=\"{}\"}} {}",
@@ -207,7 +273,7 @@ impl Metrics {
             );
         }
         o.push_str("# TYPE linetap_samples_collected_total counter\n");
-        for d in &self.devices {
+        for d in &devices {
             let _ = writeln!(
                 o,
                 "linetap_samples_collected_total{{device=\"{}\"}} {}",
@@ -216,7 +282,7 @@ impl Metrics {
             );
         }
         o.push_str("# TYPE linetap_poll_missed_ticks_total counter\n");
-        for d in &self.devices {
+        for d in &devices {
             let _ = writeln!(
                 o,
                 "linetap_poll_missed_ticks_total{{device=\"{}\"}} {}",
@@ -225,7 +291,7 @@ impl Metrics {
             );
         }
         o.push_str("# TYPE linetap_samples_delivered_total counter\n");
-        for s in &self.sinks {
+        for s in &sinks {
             let _ = writeln!(
                 o,
                 "linetap_samples_delivered_total{{sink=\"{}\"}} {}",
@@ -234,7 +300,7 @@ impl Metrics {
             );
         }
         o.push_str("# TYPE linetap_sink_write_duration_seconds summary\n");
-        for s in &self.sinks {
+        for s in &sinks {
             let _ = writeln!(
                 o,
                 "linetap_sink_write_duration_seconds_sum{{sink=\"{}\"}} {}",
@@ -249,7 +315,7 @@ impl Metrics {
             );
         }
         o.push_str("# TYPE linetap_samples_dropped_total counter\n");
-        for s in &self.sinks {
+        for s in &sinks {
             for (reason, v) in [
                 ("queue_full", &s.dropped_queue_full),
                 ("not_finite", &s.dropped_not_finite),
@@ -269,7 +335,7 @@ impl Metrics {
             }
         }
         o.push_str("# TYPE linetap_buffer_bytes gauge\n");
-        for s in &self.sinks {
+        for s in &sinks {
             let _ = writeln!(
                 o,
                 "linetap_buffer_bytes{{sink=\"{}\"}} {}",
@@ -278,7 +344,7 @@ impl Metrics {
             );
         }
         o.push_str("# TYPE linetap_buffer_oldest_age_seconds gauge\n");
-        for s in &self.sinks {
+        for s in &sinks {
             let _ = writeln!(
                 o,
                 "linetap_buffer_oldest_age_seconds{{sink=\"{}\"}} {}",

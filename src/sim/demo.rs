@@ -118,11 +118,13 @@ pub async fn run(duration: Option<Duration>) -> i32 {
             let collected = metrics.collected();
             let up = metrics
                 .devices
+                .all()
                 .iter()
                 .filter(|d| d.up.load(Relaxed))
                 .count();
             let errors: u64 = metrics
                 .devices
+                .all()
                 .iter()
                 .map(|d| {
                     d.requests_timeout.load(Relaxed)
@@ -133,10 +135,11 @@ pub async fn run(duration: Option<Duration>) -> i32 {
                 .sum();
             let delivered: u64 = metrics
                 .sinks
+                .all()
                 .iter()
                 .map(|s| s.delivered.load(Relaxed))
                 .sum();
-            let dropped: u64 = metrics.sinks.iter().map(|s| s.dropped_total()).sum();
+            let dropped: u64 = metrics.sinks.all().iter().map(|s| s.dropped_total()).sum();
             let line = format!(
                 "{} samples/s | devices up {}/{} | errors {} | delivered {} dropped {} -> {}",
                 collected - last,
@@ -173,6 +176,7 @@ pub async fn run(duration: Option<Duration>) -> i32 {
     sim.stop();
     let delivered: u64 = metrics
         .sinks
+        .all()
         .iter()
         .map(|s| s.delivered.load(Relaxed))
         .sum();

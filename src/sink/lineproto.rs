@@ -47,9 +47,10 @@ impl PointLine {
     }
 }
 
-/// Encodes sample batches to line protocol for one catalog.
+/// Encodes sample batches to line protocol for one catalog version.
 pub struct LineEncoder {
-    points: Vec<PointLine>,
+    /// By point id (ids are stable, not necessarily dense; holes are `None`).
+    points: Vec<Option<PointLine>>,
 }
 
 /// Escapes a measurement name (commas and spaces).
@@ -96,11 +97,19 @@ pub fn write_string_value(s: &str, out: &mut Vec<u8>) {
 
 impl LineEncoder {
     pub fn new(catalog: &Catalog) -> Self {
-        let points = catalog
+        let devices: std::collections::HashMap<u32, &crate::model::DeviceDescriptor> =
+            catalog.devices.iter().map(|d| (d.id, d)).collect();
+        let size = catalog
             .points
             .iter()
-            .map(|p| {
-                let dev = catalog.devices.get(p.device as usize);
+            .map(|p| p.id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut points: Vec<Option<PointLine>> = Vec::new();
+        points.resize_with(size, || None);
+        for p in &catalog.points {
+            let line = {
+                let dev = devices.get(&p.device).copied();
                 let mut tags: Vec<(&str, &str)> = Vec::new();
                 if !catalog.site.is_empty() {
                     tags.push(("site", &catalog.site));
@@ -155,8 +164,9 @@ impl LineEncoder {
                     labels: labels.into_boxed_slice(),
                     data_type: DataType::try_from(p.data_type).unwrap_or(DataType::Unknown),
                 }
-            })
-            .collect();
+            };
+            points[p.id as usize] = Some(line);
+        }
         LineEncoder { points }
     }
 
@@ -167,7 +177,7 @@ impl LineEncoder {
         let mut ibuf = itoa::Buffer::new();
         let mut fbuf = ryu::Buffer::new();
         for s in &batch.samples {
-            let Some(p) = self.points.get(s.point as usize) else {
+            let Some(Some(p)) = self.points.get(s.point as usize) else {
                 skipped.unknown_point += 1;
                 continue;
             };

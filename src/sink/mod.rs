@@ -1,17 +1,24 @@
-//! Sinks: where samples go. Every sink runs the same loop (`run`): take batches from its queue,
-//! encode them to line protocol, and hand a full batch (or whatever arrived within
-//! `flush_interval`) to its `Writer`. On shutdown it drains its queue and keeps trying to
-//! deliver until the grace period ends, then reports what it could not deliver.
+//! Sinks: where samples go. Each sink kind is a folder (`influx/`, `file/`) with its config
+//! validation and a `build` that returns a `Sink`; `build` below is the one place that maps a
+//! configured kind to its folder. Every sink runs the same loop (`run`): take batches (each with
+//! the catalog version it refers to) from its buffer cursor, `add` them to the sink's pending
+//! delivery, `flush` a full batch (or whatever arrived within `flush_interval`), and acknowledge
+//! what was delivered. On shutdown it keeps trying to deliver until the grace period ends, then
+//! reports what stays in the buffer. Line protocol (`lineproto.rs`, `lines.rs`) is the encoder
+//! of the InfluxDB and file sinks, not of the loop.
 
 pub mod file;
 pub mod influx;
 pub mod lineproto;
+pub mod lines;
 
 use crate::buffer::SinkReader;
+use crate::config::{SinkConfig, SinkKind};
+use crate::model::{Catalog, SampleBatch};
 use crate::observe::metrics::SinkMetrics;
 use crate::shutdown::Shutdown;
-use lineproto::{LineEncoder, Skipped};
-use std::collections::HashMap;
+use lineproto::Skipped;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,15 +71,47 @@ impl RetryCtl {
     }
 }
 
-/// Delivers line-protocol bodies somewhere.
-pub trait Writer {
-    /// Writes `body` (`lines` complete lines), retrying as the destination warrants.
-    fn write(
-        &mut self,
-        body: &[u8],
-        lines: usize,
-        retry: &mut RetryCtl,
-    ) -> impl std::future::Future<Output = Outcome>;
+/// A destination. The loop hands it every batch with the catalog version it refers to (a
+/// sink sees each version once, through `catalog`, before the first batch that uses it).
+pub trait Sink: Send + 'static {
+    /// Batches written under catalog version `id` are described by `catalog`.
+    fn catalog(&mut self, id: u64, catalog: &Catalog);
+    /// Adds one batch (of catalog version `catalog`) to what the next `flush` delivers; returns
+    /// how many records (lines, messages) it added, and counts what it had to skip.
+    fn add(&mut self, catalog: u64, batch: &SampleBatch, skipped: &mut Skipped) -> usize;
+    /// Delivers everything added since the last flush, retrying as the destination warrants.
+    /// Whatever the outcome, the pending records are cleared.
+    fn flush(&mut self, retry: &mut RetryCtl) -> impl std::future::Future<Output = Outcome> + Send;
+    /// Bytes pending delivery (for `linetap_sink_bytes_sent`).
+    fn pending_bytes(&self) -> usize;
+}
+
+/// Builds the sink a configuration names: the one place that knows every sink kind.
+pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Start>, String> {
+    let built: Box<dyn Start> = match &cfg.kind {
+        SinkKind::Influx(c) => Box::new(influx::build(c)?),
+        SinkKind::File(c) => Box::new(file::build(c)?),
+    };
+    Ok(built)
+}
+
+/// A built sink, ready to run its loop.
+pub trait Start: Send {
+    fn start(self: Box<Self>, ctx: SinkContext) -> tokio::task::JoinHandle<()>;
+}
+
+impl<S: Sink> Start for S {
+    fn start(self: Box<Self>, ctx: SinkContext) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(run(*self, ctx))
+    }
+}
+
+/// What a running sink is given.
+pub struct SinkContext {
+    pub settings: SinkLoop,
+    pub reader: SinkReader,
+    pub metrics: Arc<SinkMetrics>,
+    pub shutdown: Shutdown,
 }
 
 /// The settings of the common sink loop.
@@ -82,35 +121,20 @@ pub struct SinkLoop {
     pub grace: Duration,
 }
 
-/// Encoders by catalog id: records written under an earlier configuration keep their meaning.
-struct Encoders {
-    by_catalog: HashMap<u64, Option<LineEncoder>>,
-}
-
-impl Encoders {
-    fn get(&mut self, id: u64, reader: &mut SinkReader) -> Option<&LineEncoder> {
-        self.by_catalog
-            .entry(id)
-            .or_insert_with(|| reader.catalog(id).map(|c| LineEncoder::new(&c)))
-            .as_ref()
-    }
-}
-
 /// The loop every sink runs: read from its buffer cursor, encode, flush by size or interval,
 /// acknowledge what was delivered. A sink that cannot deliver keeps retrying its batch while
 /// the buffer holds everything after it on disk.
-pub async fn run<W: Writer>(
-    mut writer: W,
-    settings: SinkLoop,
-    mut reader: SinkReader,
-    metrics: Arc<SinkMetricsRef>,
-    mut shutdown: Shutdown,
-) {
-    let m = metrics.get();
-    let mut encoders = Encoders {
-        by_catalog: HashMap::new(),
-    };
-    let mut body: Vec<u8> = Vec::with_capacity(settings.batch_size * 128);
+pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
+    let SinkContext {
+        settings,
+        mut reader,
+        metrics,
+        mut shutdown,
+    } = ctx;
+    let m = &*metrics;
+    // Catalog versions the sink has been given; `false` when one is missing (its data is lost).
+    let mut known: HashSet<u64> = HashSet::new();
+    let mut missing: HashSet<u64> = HashSet::new();
     let mut lines = 0usize;
     let mut skipped = Skipped::default();
     let mut retry = RetryCtl::new(shutdown.clone(), settings.grace);
@@ -147,18 +171,28 @@ pub async fn run<W: Writer>(
                 break;
             }
             for item in &items {
-                match encoders.get(item.catalog, &mut reader) {
-                    Some(enc) => lines += enc.encode(&item.batch, &mut body, &mut skipped),
-                    None => {
-                        m.dropped_corrupt
-                            .fetch_add(item.batch.samples.len() as u64, Relaxed);
-                        tracing::error!(sink = %m.name, catalog = item.catalog, "buffered data refers to a catalog that is missing; dropped");
+                if !known.contains(&item.catalog) && !missing.contains(&item.catalog) {
+                    match reader.catalog(item.catalog) {
+                        Some(c) => {
+                            sink.catalog(item.catalog, &c);
+                            known.insert(item.catalog);
+                        }
+                        None => {
+                            tracing::error!(sink = %m.name, catalog = item.catalog, "buffered data refers to a catalog that is missing; its samples are dropped");
+                            missing.insert(item.catalog);
+                        }
                     }
+                }
+                if known.contains(&item.catalog) {
+                    lines += sink.add(item.catalog, &item.batch, &mut skipped);
+                } else {
+                    m.dropped_corrupt
+                        .fetch_add(item.batch.samples.len() as u64, Relaxed);
                 }
             }
             account_skipped(m, &mut skipped);
             if lines >= settings.batch_size {
-                if !flush(&mut writer, &mut body, &mut lines, m, &mut retry).await {
+                if !flush(&mut sink, &mut lines, m, &mut retry).await {
                     break 'outer;
                 }
                 reader.ack();
@@ -169,7 +203,7 @@ pub async fn run<W: Writer>(
             }
         }
         // Not delivered before the grace period ended: it stays in the buffer.
-        if lines > 0 && !flush(&mut writer, &mut body, &mut lines, m, &mut retry).await {
+        if lines > 0 && !flush(&mut sink, &mut lines, m, &mut retry).await {
             break;
         }
         // Rejected-and-dropped or delivered: either way, done with what was read.
@@ -215,9 +249,8 @@ fn account_skipped(m: &SinkMetrics, skipped: &mut Skipped) {
 
 /// Writes the pending body. Returns whether it may be acknowledged in the buffer: delivered,
 /// or rejected for good (dropped and counted); false when shutdown ended the retries.
-async fn flush<W: Writer>(
-    writer: &mut W,
-    body: &mut Vec<u8>,
+async fn flush<S: Sink>(
+    sink: &mut S,
     lines: &mut usize,
     m: &SinkMetrics,
     retry: &mut RetryCtl,
@@ -226,14 +259,15 @@ async fn flush<W: Writer>(
         return true;
     }
     let started = Instant::now();
-    let outcome = writer.write(body, *lines, retry).await;
+    let bytes = sink.pending_bytes();
+    let outcome = sink.flush(retry).await;
     m.write_micros
         .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
     m.requests.fetch_add(1, Relaxed);
     let acknowledge = match outcome {
         Outcome::Delivered => {
             m.delivered.fetch_add(*lines as u64, Relaxed);
-            m.bytes_sent.fetch_add(body.len() as u64, Relaxed);
+            m.bytes_sent.fetch_add(bytes as u64, Relaxed);
             true
         }
         Outcome::Rejected(reason) => {
@@ -246,19 +280,6 @@ async fn flush<W: Writer>(
             false
         }
     };
-    body.clear();
     *lines = 0;
     acknowledge
-}
-
-/// A handle to one sink's slot in the shared metrics.
-pub struct SinkMetricsRef {
-    pub metrics: Arc<crate::observe::metrics::Metrics>,
-    pub index: usize,
-}
-
-impl SinkMetricsRef {
-    fn get(&self) -> &SinkMetrics {
-        &self.metrics.sinks[self.index]
-    }
 }

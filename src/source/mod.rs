@@ -1,2 +1,58 @@
-//! Sources: where readings come from. Each turns what it reads into `SampleBatch`es.
+//! Sources: where readings come from. Each source kind is a folder (`modbus/`) with a `build`
+//! that registers its devices in the catalog and returns running components (`Source`);
+//! `build` below is the one place that knows every kind. A running source hands each poll's
+//! batch to its device's `DeviceOutput` (the transform stage, then the buffer), and may change
+//! the catalog at run time through `Catalogs`.
+
+pub mod catalogs;
+pub mod describe;
 pub mod modbus;
+
+use crate::component::ComponentId;
+use crate::config::Config;
+use crate::model::catalog::{Registry, Version};
+use crate::observe::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::transform::{self, DeviceOutput};
+use catalogs::Catalogs;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// A built source: registered in the catalog, ready to run.
+pub trait Source: Send {
+    /// The component's identity (a Modbus bus, an MQTT broker subscription, ...).
+    fn id(&self) -> &ComponentId;
+    /// The devices it reads, with their identities.
+    fn devices(&self) -> Vec<ComponentId>;
+    fn start(self: Box<Self>, ctx: SourceContext) -> JoinHandle<()>;
+}
+
+/// What a running source is given.
+pub struct SourceContext {
+    pub catalogs: Arc<Catalogs>,
+    /// The catalog version current when the source starts.
+    pub version: Version,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Shutdown,
+    pub(crate) input: crate::buffer::BufferInput,
+    pub(crate) transforms: transform::Plan,
+}
+
+impl SourceContext {
+    /// Where the source hands the batches of device `device` (its name and catalog id).
+    pub fn output(&self, name: &str, device: u32) -> DeviceOutput {
+        DeviceOutput::new(
+            device,
+            self.transforms.chain(name),
+            &self.version,
+            self.input.clone(),
+        )
+    }
+}
+
+/// Builds every source a configuration names, registering their devices and points.
+pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    sources.extend(modbus::build(config, registry));
+    sources
+}

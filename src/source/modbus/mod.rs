@@ -1,5 +1,8 @@
 //! Modbus sources: the read planner and decoder (pure), the links (TCP, RTU) and the bus
 //! scheduler that polls every device of one bus over its link, and the bus budget (pure).
+//! `build` groups the configured Modbus devices by bus: one `Bus` component per serial port,
+//! TCP address or RTU-over-TCP gateway.
+
 pub mod budget;
 pub mod decode;
 pub mod link;
@@ -7,3 +10,168 @@ pub mod plan;
 pub mod poller;
 pub mod rtu;
 pub mod tcp;
+
+use super::{describe, Source, SourceContext};
+use crate::component::{fingerprint, ComponentId, Kind};
+use crate::config::{Config, DeviceConfig, Protocol};
+use crate::model::catalog::{health_points, HealthIds, Registry};
+use link::Link;
+use plan::plan_reads;
+use poller::DevicePlan;
+use rtu::{RtuLink, RtuTarget};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tcp::TcpLink;
+use tokio::task::JoinHandle;
+
+/// Whether this source kind reads `protocol`.
+pub fn reads(protocol: Protocol) -> bool {
+    matches!(
+        protocol,
+        Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp
+    )
+}
+
+/// Registers a device's points and health points; returns its read plan.
+pub fn register(d: &DeviceConfig, registry: &mut Registry) -> DevicePlan {
+    let mut points = describe::points(d);
+    let values = points.len();
+    points.extend(health_points());
+    let ids = registry.set_device(describe::device(d), points);
+    let h = &ids.points[values..];
+    DevicePlan {
+        device: ids.device,
+        name: d.id.clone(),
+        unit: d.unit,
+        timeout: d.timeout,
+        turnaround: d.turnaround,
+        retries: d.retries,
+        probe_interval: d.probe_interval,
+        groups: plan_reads(d, &ids.points[..values]),
+        health: HealthIds {
+            up: h[0],
+            latency_ms: h[1],
+            errors: h[2],
+            last_error: h[3],
+        },
+    }
+}
+
+/// One bus: the devices sharing a link, polled by one scheduler.
+pub struct Bus {
+    id: ComponentId,
+    devices: Vec<ComponentId>,
+    link: Link,
+    plans: Vec<DevicePlan>,
+}
+
+impl Source for Bus {
+    fn id(&self) -> &ComponentId {
+        &self.id
+    }
+
+    fn devices(&self) -> Vec<ComponentId> {
+        self.devices.clone()
+    }
+
+    fn start(self: Box<Self>, ctx: SourceContext) -> JoinHandle<()> {
+        let outputs = self
+            .plans
+            .iter()
+            .map(|p| ctx.output(&p.name, p.device))
+            .collect();
+        let metrics = self
+            .plans
+            .iter()
+            .map(|p| ctx.metrics.devices.add(&p.name))
+            .collect();
+        tokio::spawn(poller::run(
+            self.link,
+            self.plans,
+            outputs,
+            metrics,
+            ctx.shutdown,
+        ))
+    }
+}
+
+/// The Modbus devices of a configuration, registered and grouped by bus (in bus-name order).
+pub fn buses(config: &Config, registry: &mut Registry) -> Vec<Bus> {
+    let mut by_bus: BTreeMap<String, Vec<&DeviceConfig>> = BTreeMap::new();
+    for d in config.devices.iter().filter(|d| reads(d.protocol)) {
+        by_bus.entry(d.bus()).or_default().push(d);
+    }
+    // Register in config order, so ids follow the file on a fresh buffer.
+    let mut plans: BTreeMap<String, DevicePlan> = config
+        .devices
+        .iter()
+        .filter(|d| reads(d.protocol))
+        .map(|d| (d.id.clone(), register(d, registry)))
+        .collect();
+    by_bus
+        .into_iter()
+        .map(|(name, devices)| {
+            let first = devices[0];
+            let connect_timeout = devices
+                .iter()
+                .map(|d| d.timeout)
+                .max()
+                .unwrap_or(Duration::from_millis(500));
+            let link = match (&first.protocol, &first.serial) {
+                (Protocol::ModbusRtu, Some(s)) => {
+                    Link::Rtu(RtuLink::new(RtuTarget::Serial(s.clone()), connect_timeout))
+                }
+                (Protocol::ModbusRtuOverTcp, _) => Link::Rtu(RtuLink::new(
+                    RtuTarget::Tcp(first.address.clone()),
+                    connect_timeout,
+                )),
+                _ => Link::Tcp(TcpLink::new(first.address.clone(), connect_timeout)),
+            };
+            Bus {
+                id: ComponentId {
+                    kind: Kind::Bus,
+                    fingerprint: fingerprint(&devices),
+                    name,
+                },
+                devices: devices
+                    .iter()
+                    .map(|d| ComponentId {
+                        kind: Kind::Device,
+                        name: d.id.clone(),
+                        fingerprint: fingerprint(d),
+                    })
+                    .collect(),
+                link,
+                plans: devices.iter().filter_map(|d| plans.remove(&d.id)).collect(),
+            }
+        })
+        .collect()
+}
+
+/// The Modbus source kind's components.
+pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
+    buses(config, registry)
+        .into_iter()
+        .map(|b| Box::new(b) as Box<dyn Source>)
+        .collect()
+}
+
+impl Bus {
+    pub fn plans(&self) -> &[DevicePlan] {
+        &self.plans
+    }
+    pub fn name(&self) -> &str {
+        &self.id.name
+    }
+}
+
+/// The read plan of every Modbus device of a configuration, in config order (for `check`).
+pub fn device_plans(config: &Config) -> Vec<DevicePlan> {
+    let mut registry = Registry::new(&config.line.id, "", Vec::new(), None);
+    config
+        .devices
+        .iter()
+        .filter(|d| reads(d.protocol))
+        .map(|d| register(d, &mut registry))
+        .collect()
+}

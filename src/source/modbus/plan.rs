@@ -66,11 +66,16 @@ struct Item {
     field: Field,
 }
 
-/// Plans a device's reads. `first_ids[i]` is the catalog id of point `i`'s first element.
-pub fn plan_reads(device: &DeviceConfig, first_ids: &[u32]) -> Vec<PollGroup> {
+/// Plans a device's reads. `ids` holds the catalog id of every value: each point's elements
+/// in turn, in config order (what `source::describe::points` registers).
+pub fn plan_reads(device: &DeviceConfig, ids: &[u32]) -> Vec<PollGroup> {
     let mut items = Vec::new();
-    for (p, &first) in device.points.iter().zip(first_ids) {
+    let mut ids = ids.iter().copied();
+    for p in &device.points {
         for e in 0..p.count {
+            let Some(id) = ids.next() else {
+                break;
+            };
             let start = p.address as u32 + e as u32 * p.width as u32;
             items.push(Item {
                 table: p.table,
@@ -78,7 +83,7 @@ pub fn plan_reads(device: &DeviceConfig, first_ids: &[u32]) -> Vec<PollGroup> {
                 start,
                 end: start + p.width as u32,
                 field: Field {
-                    point: first + e as u32,
+                    point: id,
                     offset: 0,
                     kind: p.kind,
                     order: p.order,
@@ -163,15 +168,8 @@ mod tests {
     }
 
     fn ids(d: &DeviceConfig) -> Vec<u32> {
-        let mut next = 0;
-        d.points
-            .iter()
-            .map(|p| {
-                let id = next;
-                next += p.count as u32;
-                id
-            })
-            .collect()
+        let n: u32 = d.points.iter().map(|p| p.count as u32).sum();
+        (0..n).collect()
     }
 
     fn shape(groups: &[PollGroup]) -> Vec<(u64, Table, u16, u16, usize)> {

@@ -12,13 +12,13 @@
 
 use super::decode::decode_field;
 use super::link::Link;
+use super::link::{ReadError, ReadSpec, Words};
 use super::plan::{PollGroup, ReadRequest};
-use super::tcp::{ReadError, ReadSpec, Words};
-use crate::buffer::BufferInput;
 use crate::model::catalog::HealthIds;
 use crate::model::{now_ns, Quality, Sample, SampleBatch, Value};
-use crate::observe::metrics::{DeviceMetrics, Metrics};
+use crate::observe::metrics::DeviceMetrics;
 use crate::shutdown::Shutdown;
+use crate::transform::DeviceOutput;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,7 @@ pub const DEGRADE_AFTER_CYCLES: u32 = 3;
 /// Everything the poller needs to know about one device, fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct DevicePlan {
-    /// Catalog device id (also the index into `Metrics::devices`).
+    /// Catalog device id.
     pub device: u32,
     pub name: String,
     pub unit: u8,
@@ -141,11 +141,13 @@ struct DeviceState {
     degrade: Degrade,
 }
 
+/// Polls `devices` (with their outputs and metrics slots, in the same order) over `link` until
+/// shutdown.
 pub async fn run(
     mut link: Link,
     devices: Vec<DevicePlan>,
-    input: BufferInput,
-    metrics: Arc<Metrics>,
+    mut outputs: Vec<DeviceOutput>,
+    metrics: Vec<Arc<DeviceMetrics>>,
     mut shutdown: Shutdown,
 ) {
     let start = Instant::now();
@@ -196,8 +198,9 @@ pub async fn run(
             _ = shutdown.recv() => return,
         }
         let slot = &slots[i];
+        let slot_device = slot.device;
         let dev = &devices[slot.device];
-        let dm = &metrics.devices[dev.device as usize];
+        let dm = &*metrics[slot.device];
         let group = &dev.groups[slot.group];
         let st = &mut state[slot.device];
         let mut batch = SampleBatch {
@@ -235,10 +238,8 @@ pub async fn run(
                     };
                     let result = link.read(&spec).await;
                     if let Some(unit) = link.take_late() {
-                        if let Some(late) = devices.iter().find(|d| d.unit == unit) {
-                            metrics.devices[late.device as usize]
-                                .late_replies
-                                .fetch_add(1, Relaxed);
+                        if let Some(late) = devices.iter().position(|d| d.unit == unit) {
+                            metrics[late].late_replies.fetch_add(1, Relaxed);
                         }
                     }
                     match result {
@@ -344,7 +345,7 @@ pub async fn run(
         dm.samples.fetch_add(batch.samples.len() as u64, Relaxed);
         st.seq += 1;
         batch.seq = st.seq;
-        input.publish(batch).await;
+        outputs[slot_device].publish(batch).await;
         let skipped = slots[i].schedule.advance(Instant::now());
         if skipped > 0 {
             dm.missed_ticks.fetch_add(skipped, Relaxed);

@@ -8,7 +8,7 @@
 //! truncated frame is reported as such, the line is drained until it is quiet, and the port
 //! stays open. See docs/decisions/0005-rtu-framer.md.
 
-use super::tcp::{ReadError, ReadSpec, Words};
+use super::link::{ReadError, ReadSpec, Words};
 use crate::backoff::Backoff;
 use crate::config::{Parity, SerialConfig, Table};
 use futures_util::FutureExt;

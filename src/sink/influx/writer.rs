@@ -6,9 +6,10 @@
 //! - 413 (body too large): split the batch in two at a line boundary and write each half;
 //! - any other 4xx: the data will never be accepted; drop it, counted, with the reason.
 
-use super::{Outcome, RetryCtl, Writer};
 use crate::backoff::Backoff;
 use crate::config::{InfluxApi, InfluxConfig};
+use crate::sink::lines::LineWriter;
+use crate::sink::{Outcome, RetryCtl};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
@@ -182,7 +183,7 @@ impl InfluxWriter {
     }
 }
 
-impl Writer for InfluxWriter {
+impl LineWriter for InfluxWriter {
     async fn write(&mut self, body: &[u8], _lines: usize, retry: &mut RetryCtl) -> Outcome {
         // Pieces still to write, as byte ranges of `body`; 413 splits a piece in two.
         let mut pending = vec![(0usize, body.len())];

@@ -2,8 +2,9 @@
 //! older files shift up to `max_files`) once it passes `max_file_bytes`. For the demo,
 //! debugging, and air-gapped lines.
 
-use super::{Outcome, RetryCtl, Writer};
 use crate::config::FileSinkConfig;
+use crate::sink::lines::LineWriter;
+use crate::sink::{Outcome, RetryCtl};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -96,7 +97,7 @@ pub fn check_writable(cfg: &FileSinkConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", cfg.path.display()))
 }
 
-impl Writer for FileWriter {
+impl LineWriter for FileWriter {
     async fn write(&mut self, body: &[u8], _lines: usize, retry: &mut RetryCtl) -> Outcome {
         loop {
             match self.try_write(body).await {

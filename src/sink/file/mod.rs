@@ -1,0 +1,15 @@
+//! The file sink: line protocol appended to a local file, rotated by size (`writer.rs`).
+
+mod writer;
+
+pub use writer::{check_writable, FileWriter};
+
+use super::lines::LineSink;
+use crate::config::FileSinkConfig;
+
+/// The running sink for one `[sinks.NAME]` of `type = "file"`. Fails when the file cannot be
+/// written.
+pub fn build(cfg: &FileSinkConfig) -> Result<LineSink<FileWriter>, String> {
+    check_writable(cfg)?;
+    Ok(LineSink::new(FileWriter::new(cfg.clone())))
+}

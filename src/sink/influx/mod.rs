@@ -1,0 +1,15 @@
+//! The InfluxDB sink: line protocol over the v1 or v2 write API (`writer.rs`: HTTP, gzip,
+//! retries, Retry-After, 413 splitting).
+
+mod writer;
+
+pub use writer::InfluxWriter;
+
+use super::lines::LineSink;
+use crate::config::InfluxConfig;
+
+/// The running sink for one `[sinks.NAME]` of `type = "influxdb"`. Fails when its credentials
+/// cannot be read now.
+pub fn build(cfg: &InfluxConfig) -> Result<LineSink<InfluxWriter>, String> {
+    Ok(LineSink::new(InfluxWriter::new(cfg)?))
+}
