@@ -4,7 +4,9 @@
 
 pub mod schema;
 pub mod units;
-mod validate;
+pub(crate) mod validate;
+pub use crate::sink::file::config::FileSinkConfig;
+pub use crate::sink::influx::config::InfluxConfig;
 pub(crate) use validate::is_loopback_url;
 
 pub use schema::{DeviceKind, InfluxApi, PointType, Protocol, Table, WhenFull, WordOrder};
@@ -80,28 +82,6 @@ impl Secret {
 pub enum SinkKind {
     Influx(InfluxConfig),
     File(FileSinkConfig),
-}
-
-#[derive(Debug, Clone)]
-pub struct InfluxConfig {
-    pub url: String,
-    pub api: InfluxApi,
-    pub org: String,
-    pub bucket: String,
-    pub token: Option<Secret>,
-    pub database: String,
-    pub retention_policy: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub timeout: Duration,
-    pub gzip: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct FileSinkConfig {
-    pub path: PathBuf,
-    pub max_file_bytes: u64,
-    pub max_files: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
 //! The file sink: line protocol appended to a local file, rotated by size (`writer.rs`).
 
+pub mod config;
 mod writer;
 
 pub use writer::{check_writable, FileWriter};

@@ -1,6 +1,7 @@
 //! The InfluxDB sink: line protocol over the v1 or v2 write API (`writer.rs`: HTTP, gzip,
 //! retries, Retry-After, 413 splitting).
 
+pub mod config;
 mod writer;
 
 pub use writer::InfluxWriter;

@@ -1,0 +1,318 @@
+//! Turns the raw file (`schema`) into a `Config`, checking the whole file and collecting every
+//! error with its location rather than stopping at the first. This module validates the
+//! sections every line has (`[line]`, `[agent]`, `[buffer]`) and the keys every sink shares
+//! (`sinks.rs`); each sink kind and source kind validates its own keys in its folder
+//! (`sink/influx/config.rs`, `sink/file/config.rs`, `source/modbus/config.rs`).
+
+mod sinks;
+
+use super::schema::*;
+use super::*;
+use serde_spanned::Spanned;
+use std::ops::Range;
+
+/// Tags that linetap sets itself; user tags may not reuse them.
+pub(crate) const RESERVED_TAGS: [&str; 5] = ["site", "line", "cell", "device", "kind"];
+
+pub(crate) struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+    pub(crate) errors: Vec<(usize, String)>,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        self.errors.push((span.start, msg.into()));
+    }
+
+    fn finish(mut self) -> ConfigErrors {
+        self.errors.sort_by_key(|(at, _)| *at);
+        ConfigErrors(
+            self.errors
+                .into_iter()
+                .map(|(at, message)| {
+                    let (line, column) = locate(self.text, at);
+                    ConfigError {
+                        file: self.file.to_string(),
+                        line,
+                        column,
+                        message,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn tags(&mut self, raw: &Tags, what: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (k, v) in raw {
+            if RESERVED_TAGS.contains(&k.get_ref().as_str()) {
+                self.err(
+                    k.span(),
+                    format!(
+                        "tag {:?} is set by linetap itself and cannot be used in {what} tags",
+                        k.get_ref()
+                    ),
+                );
+            } else if k.get_ref().is_empty() || v.get_ref().is_empty() {
+                self.err(k.span(), "tag keys and values must not be empty");
+            }
+            out.push((k.get_ref().clone(), v.get_ref().clone()));
+        }
+        out
+    }
+
+    pub(crate) fn non_empty(
+        &mut self,
+        s: &Option<Spanned<String>>,
+        parent: Range<usize>,
+        what: &str,
+        table: &str,
+    ) -> String {
+        match s {
+            Some(v) if !v.get_ref().trim().is_empty() => v.get_ref().clone(),
+            Some(v) => {
+                self.err(v.span(), format!("{what} must not be empty"));
+                String::new()
+            }
+            None => {
+                self.err(parent, format!("{table} needs `{what}`"));
+                String::new()
+            }
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn locate(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+pub(super) fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let mut cx = Ctx {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let at = e.span().unwrap_or(0..0);
+            cx.err(at, e.message().trim().to_string());
+            return Err(cx.finish());
+        }
+    };
+    let config = build(&mut cx, raw);
+    if cx.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(cx.finish())
+    }
+}
+
+fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
+    let line = match &raw.line {
+        Some(l) => {
+            let span = l.span();
+            let l = l.get_ref();
+            LineConfig {
+                id: cx.non_empty(&l.id, span.clone(), "id", "[line]"),
+                site: l.site.as_ref().map(|s| s.get_ref().clone()),
+                tags: cx.tags(&l.tags, "line"),
+            }
+        }
+        None => {
+            cx.err(0..0, "missing required table [line] (with at least `id`)");
+            LineConfig {
+                id: String::new(),
+                site: None,
+                tags: Vec::new(),
+            }
+        }
+    };
+
+    let data_dir = raw
+        .agent
+        .data_dir
+        .clone()
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("./linetap-data"));
+    let metrics_listen = match &raw.agent.metrics_listen {
+        Some(s) if s.get_ref().is_empty() => None,
+        Some(s) => {
+            if s.get_ref().parse::<std::net::SocketAddr>().is_err() {
+                cx.err(
+                    s.span(),
+                    format!("metrics_listen {:?} is not an IP:port address", s.get_ref()),
+                );
+            }
+            Some(s.get_ref().clone())
+        }
+        None => None,
+    };
+    let agent = AgentConfig {
+        data_dir,
+        metrics_listen,
+        shutdown_grace: raw
+            .agent
+            .shutdown_grace
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(10)),
+    };
+    let max_bytes = raw
+        .buffer
+        .max_bytes
+        .as_ref()
+        .map(|s| s.get_ref().0)
+        .unwrap_or(256 << 20);
+    if let Some(m) = &raw.buffer.max_bytes {
+        if max_bytes < 1 << 20 {
+            cx.err(m.span(), "buffer max_bytes must be at least 1MiB");
+        }
+    }
+    let sync_interval = raw
+        .buffer
+        .sync_interval
+        .as_ref()
+        .map(|d| d.get_ref().0)
+        .unwrap_or(Duration::from_secs(1));
+    if let Some(d) = &raw.buffer.sync_interval {
+        if sync_interval > Duration::from_secs(60) {
+            cx.err(
+                d.span(),
+                "sync_interval above 60s would risk a minute of data at every power cut",
+            );
+        }
+    }
+    let live_share = raw
+        .buffer
+        .live_share
+        .as_ref()
+        .map(|s| *s.get_ref())
+        .unwrap_or(0.25);
+    if let Some(s) = &raw.buffer.live_share {
+        if !(0.0..=1.0).contains(&live_share) {
+            cx.err(s.span(), "live_share is a fraction from 0.0 to 1.0");
+        }
+    }
+    let buffer = BufferConfig {
+        max_bytes,
+        when_full: raw.buffer.when_full.unwrap_or_default(),
+        sync_interval,
+        live_share,
+    };
+
+    let sinks = raw
+        .sinks
+        .iter()
+        .filter_map(|(name, s)| sinks::sink(cx, name, s))
+        .collect();
+
+    let devices = crate::source::modbus::config::devices(cx, &raw.devices);
+    if raw.devices.is_empty() {
+        cx.err(0..0, "no [[devices]]: the configuration polls nothing");
+    }
+    Config {
+        line,
+        agent,
+        buffer,
+        sinks,
+        devices,
+    }
+}
+
+/// Whether an http(s) URL points at this machine (127.0.0.0/8, ::1, localhost).
+pub(crate) fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+pub(crate) fn int_in(
+    cx: &mut Ctx,
+    v: &Option<Spanned<i64>>,
+    range: std::ops::RangeInclusive<i64>,
+    default: i64,
+    what: &str,
+) -> i64 {
+    match v {
+        Some(n) if !range.contains(n.get_ref()) => {
+            cx.err(
+                n.span(),
+                format!(
+                    "{what} must be between {} and {}, not {}",
+                    range.start(),
+                    range.end(),
+                    n.get_ref()
+                ),
+            );
+            default
+        }
+        Some(n) => *n.get_ref(),
+        None => default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Any text, including a real configuration with random bytes changed, gives a config
+        /// or located errors; never a panic.
+        #[test]
+        fn never_panics_and_always_locates(noise in proptest::collection::vec((0usize..4000, proptest::prelude::any::<u8>()), 0..6), junk in "\\PC{0,200}") {
+            let mut text = crate::sim::demo::DEMO_CONFIG.as_bytes().to_vec();
+            for (at, b) in noise {
+                if !text.is_empty() {
+                    let i = at % text.len();
+                    text[i] = b;
+                }
+            }
+            let text = String::from_utf8_lossy(&text).into_owned();
+            for input in [text.as_str(), junk.as_str()] {
+                if let Err(errors) = parse("fuzz.toml", input) {
+                    proptest::prop_assert!(!errors.0.is_empty());
+                    for e in &errors.0 {
+                        proptest::prop_assert!(e.line >= 1 && e.column >= 1, "unlocated: {}", e);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn loopback_urls() {
+        assert!(is_loopback_url("http://127.0.0.1:8086"));
+        assert!(is_loopback_url("http://localhost:8086/"));
+        assert!(is_loopback_url("https://[::1]:8086"));
+        assert!(is_loopback_url("http://127.3.4.5"));
+        assert!(!is_loopback_url("http://influx.plant-2:8086"));
+        assert!(!is_loopback_url("http://10.0.0.5:8086"));
+    }
+
+    #[test]
+    fn locates_offsets() {
+        let text = "a\nbc\ndéf";
+        assert_eq!(locate(text, 0), (1, 1));
+        assert_eq!(locate(text, 3), (2, 2));
+        assert_eq!(locate(text, text.len()), (3, 4));
+    }
+}
