@@ -5,8 +5,7 @@
 mod common;
 
 use common::*;
-use linetap::config::{self, Table};
-use linetap::sim::Simulator;
+use linetap::config::Table;
 use serde_json::Value as J;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -142,20 +141,16 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
             influx.url
         )
     };
-    let cfg = config::parse("sim.toml", &device("127.0.0.1:0")).expect("valid config");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sim = rt.block_on(Simulator::start(&cfg)).expect("simulator");
+    let dir = tempfile::tempdir().unwrap();
+    let line = SimulatedLine::start(dir.path(), &["plc-01"], |a| device(&a[0]));
+    let sim = &line.sim;
     for (table, a, words) in &writes {
         sim.set_registers("plc-01", *table, *a, words).unwrap();
     }
     sim.set_bits("plc-01", Table::Coil, 0, &[true, false])
         .unwrap();
     sim.set_bits("plc-01", Table::Discrete, 9, &[true]).unwrap();
-    let sim_addr = sim.addresses["plc-01"].to_string();
-
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("line.toml");
-    std::fs::write(&path, device(&sim_addr)).unwrap();
+    let path = line.config.clone();
     let agent = AgentProcess::start(&path);
 
     // Wait until the last-planned values (the array) have arrived, then one cycle more.

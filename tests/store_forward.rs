@@ -7,8 +7,6 @@ mod common;
 
 use common::*;
 use linetap::buffer::record::{self, Scan, SEGMENT_HEADER_LEN};
-use linetap::config;
-use linetap::sim::{SimHandle, Simulator};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,10 +23,8 @@ fn now_ms() -> i64 {
 
 struct Line {
     vm: VictoriaMetrics,
-    sim: SimHandle,
-    _rt: tokio::runtime::Runtime,
+    line: SimulatedLine,
     dir: tempfile::TempDir,
-    config: PathBuf,
     metrics_url: String,
 }
 
@@ -53,25 +49,15 @@ fn line(devices: usize, buffer: &str) -> Line {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let port = free_port();
-    let placeholder = vec!["127.0.0.1:0".to_string(); devices];
-    let cfg = config::parse(
-        "sf.toml",
-        &text(&vm.url, &data_dir, &placeholder, port, buffer),
-    )
-    .expect("valid config");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sim = rt.block_on(Simulator::start(&cfg)).expect("simulator");
-    let addrs: Vec<String> = (0..devices)
-        .map(|i| sim.addresses[&format!("dev-{i}")].to_string())
-        .collect();
-    let config = dir.path().join("sf.toml");
-    std::fs::write(&config, text(&vm.url, &data_dir, &addrs, port, buffer)).unwrap();
+    let names: Vec<String> = (0..devices).map(|i| format!("dev-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    let line = SimulatedLine::start(dir.path(), &names, |addrs| {
+        text(&vm.url, &data_dir, addrs, port, buffer)
+    });
     Line {
         vm,
-        sim,
-        _rt: rt,
+        line,
         dir,
-        config,
         metrics_url: format!("http://127.0.0.1:{port}"),
     }
 }
@@ -154,7 +140,7 @@ fn an_outage_of_the_store_loses_nothing() {
         .unwrap_or(60u64);
     let mut l = line(4, "");
     let agent_start = now_ms();
-    let agent = AgentProcess::start(&l.config);
+    let agent = AgentProcess::start(&l.line.config);
     std::thread::sleep(Duration::from_secs(3));
     let outage_start = now_ms();
     l.vm.stop();
@@ -205,14 +191,14 @@ fn sigkill_under_load_loses_at_most_the_last_sync_interval() {
     let l = line(3, "");
     let mut kills = Vec::new();
     for _ in 0..3 {
-        let agent = AgentProcess::start(&l.config);
+        let agent = AgentProcess::start(&l.line.config);
         std::thread::sleep(Duration::from_millis(3000));
         let killed_at = now_ms();
         agent.kill();
         let restarted_at = now_ms();
         kills.push((killed_at, restarted_at));
     }
-    let agent = AgentProcess::start(&l.config);
+    let agent = AgentProcess::start(&l.line.config);
     std::thread::sleep(Duration::from_secs(2));
     let drained = wait_for(Duration::from_secs(60), || {
         caught_up(&l.metrics_url).then_some(())
@@ -276,9 +262,9 @@ fn segments(data: &Path) -> Vec<PathBuf> {
 fn damaged_buffer_files_are_cut_and_counted_and_the_rest_delivered() {
     let mut l = line(3, "");
     l.vm.stop();
-    let agent = AgentProcess::start(&l.config);
+    let agent = AgentProcess::start(&l.line.config);
     std::thread::sleep(Duration::from_secs(4));
-    l.sim.stop();
+    l.line.sim.stop();
     std::thread::sleep(Duration::from_millis(300));
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
@@ -319,7 +305,7 @@ fn damaged_buffer_files_are_cut_and_counted_and_the_rest_delivered() {
     std::fs::write(&path, &bytes).unwrap();
 
     l.vm.restart();
-    let agent = AgentProcess::start(&l.config);
+    let agent = AgentProcess::start(&l.line.config);
     let ok = wait_for(Duration::from_secs(60), || {
         (caught_up(&l.metrics_url)
             && metric(
@@ -360,7 +346,7 @@ fn a_full_disk_budget_drops_the_oldest_and_counts_exactly() {
     let mut l = line(20, "max_bytes = \"1MiB\"\nwhen_full = \"drop_oldest\"");
     l.vm.stop();
     let started = now_ms();
-    let agent = AgentProcess::start(&l.config);
+    let agent = AgentProcess::start(&l.line.config);
     let filled = wait_for(Duration::from_secs(240), || {
         (metric(
             &l.metrics_url,
@@ -376,7 +362,7 @@ fn a_full_disk_budget_drops_the_oldest_and_counts_exactly() {
     // then the devices, so the second run adds no values.
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
-    l.sim.stop();
+    l.line.sim.stop();
     let collected = stopped_field(&log, "collected");
     let dropped = stopped_field(&log, "buffer_full");
     assert!(dropped > 0);
@@ -391,7 +377,7 @@ fn a_full_disk_budget_drops_the_oldest_and_counts_exactly() {
     );
 
     l.vm.restart();
-    let agent = AgentProcess::start(&l.config);
+    let agent = AgentProcess::start(&l.line.config);
     let ok = wait_for(Duration::from_secs(60), || {
         caught_up(&l.metrics_url).then_some(())
     });

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use linetap::config::{self, Table};
-use linetap::sim::{Fault, SimHandle, Simulator};
+use linetap::config::Table;
+use linetap::sim::Fault;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> i64 {
@@ -38,10 +38,8 @@ fn line_config(vm: &str, file: &str, addresses: &[String], metrics_port: u16) ->
 
 struct Setup {
     vm: VictoriaMetrics,
-    sim: SimHandle,
-    _rt: tokio::runtime::Runtime,
+    line: SimulatedLine,
     dir: tempfile::TempDir,
-    config: std::path::PathBuf,
     metrics_url: String,
 }
 
@@ -50,27 +48,16 @@ fn setup() -> Setup {
     let vm = VictoriaMetrics::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("out.lp").display().to_string();
-    let placeholder = vec!["127.0.0.1:0".to_string(); 3];
     let metrics_port = free_port();
-    let cfg = config::parse(
-        "sim.toml",
-        &line_config(&vm.url, &file, &placeholder, metrics_port),
-    )
-    .expect("valid config");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sim = rt.block_on(Simulator::start(&cfg)).expect("simulator");
-    let addrs: Vec<String> = (1..=3)
-        .map(|n| sim.addresses[&format!("robot-0{n}")].to_string())
-        .collect();
-    let config = dir.path().join("line.toml");
-    std::fs::write(&config, line_config(&vm.url, &file, &addrs, metrics_port)).unwrap();
+    let names = ["robot-01", "robot-02", "robot-03"];
+    let line = SimulatedLine::start(dir.path(), &names, |addrs| {
+        line_config(&vm.url, &file, addrs, metrics_port)
+    });
     let metrics_url = format!("http://127.0.0.1:{metrics_port}");
     Setup {
         vm,
-        sim,
-        _rt: rt,
+        line,
         dir,
-        config,
         metrics_url,
     }
 }
@@ -83,15 +70,18 @@ fn exact_values_and_tags_arrive_in_victoriametrics_v2() {
         let pos: Vec<u16> = (0..6)
             .map(|i| ((i as i16 - 3) * 1000 + n as i16) as u16)
             .collect();
-        s.sim
+        s.line
+            .sim
             .set_registers(&dev, Table::Holding, 270, &pos)
             .unwrap();
-        s.sim
+        s.line
+            .sim
             .set_registers(&dev, Table::Holding, 300, &[40, 41, 42, 43, 44, 45])
             .unwrap();
         // 70000 + n in CDAB: low word first.
         let c = 70_000u32 + n as u32;
-        s.sim
+        s.line
+            .sim
             .set_registers(
                 &dev,
                 Table::Holding,
@@ -99,9 +89,12 @@ fn exact_values_and_tags_arrive_in_victoriametrics_v2() {
                 &[(c & 0xffff) as u16, (c >> 16) as u16],
             )
             .unwrap();
-        s.sim.set_bits(&dev, Table::Coil, 261, &[n == 2]).unwrap();
+        s.line
+            .sim
+            .set_bits(&dev, Table::Coil, 261, &[n == 2])
+            .unwrap();
     }
-    let agent = AgentProcess::start(&s.config);
+    let agent = AgentProcess::start(&s.line.config);
     let ok = wait_for(Duration::from_secs(30), || {
         let series = s.vm.export(r#"{__name__="robot_protective_stop"}"#);
         (series.len() == 3).then_some(())
@@ -185,7 +178,7 @@ fn exact_values_and_tags_arrive_in_victoriametrics_v2() {
 #[test]
 fn a_silent_device_does_not_slow_the_others_and_recovers() {
     let s = setup();
-    let agent = AgentProcess::start(&s.config);
+    let agent = AgentProcess::start(&s.line.config);
     assert!(
         wait_for(Duration::from_secs(30), || (s
             .vm
@@ -199,10 +192,10 @@ fn a_silent_device_does_not_slow_the_others_and_recovers() {
     );
     std::thread::sleep(Duration::from_secs(1));
     let fault_start = now_ms();
-    s.sim.set_fault("robot-02", Fault::Silent).unwrap();
+    s.line.sim.set_fault("robot-02", Fault::Silent).unwrap();
     std::thread::sleep(Duration::from_secs(5));
     let fault_end = now_ms();
-    s.sim.set_fault("robot-02", Fault::None).unwrap();
+    s.line.sim.set_fault("robot-02", Fault::None).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");

@@ -369,3 +369,43 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A simulated line: the simulator serving the devices of a configuration, and that
+/// configuration written to a file with the simulator's real addresses, ready for the agent.
+/// `text` renders the configuration for the device addresses given, in device order; it is
+/// called once with placeholders (to learn the devices) and once with the real addresses.
+pub struct SimulatedLine {
+    pub sim: linetap::sim::SimHandle,
+    /// The file the agent runs from.
+    pub config: PathBuf,
+    /// The simulator's address of each device, in the order `text` takes them.
+    pub addresses: Vec<String>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl SimulatedLine {
+    pub fn start(
+        dir: &Path,
+        devices: &[&str],
+        text: impl Fn(&[String]) -> String,
+    ) -> SimulatedLine {
+        let placeholders = vec!["127.0.0.1:0".to_string(); devices.len()];
+        let cfg = linetap::config::parse("sim.toml", &text(&placeholders)).expect("valid config");
+        let rt = tokio::runtime::Runtime::new().expect("a runtime for the simulator");
+        let sim = rt
+            .block_on(linetap::sim::Simulator::start(&cfg))
+            .expect("simulator");
+        let addresses: Vec<String> = devices
+            .iter()
+            .map(|d| sim.addresses[*d].to_string())
+            .collect();
+        let config = dir.join("line.toml");
+        std::fs::write(&config, text(&addresses)).expect("write the config");
+        SimulatedLine {
+            sim,
+            config,
+            addresses,
+            _rt: rt,
+        }
+    }
+}
