@@ -119,7 +119,9 @@ pub struct Registry {
     point_ids: HashMap<(String, String), u32>,
     next_device: u32,
     next_point: u32,
-    current: Option<Version>,
+    /// The id of the current version; `None` after a change. The catalog itself is not kept
+    /// here (the entries above are its one copy; on a large line it is megabytes).
+    current: Option<u64>,
 }
 
 impl Registry {
@@ -226,11 +228,8 @@ impl Registry {
         self.devices.iter().map(|d| d.descriptor.name.as_str())
     }
 
-    /// The current version (built when something changed since the last call).
+    /// The current version, built from the registered devices.
     pub fn version(&mut self) -> Version {
-        if let Some(v) = &self.current {
-            return v.clone();
-        }
         let catalog = Catalog {
             line: self.line.clone(),
             site: self.site.clone(),
@@ -243,12 +242,11 @@ impl Registry {
                 .collect(),
         };
         let (id, _) = catalog_id(&catalog);
-        let v = Version {
+        self.current = Some(id);
+        Version {
             id,
             catalog: Arc::new(catalog),
-        };
-        self.current = Some(v.clone());
-        v
+        }
     }
 
     /// Whether the catalog changed since the last `version()`.
