@@ -54,7 +54,10 @@ impl Agent {
         let mut built_sinks = Vec::new();
         let mut components = Vec::new();
         for s in &config.sinks {
-            built_sinks.push(sink::build(s).map_err(|e| format!("sink {:?}: {e}", s.name))?);
+            built_sinks.push(
+                sink::build(s, &config.agent.data_dir)
+                    .map_err(|e| format!("sink {:?}: {e}", s.name))?,
+            );
             components.push(ComponentId {
                 kind: Kind::Sink,
                 name: s.name.clone(),

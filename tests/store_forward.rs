@@ -62,28 +62,6 @@ fn line(devices: usize, buffer: &str) -> Line {
     }
 }
 
-/// A counter or gauge from the agent's /metrics.
-fn metric(url: &str, name: &str) -> Option<f64> {
-    let r = request("GET", &format!("{url}/metrics"), None).ok()?;
-    r.body
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-/// A `key=value` field of the agent's last "stopped" log line.
-fn stopped_field(log: &str, key: &str) -> u64 {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("stopped"))
-        .unwrap_or_else(|| panic!("no stop line in:\n{log}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-}
-
 /// Timestamps (ms) of every stored `m_value` sample of element 1, per device.
 fn stored(vm: &VictoriaMetrics) -> Vec<(String, Vec<i64>)> {
     let mut out: Vec<(String, Vec<i64>)> = vm

@@ -69,13 +69,24 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
                 .filter(|d| d.polls.load(Relaxed) == 0)
                 .map(|d| d.name.as_str())
                 .collect();
-            if waiting.is_empty() {
+            let held: Vec<String> = metrics
+                .sinks
+                .all()
+                .iter()
+                .filter_map(|s| s.held().map(|why| format!("sink {}: {why}", s.name)))
+                .collect();
+            if waiting.is_empty() && held.is_empty() {
                 ("200 OK", "ready\n".to_string())
             } else {
-                (
-                    "503 Service Unavailable",
-                    format!("not polled yet: {}\n", waiting.join(", ")),
-                )
+                let mut body = String::new();
+                if !waiting.is_empty() {
+                    body.push_str(&format!("not polled yet: {}\n", waiting.join(", ")));
+                }
+                for h in held {
+                    body.push_str(&h);
+                    body.push('\n');
+                }
+                ("503 Service Unavailable", body)
             }
         }
         ("GET", _) => (

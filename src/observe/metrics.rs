@@ -148,6 +148,30 @@ pub struct SinkMetrics {
     pub buffer_bytes: AtomicU64,
     /// Age of the oldest undelivered buffered record, in ms.
     pub buffer_oldest_ms: AtomicU64,
+    /// Failed delivery attempts by reason (`linetap_sink_errors_total{reason}`).
+    pub errors_unauthorized: AtomicU64,
+    pub errors_not_found: AtomicU64,
+    pub errors_unavailable: AtomicU64,
+    pub errors_bad_request: AtomicU64,
+    /// Why the sink holds its data now (a store error a person has to fix), or empty; makes
+    /// `/readyz` fail.
+    pub held: std::sync::Mutex<String>,
+}
+
+impl SinkMetrics {
+    /// The sink cannot deliver until someone fixes `why` (or, with an empty `why`, it can again).
+    pub fn set_held(&self, why: &str) {
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if h.as_str() != why {
+            h.clear();
+            h.push_str(why);
+        }
+    }
+
+    pub fn held(&self) -> Option<String> {
+        let h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        (!h.is_empty()).then(|| h.clone())
+    }
 }
 
 impl SinkMetrics {
@@ -333,6 +357,31 @@ impl Metrics {
                     v.load(Relaxed)
                 );
             }
+        }
+        o.push_str("# TYPE linetap_sink_errors_total counter\n");
+        for s in &sinks {
+            for (reason, v) in [
+                ("unauthorized", &s.errors_unauthorized),
+                ("not_found", &s.errors_not_found),
+                ("unavailable", &s.errors_unavailable),
+                ("bad_request", &s.errors_bad_request),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "linetap_sink_errors_total{{sink=\"{}\",reason=\"{reason}\"}} {}",
+                    esc(&s.name),
+                    v.load(Relaxed)
+                );
+            }
+        }
+        o.push_str("# TYPE linetap_sink_held gauge\n");
+        for s in &sinks {
+            let _ = writeln!(
+                o,
+                "linetap_sink_held{{sink=\"{}\"}} {}",
+                esc(&s.name),
+                s.held().is_some() as u8
+            );
         }
         o.push_str("# TYPE linetap_buffer_bytes gauge\n");
         for s in &sinks {

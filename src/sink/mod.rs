@@ -7,6 +7,7 @@
 //! reports what stays in the buffer. Line protocol (`lineproto.rs`, `lines.rs`) is the encoder
 //! of the InfluxDB and file sinks, not of the loop.
 
+pub mod deadletter;
 pub mod file;
 pub mod influx;
 pub mod lineproto;
@@ -28,8 +29,12 @@ use tokio::time::Instant;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
-    /// The destination refused the data for good (e.g. HTTP 400): dropped and counted.
-    Rejected(String),
+    /// The destination refused `lines` of the batch for good (e.g. HTTP 400 for a malformed
+    /// line): those went to the dead-letter file, the rest was delivered.
+    Rejected {
+        lines: usize,
+        reason: String,
+    },
     /// Shutdown came and the grace period ran out before the data could be delivered.
     Abandoned(String),
 }
@@ -39,14 +44,17 @@ pub struct RetryCtl {
     shutdown: Shutdown,
     grace: Duration,
     give_up_at: Option<Instant>,
+    /// The sink's metrics: writers count errors and report held data through them.
+    pub metrics: Arc<SinkMetrics>,
 }
 
 impl RetryCtl {
-    pub fn new(shutdown: Shutdown, grace: Duration) -> Self {
+    pub fn new(shutdown: Shutdown, grace: Duration, metrics: Arc<SinkMetrics>) -> Self {
         RetryCtl {
             shutdown,
             grace,
             give_up_at: None,
+            metrics,
         }
     }
 
@@ -87,12 +95,24 @@ pub trait Sink: Send + 'static {
 }
 
 /// Builds the sink a configuration names: the one place that knows every sink kind.
-pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Start>, String> {
+pub fn build(cfg: &SinkConfig, data_dir: &std::path::Path) -> Result<Box<dyn Start>, String> {
+    let ctx = BuildContext {
+        name: &cfg.name,
+        data_dir,
+    };
     let built: Box<dyn Start> = match &cfg.kind {
-        SinkKind::Influx(c) => Box::new(influx::build(c)?),
-        SinkKind::File(c) => Box::new(file::build(c)?),
+        SinkKind::Influx(c) => Box::new(influx::build(c, &ctx)?),
+        SinkKind::File(c) => Box::new(file::build(c, &ctx)?),
     };
     Ok(built)
+}
+
+/// What a sink kind's `build` may use besides its own configuration.
+pub struct BuildContext<'a> {
+    /// The sink's name (its table name).
+    pub name: &'a str,
+    /// The agent's data directory (for a dead-letter file).
+    pub data_dir: &'a std::path::Path,
 }
 
 /// A built sink, ready to run its loop.
@@ -137,7 +157,7 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
     let mut missing: HashSet<u64> = HashSet::new();
     let mut lines = 0usize;
     let mut skipped = Skipped::default();
-    let mut retry = RetryCtl::new(shutdown.clone(), settings.grace);
+    let mut retry = RetryCtl::new(shutdown.clone(), settings.grace, metrics.clone());
     let mut next_flush = Instant::now() + settings.flush_interval;
     // About how many buffer bytes make a full batch: with that much waiting, do not wait.
     let batch_bytes = settings.batch_size as u64 * 24;
@@ -270,9 +290,15 @@ async fn flush<S: Sink>(
             m.bytes_sent.fetch_add(bytes as u64, Relaxed);
             true
         }
-        Outcome::Rejected(reason) => {
-            m.dropped_rejected.fetch_add(*lines as u64, Relaxed);
-            tracing::error!(sink = %m.name, lines = *lines, %reason, "batch rejected; dropped");
+        Outcome::Rejected {
+            lines: rejected,
+            reason,
+        } => {
+            let rejected = rejected.min(*lines);
+            m.delivered.fetch_add((*lines - rejected) as u64, Relaxed);
+            m.bytes_sent.fetch_add(bytes as u64, Relaxed);
+            m.dropped_rejected.fetch_add(rejected as u64, Relaxed);
+            tracing::error!(sink = %m.name, lines = *lines, rejected, %reason, "the store refused some lines for good; they are in the dead-letter file, the rest was delivered");
             true
         }
         Outcome::Abandoned(reason) => {

@@ -234,12 +234,17 @@ pub struct Influx1 {
 
 impl Influx1 {
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// With extra keys for the `[http]` section (e.g. `auth-enabled = true`).
+    pub fn start_with(http_extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let http = free_port();
         let rpc = free_port();
         let d = dir.path().display();
         let conf = format!(
-            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\ndir = \"{d}/meta\"\n[data]\ndir = \"{d}/data\"\nwal-dir = \"{d}/wal\"\nquery-log-enabled = false\n[monitor]\nstore-enabled = false\n[http]\nbind-address = \"127.0.0.1:{http}\"\nlog-enabled = false\n[logging]\nlevel = \"error\"\n"
+            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\ndir = \"{d}/meta\"\n[data]\ndir = \"{d}/data\"\nwal-dir = \"{d}/wal\"\nquery-log-enabled = false\n[monitor]\nstore-enabled = false\n[http]\nbind-address = \"127.0.0.1:{http}\"\nlog-enabled = false\n{http_extra}\n[logging]\nlevel = \"error\"\n"
         );
         let conf_path = dir.path().join("influxdb.conf");
         std::fs::write(&conf_path, conf).expect("write influxdb.conf");
@@ -260,9 +265,19 @@ impl Influx1 {
     }
 
     pub fn query(&self, db: &str, q: &str) -> serde_json::Value {
+        self.query_as("", "", db, q)
+    }
+
+    /// A query with credentials (`auth-enabled`); empty `user` sends none.
+    pub fn query_as(&self, user: &str, password: &str, db: &str, q: &str) -> serde_json::Value {
+        let auth = if user.is_empty() {
+            String::new()
+        } else {
+            format!("&u={}&p={}", enc(user), enc(password))
+        };
         let r = request(
             "POST",
-            &format!("{}/query?db={}&epoch=ns", self.url, enc(db)),
+            &format!("{}/query?db={}&epoch=ns{auth}", self.url, enc(db)),
             Some(&format!("q={}", enc(q))),
         )
         .expect("query");
@@ -354,6 +369,28 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A counter or gauge from the agent's /metrics.
+pub fn metric(url: &str, name: &str) -> Option<f64> {
+    let r = request("GET", &format!("{url}/metrics"), None).ok()?;
+    r.body
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A `key=value` field of the agent's last "stopped" log line.
+pub fn stopped_field(log: &str, key: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped"))
+        .unwrap_or_else(|| panic!("no stop line in:\n{log}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.

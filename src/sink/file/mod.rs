@@ -10,7 +10,10 @@ use crate::config::FileSinkConfig;
 
 /// The running sink for one `[sinks.NAME]` of `type = "file"`. Fails when the file cannot be
 /// written.
-pub fn build(cfg: &FileSinkConfig) -> Result<LineSink<FileWriter>, String> {
+pub fn build(
+    cfg: &FileSinkConfig,
+    _ctx: &super::BuildContext,
+) -> Result<LineSink<FileWriter>, String> {
     check_writable(cfg)?;
     Ok(LineSink::new(FileWriter::new(cfg.clone())))
 }

@@ -6,11 +6,14 @@ mod writer;
 
 pub use writer::InfluxWriter;
 
+use super::deadletter::DeadLetter;
 use super::lines::LineSink;
+use super::BuildContext;
 use crate::config::InfluxConfig;
 
 /// The running sink for one `[sinks.NAME]` of `type = "influxdb"`. Fails when its credentials
 /// cannot be read now.
-pub fn build(cfg: &InfluxConfig) -> Result<LineSink<InfluxWriter>, String> {
-    Ok(LineSink::new(InfluxWriter::new(cfg)?))
+pub fn build(cfg: &InfluxConfig, ctx: &BuildContext) -> Result<LineSink<InfluxWriter>, String> {
+    let dead_letter = DeadLetter::new(ctx.data_dir, ctx.name);
+    Ok(LineSink::new(InfluxWriter::new(cfg, dead_letter)?))
 }

@@ -3,19 +3,34 @@
 //! rules of a store that may be restarting or overloaded:
 //! - connection errors, timeouts, 429 and 5xx: retry with exponential backoff and jitter,
 //!   honouring `Retry-After`;
-//! - 413 (body too large): split the batch in two at a line boundary and write each half;
-//! - any other 4xx: the data will never be accepted; drop it, counted, with the reason.
+//! - 401, 403, 404 and other 4xx about the request rather than the data (a revoked token, a
+//!   bucket or database not created yet, a wrong URL): errors a person can fix; the data is
+//!   held (it stays in the buffer), retried with backoff, logged once with what to fix, and
+//!   `/readyz` fails until it is delivered;
+//! - 400 and 422 (the store refuses a line): the batch is split until the refused lines are
+//!   isolated; every other line is delivered, the refused ones go to the dead-letter file with
+//!   the server's reason;
+//! - 413 (body too large): split the batch in two at a line boundary and write each half; a
+//!   single line that is still too large goes to the dead-letter file.
+//!
+//! A body is compressed once per piece, on the blocking pool, not on every retry.
 
 use crate::backoff::Backoff;
 use crate::config::{InfluxApi, InfluxConfig};
+use crate::sink::deadletter::DeadLetter;
 use crate::sink::lines::LineWriter;
 use crate::sink::{Outcome, RetryCtl};
+use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use std::io::Write;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+
+/// Most bytes of an error response read (a misbehaving server cannot make us buffer more).
+const MAX_ERROR_BODY: usize = 4096;
 
 /// The longest `Retry-After` we honour; a longer one is capped.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -26,22 +41,70 @@ pub struct InfluxWriter {
     auth: Option<HeaderValue>,
     gzip: bool,
     backoff: Backoff,
+    dead_letter: DeadLetter,
+}
+
+/// Why the store holds the data back: something a person has to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Unauthorized,
+    NotFound,
+    Refused,
 }
 
 /// What one HTTP attempt came to.
+#[derive(Debug, PartialEq)]
 enum Attempt {
     Ok,
+    /// The store is unreachable or overloaded: retry.
     Retry {
         reason: String,
         after: Option<Duration>,
     },
+    /// A person has to fix something (credentials, a missing bucket): hold and retry.
+    Held {
+        why: Held,
+        reason: String,
+    },
+    /// 413.
     TooLarge,
-    Reject(String),
+    /// 400 / 422: some line of the body is refused for good.
+    BadData(String),
+}
+
+/// How one piece of a body ended.
+enum Piece {
+    Delivered,
+    TooLarge,
+    BadData(String),
+    Abandoned(String),
+}
+
+/// Sorts a status that is not a success.
+fn classify(status: StatusCode, reason: String, after: Option<Duration>) -> Attempt {
+    match status.as_u16() {
+        413 => Attempt::TooLarge,
+        400 | 422 => Attempt::BadData(reason),
+        401 | 403 => Attempt::Held {
+            why: Held::Unauthorized,
+            reason,
+        },
+        404 => Attempt::Held {
+            why: Held::NotFound,
+            reason,
+        },
+        429 => Attempt::Retry { reason, after },
+        s if s >= 500 => Attempt::Retry { reason, after },
+        _ => Attempt::Held {
+            why: Held::Refused,
+            reason,
+        },
+    }
 }
 
 impl InfluxWriter {
     /// Builds the writer; resolves the credentials now, so a missing token fails at start-up.
-    pub fn new(cfg: &InfluxConfig) -> Result<Self, String> {
+    pub fn new(cfg: &InfluxConfig, dead_letter: DeadLetter) -> Result<Self, String> {
         let mut url = match cfg.api {
             InfluxApi::V2 => reqwest::Url::parse(&format!("{}/api/v2/write", cfg.url)),
             InfluxApi::V1 => reqwest::Url::parse(&format!("{}/write", cfg.url)),
@@ -101,10 +164,30 @@ impl InfluxWriter {
             gzip: cfg.gzip,
             // A store that comes back is found within 5 s; the backlog then drains at full speed.
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            dead_letter,
         })
     }
 
-    async fn attempt(&self, body: &[u8]) -> Attempt {
+    /// The request body of one piece: compressed once (on the blocking pool), reused by
+    /// every retry.
+    async fn prepare(&self, piece: &[u8]) -> Bytes {
+        if !self.gzip {
+            return Bytes::copy_from_slice(piece);
+        }
+        let raw = piece.to_vec();
+        let gz = tokio::task::spawn_blocking(move || {
+            let mut enc = GzEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::fast());
+            enc.write_all(&raw).and_then(|_| enc.finish())
+        })
+        .await;
+        match gz {
+            Ok(Ok(gz)) => Bytes::from(gz),
+            // Compression cannot fail on a Vec; if it did, send the body as it is.
+            _ => Bytes::copy_from_slice(piece),
+        }
+    }
+
+    async fn attempt(&self, body: Bytes) -> Attempt {
         let mut req = self
             .client
             .post(self.url.clone())
@@ -112,16 +195,10 @@ impl InfluxWriter {
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth.clone());
         }
-        req = if self.gzip {
-            let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
-            match enc.write_all(body).and_then(|_| enc.finish()) {
-                Ok(gz) => req.header(CONTENT_ENCODING, "gzip").body(gz),
-                Err(_) => req.body(body.to_vec()),
-            }
-        } else {
-            req.body(body.to_vec())
-        };
-        let resp = match req.send().await {
+        if self.gzip {
+            req = req.header(CONTENT_ENCODING, "gzip");
+        }
+        let resp = match req.body(body).send().await {
             Ok(r) => r,
             Err(e) => {
                 return Attempt::Retry {
@@ -140,74 +217,127 @@ impl InfluxWriter {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
-        let text = resp.text().await.unwrap_or_default();
+        let text = read_capped(resp, MAX_ERROR_BODY).await;
         let reason = format!(
             "HTTP {status}: {}",
             text.trim().chars().take(300).collect::<String>()
         );
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            Attempt::TooLarge
-        } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            Attempt::Retry { reason, after }
-        } else {
-            Attempt::Reject(reason)
+        classify(status, reason, after)
+    }
+
+    /// Writes one piece, retrying while the store is unreachable or holds it back, until it
+    /// is delivered, refused, or shutdown gives up.
+    async fn write_piece(&mut self, piece: &[u8], retry: &mut RetryCtl) -> Piece {
+        let body = self.prepare(piece).await;
+        let mut logged: Option<Held> = None;
+        let mut logged_retry = false;
+        loop {
+            let attempt = self.attempt(body.clone()).await;
+            let m = &retry.metrics;
+            let delay = match attempt {
+                Attempt::Ok => {
+                    if logged.is_some() || logged_retry {
+                        tracing::info!(url = %self.url.path(), "write succeeded again");
+                    }
+                    m.set_held("");
+                    self.backoff.reset();
+                    return Piece::Delivered;
+                }
+                Attempt::TooLarge => return Piece::TooLarge,
+                Attempt::BadData(reason) => {
+                    m.errors_bad_request.fetch_add(1, Relaxed);
+                    return Piece::BadData(reason);
+                }
+                Attempt::Held { why, reason } => {
+                    let (counter, fix) = match why {
+                        Held::Unauthorized => (&m.errors_unauthorized, "the store refuses the credentials: check the token or username/password (token_file, password_file) and the user's write permission"),
+                        Held::NotFound => (&m.errors_not_found, "the store has no such bucket, org or database: create it, or fix the sink's bucket/org/database"),
+                        Held::Refused => (&m.errors_bad_request, "the store refuses the request itself: check the sink's url and api"),
+                    };
+                    counter.fetch_add(1, Relaxed);
+                    if logged != Some(why) {
+                        tracing::error!(url = %self.url.path(), %reason, fix, "write refused; the data is held in the buffer and retried until this is fixed");
+                        logged = Some(why);
+                    }
+                    m.set_held(&format!("{reason} ({fix})"));
+                    self.backoff.next_delay()
+                }
+                Attempt::Retry { reason, after } => {
+                    m.errors_unavailable.fetch_add(1, Relaxed);
+                    if !logged_retry {
+                        tracing::warn!(url = %self.url.path(), %reason, "write failed; retrying with backoff");
+                        logged_retry = true;
+                    }
+                    after.unwrap_or_else(|| self.backoff.next_delay())
+                }
+            };
+            if !retry.wait(delay).await {
+                return Piece::Abandoned("shutdown while the store was not accepting".into());
+            }
         }
     }
 
-    /// Writes one body, retrying until it is delivered, rejected, or shutdown gives up.
-    async fn write_one(&mut self, body: &[u8], retry: &mut RetryCtl) -> Result<(), Outcome> {
-        let mut logged = false;
-        loop {
-            match self.attempt(body).await {
-                Attempt::Ok => {
-                    if logged {
-                        tracing::info!(url = %self.url.path(), "write succeeded again");
-                    }
-                    self.backoff.reset();
-                    return Ok(());
-                }
-                Attempt::TooLarge => return Err(Outcome::Rejected("HTTP 413".into())),
-                Attempt::Reject(reason) => return Err(Outcome::Rejected(reason)),
-                Attempt::Retry { reason, after } => {
-                    if !logged {
-                        tracing::warn!(url = %self.url.path(), %reason, "write failed; retrying with backoff");
-                        logged = true;
-                    }
-                    let delay = after.unwrap_or_else(|| self.backoff.next_delay());
-                    if !retry.wait(delay).await {
-                        return Err(Outcome::Abandoned(reason));
-                    }
-                }
-            }
+    /// Sends lines the store refused for good to the dead-letter file.
+    async fn dead_letter(&self, reason: &str, lines: &[u8]) {
+        if let Err(e) = self.dead_letter.write(reason, lines).await {
+            tracing::error!(file = %self.dead_letter.path().display(), error = %e, "cannot write the dead-letter file; the refused lines are lost");
         }
     }
 }
 
 impl LineWriter for InfluxWriter {
     async fn write(&mut self, body: &[u8], _lines: usize, retry: &mut RetryCtl) -> Outcome {
-        // Pieces still to write, as byte ranges of `body`; 413 splits a piece in two.
+        // Pieces still to write, as byte ranges of `body`; a refused piece is split in two
+        // until the refused lines are isolated.
         let mut pending = vec![(0usize, body.len())];
-        let mut rejected = None;
+        let mut rejected = 0usize;
+        let mut last_reason = String::new();
         while let Some((start, end)) = pending.pop() {
             let piece = &body[start..end];
-            match self.write_one(piece, retry).await {
-                Ok(()) => {}
-                Err(Outcome::Rejected(r)) if r == "HTTP 413" => match split_point(piece) {
-                    Some(mid) => {
-                        pending.push((start + mid, end));
-                        pending.push((start, start + mid));
-                    }
-                    None => rejected = Some("HTTP 413 for a single line".to_string()),
-                },
-                Err(Outcome::Rejected(r)) => rejected = Some(r),
-                Err(other) => return other,
+            let refused = match self.write_piece(piece, retry).await {
+                Piece::Delivered => continue,
+                Piece::Abandoned(r) => return Outcome::Abandoned(r),
+                Piece::TooLarge => {
+                    "HTTP 413: a single line larger than the store accepts".to_string()
+                }
+                Piece::BadData(r) => r,
+            };
+            match split_point(piece) {
+                Some(mid) => {
+                    pending.push((start + mid, end));
+                    pending.push((start, start + mid));
+                }
+                None => {
+                    rejected += 1;
+                    self.dead_letter(&refused, piece).await;
+                    last_reason = refused;
+                }
             }
         }
-        match rejected {
-            None => Outcome::Delivered,
-            Some(r) => Outcome::Rejected(r),
+        if rejected == 0 {
+            Outcome::Delivered
+        } else {
+            Outcome::Rejected {
+                lines: rejected,
+                reason: format!(
+                    "{last_reason} (written to {})",
+                    self.dead_letter.path().display()
+                ),
+            }
         }
     }
+}
+
+/// Reads at most `max` bytes of a response body.
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> String {
+    let mut out = Vec::new();
+    while out.len() < max {
+        match resp.chunk().await {
+            Ok(Some(c)) => out.extend_from_slice(&c[..c.len().min(max - out.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where to cut a body of several lines into two halves at a line boundary.
@@ -268,6 +398,44 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+    }
+
+    #[test]
+    fn statuses_a_person_can_fix_hold_the_data() {
+        let c = |code: u16| classify(StatusCode::from_u16(code).unwrap(), "r".into(), None);
+        assert_eq!(
+            c(401),
+            Attempt::Held {
+                why: Held::Unauthorized,
+                reason: "r".into()
+            }
+        );
+        assert!(matches!(
+            c(403),
+            Attempt::Held {
+                why: Held::Unauthorized,
+                ..
+            }
+        ));
+        assert!(matches!(
+            c(404),
+            Attempt::Held {
+                why: Held::NotFound,
+                ..
+            }
+        ));
+        assert!(matches!(
+            c(405),
+            Attempt::Held {
+                why: Held::Refused,
+                ..
+            }
+        ));
+        assert_eq!(c(400), Attempt::BadData("r".into()));
+        assert_eq!(c(422), Attempt::BadData("r".into()));
+        assert_eq!(c(413), Attempt::TooLarge);
+        assert!(matches!(c(429), Attempt::Retry { .. }));
+        assert!(matches!(c(503), Attempt::Retry { .. }));
     }
 
     #[test]

@@ -1,0 +1,220 @@
+//! Store errors a person can fix never delete accepted data, and a refused line never takes
+//! its batch with it. Against a real InfluxDB 1.x with authentication on:
+//! - the agent's user does not exist yet (401), then its database does not exist yet (404):
+//!   the data is held, `/readyz` fails and says why, the errors are counted by reason; once
+//!   both are fixed every sample arrives and none is counted as rejected;
+//! - a line the store refuses (a field type conflict, HTTP 400) is isolated: every other line
+//!   of its batches is delivered, and the refused lines are in the dead-letter file.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const ADMIN: (&str, &str) = ("admin", "admin-pw");
+
+fn line_text(url: &str, data: &str, port: u16, addrs: &[String], points: &str) -> String {
+    let mut s = format!(
+        "[line]\nid = \"held\"\n\n[agent]\ndata_dir = \"{data}\"\nmetrics_listen = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n\
+         [sinks.central]\ntype = \"influxdb\"\nurl = \"{url}\"\napi = \"v1\"\ndatabase = \"late\"\nusername = \"writer\"\npassword_env = \"LINETAP_TEST_PW\"\nflush_interval = \"200ms\"\n\n"
+    );
+    for (i, a) in addrs.iter().enumerate() {
+        s.push_str(&format!(
+            "[[devices]]\nid = \"dev-{i}\"\nkind = \"robot\"\naddress = \"{a}\"\npoll = \"100ms\"\ntimeout = \"300ms\"\n\n{points}"
+        ));
+    }
+    s
+}
+
+const VALUES: &str = "[[devices.points]]\nname = \"value\"\nmeasurement = \"m\"\naddress = 0\ntype = \"u16\"\ncount = 5\nindex_tag = \"i\"\n\n";
+
+fn count(influx: &Influx1, q: &str) -> u64 {
+    let v = influx.query_as(ADMIN.0, ADMIN.1, "late", q);
+    v["results"][0]["series"][0]["values"][0][1]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn readyz(port: u16) -> (u16, String) {
+    request("GET", &format!("http://127.0.0.1:{port}/readyz"), None)
+        .map(|r| (r.status, r.body))
+        .unwrap_or((0, String::new()))
+}
+
+#[test]
+fn a_missing_user_and_database_hold_the_data_until_fixed() {
+    std::env::set_var("LINETAP_TEST_PW", "writer-pw");
+    let influx = Influx1::start_with("auth-enabled = true");
+    influx.query(
+        "",
+        &format!(
+            "CREATE USER {} WITH PASSWORD '{}' WITH ALL PRIVILEGES",
+            ADMIN.0, ADMIN.1
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let port = free_port();
+    let line = SimulatedLine::start(dir.path(), &["dev-0", "dev-1"], |a| {
+        line_text(&influx.url, &data, port, a, VALUES)
+    });
+    let metrics = format!("http://127.0.0.1:{port}");
+    let agent = AgentProcess::start(&line.config);
+
+    // 401: the user does not exist. Held, counted, and /readyz says why.
+    wait_for(Duration::from_secs(30), || {
+        metric(
+            &metrics,
+            "linetap_sink_errors_total{sink=\"central\",reason=\"unauthorized\"}",
+        )
+        .filter(|n| *n >= 3.0)
+    })
+    .unwrap_or_else(|| panic!("no unauthorized errors counted:\n{}", agent.stderr()));
+    let (status, body) = readyz(port);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("sink central") && body.contains("credentials"),
+        "{body}"
+    );
+    assert!(
+        agent.stderr().contains("held in the buffer"),
+        "{}",
+        agent.stderr()
+    );
+    std::thread::sleep(Duration::from_secs(15));
+
+    // 404: the user exists now, the database does not.
+    influx.query_as(
+        ADMIN.0,
+        ADMIN.1,
+        "",
+        "CREATE USER writer WITH PASSWORD 'writer-pw' WITH ALL PRIVILEGES",
+    );
+    wait_for(Duration::from_secs(30), || {
+        metric(
+            &metrics,
+            "linetap_sink_errors_total{sink=\"central\",reason=\"not_found\"}",
+        )
+        .filter(|n| *n >= 1.0)
+    })
+    .unwrap_or_else(|| panic!("no not_found errors counted:\n{}", agent.stderr()));
+    assert!(readyz(port).1.contains("database"), "{}", readyz(port).1);
+    std::thread::sleep(Duration::from_secs(15));
+    let held = metric(&metrics, "linetap_buffer_bytes{sink=\"central\"}").unwrap_or(0.0);
+    assert!(held > 0.0, "nothing was held");
+
+    // Fixed: everything held arrives.
+    influx.query_as(ADMIN.0, ADMIN.1, "", "CREATE DATABASE late");
+    wait_for(Duration::from_secs(60), || {
+        (readyz(port).0 == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("/readyz did not recover: {:?}", readyz(port)));
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let collected = stopped_field(&log, "collected");
+    let delivered = stopped_field(&log, "delivered");
+    assert_eq!(delivered, collected, "{log}");
+    assert!(!log.contains("dropped"), "{log}");
+    // 9 samples per poll: 5 values and 4 health fields; every value is in the store.
+    assert_eq!(collected % 9, 0);
+    let expected = collected / 9 * 5;
+    let stored = wait_for(Duration::from_secs(10), || {
+        let n = count(&influx, "SELECT count(value) FROM m");
+        (n == expected).then_some(n)
+    })
+    .unwrap_or_else(|| count(&influx, "SELECT count(value) FROM m"));
+    assert_eq!(stored, expected, "values in the store != values collected");
+    assert!(!dir.path().join("data/dead-letter").exists());
+}
+
+#[test]
+fn a_refused_line_is_dead_lettered_and_the_rest_of_its_batch_delivered() {
+    std::env::set_var("LINETAP_TEST_PW", "writer-pw");
+    let influx = Influx1::start_with("auth-enabled = true");
+    for q in [
+        format!(
+            "CREATE USER {} WITH PASSWORD '{}' WITH ALL PRIVILEGES",
+            ADMIN.0, ADMIN.1
+        ),
+        "CREATE USER writer WITH PASSWORD 'writer-pw' WITH ALL PRIVILEGES".to_string(),
+        "CREATE DATABASE late".to_string(),
+    ] {
+        influx.query_as(ADMIN.0, ADMIN.1, "", &q);
+    }
+    // `m.speed` already exists as a string in this week's shard: every integer value of it is
+    // refused (HTTP 400, field type conflict); everything else must arrive.
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let r = request(
+        "POST",
+        &format!("{}/write?db=late&u={}&p={}", influx.url, ADMIN.0, ADMIN.1),
+        Some(&format!("m,device=planted speed=\"text\" {now_ns}")),
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let port = free_port();
+    let points = format!(
+        "{VALUES}[[devices.points]]\nname = \"speed\"\nmeasurement = \"m\"\naddress = 10\ntype = \"u16\"\n\n"
+    );
+    let line = SimulatedLine::start(dir.path(), &["dev-0", "dev-1"], |a| {
+        line_text(&influx.url, &data, port, a, &points)
+    });
+    let agent = AgentProcess::start(&line.config);
+    let metrics = format!("http://127.0.0.1:{port}");
+    wait_for(Duration::from_secs(30), || {
+        metric(
+            &metrics,
+            "linetap_samples_dropped_total{sink=\"central\",reason=\"rejected\"}",
+        )
+        .filter(|n| *n >= 10.0)
+    })
+    .unwrap_or_else(|| panic!("no line was rejected:\n{}", agent.stderr()));
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let collected = stopped_field(&log, "collected");
+    let delivered = stopped_field(&log, "delivered");
+    let rejected = metric_from_log_or_zero(&log);
+    // 10 samples per poll (5 values, speed, 4 health fields); the speed is refused, once per poll.
+    assert_eq!(collected % 10, 0);
+    let polls = collected / 10;
+    let dead = std::fs::read_to_string(dir.path().join("data/dead-letter/central.lp"))
+        .expect("a dead-letter file");
+    let dead_lines: Vec<&str> = dead.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(
+        dead_lines
+            .iter()
+            .all(|l| l.starts_with("m,") && l.contains(" speed=")),
+        "only speed lines are refused: {dead_lines:?}"
+    );
+    assert!(
+        dead.contains("field type conflict"),
+        "the server's reason is kept: {dead}"
+    );
+    assert_eq!(delivered + dead_lines.len() as u64, collected, "{log}");
+    assert_eq!(rejected, dead_lines.len() as u64);
+    // One refused line per poll, and every value of every poll is in the store.
+    assert_eq!(dead_lines.len() as u64, polls, "{log}");
+    let values = wait_for(Duration::from_secs(10), || {
+        let n = count(&influx, "SELECT count(value) FROM m");
+        (n == polls * 5).then_some(n)
+    })
+    .unwrap_or_else(|| count(&influx, "SELECT count(value) FROM m"));
+    assert_eq!(values, polls * 5, "every value of every poll");
+}
+
+/// The `rejected=` field of the sinks' stop report (0 when absent).
+fn metric_from_log_or_zero(log: &str) -> u64 {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("sink stopped"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("rejected="))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
