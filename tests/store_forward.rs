@@ -381,3 +381,76 @@ fn a_full_disk_budget_drops_the_oldest_and_counts_exactly() {
         assert!(gaps.is_empty(), "{dev}: holes in the kept data: {gaps:?}");
     }
 }
+
+#[test]
+fn block_holds_the_sources_back_keeps_what_it_accepted_and_lets_the_agent_stop() {
+    // 20 devices at 10 Hz fill 1 MiB in ~20 s; then polls wait instead of data being dropped.
+    let mut l = line(20, "max_bytes = \"1MiB\"\nwhen_full = \"block\"");
+    l.vm.stop();
+    let agent = AgentProcess::start(&l.line.config);
+    let held = wait_for(Duration::from_secs(240), || {
+        agent
+            .stderr()
+            .contains("holding the sources back")
+            .then_some(())
+    });
+    assert!(
+        held.is_some(),
+        "the budget was never reached:\n{}",
+        agent.stderr()
+    );
+    // Held back: once the queue to the writer is full too, polls wait and no sample is
+    // collected any more.
+    let collected = || {
+        metric(
+            &l.metrics_url,
+            "linetap_samples_collected_total{device=\"dev-0\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let still = wait_for(Duration::from_secs(60), || {
+        let before = collected();
+        std::thread::sleep(Duration::from_secs(2));
+        (collected() == before).then_some(())
+    });
+    assert!(still.is_some(), "polls were not held back");
+    // A stop while held back ends within the grace period (3 s) and a margin.
+    let asked = Instant::now();
+    let (code, log) = agent.stop();
+    let took = asked.elapsed();
+    assert_eq!(
+        code,
+        Some(0),
+        "the agent did not stop cleanly in {took:?}:\n{log}"
+    );
+    assert!(took < Duration::from_secs(15), "stopping took {took:?}");
+    l.line.sim.stop();
+    let collected = stopped_field(&log, "collected");
+    let dropped = stopped_field(&log, "dropped");
+    assert_eq!(
+        stopped_field(&log, "buffer_full"),
+        0,
+        "block never drops: {log}"
+    );
+    assert_eq!(
+        dropped % (VALUES + 4),
+        0,
+        "only whole polls, at the stop: {log}"
+    );
+
+    // Everything accepted is delivered after a restart with the store back.
+    l.vm.restart();
+    let agent = AgentProcess::start(&l.line.config);
+    let ok = wait_for(Duration::from_secs(120), || {
+        caught_up(&l.metrics_url).then_some(())
+    });
+    assert!(ok.is_some(), "did not drain; log:\n{}", agent.stderr());
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let polls_kept = (collected - dropped) / (VALUES + 4);
+    assert_eq!(
+        stored_values_settled(&l.vm, polls_kept * VALUES),
+        polls_kept * VALUES,
+        "accepted = collected - dropped at the stop, exactly"
+    );
+}

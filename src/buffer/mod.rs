@@ -238,9 +238,20 @@ impl Buffer {
         let live_share = cfg.live_share;
         let cfg = cfg.clone();
         let cat_id = catalog.id;
+        let writer_stopping = stopping.clone();
         let handle = std::thread::Builder::new()
             .name("linetap-buffer".into())
-            .spawn(move || writer::write_loop(thread_shared, writer, rx, head_tx, cfg, cat_id))
+            .spawn(move || {
+                writer::write_loop(
+                    thread_shared,
+                    writer,
+                    rx,
+                    head_tx,
+                    cfg,
+                    cat_id,
+                    writer_stopping,
+                )
+            })
             .map_err(|e| format!("buffer: cannot start the writer thread: {e}"))?;
         let input = BufferInput::new(tx, block, stopping.clone(), shared.clone());
         Ok((

@@ -25,6 +25,7 @@ pub(super) fn write_loop(
     head_tx: watch::Sender<u64>,
     cfg: BufferConfig,
     mut cat_id: u64,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let segment_bytes = (cfg.max_bytes / 8).clamp(64 << 10, 64 << 20);
     let seg_dir = shared.segments_dir();
@@ -87,19 +88,42 @@ pub(super) fn write_loop(
             };
             // The disk budget, before accepting more.
             let mut over = shared.lock().bytes_on_disk() + pending.len() as u64 >= cfg.max_bytes;
-            if over && cfg.when_full == WhenFull::Block {
+            if over && cfg.when_full == WhenFull::Block && !stopping.load(Relaxed) {
                 // Hold the sources back (the queue fills, `publish` waits) until sinks deliver.
+                // First make what was accepted so far durable: it must not wait in memory.
+                unsynced |= append(
+                    &shared,
+                    &mut writer,
+                    &mut pending,
+                    &mut fresh,
+                    pending_samples,
+                    &mut head,
+                );
+                pending_samples = 0;
+                base = writer.segment.end();
+                if unsynced {
+                    if let Err(e) = writer.sync() {
+                        tracing::error!(error = %e, "buffer: sync failed");
+                    }
+                    unsynced = false;
+                    last_sync = Instant::now();
+                    cursors::persist(&shared);
+                }
                 if !refused_logged {
                     tracing::warn!(
                         "buffer full (max_bytes): holding the sources back (when_full = block)"
                     );
                     refused_logged = true;
                 }
-                while over {
+                // Until the sinks make room, or the agent stops: what is queued then was
+                // accepted, and is written even over the budget (at most the queue).
+                while over && !stopping.load(Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
                     enforce_budget(&shared, &seg_dir, &cfg);
-                    over = shared.lock().bytes_on_disk() + pending.len() as u64 >= cfg.max_bytes;
+                    update_gauges(&shared);
+                    over = shared.lock().bytes_on_disk() >= cfg.max_bytes;
                 }
+                over = false;
             }
             if over && cfg.when_full == WhenFull::DropNewest {
                 shared.drop_for_all(batch.samples.len() as u64, |m| &m.dropped_buffer_full);
