@@ -504,3 +504,50 @@ fn the_turnaround_gap_is_kept_around_every_frame() {
     }
     assert_exact_values(&s);
 }
+
+#[test]
+fn replies_that_arrive_in_pieces_are_reassembled() {
+    let s = setup(Bus::Serial);
+    let agent = AgentProcess::start(&s.config);
+    wait_all_up(&s, &agent);
+    // USB–RS-485 adapters hand over a frame in pieces, up to their latency timer apart.
+    for u in UNITS {
+        s.sim
+            .set_fault(
+                &format!("servo-{u}"),
+                Fault::Chunked(Duration::from_millis(10)),
+            )
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let w0 = now_ms();
+    std::thread::sleep(Duration::from_secs(4));
+    let w1 = now_ms();
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_exact_values(&s);
+    let lp = std::fs::read_to_string(s.dir.path().join("out.lp")).unwrap();
+    for u in UNITS {
+        let dev = format!("servo-{u}");
+        let h = health(&s, &dev);
+        let polls: Vec<_> = h.iter().filter(|(t, _)| *t >= w0 && *t < w1).collect();
+        assert!(
+            polls.len() >= 10,
+            "{dev}: {} polls in 4 s with chunked replies",
+            polls.len()
+        );
+        assert!(
+            polls.iter().all(|(_, up)| *up == 1.0),
+            "{dev} was reported down while its replies came in pieces"
+        );
+        let errors: Vec<&str> = lp
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("device={dev},"))
+                    && l.contains("last_error=\"")
+                    && !l.contains("last_error=\"\"")
+            })
+            .collect();
+        assert!(errors.is_empty(), "{dev}: {errors:?}");
+    }
+}

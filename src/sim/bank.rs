@@ -21,11 +21,14 @@ pub enum Fault {
     Drop,
     /// RTU: answer with a corrupted CRC (over Modbus TCP, which has no CRC: answer normally).
     BadCrc,
+    /// RTU: write each reply in random pieces with random pauses up to this long between
+    /// them, the way USB–RS-485 adapters deliver a frame (over Modbus TCP: answer normally).
+    Chunked(Duration),
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
-    /// `none`, `slow 300ms`, `silent`, `exception 4`, `drop`, `badcrc`.
+    /// `none`, `slow 300ms`, `silent`, `exception 4`, `drop`, `badcrc`, `chunked 16ms`.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.split_whitespace();
         match (parts.next(), parts.next()) {
@@ -34,12 +37,15 @@ impl std::str::FromStr for Fault {
             (Some("drop"), None) => Ok(Fault::Drop),
             (Some("badcrc"), None) => Ok(Fault::BadCrc),
             (Some("slow"), Some(d)) => crate::config::units::parse_duration(d).map(Fault::Slow),
+            (Some("chunked"), Some(d)) => {
+                crate::config::units::parse_duration(d).map(Fault::Chunked)
+            }
             (Some("exception"), Some(c)) => c
                 .parse::<u8>()
                 .map(Fault::Exception)
                 .map_err(|_| format!("bad exception code {c:?}")),
             _ => Err(format!(
-                "unknown fault {s:?}: use none | slow DURATION | silent | exception CODE | drop | badcrc"
+                "unknown fault {s:?}: use none | slow DURATION | silent | exception CODE | drop | badcrc | chunked DURATION"
             )),
         }
     }

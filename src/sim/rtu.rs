@@ -7,6 +7,7 @@ use super::bank::{Bank, Fault};
 use super::server::lock;
 use crate::config::SerialConfig;
 use crate::source::modbus::rtu::{crc_ok, open_serial, push_crc};
+use rand::Rng;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -112,6 +113,11 @@ async fn serve_stream<T: AsyncRead + AsyncWrite + Unpin>(
                     answer(&bank, &frame, started)
                 }
                 Fault::None => answer(&bank, &frame, started),
+                Fault::Chunked(max) => {
+                    let reply = answer(&bank, &frame, started);
+                    write_chunked(&mut io, &reply, max).await?;
+                    continue;
+                }
                 Fault::BadCrc => {
                     let mut r = answer(&bank, &frame, started);
                     if let Some(last) = r.last_mut() {
@@ -124,6 +130,31 @@ async fn serve_stream<T: AsyncRead + AsyncWrite + Unpin>(
             io.flush().await?;
         }
     }
+}
+
+/// Writes `reply` in random pieces with random pauses of up to `max` between them.
+async fn write_chunked<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    reply: &[u8],
+    max: Duration,
+) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < reply.len() {
+        let (n, pause) = {
+            let mut rng = rand::rng();
+            (
+                rng.random_range(1..=reply.len() - at),
+                Duration::from_micros(rng.random_range(0..=max.as_micros() as u64)),
+            )
+        };
+        io.write_all(&reply[at..at + n]).await?;
+        io.flush().await?;
+        at += n;
+        if at < reply.len() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    Ok(())
 }
 
 /// The reply frame to one request frame (CRC already checked).

@@ -189,7 +189,9 @@ impl Service for SimService {
             b.serve(&req.request).map(Some)
         };
         match fault {
-            Fault::None | Fault::Drop | Fault::BadCrc => Box::pin(std::future::ready(answer())),
+            Fault::None | Fault::Drop | Fault::BadCrc | Fault::Chunked(_) => {
+                Box::pin(std::future::ready(answer()))
+            }
             Fault::Slow(d) => Box::pin(async move {
                 tokio::time::sleep(d).await;
                 answer()

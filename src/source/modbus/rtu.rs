@@ -87,21 +87,53 @@ pub enum Reply {
     Exception(u8),
 }
 
-/// How many bytes the reply being received will have, once enough of it is known.
-fn expected_len(buf: &[u8], fc: u8) -> Option<usize> {
-    let f = *buf.get(1)?;
-    if f == fc | 0x80 {
-        return Some(5);
-    }
-    if f != fc {
-        // Not the function we asked for: the length is unknown; framed by silence.
-        return None;
-    }
-    Some(5 + *buf.get(2)? as usize)
+/// Where the reply being received stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameCheck {
+    /// Not enough bytes yet to know (or to hold) the whole reply: keep reading.
+    Incomplete,
+    /// The reply is the first `n` bytes of the buffer.
+    Complete(usize),
+    /// Not the reply we asked for (another function, another byte count): its length is
+    /// unknown, so it ends at the first silence (t3.5).
+    Unframed,
 }
 
-/// Checks one complete frame against the request and decodes it.
+/// How far the reply to a request for function `fc` with `data_bytes` data bytes has come.
+/// Pure: any prefix of any bytes gives an answer, never a panic.
+pub fn check_frame(buf: &[u8], fc: u8, data_bytes: usize) -> FrameCheck {
+    let Some(&f) = buf.get(1) else {
+        return FrameCheck::Incomplete;
+    };
+    let want = if f == fc | 0x80 {
+        5
+    } else if f != fc {
+        return FrameCheck::Unframed;
+    } else {
+        let Some(&n) = buf.get(2) else {
+            return FrameCheck::Incomplete;
+        };
+        if n as usize != data_bytes {
+            return FrameCheck::Unframed;
+        }
+        5 + data_bytes
+    };
+    if buf.len() >= want {
+        FrameCheck::Complete(want)
+    } else {
+        FrameCheck::Incomplete
+    }
+}
+
+/// Checks one complete frame against the request and decodes it. Any bytes give a result,
+/// never a panic.
 pub fn parse_reply(frame: &[u8], unit: u8, table: Table, count: u16) -> Result<Reply, ReadError> {
+    if frame.len() < 5 {
+        return Err(ReadError::Frame(format!(
+            "short reply ({} bytes)",
+            frame.len()
+        )));
+    }
     if !crc_ok(frame) {
         return Err(ReadError::Crc);
     }
@@ -345,27 +377,29 @@ impl RtuLink {
             Ok(Ok(())) => {}
         }
         let fc = function_code(table);
+        let data_bytes = response_data_bytes(table, count);
         let mut buf: Vec<u8> = Vec::with_capacity(read_response_len(table, count));
         // Silence that ends a frame whose length is unknown (a reply we did not ask for).
         let quiet = self.t35.max(Duration::from_millis(5));
         loop {
-            if let Some(want) = expected_len(&buf, fc) {
-                if buf.len() >= want {
-                    let extra = buf.len() > want;
-                    let reply = parse_reply(&buf[..want], unit, table, count);
-                    if extra || reply.is_err() {
-                        self.drain(deadline, quiet).await?;
-                    }
-                    return match reply? {
-                        Reply::Data(words) => Ok(words),
-                        Reply::Exception(code) => {
-                            Err(ReadError::Exception(tokio_modbus::ExceptionCode::new(code)))
-                        }
-                    };
+            let check = check_frame(&buf, fc, data_bytes);
+            if let FrameCheck::Complete(want) = check {
+                let extra = buf.len() > want;
+                let reply = parse_reply(&buf[..want], unit, table, count);
+                if extra || reply.is_err() {
+                    self.drain(deadline, quiet).await?;
                 }
+                return match reply? {
+                    Reply::Data(words) => Ok(words),
+                    Reply::Exception(code) => {
+                        Err(ReadError::Exception(tokio_modbus::ExceptionCode::new(code)))
+                    }
+                };
             }
-            let read_until = if buf.len() >= 2 && expected_len(&buf, fc).is_none() {
-                // Unknown function: the frame ends at the first silence.
+            // An incomplete reply waits for its bytes however they are chunked (USB adapters
+            // deliver a frame in pieces up to 16 ms apart); only a reply whose length cannot
+            // be known ends at the first silence.
+            let read_until = if check == FrameCheck::Unframed {
                 (Instant::now() + quiet).min(deadline)
             } else {
                 deadline
@@ -466,8 +500,78 @@ mod tests {
             b,
             [true, false, true, false, false, false, false, false, true]
         );
-        assert_eq!(expected_len(&f[..3], 0x03), Some(9));
-        assert_eq!(expected_len(&ex[..2], 0x03), Some(5));
+        assert_eq!(check_frame(&f[..3], 0x03, 4), FrameCheck::Incomplete);
+        assert_eq!(check_frame(&f, 0x03, 4), FrameCheck::Complete(9));
+        assert_eq!(check_frame(&f[..2], 0x03, 4), FrameCheck::Incomplete);
+        assert_eq!(check_frame(&ex[..2], 0x03, 4), FrameCheck::Incomplete);
+        assert_eq!(check_frame(&ex, 0x03, 4), FrameCheck::Complete(5));
+        assert_eq!(check_frame(&f, 0x04, 4), FrameCheck::Unframed);
+        assert_eq!(check_frame(&f, 0x03, 6), FrameCheck::Unframed);
+        // A four-byte frame with a valid CRC used to panic.
+        let mut short = vec![7, 0x03];
+        push_crc(&mut short);
+        assert!(matches!(
+            parse_reply(&short, 7, Table::Holding, 2),
+            Err(ReadError::Frame(_))
+        ));
+    }
+
+    /// A valid reply of `count` registers (or bits) from `unit`, with arbitrary data.
+    fn reply(unit: u8, table: Table, count: u16, data: &[u8]) -> Vec<u8> {
+        let n = response_data_bytes(table, count);
+        let mut f = vec![unit, function_code(table), n as u8];
+        f.extend((0..n).map(|i| data.get(i).copied().unwrap_or(i as u8)));
+        push_crc(&mut f);
+        f
+    }
+
+    proptest::proptest! {
+        /// Every prefix of a valid reply is incomplete, the whole reply is complete, and at no
+        /// split point is it taken for anything else.
+        #[test]
+        fn every_split_point_of_a_valid_reply_is_incomplete_until_it_is_whole(
+            unit in 1u8..=247,
+            bits in proptest::bool::ANY,
+            count in 1u16..=125,
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..250),
+            exception in proptest::bool::ANY,
+        ) {
+            let table = if bits { Table::Coil } else { Table::Holding };
+            let fc = function_code(table);
+            let n = response_data_bytes(table, count);
+            let frame = if exception {
+                let mut e = vec![unit, fc | 0x80, 2];
+                push_crc(&mut e);
+                e
+            } else {
+                reply(unit, table, count, &data)
+            };
+            for cut in 0..frame.len() {
+                proptest::prop_assert_eq!(check_frame(&frame[..cut], fc, n), FrameCheck::Incomplete, "cut at {}", cut);
+            }
+            proptest::prop_assert_eq!(check_frame(&frame, fc, n), FrameCheck::Complete(frame.len()));
+            let parsed = parse_reply(&frame, unit, table, count);
+            proptest::prop_assert!(parsed.is_ok(), "{:?}", parsed);
+        }
+
+        /// Random bytes never panic the framer or the parser.
+        #[test]
+        fn random_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            fc in 1u8..=4,
+            count in 1u16..=125,
+            unit in proptest::num::u8::ANY,
+        ) {
+            let table = match fc { 1 => Table::Coil, 2 => Table::Discrete, 3 => Table::Holding, _ => Table::Input };
+            let n = response_data_bytes(table, count);
+            for cut in 0..=bytes.len() {
+                if let FrameCheck::Complete(w) = check_frame(&bytes[..cut], fc, n) {
+                    proptest::prop_assert!(w <= cut);
+                    let _ = parse_reply(&bytes[..w], unit, table, count);
+                }
+                let _ = parse_reply(&bytes[..cut], unit, table, count);
+            }
+        }
     }
 
     #[test]
