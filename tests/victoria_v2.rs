@@ -213,8 +213,10 @@ fn a_silent_device_does_not_slow_the_others_and_recovers() {
     for dev in ["robot-01", "robot-03"] {
         let (_, values, ts) = series(dev);
         let n = ts.iter().filter(|t| **t >= w0 && **t < w1).count() as f64;
+        // At most the configured rate (never a burst), and at least 90 % of it: the machine
+        // is shared, so a poll may be late, but the silent device must not cost the others.
         assert!(
-            (n - expected).abs() <= expected * 0.05,
+            n <= expected * 1.05 + 1.0 && n >= expected * 0.9,
             "{dev}: {n} polls in the window, configured {expected}"
         );
         assert!(values.iter().all(|v| *v == 1.0), "{dev} was reported down");
@@ -255,4 +257,75 @@ fn a_silent_device_does_not_slow_the_others_and_recovers() {
         log.contains("robot-02") && log.contains("timeout"),
         "the fault is logged:\n{log}"
     );
+}
+
+#[test]
+fn garbage_replies_are_counted_and_never_stored_or_fatal() {
+    let s = setup();
+    // Exact registers for robot-02: any value that is not one of these came from garbage.
+    let pos: Vec<u16> = (0..6).map(|i| (i * 100 + 7) as u16).collect();
+    s.line
+        .sim
+        .set_registers("robot-02", Table::Holding, 270, &pos)
+        .unwrap();
+    let agent = AgentProcess::start(&s.line.config);
+    wait_for(Duration::from_secs(30), || {
+        (s.vm.export(r#"{__name__="linetap_device_up"}"#).len() == 3).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no health records; log:\n{}", agent.stderr()));
+    let fault_start = now_ms();
+    s.line.sim.set_fault("robot-02", Fault::Garbage).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let fault_end = now_ms();
+    s.line.sim.set_fault("robot-02", Fault::None).unwrap();
+    // Back up, and polled again after the fault.
+    let up_again = wait_for(Duration::from_secs(10), || {
+        s.vm.export(r#"{__name__="linetap_device_up",device="robot-02"}"#)
+            .into_iter()
+            .flat_map(|(_, v, t)| t.into_iter().zip(v))
+            .any(|(t, v)| t > fault_end + 500 && v == 1.0)
+            .then_some(())
+    });
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "the agent survived the garbage: {log}");
+    assert!(up_again.is_some(), "robot-02 did not recover: {log}");
+    // Down during the fault, for a reason a person can read.
+    let lp = std::fs::read_to_string(s.dir.path().join("out.lp")).unwrap();
+    let reasons: Vec<&str> = lp
+        .lines()
+        .filter(|l| {
+            l.starts_with("linetap_device,")
+                && l.contains("device=robot-02")
+                && l.contains("last_error=\"")
+                && !l.contains("last_error=\"\"")
+        })
+        .collect();
+    assert!(!reasons.is_empty(), "robot-02 never reported an error");
+    // Every stored position of robot-02 is one it really holds: no garbage got through.
+    for (labels, values, ts) in
+        s.vm.export(r#"{__name__="joint_position",device="robot-02"}"#)
+    {
+        let axis: usize = labels["axis"].as_str().unwrap().parse().unwrap();
+        let want = pos[axis - 1] as i16 as f64 * 0.001;
+        for (v, t) in values.iter().zip(&ts) {
+            assert!(
+                (v - want).abs() < 1e-9,
+                "axis {axis} at {t} (fault {fault_start}..{fault_end}): {v} != {want}"
+            );
+        }
+    }
+    // The others were not disturbed: up all along.
+    for dev in ["robot-01", "robot-03"] {
+        let ups: Vec<f64> =
+            s.vm.export(&format!(
+                "{{__name__=\"linetap_device_up\",device=\"{dev}\"}}"
+            ))
+            .into_iter()
+            .flat_map(|(_, v, _)| v)
+            .collect();
+        assert!(
+            !ups.is_empty() && ups.iter().all(|v| *v == 1.0),
+            "{dev}: {ups:?}"
+        );
+    }
 }

@@ -60,20 +60,20 @@ impl CatalogStore {
         Ok(())
     }
 
-    /// Catalog `id` for one sink: from memory while some sink has not taken it yet, else from
-    /// disk. `None` when it is missing.
-    pub fn take(&self, id: u64) -> Option<Arc<Catalog>> {
-        {
-            let mut fresh = self.lock();
-            if let Some((cat, users)) = fresh.get_mut(&id) {
-                let cat = cat.clone();
-                *users = users.saturating_sub(1);
-                if *users == 0 {
-                    fresh.remove(&id);
-                }
-                return Some(cat);
-            }
+    /// Catalog `id` for one sink from memory, while some sink has not taken it yet.
+    pub fn take_fresh(&self, id: u64) -> Option<Arc<Catalog>> {
+        let mut fresh = self.lock();
+        let (cat, users) = fresh.get_mut(&id)?;
+        let cat = cat.clone();
+        *users = users.saturating_sub(1);
+        if *users == 0 {
+            fresh.remove(&id);
         }
+        Some(cat)
+    }
+
+    /// Catalog `id` from disk (blocking: call it on the blocking pool); `None` when missing.
+    pub fn load(&self, id: u64) -> Option<Arc<Catalog>> {
         load(&self.dir, id).map(Arc::new)
     }
 

@@ -266,8 +266,16 @@ impl SinkReader {
 
     /// The catalog version a record refers to (from memory while it is new, else from the
     /// buffer directory), or `None` when it is missing.
-    pub fn catalog(&mut self, id: u64) -> Option<Arc<Catalog>> {
-        self.shared.catalogs.take(id)
+    pub async fn catalog(&mut self, id: u64) -> Option<Arc<Catalog>> {
+        if let Some(c) = self.shared.catalogs.take_fresh(id) {
+            return Some(c);
+        }
+        // An older version: read and decode it on the blocking pool.
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.catalogs.load(id))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// (head seen, read position, acknowledged position), for diagnostics.

@@ -21,8 +21,13 @@ pub fn bind(address: &str) -> Result<TcpListener, String> {
     TcpListener::from_std(std_listener).map_err(|e| format!("metrics_listen {address}: {e}"))
 }
 
+/// Connections answered at once; more are closed without an answer (a scraper that opens
+/// hundreds cannot make the agent hold hundreds of sockets and buffers).
+pub const MAX_CONNECTIONS: usize = 16;
+
 /// Serves until shutdown.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -35,9 +40,15 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: S
             },
             _ = shutdown.recv() => return,
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("metrics endpoint: too many connections; closing one");
+            drop(stream);
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &metrics)).await;
+            drop(permit);
         });
     }
 }
@@ -104,4 +115,49 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_and_the_endpoint_keeps_answering() {
+        let listener = bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (trigger, _) = crate::shutdown::channel();
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::new()),
+            trigger.subscribe(),
+        ));
+        // Idle connections that never send a request hold every slot.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // One more is closed at once, without an answer.
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let _ = extra.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await;
+        let mut got = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(2), extra.read_to_end(&mut got))
+            .await
+            .expect("closed at once, not left hanging");
+        assert!(
+            n.is_err() || got.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+        // Once the idle ones go, it answers again.
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        assert!(body.contains("200") && body.ends_with("ok\n"), "{body}");
+        trigger.fire();
+    }
 }

@@ -21,6 +21,9 @@ pub enum Fault {
     Drop,
     /// RTU: answer with a corrupted CRC (over Modbus TCP, which has no CRC: answer normally).
     BadCrc,
+    /// Modbus TCP: answer with mangled frames (random bytes, truncated, or longer than their
+    /// header says), to fuzz the client's response path (on RTU: like `badcrc`).
+    Garbage,
     /// RTU: write each reply in random pieces with random pauses up to this long between
     /// them, the way USB–RS-485 adapters deliver a frame (over Modbus TCP: answer normally).
     Chunked(Duration),
@@ -28,7 +31,7 @@ pub enum Fault {
 
 impl std::str::FromStr for Fault {
     type Err = String;
-    /// `none`, `slow 300ms`, `silent`, `exception 4`, `drop`, `badcrc`, `chunked 16ms`.
+    /// `none`, `slow 300ms`, `silent`, `exception 4`, `drop`, `badcrc`, `garbage`, `chunked 16ms`.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.split_whitespace();
         match (parts.next(), parts.next()) {
@@ -36,6 +39,7 @@ impl std::str::FromStr for Fault {
             (Some("silent"), None) => Ok(Fault::Silent),
             (Some("drop"), None) => Ok(Fault::Drop),
             (Some("badcrc"), None) => Ok(Fault::BadCrc),
+            (Some("garbage"), None) => Ok(Fault::Garbage),
             (Some("slow"), Some(d)) => crate::config::units::parse_duration(d).map(Fault::Slow),
             (Some("chunked"), Some(d)) => {
                 crate::config::units::parse_duration(d).map(Fault::Chunked)
@@ -45,7 +49,7 @@ impl std::str::FromStr for Fault {
                 .map(Fault::Exception)
                 .map_err(|_| format!("bad exception code {c:?}")),
             _ => Err(format!(
-                "unknown fault {s:?}: use none | slow DURATION | silent | exception CODE | drop | badcrc | chunked DURATION"
+                "unknown fault {s:?}: use none | slow DURATION | silent | exception CODE | drop | badcrc | garbage | chunked DURATION"
             )),
         }
     }

@@ -118,7 +118,7 @@ async fn serve_stream<T: AsyncRead + AsyncWrite + Unpin>(
                     write_chunked(&mut io, &reply, max).await?;
                     continue;
                 }
-                Fault::BadCrc => {
+                Fault::BadCrc | Fault::Garbage => {
                     let mut r = answer(&bank, &frame, started);
                     if let Some(last) = r.last_mut() {
                         *last ^= 0x5A;

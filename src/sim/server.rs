@@ -150,6 +150,7 @@ async fn serve(listener: TcpListener, units: Units, started: Instant) {
                 Droppable {
                     inner: stream,
                     units,
+                    mangled: None,
                 },
             )))
         }
@@ -189,7 +190,7 @@ impl Service for SimService {
             b.serve(&req.request).map(Some)
         };
         match fault {
-            Fault::None | Fault::Drop | Fault::BadCrc | Fault::Chunked(_) => {
+            Fault::None | Fault::Drop | Fault::BadCrc | Fault::Chunked(_) | Fault::Garbage => {
                 Box::pin(std::future::ready(answer()))
             }
             Fault::Slow(d) => Box::pin(async move {
@@ -202,10 +203,43 @@ impl Service for SimService {
     }
 }
 
-/// The connection's stream; reads end it (EOF) while any unit at the address has `Fault::Drop`.
+/// The connection's stream; reads end it (EOF) while any unit at the address has `Fault::Drop`,
+/// and replies are mangled while any has `Fault::Garbage`.
 struct Droppable {
     inner: TcpStream,
     units: Units,
+    /// A mangled reply being written, and how much of it is out.
+    mangled: Option<(Vec<u8>, usize)>,
+}
+
+/// One reply frame, mangled: random bytes, a truncated frame, or a frame longer than its
+/// MBAP header says (or a header that promises more than comes).
+fn mangle(frame: &[u8]) -> Vec<u8> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut out = frame.to_vec();
+    match rng.random_range(0..4) {
+        0 => {
+            let n = rng.random_range(1..=frame.len().max(1) * 2);
+            out = (0..n).map(|_| rng.random()).collect();
+        }
+        1 => out.truncate(rng.random_range(0..frame.len().max(1))),
+        2 => {
+            let extra = rng.random_range(1..300usize);
+            out.extend((0..extra).map(|_| rng.random::<u8>()));
+            if out.len() >= 6 {
+                let len = u16::from_be_bytes([out[4], out[5]]).wrapping_add(extra as u16);
+                out[4..6].copy_from_slice(&len.to_be_bytes());
+            }
+        }
+        _ => {
+            if out.len() >= 6 {
+                let len: u16 = rng.random_range(0..=u16::MAX);
+                out[4..6].copy_from_slice(&len.to_be_bytes());
+            }
+        }
+    }
+    out
 }
 
 impl AsyncRead for Droppable {
@@ -235,7 +269,31 @@ impl AsyncWrite for Droppable {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if self.mangled.is_none() {
+            if !self.units.values().any(|b| lock(b).fault == Fault::Garbage) {
+                return Pin::new(&mut self.inner).poll_write(cx, buf);
+            }
+            self.mangled = Some((mangle(buf), 0));
+        }
+        // Write the whole mangled frame, then report the original as written.
+        loop {
+            let this = &mut *self;
+            let Some((bytes, at)) = this.mangled.as_mut() else {
+                return Poll::Ready(Ok(buf.len()));
+            };
+            if *at >= bytes.len() {
+                this.mangled = None;
+                return Poll::Ready(Ok(buf.len()));
+            }
+            match Pin::new(&mut this.inner).poll_write(cx, &bytes[*at..]) {
+                Poll::Ready(Ok(n)) => *at += n,
+                Poll::Ready(Err(e)) => {
+                    this.mangled = None;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)

@@ -192,7 +192,7 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
             }
             for item in &items {
                 if !known.contains(&item.catalog) && !missing.contains(&item.catalog) {
-                    match reader.catalog(item.catalog) {
+                    match reader.catalog(item.catalog).await {
                         Some(c) => {
                             sink.catalog(item.catalog, &c);
                             known.insert(item.catalog);

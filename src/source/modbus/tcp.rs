@@ -112,6 +112,19 @@ impl TcpLink {
             Err(_) => Err(ReadError::Timeout),
             Ok(Err(e)) => Err(ReadError::Link(describe_link_error(&e))),
             Ok(Ok(Err(code))) => Err(ReadError::Exception(code)),
+            // A reply must carry what was asked: never more (a peer does not decide how much
+            // we keep), never less.
+            Ok(Ok(Ok(Words::Registers(r)))) if r.len() != count as usize => Err(ReadError::Frame(
+                format!("{} registers in reply to {count}", r.len()),
+            )),
+            Ok(Ok(Ok(Words::Bits(b))))
+                if b.len() < count as usize || b.len() > count as usize + 7 =>
+            {
+                Err(ReadError::Frame(format!(
+                    "{} bits in reply to {count}",
+                    b.len()
+                )))
+            }
             Ok(Ok(Ok(words))) => Ok(words),
         };
         match &result {
