@@ -75,6 +75,25 @@ def metric(port, name):
     return total
 
 
+def poll_stats(port, since=None):
+    """Polls, missed ticks and polls slower than 5 ms / 10 ms so far (or since `since`)."""
+    now = {
+        "polls": metric(port, "linetap_poll_duration_seconds_count"),
+        "missed_ticks": metric(port, "linetap_poll_missed_ticks_total"),
+        "le_5ms": sum(float(l.split()[-1]) for l in http(f"http://127.0.0.1:{port}/metrics").splitlines()
+                      if l.startswith("linetap_poll_duration_seconds_bucket") and 'le="0.005"' in l),
+        "le_10ms": sum(float(l.split()[-1]) for l in http(f"http://127.0.0.1:{port}/metrics").splitlines()
+                       if l.startswith("linetap_poll_duration_seconds_bucket") and 'le="0.01"' in l),
+    }
+    if since is None:
+        return now
+    d = {k: now[k] - since[k] for k in now}
+    polls = d["polls"] or 1
+    return {"polls": int(d["polls"]), "missed_ticks": int(d["missed_ticks"]),
+            "share_over_5ms": round(1 - d["le_5ms"] / polls, 4),
+            "share_over_10ms": round(1 - d["le_10ms"] / polls, 4)}
+
+
 def config(n, ports, vm_url, poll):
     out = [
         '[line]\nid = "bench"\nsite = "lab"\n',
@@ -98,9 +117,14 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--poll", default="100ms")
     ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--gzip", action="store_true",
+                    help="compress the writes to the store (off by default for a loopback store)")
     ap.add_argument("--outage", type=float, default=0,
                     help="stop VictoriaMetrics this many seconds in the middle and measure the drain rate")
     a = ap.parse_args()
+    global EXTRA
+    if a.gzip:
+        EXTRA += "gzip = true\n"
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
     vm_bin = shutil.which("victoria-metrics") or sys.exit("apt-get install victoria-metrics")
@@ -134,6 +158,9 @@ def main():
         t0 = time.time()
         drain = None
         if a.outage > 0:
+            steady0 = poll_stats(METRICS_PORT)
+            time.sleep(min(5.0, a.outage))
+            steady = poll_stats(METRICS_PORT, steady0)
             vm.send_signal(15)
             vm.wait(timeout=30)
             time.sleep(a.outage)
@@ -144,9 +171,11 @@ def main():
             procs.append(vm)
             wait_ok(vm_url + "/health", vm, "victoria-metrics")
             r0 = time.time()
+            during0 = poll_stats(METRICS_PORT)
             while metric(METRICS_PORT, "linetap_buffer_bytes") > 256 * 1024 and time.time() - r0 < 300:
                 time.sleep(0.05)
             r1 = time.time()
+            during = poll_stats(METRICS_PORT, during0)
             behind = collected_before - delivered_before
             delivered_after = metric(METRICS_PORT, "linetap_samples_delivered_total")
             drain = {
@@ -154,6 +183,7 @@ def main():
                 "caught_up_in_s": round(r1 - r0, 2),
                 "delivered_samples_per_s_while_draining": round((delivered_after - delivered_before) / (r1 - r0)),
                 "ingest_samples_per_s": round(collected_before / (time.time() - t0 + a.warmup)),
+                "polls_steady": steady, "polls_while_draining": during,
             }
         remaining = a.seconds - (time.time() - t0)
         if remaining > 0:
