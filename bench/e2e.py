@@ -94,6 +94,28 @@ def poll_stats(port, since=None):
             "share_over_10ms": round(1 - d["le_10ms"] / polls, 4)}
 
 
+def poll_seconds(poll):
+    if poll.endswith("ms"):
+        return float(poll[:-2]) / 1000.0
+    return float(poll.rstrip("s"))
+
+
+def run_floor(tmp, ports, poll, seconds):
+    """The bare libmodbus loop against the same simulated devices: CPU per million values read."""
+    exe = os.path.join(tmp, "floor")
+    src = os.path.join(ROOT, "bench", "floor.c")
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libmodbus"], capture_output=True, text=True)
+    if flags.returncode != 0:
+        sys.exit("--floor needs libmodbus-dev (apt-get install libmodbus-dev) and pkg-config")
+    subprocess.run(["cc", "-O2", "-o", exe, src] + flags.stdout.split(), check=True)
+    out = subprocess.run([exe, ",".join(str(p) for p in ports), str(poll_seconds(poll) * 1000.0),
+                          str(seconds), "200"], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout)
+    r["cpu_seconds_per_million_values"] = round(r["cpu_seconds"] / (r["values"] / 1e6), 3) if r["values"] else None
+    r["values_per_s"] = round(r["values"] / r["seconds"])
+    return r
+
+
 def config(n, ports, vm_url, poll):
     out = [
         '[line]\nid = "bench"\nsite = "lab"\n',
@@ -117,6 +139,10 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--poll", default="100ms")
     ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--floor", action="store_true",
+                    help="first run the bare libmodbus polling loop (bench/floor.c) against the same "
+                         "simulator for the same time, and print linetap's CPU per million values "
+                         "as a ratio of it (needs cc and libmodbus-dev)")
     ap.add_argument("--gzip", action="store_true",
                     help="compress the writes to the store (off by default for a loopback store)")
     ap.add_argument("--outage", type=float, default=0,
@@ -149,6 +175,9 @@ def main():
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(sim)
         time.sleep(1.0)
+        floor = None
+        if a.floor:
+            floor = run_floor(tmp, ports, a.poll, a.seconds)
         env = dict(os.environ, BENCH_TOKEN="t", LINETAP_LOG="warn")
         agent = subprocess.Popen([BIN, "run", "--config", cfg_path], env=env,
                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "agent.log"), "w"))
@@ -209,7 +238,8 @@ def main():
         r = json.loads(http(vm_url + "/api/v1/query?" + urllib.parse.urlencode({"query": q, "time": f"{t1:.3f}"})))
         res = r["data"]["result"]
         delivered = float(res[0]["value"][1]) if res else 0.0
-        expected = a.devices * 100 * (t1 - t0) / (float(a.poll.rstrip("ms")) / 1000.0 if a.poll.endswith("ms") else float(a.poll.rstrip("s")))
+        poll_s = poll_seconds(a.poll)
+        expected = a.devices * 100 * (t1 - t0) / poll_s if poll_s > 0 else 0
         cpu = cpu1 - cpu0
         per_million = cpu / (delivered / 1e6) if delivered else float("inf")
         print(json.dumps({
@@ -219,6 +249,10 @@ def main():
             "agent_peak_rss_mb": round(rss, 1), "cpu_percent_of_one_core": round(100 * cpu / (t1 - t0), 2),
             "drain": drain,
             "buffer_bytes_written_per_million_samples": round(written / (collected_total / 1e6)) if written and collected_total else None,
+            "values_per_s": round(delivered / (t1 - t0)),
+            "floor": floor,
+            "ratio_to_floor": round(per_million / floor["cpu_seconds_per_million_values"], 2)
+                if floor and floor.get("cpu_seconds_per_million_values") else None,
         }))
     finally:
         for p in reversed(procs):

@@ -71,6 +71,7 @@ pub fn render_plan(config: &Config) -> String {
             .unwrap_or_default()
     );
     let mut total_requests_per_s = 0.0;
+    let mut back_to_back = 0usize;
     let mut total_values_per_s = 0.0;
     for (d, plan) in config.devices.iter().zip(&plans) {
         let values: u32 = d.points.iter().map(|p| p.count as u32).sum();
@@ -93,14 +94,19 @@ pub fn render_plan(config: &Config) -> String {
             let _ = writeln!(o, "  point {:<24} {}", p.name, describe_point(p));
         }
         for g in &plan.groups {
-            let per_s = 1.0 / g.interval.as_secs_f64();
             let values: usize = g.requests.iter().map(|r| r.fields.len()).sum();
-            total_requests_per_s += per_s * g.requests.len() as f64;
-            total_values_per_s += per_s * values as f64;
+            let every = if g.interval.is_zero() {
+                back_to_back += 1;
+                "back to back (as fast as the device answers)".to_string()
+            } else {
+                let per_s = 1.0 / g.interval.as_secs_f64();
+                total_requests_per_s += per_s * g.requests.len() as f64;
+                total_values_per_s += per_s * values as f64;
+                format!("every {:?}", g.interval)
+            };
             let _ = writeln!(
                 o,
-                "  every {:?}: {} request{}, {} value{}",
-                g.interval,
+                "  {every}: {} request{}, {} value{}",
                 g.requests.len(),
                 plural(g.requests.len()),
                 values,
@@ -183,7 +189,7 @@ pub fn render_plan(config: &Config) -> String {
     }
     let _ = writeln!(
         o,
-        "\ntotal: {} devices, {:.1} requests/s, {:.0} values/s (+ {} health records/s)",
+        "\ntotal: {} devices, {:.1} requests/s, {:.0} values/s (+ {} health records/s){}",
         config.devices.len(),
         total_requests_per_s,
         total_values_per_s,
@@ -192,9 +198,17 @@ pub fn render_plan(config: &Config) -> String {
             .map(|p| p
                 .groups
                 .iter()
-                .map(|g| 1.0 / g.interval.as_secs_f64())
+                .map(|g| 1.0
+                    / g.interval
+                        .max(crate::source::modbus::poller::HEALTH_EVERY)
+                        .as_secs_f64())
                 .fold(0.0, f64::max))
-            .sum::<f64>()
+            .sum::<f64>(),
+        if back_to_back > 0 {
+            format!(", plus {back_to_back} group(s) polled back to back")
+        } else {
+            String::new()
+        }
     );
     o
 }

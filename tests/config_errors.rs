@@ -312,10 +312,11 @@ broken!(
     says: "a duration needs a unit",
 );
 
+// `poll = "0s"` means back to back; a zero timeout is still an error.
 broken!(
     duration_of_zero,
-    edit(BASE, "poll = \"100ms\"", "poll = \"0s\""),
-    at: ("poll = \"0s\"", 1, "\"0s\""),
+    edit(BASE, "poll = \"100ms\"", "poll = \"100ms\"\ntimeout = \"0s\""),
+    at: ("timeout = \"0s\"", 1, "\"0s\""),
     says: "duration \"0s\" must be > 0",
 );
 

@@ -2,7 +2,7 @@
 //! validation. Every struct denies unknown keys; fields that validation needs to point at
 //! are wrapped in `Spanned` so an error can name their line and column.
 
-use super::units::{ConfDuration, ConfSize};
+use super::units::{ConfDuration, ConfInterval, ConfSize};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::collections::BTreeMap;
@@ -178,7 +178,7 @@ pub struct DeviceSection {
     pub address: Option<Spanned<String>>,
     pub serial: Option<Spanned<SerialSection>>,
     pub unit: Option<Spanned<i64>>,
-    pub poll: Option<ConfDuration>,
+    pub poll: Option<ConfInterval>,
     pub timeout: Option<ConfDuration>,
     pub max_registers: Option<Spanned<i64>>,
     pub max_gap: Option<Spanned<i64>>,
@@ -339,7 +339,7 @@ pub struct PointSection {
     pub measurement: Option<Spanned<String>>,
     #[serde(default)]
     pub tags: Tags,
-    pub poll: Option<ConfDuration>,
+    pub poll: Option<ConfInterval>,
     #[serde(rename = "enum")]
     pub enum_map: Option<Spanned<BTreeMap<String, String>>>,
     pub writable: Option<bool>,

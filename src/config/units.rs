@@ -96,6 +96,32 @@ impl<'de> Deserialize<'de> for ConfDuration {
     }
 }
 
+/// A poll interval: a duration, where `"0s"` means back to back (the next request as soon as
+/// the reply is in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfInterval(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfInterval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ConfInterval;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an interval such as \"100ms\", \"1s\", or \"0s\" for back to back")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ConfInterval, E> {
+                parse_duration(v).map(ConfInterval).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<ConfInterval, E> {
+                Err(E::custom(
+                    "a duration needs a unit: write it as a string such as \"500ms\"",
+                ))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A configured byte size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfSize(pub u64);

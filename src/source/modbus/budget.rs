@@ -61,7 +61,8 @@ pub fn bus_budget(serial: &SerialConfig, devices: &[DeviceLoad<'_>]) -> BusBudge
                 .map(|r| request_time(serial, r.table, r.count, d.turnaround))
                 .sum();
             cycle += per_cycle;
-            load += per_cycle.as_secs_f64() / g.interval.as_secs_f64();
+            // A group polled back to back (interval 0) takes the whole bus.
+            load += per_cycle.as_secs_f64() / g.interval.max(per_cycle).as_secs_f64().max(1e-9);
             shortest = shortest.min(g.interval);
         }
     }

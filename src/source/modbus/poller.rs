@@ -55,6 +55,11 @@ pub struct Schedule {
 impl Schedule {
     /// Advances past `now` from the previous deadline, returning how many ticks were skipped.
     pub fn advance(&mut self, now: Instant) -> u64 {
+        if self.interval.is_zero() {
+            // Back to back: due again at once, never behind.
+            self.next = now;
+            return 0;
+        }
         self.next += self.interval;
         if self.next > now {
             return 0;
@@ -139,7 +144,14 @@ struct DeviceState {
     /// The kind of failure last logged, so a persistent fault is logged once, not every cycle.
     logged: Option<&'static str>,
     degrade: Degrade,
+    /// When the last health record was written.
+    last_health: Option<Instant>,
 }
+
+/// A device polled faster than this (back to back, `poll = "0s"`, or a few ms) writes its
+/// health record at most this often: four health fields per poll would cost more than the
+/// values at thousands of polls per second.
+pub const HEALTH_EVERY: Duration = Duration::from_millis(100);
 
 /// Polls `devices` (with their outputs and metrics slots, in the same order) over `link` until
 /// shutdown.
@@ -179,6 +191,7 @@ pub async fn run(
             last_error: None,
             logged: None,
             degrade: Degrade::new(),
+            last_health: None,
         })
         .collect();
     if slots.is_empty() {
@@ -308,7 +321,17 @@ pub async fn run(
             }
         }
         st.cycle_latency += cycle_start.elapsed();
-        if slot.primary {
+        let health_due = group.interval >= HEALTH_EVERY
+            || st
+                .last_health
+                .is_none_or(|t| cycle_start.duration_since(t) >= HEALTH_EVERY);
+        if slot.primary && !health_due {
+            // Not yet: the next record reports the latest cycle's latency, and down if any
+            // cycle in between failed.
+            st.cycle_latency = Duration::ZERO;
+        }
+        if slot.primary && health_due {
+            st.last_health = Some(cycle_start);
             let ts = batch.stamp(now_ns());
             let h = dev.health;
             let up = st.cycle_ok;
@@ -454,6 +477,18 @@ mod tests {
         };
         assert_eq!(s.advance(t0 + ms(100)), 1);
         assert_eq!(s.next, t0 + ms(200));
+    }
+
+    #[test]
+    fn back_to_back_is_due_again_at_once_and_never_behind() {
+        let t0 = Instant::now();
+        let mut s = Schedule {
+            next: t0,
+            interval: Duration::ZERO,
+        };
+        let later = t0 + Duration::from_millis(3);
+        assert_eq!(s.advance(later), 0);
+        assert_eq!(s.next, later);
     }
 
     #[test]
