@@ -113,6 +113,7 @@ def run_floor(tmp, ports, poll, seconds):
     r = json.loads(out.stdout)
     r["cpu_seconds_per_million_values"] = round(r["cpu_seconds"] / (r["values"] / 1e6), 3) if r["values"] else None
     r["values_per_s"] = round(r["values"] / r["seconds"])
+    r["polls_per_s"] = round(r["values"] / 100 / r["seconds"])
     return r
 
 
@@ -184,6 +185,8 @@ def main():
         procs.append(agent)
         time.sleep(a.warmup)
         cpu0 = proc_cpu_seconds(agent.pid)
+        polls0 = metric(METRICS_PORT, "linetap_poll_duration_seconds_count")
+        collected0 = metric(METRICS_PORT, "linetap_samples_collected_total")
         t0 = time.time()
         drain = None
         if a.outage > 0:
@@ -219,6 +222,11 @@ def main():
             time.sleep(remaining)
         cpu1 = proc_cpu_seconds(agent.pid)
         t1 = time.time()
+        try:
+            polls_per_s = (metric(METRICS_PORT, "linetap_poll_duration_seconds_count") - polls0) / (t1 - t0)
+            collected_per_s = (metric(METRICS_PORT, "linetap_samples_collected_total") - collected0) / (t1 - t0)
+        except Exception:
+            polls_per_s = collected_per_s = None
         rss = proc_peak_rss_mb(agent.pid)
         written, collected_total = None, 0.0
         try:
@@ -250,6 +258,8 @@ def main():
             "drain": drain,
             "buffer_bytes_written_per_million_samples": round(written / (collected_total / 1e6)) if written and collected_total else None,
             "values_per_s": round(delivered / (t1 - t0)),
+            "polls_per_s": round(polls_per_s) if polls_per_s is not None else None,
+            "samples_collected_per_s": round(collected_per_s) if collected_per_s is not None else None,
             "floor": floor,
             "ratio_to_floor": round(per_million / floor["cpu_seconds_per_million_values"], 2)
                 if floor and floor.get("cpu_seconds_per_million_values") else None,

@@ -206,9 +206,18 @@ pub async fn run(
         }) else {
             return;
         };
-        tokio::select! {
-            _ = tokio::time::sleep_until(slots[i].schedule.next) => {}
-            _ = shutdown.recv() => return,
+        if slots[i].schedule.next > Instant::now() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(slots[i].schedule.next) => {}
+                _ = shutdown.recv() => return,
+            }
+        } else if shutdown.is_shutdown() {
+            return;
+        } else {
+            // Already due (back to back, or late): no timer. tokio's timer rounds a deadline
+            // up to its next millisecond tick, which would cap a device at ~1000 polls/s.
+            // Yield once so a device polled back to back never starves the other tasks.
+            tokio::task::yield_now().await;
         }
         let slot = &slots[i];
         let slot_device = slot.device;
