@@ -87,7 +87,7 @@ impl Agent {
             components.push(s.id().clone());
             components.extend(s.devices());
         }
-        let version = registry.version();
+        let (version, next_ids) = registry.into_version();
 
         let slots = config
             .sinks
@@ -104,7 +104,12 @@ impl Agent {
             slots,
             metrics.clone(),
         )?;
-        let catalogs = Arc::new(Catalogs::new(registry, input.clone()));
+        let catalogs = Arc::new(Catalogs::new(
+            &version,
+            next_ids,
+            input.clone(),
+            buffer_dir.join("catalogs"),
+        ));
         let (sink_trigger, _) = shutdown::channel();
         let mut sinks = Vec::new();
         for (index, (s, built)) in config.sinks.iter().zip(built_sinks).enumerate() {

@@ -164,6 +164,43 @@ impl Registry {
         r
     }
 
+    /// A registry holding `catalog` (its devices, points and ids), as it was when that version
+    /// was made: what a run-time change starts from. Ids below `next_point` / `next_device`
+    /// are never handed out again.
+    pub fn from_catalog(catalog: &Catalog, next_point: u32, next_device: u32) -> Registry {
+        let mut r = Registry::new(
+            &catalog.line,
+            &catalog.site,
+            catalog.tags.clone(),
+            Some(catalog),
+        );
+        r.next_point = r.next_point.max(next_point);
+        r.next_device = r.next_device.max(next_device);
+        for d in &catalog.devices {
+            r.devices.push(DeviceEntry {
+                descriptor: d.clone(),
+                points: catalog
+                    .points
+                    .iter()
+                    .filter(|p| p.device == d.id)
+                    .cloned()
+                    .collect(),
+            });
+        }
+        r.current = Some(catalog_id(catalog).0);
+        r
+    }
+
+    /// The next ids to hand out: (point, device).
+    pub fn next_ids(&self) -> (u32, u32) {
+        (self.next_point, self.next_device)
+    }
+
+    /// The line's identity: (line, site, tags).
+    pub fn line(&self) -> (&str, &str, &[Tag]) {
+        (&self.line, &self.site, &self.line_tags)
+    }
+
     /// Adds a device, or replaces the device of the same name with these points; returns the
     /// ids given (points whose key existed before keep their id). `descriptor.id` and the
     /// points' `id` and `device` are filled in here.
@@ -247,6 +284,36 @@ impl Registry {
             id,
             catalog: Arc::new(catalog),
         }
+    }
+
+    /// The current version, built by moving the registered devices into it (no copy: on a
+    /// large line the catalog is megabytes), with what a later change needs to go on from it:
+    /// the next ids (point, device).
+    pub fn into_version(self) -> (Version, (u32, u32)) {
+        let next = (self.next_point, self.next_device);
+        drop(self.point_ids);
+        drop(self.device_ids);
+        let mut devices = Vec::with_capacity(self.devices.len());
+        let mut points = Vec::with_capacity(self.devices.iter().map(|d| d.points.len()).sum());
+        for d in self.devices {
+            devices.push(d.descriptor);
+            points.extend(d.points);
+        }
+        let catalog = Catalog {
+            line: self.line,
+            site: self.site,
+            tags: self.line_tags,
+            devices,
+            points,
+        };
+        let (id, _) = catalog_id(&catalog);
+        (
+            Version {
+                id,
+                catalog: Arc::new(catalog),
+            },
+            next,
+        )
     }
 
     /// Whether the catalog changed since the last `version()`.
@@ -352,6 +419,23 @@ mod tests {
         assert_eq!(b.points, vec![3, 2]);
         let c = r.set_device(device("c"), vec![point("x")]);
         assert_eq!(c.device, 2);
+    }
+
+    #[test]
+    fn a_registry_restored_from_its_catalog_changes_it_as_the_original_would() {
+        let mut r = Registry::new("l", "s", Vec::new(), None);
+        r.set_device(device("a"), vec![point("x"), point("y")]);
+        r.set_device(device("b"), vec![point("x")]);
+        let v1 = r.version();
+        let (np, nd) = r.next_ids();
+        let mut restored = Registry::from_catalog(&v1.catalog, np, nd);
+        let (moved, next) = Registry::from_catalog(&v1.catalog, np, nd).into_version();
+        assert_eq!((moved.id, next), (v1.id, (np, nd)));
+        assert!(!restored.changed());
+        assert_eq!(restored.version().id, v1.id);
+        assert_eq!(restored.add_points("a", vec![point("z")]), Some(vec![3]));
+        assert_eq!(r.add_points("a", vec![point("z")]), Some(vec![3]));
+        assert_eq!(restored.version().id, r.version().id);
     }
 
     #[test]

@@ -2,29 +2,57 @@
 //! device (a Sparkplug birth, a test source), add or replace a device, remove one (a reload).
 //! Each change makes a new catalog version and queues it to the buffer *before* returning, so
 //! the batches the caller publishes next are written after it.
+//!
+//! Between changes nothing of the catalog is kept here (on a large line it is megabytes): a
+//! change starts from the current version, still in memory while the buffer or a sink holds
+//! it, else read back from the buffer's `catalogs/`, where every version is stored.
 
-use crate::buffer::BufferInput;
+use crate::buffer::{catalogs, BufferInput};
 use crate::model::catalog::{DeviceIds, Registry, Version};
-use crate::model::{DeviceDescriptor, PointDescriptor};
+use crate::model::{Catalog, DeviceDescriptor, PointDescriptor, Tag};
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
 use tokio::sync::Mutex;
 
-pub struct Catalogs {
-    registry: Mutex<Registry>,
+struct State {
+    current_id: u64,
+    current: Weak<Catalog>,
+    next_point: u32,
+    next_device: u32,
+    line: (String, String, Vec<Tag>),
     /// `None` once the agent stops (the buffer's writer ends when every input is gone).
-    input: Mutex<Option<BufferInput>>,
+    input: Option<BufferInput>,
+}
+
+pub struct Catalogs {
+    state: Mutex<State>,
+    /// The buffer's `catalogs/` directory.
+    dir: PathBuf,
 }
 
 impl Catalogs {
-    pub fn new(registry: Registry, input: BufferInput) -> Self {
+    /// Takes over from start-up: `version` is in the buffer already, `next` the next ids
+    /// (point, device) its registry would have handed out.
+    pub fn new(version: &Version, next: (u32, u32), input: BufferInput, dir: PathBuf) -> Self {
+        let (next_point, next_device) = next;
+        let c = &version.catalog;
+        let (line, site, tags) = (c.line.as_str(), c.site.as_str(), c.tags.as_slice());
         Catalogs {
-            registry: Mutex::new(registry),
-            input: Mutex::new(Some(input)),
+            state: Mutex::new(State {
+                current_id: version.id,
+                current: Arc::downgrade(&version.catalog),
+                next_point,
+                next_device,
+                line: (line.to_string(), site.to_string(), tags.to_vec()),
+                input: Some(input),
+            }),
+            dir,
         }
     }
 
     /// Lets go of the buffer (at shutdown): later changes are not recorded.
     pub async fn close(&self) {
-        self.input.lock().await.take();
+        self.state.lock().await.input.take();
     }
 
     /// Adds points to a registered device; returns their ids and the new version.
@@ -33,9 +61,8 @@ impl Catalogs {
         device: &str,
         points: Vec<PointDescriptor>,
     ) -> Option<(Vec<u32>, Version)> {
-        let mut r = self.registry.lock().await;
-        let ids = r.add_points(device, points)?;
-        Some((ids, self.publish(&mut r).await))
+        let (ids, v) = self.change(|r| r.add_points(device, points)).await;
+        Some((ids?, v))
     }
 
     /// Adds a device, or replaces the one of the same name.
@@ -44,32 +71,57 @@ impl Catalogs {
         device: DeviceDescriptor,
         points: Vec<PointDescriptor>,
     ) -> (DeviceIds, Version) {
-        let mut r = self.registry.lock().await;
-        let ids = r.set_device(device, points);
-        (ids, self.publish(&mut r).await)
+        self.change(|r| r.set_device(device, points)).await
     }
 
     /// Removes a device from the next version.
     pub async fn remove_device(&self, device: &str) -> Version {
-        let mut r = self.registry.lock().await;
-        r.remove_device(device);
-        self.publish(&mut r).await
+        self.change(|r| r.remove_device(device)).await.1
     }
 
     /// The current version.
     pub async fn current(&self) -> Version {
-        self.registry.lock().await.version()
+        self.change(|_| ()).await.1
     }
 
-    async fn publish(&self, r: &mut Registry) -> Version {
-        let changed = r.changed();
-        let v = r.version();
-        if changed {
-            // Under the registry lock: versions reach the buffer in the order they were made.
-            if let Some(input) = self.input.lock().await.as_ref() {
+    /// Applies `f` to a registry restored from the current version, and queues the new
+    /// version (if it changed) before returning. Changes are serialized: versions reach the
+    /// buffer in the order they were made.
+    async fn change<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> (R, Version) {
+        let mut st = self.state.lock().await;
+        let current = match st.current.upgrade() {
+            Some(c) => Some(c),
+            None => {
+                let (dir, id) = (self.dir.clone(), st.current_id);
+                tokio::task::spawn_blocking(move || catalogs::load(&dir, id).map(Arc::new))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
+        let mut registry = match &current {
+            Some(c) => Registry::from_catalog(c, st.next_point, st.next_device),
+            None => {
+                tracing::error!(catalog = format_args!("{:016x}", st.current_id), "the current catalog version is missing from the buffer; the next version starts empty");
+                let (line, site, tags) = &st.line;
+                let mut r = Registry::new(line, site, tags.clone(), None);
+                let _ = r.version();
+                r
+            }
+        };
+        drop(current);
+        let out = f(&mut registry);
+        let changed = registry.changed();
+        let v = registry.version();
+        (st.next_point, st.next_device) = registry.next_ids();
+        drop(registry);
+        if changed && v.id != st.current_id {
+            st.current_id = v.id;
+            st.current = Arc::downgrade(&v.catalog);
+            if let Some(input) = st.input.as_ref() {
                 input.publish_catalog(v.clone()).await;
             }
         }
-        v
+        (out, v)
     }
 }
