@@ -47,7 +47,7 @@ enum Command {
     },
     /// Serve the simulated devices a configuration describes (Modbus TCP, RTU on the `serial.port`
     /// device or pty, RTU over TCP). Reads commands on stdin:
-    /// `fault DEVICE none|silent|drop|slow 300ms|exception 4|badcrc|chunked 16ms` (RTU: replies in random pieces).
+    /// `fault DEVICE none|silent|drop|slow 300ms|exception 4|badcrc|garbage|chunked 16ms`.
     Simulate {
         #[arg(long, short)]
         config: PathBuf,
@@ -179,7 +179,7 @@ async fn simulate(cfg: config::Config) -> i32 {
                         Err(e) => println!("error: {e}"),
                     },
                     (Some(""), None, None) => {}
-                    _ => println!("error: commands: fault DEVICE none|silent|drop|slow DURATION|exception CODE|badcrc|chunked DURATION"),
+                    _ => println!("error: commands: fault DEVICE none|silent|drop|slow DURATION|exception CODE|badcrc|garbage|chunked DURATION"),
                 }
             }
         }

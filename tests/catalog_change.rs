@@ -77,7 +77,13 @@ impl Source for GrowingSource {
     fn start(self: Box<Self>, ctx: SourceContext) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut out = ctx.output("probe-1", self.device);
-            let mut shutdown = ctx.shutdown.clone();
+            // Keep nothing of the start-up catalog: the change below must restore it from the
+            // buffer's catalogs/ once the sinks have let go of it.
+            let SourceContext {
+                catalogs,
+                mut shutdown,
+                ..
+            } = ctx;
             let mut b: Option<u32> = None;
             let mut n = self.emitted.load(Relaxed);
             loop {
@@ -87,8 +93,7 @@ impl Source for GrowingSource {
                 }
                 n += 1;
                 if b.is_none() && n > self.grow_after {
-                    let (ids, version) = ctx
-                        .catalogs
+                    let (ids, version) = catalogs
                         .add_points("probe-1", vec![point("b")])
                         .await
                         .expect("the device is registered");

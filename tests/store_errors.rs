@@ -150,7 +150,12 @@ fn a_refused_line_is_dead_lettered_and_the_rest_of_its_batch_delivered() {
     let r = request(
         "POST",
         &format!("{}/write?db=late&u={}&p={}", influx.url, ADMIN.0, ADMIN.1),
-        Some(&format!("m,device=planted speed=\"text\" {now_ns}")),
+        // Field types are per shard (a week): plant the string in the next minutes' shard
+        // too, in case the test runs across a shard boundary.
+        Some(&format!(
+            "m,device=planted speed=\"text\" {now_ns}\nm,device=planted speed=\"text\" {}",
+            now_ns + 120_000_000_000
+        )),
     )
     .unwrap();
     assert_eq!(r.status, 204, "{}", r.body);

@@ -414,6 +414,26 @@ fn block_holds_the_sources_back_keeps_what_it_accepted_and_lets_the_agent_stop()
         (collected() == before).then_some(())
     });
     assert!(still.is_some(), "polls were not held back");
+    // The store comes back: the sinks deliver, the budget frees, polling resumes.
+    l.vm.restart();
+    let resumed = wait_for(Duration::from_secs(60), || {
+        let before = collected();
+        std::thread::sleep(Duration::from_secs(1));
+        (collected() > before).then_some(())
+    });
+    assert!(
+        resumed.is_some(),
+        "polling did not resume once the store was back:\n{}",
+        agent.stderr()
+    );
+    // And is held back again when the store goes away again.
+    l.vm.stop();
+    let still = wait_for(Duration::from_secs(120), || {
+        let before = collected();
+        std::thread::sleep(Duration::from_secs(2));
+        (collected() == before).then_some(())
+    });
+    assert!(still.is_some(), "polls were not held back the second time");
     // A stop while held back ends within the grace period (3 s) and a margin.
     let asked = Instant::now();
     let (code, log) = agent.stop();

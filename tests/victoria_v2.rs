@@ -286,8 +286,21 @@ fn garbage_replies_are_counted_and_never_stored_or_fatal() {
             .any(|(t, v)| t > fault_end + 500 && v == 1.0)
             .then_some(())
     });
+    let failed: f64 = ["timeout", "link_error", "frame_error"]
+        .iter()
+        .filter_map(|r| {
+            metric(
+                &s.metrics_url,
+                &format!("linetap_modbus_requests_total{{device=\"robot-02\",result=\"{r}\"}}"),
+            )
+        })
+        .sum();
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "the agent survived the garbage: {log}");
+    assert!(
+        failed >= 3.0,
+        "garbage replies counted as failed requests: {failed}"
+    );
     assert!(up_again.is_some(), "robot-02 did not recover: {log}");
     // Down during the fault, for a reason a person can read.
     let lp = std::fs::read_to_string(s.dir.path().join("out.lp")).unwrap();
@@ -302,9 +315,10 @@ fn garbage_replies_are_counted_and_never_stored_or_fatal() {
         .collect();
     assert!(!reasons.is_empty(), "robot-02 never reported an error");
     // Every stored position of robot-02 is one it really holds: no garbage got through.
-    for (labels, values, ts) in
-        s.vm.export(r#"{__name__="joint_position",device="robot-02"}"#)
-    {
+    let positions =
+        s.vm.export(r#"{__name__="joint_position",device="robot-02"}"#);
+    assert_eq!(positions.len(), 6, "robot-02's six axes were stored");
+    for (labels, values, ts) in positions {
         let axis: usize = labels["axis"].as_str().unwrap().parse().unwrap();
         let want = pos[axis - 1] as i16 as f64 * 0.001;
         for (v, t) in values.iter().zip(&ts) {

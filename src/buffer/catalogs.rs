@@ -38,9 +38,16 @@ impl CatalogStore {
         })
     }
 
-    /// Writes a version durably (unless it is there already) and keeps it in memory for the
-    /// sinks. Runs on the writer thread (or at start-up), never on the runtime thread.
+    /// Keeps a new version in memory for the sinks (only the newest: an older one is read
+    /// back from disk by a sink that still needs it) and writes it durably, unless it is there
+    /// already. Runs on the writer thread (or at start-up), never on the runtime thread. Even
+    /// when the write fails the sinks get the version from memory.
     pub fn store(&self, v: &Version) -> io::Result<()> {
+        if self.sinks > 0 {
+            let mut fresh = self.lock();
+            fresh.clear();
+            fresh.insert(v.id, (v.catalog.clone(), self.sinks));
+        }
         let p = path(&self.dir, v.id);
         if !p.exists() {
             let tmp = p.with_extension("tmp");
@@ -53,9 +60,6 @@ impl CatalogStore {
             }
             std::fs::rename(&tmp, &p)?;
             super::log::sync_dir(&self.dir);
-        }
-        if self.sinks > 0 {
-            self.lock().insert(v.id, (v.catalog.clone(), self.sinks));
         }
         Ok(())
     }

@@ -158,8 +158,14 @@ impl Buffer {
                     .ok()
             })
             .max()?;
-        let header = std::fs::read(log::segment_path(&seg_dir, newest)).ok()?;
-        let id = record::parse_segment_header(header.get(..record::SEGMENT_HEADER_LEN as usize)?)?;
+        let mut header = [0u8; record::SEGMENT_HEADER_LEN as usize];
+        {
+            use std::io::Read;
+            std::fs::File::open(log::segment_path(&seg_dir, newest))
+                .and_then(|mut f| f.read_exact(&mut header))
+                .ok()?;
+        }
+        let id = record::parse_segment_header(&header)?;
         catalogs::load(&dir.join("catalogs"), id)
     }
 

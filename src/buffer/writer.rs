@@ -109,6 +109,16 @@ pub(super) fn write_loop(
                     last_sync = Instant::now();
                     cursors::persist(&shared);
                 }
+                // Seal the current segment, so the sinks' deliveries can free all of it: the last
+                // segment is never deleted, and a full one would keep the log over budget
+                // for good.
+                if writer.segment.len > record::SEGMENT_HEADER_LEN {
+                    match writer.roll(cat_id) {
+                        Ok(_) => shared.lock().segments.push(writer.segment),
+                        Err(e) => tracing::error!(error = %e, "buffer: cannot start a new segment"),
+                    }
+                    base = writer.segment.end();
+                }
                 if !refused_logged {
                     tracing::warn!(
                         "buffer full (max_bytes): holding the sources back (when_full = block)"

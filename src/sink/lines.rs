@@ -17,8 +17,8 @@ pub trait LineWriter: Send + 'static {
     ) -> impl std::future::Future<Output = Outcome> + Send;
 }
 
-/// How many catalog versions' encoders a sink keeps: a replay spans a few at most, and the
-/// newest is always kept.
+/// How many catalog versions' encoders a sink keeps (the least recently built goes first; a
+/// version needed again is handed to the sink again).
 const ENCODERS: usize = 8;
 
 pub struct LineSink<W> {
@@ -43,6 +43,10 @@ impl<W: LineWriter> LineSink<W> {
 }
 
 impl<W: LineWriter> Sink for LineSink<W> {
+    fn knows(&self, id: u64) -> bool {
+        self.encoders.contains_key(&id)
+    }
+
     fn catalog(&mut self, id: u64, catalog: &Catalog) {
         if self.encoders.len() >= ENCODERS {
             let oldest = self.order.remove(0);

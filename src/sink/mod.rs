@@ -82,6 +82,9 @@ impl RetryCtl {
 /// A destination. The loop hands it every batch with the catalog version it refers to (a
 /// sink sees each version once, through `catalog`, before the first batch that uses it).
 pub trait Sink: Send + 'static {
+    /// Whether the sink can encode batches of catalog version `id` now (it may forget old
+    /// versions; the loop then hands the version again).
+    fn knows(&self, id: u64) -> bool;
     /// Batches written under catalog version `id` are described by `catalog`.
     fn catalog(&mut self, id: u64, catalog: &Catalog);
     /// Adds one batch (of catalog version `catalog`) to what the next `flush` delivers; returns
@@ -152,8 +155,7 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
         mut shutdown,
     } = ctx;
     let m = &*metrics;
-    // Catalog versions the sink has been given; `false` when one is missing (its data is lost).
-    let mut known: HashSet<u64> = HashSet::new();
+    // Catalog versions missing from the buffer (their data is lost), so each is looked up once.
     let mut missing: HashSet<u64> = HashSet::new();
     let mut lines = 0usize;
     let mut skipped = Skipped::default();
@@ -191,19 +193,16 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
                 break;
             }
             for item in &items {
-                if !known.contains(&item.catalog) && !missing.contains(&item.catalog) {
+                if !sink.knows(item.catalog) && !missing.contains(&item.catalog) {
                     match reader.catalog(item.catalog).await {
-                        Some(c) => {
-                            sink.catalog(item.catalog, &c);
-                            known.insert(item.catalog);
-                        }
+                        Some(c) => sink.catalog(item.catalog, &c),
                         None => {
                             tracing::error!(sink = %m.name, catalog = item.catalog, "buffered data refers to a catalog that is missing; its samples are dropped");
                             missing.insert(item.catalog);
                         }
                     }
                 }
-                if known.contains(&item.catalog) {
+                if sink.knows(item.catalog) {
                     lines += sink.add(item.catalog, &item.batch, &mut skipped);
                 } else {
                     m.dropped_corrupt

@@ -104,9 +104,14 @@ impl Catalogs {
             None => {
                 tracing::error!(catalog = format_args!("{:016x}", st.current_id), "the current catalog version is missing from the buffer; the next version starts empty");
                 let (line, site, tags) = &st.line;
-                let mut r = Registry::new(line, site, tags.clone(), None);
-                let _ = r.version();
-                r
+                // Empty, but never handing out an id already in use.
+                let empty = Catalog {
+                    line: line.clone(),
+                    site: site.clone(),
+                    tags: tags.clone(),
+                    ..Default::default()
+                };
+                Registry::from_catalog(&empty, st.next_point, st.next_device)
             }
         };
         drop(current);

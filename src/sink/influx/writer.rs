@@ -29,6 +29,11 @@ use std::io::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+/// Most splits spent isolating refused lines in one batch: a batch where many lines are
+/// refused (a field type conflict on every poll) would otherwise cost thousands of requests;
+/// the pieces still refused then go to the dead-letter file whole.
+const MAX_SPLITS: usize = 256;
+
 /// Most bytes of an error response read (a misbehaving server cannot make us buffer more).
 const MAX_ERROR_BODY: usize = 4096;
 
@@ -292,25 +297,31 @@ impl LineWriter for InfluxWriter {
         let mut pending = vec![(0usize, body.len())];
         let mut rejected = 0usize;
         let mut last_reason = String::new();
+        let mut splits = 0usize;
         while let Some((start, end)) = pending.pop() {
             let piece = &body[start..end];
             let refused = match self.write_piece(piece, retry).await {
                 Piece::Delivered => continue,
                 Piece::Abandoned(r) => return Outcome::Abandoned(r),
-                Piece::TooLarge => {
-                    "HTTP 413: a single line larger than the store accepts".to_string()
-                }
+                Piece::TooLarge => "HTTP 413: larger than the store accepts".to_string(),
                 Piece::BadData(r) => r,
             };
             match split_point(piece) {
-                Some(mid) => {
+                Some(mid) if splits < MAX_SPLITS => {
+                    splits += 1;
                     pending.push((start + mid, end));
                     pending.push((start, start + mid));
                 }
-                None => {
-                    rejected += 1;
-                    self.dead_letter(&refused, piece).await;
-                    last_reason = refused;
+                _ => {
+                    let lines = piece.iter().filter(|&&b| b == b'\n').count().max(1);
+                    rejected += lines;
+                    let reason = if lines > 1 {
+                        format!("{refused} (not isolated further: the batch used its {MAX_SPLITS} splits)")
+                    } else {
+                        refused
+                    };
+                    self.dead_letter(&reason, piece).await;
+                    last_reason = reason;
                 }
             }
         }

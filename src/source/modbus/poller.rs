@@ -153,6 +153,9 @@ struct DeviceState {
 /// values at thousands of polls per second.
 pub const HEALTH_EVERY: Duration = Duration::from_millis(100);
 
+/// A device polled back to back that did not answer is tried again after this long.
+pub const BACK_TO_BACK_RETRY: Duration = Duration::from_millis(100);
+
 /// Polls `devices` (with their outputs and metrics slots, in the same order) over `link` until
 /// shutdown.
 pub async fn run(
@@ -239,6 +242,7 @@ pub async fn run(
         } else {
             Due::Poll
         };
+        let mut cycle_answered = false;
         if due == Due::Skip {
             st.cycle_ok = false;
         } else {
@@ -310,6 +314,7 @@ pub async fn run(
                     }
                 }
             }
+            cycle_answered = answered;
             dm.observe_poll(cycle_start.elapsed());
             if shared {
                 match st
@@ -378,7 +383,15 @@ pub async fn run(
         st.seq += 1;
         batch.seq = st.seq;
         outputs[slot_device].publish(batch).await;
-        let skipped = slots[i].schedule.advance(Instant::now());
+        let skipped = if group.interval.is_zero() && !cycle_answered {
+            // Back to back, but the device did not answer (or is down, or its connection is
+            // in its reconnect backoff, which fails at once): wait before trying again, or a
+            // dead device would spin a core.
+            slots[i].schedule.next = Instant::now() + BACK_TO_BACK_RETRY;
+            0
+        } else {
+            slots[i].schedule.advance(Instant::now())
+        };
         if skipped > 0 {
             dm.missed_ticks.fetch_add(skipped, Relaxed);
         }
