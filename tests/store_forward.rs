@@ -434,6 +434,21 @@ fn block_holds_the_sources_back_keeps_what_it_accepted_and_lets_the_agent_stop()
         (collected() == before).then_some(())
     });
     assert!(still.is_some(), "polls were not held back the second time");
+    // After a hold the queue is full: the writer takes all of it at once. The store comes back
+    // once more, and polling must resume again (a segment filled to the budget by that burst
+    // could never be deleted).
+    l.vm.restart();
+    let resumed = wait_for(Duration::from_secs(60), || {
+        let before = collected();
+        std::thread::sleep(Duration::from_secs(1));
+        (collected() > before).then_some(())
+    });
+    assert!(
+        resumed.is_some(),
+        "polling did not resume the second time:\n{}",
+        agent.stderr()
+    );
+    l.vm.stop();
     // A stop while held back ends within the grace period (3 s) and a margin.
     let asked = Instant::now();
     let (code, log) = agent.stop();
