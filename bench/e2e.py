@@ -54,6 +54,14 @@ def proc_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
+def proc_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def proc_peak_rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -228,6 +236,7 @@ def main():
         except Exception:
             polls_per_s = collected_per_s = None
         rss = proc_peak_rss_mb(agent.pid)
+        steady_rss = proc_rss_mb(agent.pid)
         written, collected_total = None, 0.0
         try:
             for line in http(f"http://127.0.0.1:{METRICS_PORT}/metrics").splitlines():
@@ -254,7 +263,7 @@ def main():
             "devices": a.devices, "seconds": round(t1 - t0, 1), "values_delivered": int(delivered),
             "values_expected": int(expected), "delivery_ratio": round(delivered / expected, 4) if expected else None,
             "agent_cpu_seconds": round(cpu, 3), "cpu_seconds_per_million_values": round(per_million, 3),
-            "agent_peak_rss_mb": round(rss, 1), "cpu_percent_of_one_core": round(100 * cpu / (t1 - t0), 2),
+            "agent_peak_rss_mb": round(rss, 1), "agent_rss_mb_at_end": round(steady_rss, 1), "cpu_percent_of_one_core": round(100 * cpu / (t1 - t0), 2),
             "drain": drain,
             "buffer_bytes_written_per_million_samples": round(written / (collected_total / 1e6)) if written and collected_total else None,
             "values_per_s": round(delivered / (t1 - t0)),
