@@ -95,7 +95,10 @@ fn main() -> ExitCode {
                     }
                 };
                 tracing::info!(line = %cfg.line.id, devices = cfg.devices.len(), sinks = cfg.sinks.len(), "linetap running");
-                run::stop_signal().await;
+                let notifier = linetap::observe::systemd::Notifier::from_env();
+                notifier.notify(&format!("READY=1\nSTATUS={}", linetap::observe::systemd::status(&agent.metrics)));
+                linetap::observe::systemd::run(&notifier, &agent.metrics, cfg.agent.stuck_after, run::stop_signal()).await;
+                notifier.notify("STOPPING=1\nSTATUS=stopping: delivering what is buffered");
                 tracing::info!("stopping: flushing sinks");
                 let metrics = agent.metrics.clone();
                 let undelivered = agent.stop().await;

@@ -122,6 +122,7 @@ impl Agent {
                 reader: buffer.reader(index),
                 metrics: metrics.sinks.add(&s.name),
                 shutdown: sink_trigger.subscribe(),
+                beat: metrics.liveness.register(&format!("sink {}", s.name)),
             }));
         }
 

@@ -746,3 +746,13 @@ broken!(
     at: ("retries = 9", 1, "9"),
     says: "retries must be between 0 and 5, not 9",
 );
+
+#[test]
+fn the_example_line_config_in_deploy_is_valid() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/etc/linetap/weld-a.toml");
+    let cfg = linetap::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.line.id, "weld-a");
+    assert_eq!(cfg.devices.len(), 2);
+    assert_eq!(cfg.sinks.len(), 1);
+}

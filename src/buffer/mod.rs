@@ -245,6 +245,7 @@ impl Buffer {
         let cfg = cfg.clone();
         let cat_id = catalog.id;
         let writer_stopping = stopping.clone();
+        let beat = metrics.liveness.register("buffer writer");
         let handle = std::thread::Builder::new()
             .name("linetap-buffer".into())
             .spawn(move || {
@@ -255,7 +256,10 @@ impl Buffer {
                     head_tx,
                     cfg,
                     cat_id,
-                    writer_stopping,
+                    writer::Control {
+                        stopping: writer_stopping,
+                        beat,
+                    },
                 )
             })
             .map_err(|e| format!("buffer: cannot start the writer thread: {e}"))?;

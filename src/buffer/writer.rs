@@ -25,8 +25,9 @@ pub(super) fn write_loop(
     head_tx: watch::Sender<u64>,
     cfg: BufferConfig,
     mut cat_id: u64,
-    stopping: Arc<std::sync::atomic::AtomicBool>,
+    ctl: Control,
 ) {
+    let Control { stopping, beat } = ctl;
     let segment_bytes = (cfg.max_bytes / 8).clamp(64 << 10, 64 << 20);
     let seg_dir = shared.segments_dir();
     let mut head = Head {
@@ -42,7 +43,9 @@ pub(super) fn write_loop(
     let mut refused_logged = false;
     let mut disconnected = false;
     while !disconnected {
+        beat.idle();
         std::thread::sleep(TICK);
+        beat.busy();
         let mut pending_samples = 0u64;
         let mut base = writer.segment.end();
         loop {
@@ -127,12 +130,14 @@ pub(super) fn write_loop(
                 }
                 // Until the sinks make room, or the agent stops: what is queued then was
                 // accepted, and is written even over the budget (at most the queue).
+                beat.idle();
                 while over && !stopping.load(Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
                     enforce_budget(&shared, &seg_dir, &cfg);
                     update_gauges(&shared);
                     over = shared.lock().bytes_on_disk() >= cfg.max_bytes;
                 }
+                beat.busy();
                 over = false;
             }
             if over && cfg.when_full == WhenFull::DropNewest {
@@ -202,6 +207,14 @@ pub(super) fn write_loop(
     }
     let _ = writer.sync();
     cursors::persist(&shared);
+    beat.idle();
+}
+
+/// What the writer is told from outside: shutdown has begun (stop holding the sources back),
+/// and its beat for the watchdog.
+pub(super) struct Control {
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    pub beat: crate::observe::liveness::Beat,
 }
 
 /// Where the sinks were last woken.

@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub metrics_listen: Option<String>,
     pub shutdown_grace: Duration,
+    /// A task busy this long is stuck (systemd watchdog).
+    pub stuck_after: Duration,
 }
 
 #[derive(Debug, Clone)]

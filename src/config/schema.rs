@@ -39,6 +39,9 @@ pub struct AgentSection {
     pub metrics_listen: Option<Spanned<String>>,
     /// How long a stop may take to flush the sinks (default 10s).
     pub shutdown_grace: Option<ConfDuration>,
+    /// A task busy this long without finishing a piece of work is stuck (default 60s): the
+    /// systemd watchdog is then no longer fed.
+    pub stuck_after: Option<ConfDuration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -211,6 +211,8 @@ pub struct Metrics {
     pub buffer_quarantined: AtomicU64,
     /// The log position of the newest buffered byte.
     pub buffer_head: AtomicU64,
+    /// Which tasks are busy, and since when (the systemd watchdog).
+    pub liveness: super::liveness::Liveness,
 }
 
 impl Metrics {

@@ -1,4 +1,6 @@
 //! Self-observation: counters every component updates, logging set-up.
 pub mod http;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
+pub mod systemd;

@@ -16,6 +16,7 @@ pub mod lines;
 use crate::buffer::SinkReader;
 use crate::config::{SinkConfig, SinkKind};
 use crate::model::{Catalog, SampleBatch};
+use crate::observe::liveness::Beat;
 use crate::observe::metrics::SinkMetrics;
 use crate::shutdown::Shutdown;
 use lineproto::Skipped;
@@ -46,21 +47,31 @@ pub struct RetryCtl {
     give_up_at: Option<Instant>,
     /// The sink's metrics: writers count errors and report held data through them.
     pub metrics: Arc<SinkMetrics>,
+    /// Idle while waiting between attempts (the watchdog).
+    beat: Beat,
 }
 
 impl RetryCtl {
-    pub fn new(shutdown: Shutdown, grace: Duration, metrics: Arc<SinkMetrics>) -> Self {
+    pub fn new(shutdown: Shutdown, grace: Duration, metrics: Arc<SinkMetrics>, beat: Beat) -> Self {
         RetryCtl {
             shutdown,
             grace,
             give_up_at: None,
             metrics,
+            beat,
         }
     }
 
     /// Waits `delay` before the next attempt; returns false when the writer must give up
     /// (shutdown was requested and the grace period is over).
     pub async fn wait(&mut self, delay: Duration) -> bool {
+        self.beat.idle();
+        let go_on = self.wait_inner(delay).await;
+        self.beat.busy();
+        go_on
+    }
+
+    async fn wait_inner(&mut self, delay: Duration) -> bool {
         if self.give_up_at.is_none() && self.shutdown.is_shutdown() {
             self.give_up_at = Some(Instant::now() + self.grace);
         }
@@ -135,6 +146,8 @@ pub struct SinkContext {
     pub reader: SinkReader,
     pub metrics: Arc<SinkMetrics>,
     pub shutdown: Shutdown,
+    /// Busy while reading, encoding and writing; idle while waiting (the watchdog).
+    pub beat: Beat,
 }
 
 /// The settings of the common sink loop.
@@ -153,13 +166,19 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
         mut reader,
         metrics,
         mut shutdown,
+        beat,
     } = ctx;
     let m = &*metrics;
     // Catalog versions missing from the buffer (their data is lost), so each is looked up once.
     let mut missing: HashSet<u64> = HashSet::new();
     let mut lines = 0usize;
     let mut skipped = Skipped::default();
-    let mut retry = RetryCtl::new(shutdown.clone(), settings.grace, metrics.clone());
+    let mut retry = RetryCtl::new(
+        shutdown.clone(),
+        settings.grace,
+        metrics.clone(),
+        beat.clone(),
+    );
     let mut next_flush = Instant::now() + settings.flush_interval;
     // About how many buffer bytes make a full batch: with that much waiting, do not wait.
     let batch_bytes = settings.batch_size as u64 * 24;
@@ -172,6 +191,7 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
         // Wait for the flush interval or a full batch, whichever comes first. The writer
         // publishes at most one new head per tick, so this wakes at most 50 times a second.
         let mut stop = false;
+        beat.idle();
         while !closing && reader.pending_bytes() < batch_bytes {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_flush) => break,
@@ -185,6 +205,7 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
         if stop {
             continue;
         }
+        beat.busy();
         next_flush = Instant::now() + settings.flush_interval;
         // Deliver everything readable now, a full batch at a time.
         while reader.has_data() {
@@ -233,6 +254,7 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
             break;
         }
     }
+    beat.idle();
     reader.observe();
     let kept = m.buffer_bytes.load(Relaxed);
     let dropped = m.dropped_total();

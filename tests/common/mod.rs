@@ -309,11 +309,17 @@ impl AgentProcess {
     }
 
     pub fn start(config: &Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// As `start`, with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_linetap"))
             .arg("run")
             .arg("--config")
             .arg(config)
             .env("LINETAP_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -163,6 +163,11 @@ fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
             .shutdown_grace
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(10)),
+        stuck_after: raw
+            .agent
+            .stuck_after
+            .map(|d| d.0)
+            .unwrap_or(crate::observe::systemd::STUCK_AFTER),
     };
     let max_bytes = raw
         .buffer

@@ -86,11 +86,16 @@ impl Source for Bus {
             .iter()
             .map(|p| ctx.metrics.devices.add(&p.name))
             .collect();
+        let beat = ctx
+            .metrics
+            .liveness
+            .register(&format!("bus {}", self.id.name));
         tokio::spawn(poller::run(
             self.link,
             self.plans,
             outputs,
             metrics,
+            beat,
             ctx.shutdown,
         ))
     }

@@ -16,6 +16,7 @@ use super::link::{ReadError, ReadSpec, Words};
 use super::plan::{PollGroup, ReadRequest};
 use crate::model::catalog::HealthIds;
 use crate::model::{now_ns, Quality, Sample, SampleBatch, Value};
+use crate::observe::liveness::Beat;
 use crate::observe::metrics::DeviceMetrics;
 use crate::shutdown::Shutdown;
 use crate::transform::DeviceOutput;
@@ -163,6 +164,7 @@ pub async fn run(
     devices: Vec<DevicePlan>,
     mut outputs: Vec<DeviceOutput>,
     metrics: Vec<Arc<DeviceMetrics>>,
+    beat: Beat,
     mut shutdown: Shutdown,
 ) {
     let start = Instant::now();
@@ -262,7 +264,10 @@ pub async fn run(
                         timeout: dev.timeout,
                         turnaround: dev.turnaround,
                     };
+                    // Busy for one request: it is bounded by its timeout.
+                    beat.busy();
                     let result = link.read(&spec).await;
+                    beat.idle();
                     if let Some(unit) = link.take_late() {
                         if let Some(late) = devices.iter().position(|d| d.unit == unit) {
                             metrics[late].late_replies.fetch_add(1, Relaxed);
