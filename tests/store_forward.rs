@@ -382,6 +382,16 @@ fn a_full_disk_budget_drops_the_oldest_and_counts_exactly() {
     }
 }
 
+/// Waits until `collected()` grows (`grows`) or stands still for 2 s (`!grows`).
+fn wait_collection(collected: &dyn Fn() -> f64, grows: bool, timeout: Duration) -> bool {
+    wait_for(timeout, || {
+        let before = collected();
+        std::thread::sleep(Duration::from_secs(if grows { 1 } else { 2 }));
+        ((collected() > before) == grows).then_some(())
+    })
+    .is_some()
+}
+
 #[test]
 fn block_holds_the_sources_back_keeps_what_it_accepted_and_lets_the_agent_stop() {
     // 20 devices at 10 Hz fill 1 MiB in ~20 s; then polls wait instead of data being dropped.
@@ -408,43 +418,29 @@ fn block_holds_the_sources_back_keeps_what_it_accepted_and_lets_the_agent_stop()
         )
         .unwrap_or(0.0)
     };
-    let still = wait_for(Duration::from_secs(60), || {
-        let before = collected();
-        std::thread::sleep(Duration::from_secs(2));
-        (collected() == before).then_some(())
-    });
-    assert!(still.is_some(), "polls were not held back");
+    assert!(
+        wait_collection(&collected, false, Duration::from_secs(60)),
+        "polls were not held back"
+    );
     // The store comes back: the sinks deliver, the budget frees, polling resumes.
     l.vm.restart();
-    let resumed = wait_for(Duration::from_secs(60), || {
-        let before = collected();
-        std::thread::sleep(Duration::from_secs(1));
-        (collected() > before).then_some(())
-    });
     assert!(
-        resumed.is_some(),
+        wait_collection(&collected, true, Duration::from_secs(60)),
         "polling did not resume once the store was back:\n{}",
         agent.stderr()
     );
     // And is held back again when the store goes away again.
     l.vm.stop();
-    let still = wait_for(Duration::from_secs(120), || {
-        let before = collected();
-        std::thread::sleep(Duration::from_secs(2));
-        (collected() == before).then_some(())
-    });
-    assert!(still.is_some(), "polls were not held back the second time");
+    assert!(
+        wait_collection(&collected, false, Duration::from_secs(120)),
+        "polls were not held back the second time"
+    );
     // After a hold the queue is full: the writer takes all of it at once. The store comes back
     // once more, and polling must resume again (a segment filled to the budget by that burst
     // could never be deleted).
     l.vm.restart();
-    let resumed = wait_for(Duration::from_secs(60), || {
-        let before = collected();
-        std::thread::sleep(Duration::from_secs(1));
-        (collected() > before).then_some(())
-    });
     assert!(
-        resumed.is_some(),
+        wait_collection(&collected, true, Duration::from_secs(60)),
         "polling did not resume the second time:\n{}",
         agent.stderr()
     );

@@ -5,9 +5,13 @@ use super::Shared;
 use std::path::{Path, PathBuf};
 
 fn path(dir: &Path, sink: &str) -> PathBuf {
-    // Sink names are TOML keys; keep the file name safe whatever they contain.
-    let safe: String = sink
-        .chars()
+    dir.join(format!("{}.pos", file_name(sink)))
+}
+
+/// A sink name as a file name: sink names are TOML keys and may hold any character; keep
+/// ASCII letters, digits, `-` and `_`, and replace the rest with `_`.
+pub fn file_name(sink: &str) -> String {
+    sink.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                 c
@@ -15,8 +19,7 @@ fn path(dir: &Path, sink: &str) -> PathBuf {
                 '_'
             }
         })
-        .collect();
-    dir.join(format!("{safe}.pos"))
+        .collect()
 }
 
 /// The saved position of `sink`, if it has a valid one.

@@ -21,7 +21,7 @@
 //! timestamp, so a replay overwrites with identical values.
 
 pub mod catalogs;
-mod cursors;
+pub mod cursors;
 mod input;
 pub mod log;
 mod reader;

@@ -67,12 +67,7 @@ pub(super) fn write_loop(
                         if let Err(e) = shared.catalogs.store(&v) {
                             tracing::error!(error = %e, "buffer: cannot store a new catalog version");
                         }
-                        match writer.roll(v.id) {
-                            Ok(_) => shared.lock().segments.push(writer.segment),
-                            Err(e) => {
-                                tracing::error!(error = %e, "buffer: cannot start a new segment")
-                            }
-                        }
+                        roll(&shared, &mut writer, v.id);
                         cat_id = v.id;
                         tracing::debug!(
                             catalog = format_args!("{:016x}", v.id),
@@ -116,10 +111,7 @@ pub(super) fn write_loop(
                 // segment is never deleted, and a full one would keep the log over budget
                 // for good.
                 if writer.segment.len > record::SEGMENT_HEADER_LEN {
-                    match writer.roll(cat_id) {
-                        Ok(_) => shared.lock().segments.push(writer.segment),
-                        Err(e) => tracing::error!(error = %e, "buffer: cannot start a new segment"),
-                    }
+                    roll(&shared, &mut writer, cat_id);
                     base = writer.segment.end();
                 }
                 if !refused_logged {
@@ -194,13 +186,7 @@ pub(super) fn write_loop(
             cursors::persist(&shared);
         }
         if writer.segment.len >= segment_bytes {
-            match writer.roll(cat_id) {
-                Ok(_) => {
-                    let mut st = shared.lock();
-                    st.segments.push(writer.segment);
-                }
-                Err(e) => tracing::error!(error = %e, "buffer: cannot start a new segment"),
-            }
+            roll(&shared, &mut writer, cat_id);
         }
         enforce_budget(&shared, &seg_dir, &cfg);
         update_gauges(&shared);
@@ -215,6 +201,14 @@ pub(super) fn write_loop(
 pub(super) struct Control {
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
     pub beat: crate::observe::liveness::Beat,
+}
+
+/// Seals the current segment and starts the next one, for catalog version `catalog`.
+fn roll(shared: &Shared, writer: &mut LogWriter, catalog: u64) {
+    match writer.roll(catalog) {
+        Ok(_) => shared.lock().segments.push(writer.segment),
+        Err(e) => tracing::error!(error = %e, "buffer: cannot start a new segment"),
+    }
 }
 
 /// Where the sinks were last woken.

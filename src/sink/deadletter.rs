@@ -17,16 +17,7 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub fn new(data_dir: &Path, sink: &str) -> Self {
-        let safe: String = sink
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let safe = crate::buffer::cursors::file_name(sink);
         DeadLetter {
             path: data_dir.join("dead-letter").join(format!("{safe}.lp")),
             max_bytes: MAX_BYTES,
