@@ -219,6 +219,17 @@ fn assert_exact_values(s: &Setup) {
     }
 }
 
+/// The health records of `dev` in the line-protocol file that carry a `last_error`.
+fn error_lines<'a>(lp: &'a str, dev: &str) -> Vec<&'a str> {
+    lp.lines()
+        .filter(|l| {
+            l.contains(&format!("device={dev},"))
+                && l.contains("last_error=\"")
+                && !l.contains("last_error=\"\"")
+        })
+        .collect()
+}
+
 /// (timestamp_ms, up) health records of one unit.
 fn health(s: &Setup, dev: &str) -> Vec<(i64, f64)> {
     let up = s.vm.export(r#"{__name__="linetap_device_up"}"#);
@@ -379,14 +390,7 @@ fn bad_crc_replies_are_counted_and_do_not_desynchronise_the_bus() {
     // The other units never saw a frame that was not theirs: no CRC or framing error (a
     // reply taken for the wrong request would show up here or as a wrong value above).
     for dev in ["servo-1", "servo-2", "servo-4"] {
-        let reasons: Vec<&str> = lp
-            .lines()
-            .filter(|l| {
-                l.contains(&format!("device={dev},"))
-                    && l.contains("last_error=\"")
-                    && !l.contains("last_error=\"\"")
-            })
-            .collect();
+        let reasons = error_lines(&lp, dev);
         assert!(
             !reasons
                 .iter()
@@ -540,14 +544,7 @@ fn replies_that_arrive_in_pieces_are_reassembled() {
             polls.iter().all(|(_, up)| *up == 1.0),
             "{dev} was reported down while its replies came in pieces"
         );
-        let errors: Vec<&str> = lp
-            .lines()
-            .filter(|l| {
-                l.contains(&format!("device={dev},"))
-                    && l.contains("last_error=\"")
-                    && !l.contains("last_error=\"\"")
-            })
-            .collect();
+        let errors = error_lines(&lp, &dev);
         assert!(errors.is_empty(), "{dev}: {errors:?}");
     }
 }

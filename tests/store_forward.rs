@@ -355,19 +355,7 @@ fn a_full_disk_budget_drops_the_oldest_and_counts_exactly() {
     );
 
     l.vm.restart();
-    let agent = AgentProcess::start(&l.line.config);
-    let ok = wait_for(Duration::from_secs(60), || {
-        caught_up(&l.metrics_url).then_some(())
-    });
-    assert!(ok.is_some(), "did not drain; log:\n{}", agent.stderr());
-    let (code, log) = agent.stop();
-    assert_eq!(code, Some(0), "{log}");
-    let polls_kept = (collected - dropped) / (VALUES + 4);
-    assert_eq!(
-        stored_values_settled(&l.vm, polls_kept * VALUES),
-        polls_kept * VALUES,
-        "kept = collected - dropped, exactly"
-    );
+    deliver_the_rest(&l, collected - dropped, Duration::from_secs(60));
     // Oldest first: what survives is the newest, without holes.
     for (dev, ts) in stored(&l.vm) {
         assert!(
@@ -380,6 +368,23 @@ fn a_full_disk_budget_drops_the_oldest_and_counts_exactly() {
             .collect();
         assert!(gaps.is_empty(), "{dev}: holes in the kept data: {gaps:?}");
     }
+}
+
+/// Starts the agent again (the devices stopped, the store up), waits until it has delivered
+/// its backlog, stops it, and checks that the store holds exactly the values of `kept` samples
+/// (whole polls: `VALUES` values and 4 health fields each).
+fn deliver_the_rest(l: &Line, kept: u64, timeout: Duration) {
+    let agent = AgentProcess::start(&l.line.config);
+    let ok = wait_for(timeout, || caught_up(&l.metrics_url).then_some(()));
+    assert!(ok.is_some(), "did not drain; log:\n{}", agent.stderr());
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let polls_kept = kept / (VALUES + 4);
+    assert_eq!(
+        stored_values_settled(&l.vm, polls_kept * VALUES),
+        polls_kept * VALUES,
+        "stored values != accepted (collected - dropped), exactly"
+    );
 }
 
 /// Waits until `collected()` grows (`grows`) or stands still for 2 s (`!grows`).
@@ -471,17 +476,5 @@ fn block_holds_the_sources_back_keeps_what_it_accepted_and_lets_the_agent_stop()
 
     // Everything accepted is delivered after a restart with the store back.
     l.vm.restart();
-    let agent = AgentProcess::start(&l.line.config);
-    let ok = wait_for(Duration::from_secs(120), || {
-        caught_up(&l.metrics_url).then_some(())
-    });
-    assert!(ok.is_some(), "did not drain; log:\n{}", agent.stderr());
-    let (code, log) = agent.stop();
-    assert_eq!(code, Some(0), "{log}");
-    let polls_kept = (collected - dropped) / (VALUES + 4);
-    assert_eq!(
-        stored_values_settled(&l.vm, polls_kept * VALUES),
-        polls_kept * VALUES,
-        "accepted = collected - dropped at the stop, exactly"
-    );
+    deliver_the_rest(&l, collected - dropped, Duration::from_secs(120));
 }
