@@ -9,6 +9,8 @@ pub enum Kind {
     Device,
     Bus,
     Sink,
+    /// The agent's own readings (`linetap_agent`).
+    Agent,
 }
 
 impl Kind {
@@ -17,6 +19,7 @@ impl Kind {
             Kind::Device => "device",
             Kind::Bus => "bus",
             Kind::Sink => "sink",
+            Kind::Agent => "agent",
         }
     }
 }

@@ -19,7 +19,7 @@ fn now_ms() -> i64 {
 fn line_config(vm: &str, file: &str, addresses: &[String], metrics_port: u16) -> String {
     let mut s = format!(
         "[line]\nid = \"weld-a\"\nsite = \"plant-2\"\n\n\
-         [agent]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"{file}.data\"\n\n\
+         [agent]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndata_dir = \"{file}.data\"\nself_interval = \"500ms\"\n\n\
          [sinks.central]\ntype = \"influxdb\"\nurl = \"{vm}\"\napi = \"v2\"\norg = \"plant-2\"\nbucket = \"robots\"\ntoken_env = \"LINETAP_TEST_TOKEN\"\nflush_interval = \"100ms\"\n\n\
          [sinks.local]\ntype = \"file\"\npath = \"{file}\"\nflush_interval = \"100ms\"\n\n"
     );
@@ -257,6 +257,52 @@ fn a_silent_device_does_not_slow_the_others_and_recovers() {
         log.contains("robot-02") && log.contains("timeout"),
         "the fault is logged:\n{log}"
     );
+
+    // The agent's own records (`linetap_agent`, every 500 ms) tell the same story.
+    let agent_up =
+        s.vm.export(r#"{__name__="linetap_agent_up",device="robot-02"}"#);
+    assert_eq!(agent_up.len(), 1, "{agent_up:?}");
+    let (labels, values, ts) = &agent_up[0];
+    assert_eq!(labels["line"], "weld-a");
+    assert_eq!(labels["site"], "plant-2");
+    let during: Vec<f64> = ts
+        .iter()
+        .zip(values)
+        .filter(|(t, _)| **t >= fault_start + 1000 && **t < fault_end)
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(
+        !during.is_empty() && during.iter().all(|v| *v == 0.0),
+        "linetap_agent up of robot-02 during the fault: {during:?}"
+    );
+    assert_eq!(values.last(), Some(&1.0), "up again at the end: {values:?}");
+    // The agent-wide record has neither a device nor a sink tag.
+    let devices_up = s.vm.export(r#"{__name__="linetap_agent_devices_up"}"#);
+    assert_eq!(devices_up.len(), 1, "{devices_up:?}");
+    let (labels, values, _) = &devices_up[0];
+    assert!(labels.get("device").is_none() && labels.get("sink").is_none());
+    assert!(values.contains(&2.0) && values.contains(&3.0), "{values:?}");
+    assert!(s
+        .vm
+        .export(r#"{__name__="linetap_agent_devices"}"#)
+        .iter()
+        .all(|(_, v, _)| v.iter().all(|x| *x == 3.0)));
+    // Delivered counts per sink only grow, and the last one the store holds is no more than
+    // the agent reported at the end.
+    let delivered =
+        s.vm.export(r#"{__name__="linetap_agent_samples_delivered",sink="central"}"#);
+    assert_eq!(delivered.len(), 1);
+    let d = &delivered[0].1;
+    assert!(
+        d.len() >= 10 && d.windows(2).all(|w| w[0] <= w[1]) && d[d.len() - 1] > d[0],
+        "{d:?}"
+    );
+    assert!(*d.last().unwrap() as u64 <= stopped_field(&log, "delivered"));
+    assert!(s
+        .vm
+        .export(r#"{__name__="linetap_agent_poll_latency_ms",device="robot-01"}"#)
+        .iter()
+        .all(|(_, v, _)| !v.is_empty() && v.iter().all(|x| *x > 0.0 && *x < 100.0)));
 }
 
 #[test]

@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub shutdown_grace: Duration,
     /// A task busy this long is stuck (systemd watchdog).
     pub stuck_after: Duration,
+    /// How often the agent writes `linetap_agent` records; zero: never.
+    pub self_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

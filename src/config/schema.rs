@@ -42,6 +42,9 @@ pub struct AgentSection {
     /// A task busy this long without finishing a piece of work is stuck (default 60s): the
     /// systemd watchdog is then no longer fed.
     pub stuck_after: Option<ConfDuration>,
+    /// How often the agent writes its own counters to the sinks as `linetap_agent`
+    /// (default 10s; "0s" turns it off).
+    pub self_interval: Option<ConfInterval>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -209,6 +209,8 @@ pub struct Metrics {
     pub buffer_corrupt_bytes: AtomicU64,
     /// Segments set aside because their header was damaged.
     pub buffer_quarantined: AtomicU64,
+    /// Samples the agent wrote about itself (`linetap_agent`).
+    pub self_samples: AtomicU64,
     /// The log position of the newest buffered byte.
     pub buffer_head: AtomicU64,
     /// Which tasks are busy, and since when (the systemd watchdog).
@@ -220,12 +222,14 @@ impl Metrics {
         Self::default()
     }
 
+    /// Samples accepted from every source: the devices' and the agent's own.
     pub fn collected(&self) -> u64 {
         self.devices
             .all()
             .iter()
             .map(|d| d.samples.load(Relaxed))
-            .sum()
+            .sum::<u64>()
+            + self.self_samples.load(Relaxed)
     }
 
     /// The Prometheus text exposition of every counter.

@@ -119,8 +119,13 @@ impl LineEncoder {
                     if !d.cell.is_empty() {
                         tags.push(("cell", &d.cell));
                     }
-                    tags.push(("device", &d.name));
-                    tags.push(("kind", &d.kind));
+                    // The agent's own records (`linetap_agent`) have neither.
+                    if !d.name.is_empty() {
+                        tags.push(("device", &d.name));
+                    }
+                    if !d.kind.is_empty() {
+                        tags.push(("kind", &d.kind));
+                    }
                 }
                 for t in catalog
                     .tags

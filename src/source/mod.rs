@@ -4,6 +4,7 @@
 //! batch to its device's `DeviceOutput` (the transform stage, then the buffer), and may change
 //! the catalog at run time through `Catalogs`.
 
+pub mod agent;
 pub mod catalogs;
 pub mod describe;
 pub mod modbus;
@@ -54,5 +55,9 @@ impl SourceContext {
 pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     sources.extend(modbus::build(config, registry));
+    let sinks = config.sinks.iter().map(|s| s.name.clone()).collect();
+    if let Some(a) = agent::build(config.agent.self_interval, sinks, registry) {
+        sources.push(Box::new(a));
+    }
     sources
 }

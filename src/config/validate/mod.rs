@@ -168,6 +168,11 @@ fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
             .stuck_after
             .map(|d| d.0)
             .unwrap_or(crate::observe::systemd::STUCK_AFTER),
+        self_interval: raw
+            .agent
+            .self_interval
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(10)),
     };
     let max_bytes = raw
         .buffer
