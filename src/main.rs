@@ -29,7 +29,9 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent: poll, normalize, deliver. Stops cleanly on SIGTERM/SIGINT.
+    /// Run the agent: poll, normalize, deliver. Stops cleanly on SIGTERM/SIGINT; SIGHUP
+    /// reloads the file (only what changed restarts; an invalid file keeps the running
+    /// configuration).
     Run {
         #[arg(long, short)]
         config: PathBuf,
@@ -86,40 +88,13 @@ fn main() -> ExitCode {
                 eprintln!("{errors}");
                 2
             }
-            Ok(cfg) => runtime.block_on(async {
-                let agent = match run::Agent::start(&cfg) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        return 1;
-                    }
-                };
-                tracing::info!(line = %cfg.line.id, devices = cfg.devices.len(), sinks = cfg.sinks.len(), "linetap running");
-                let notifier = linetap::observe::systemd::Notifier::from_env();
-                notifier.notify(&format!("READY=1\nSTATUS={}", linetap::observe::systemd::status(&agent.metrics)));
-                linetap::observe::systemd::run(&notifier, &agent.metrics, cfg.agent.stuck_after, run::stop_signal()).await;
-                notifier.notify("STOPPING=1\nSTATUS=stopping: delivering what is buffered");
-                tracing::info!("stopping: flushing sinks");
-                let metrics = agent.metrics.clone();
-                let undelivered = agent.stop().await;
-                use std::sync::atomic::Ordering::Relaxed;
-                let collected = metrics.collected();
-                let delivered: u64 = metrics.sinks.all().iter().map(|s| s.delivered.load(Relaxed)).sum();
-                let dropped: u64 = metrics.sinks.all().iter().map(|s| s.dropped_total()).sum();
-                let buffer_full: u64 = metrics.sinks.all().iter().map(|s| s.dropped_buffer_full.load(Relaxed)).sum();
-                let corrupt: u64 = metrics.sinks.all().iter().map(|s| s.dropped_corrupt.load(Relaxed)).sum();
-                if undelivered > 0 {
-                    tracing::warn!(collected, delivered, dropped, buffer_full, corrupt, kept_bytes = undelivered, "stopped; undelivered data is kept in the buffer for the next start");
-                } else if dropped > 0 {
-                    tracing::warn!(collected, delivered, dropped, buffer_full, corrupt, "stopped; samples were dropped during the run (see the sink messages above)");
-                } else {
-                    tracing::info!(collected, delivered, "stopped cleanly; everything delivered");
-                }
-                0
-            }),
+            Ok(cfg) => runtime.block_on(run_agent(&config, cfg)),
         },
         Command::Demo { duration } => {
-            let duration = match duration.map(|d| config::units::parse_duration(&d)).transpose() {
+            let duration = match duration
+                .map(|d| config::units::parse_duration(&d))
+                .transpose()
+            {
                 Ok(d) => d,
                 Err(e) => {
                     eprintln!("linetap demo: --duration: {e}");
@@ -190,4 +165,160 @@ async fn simulate(cfg: config::Config) -> i32 {
     sim.stop();
     tokio::time::sleep(Duration::from_millis(10)).await;
     0
+}
+
+/// `linetap run`: the agent until SIGTERM/SIGINT, reloading `path` on SIGHUP.
+async fn run_agent(path: &std::path::Path, cfg: config::Config) -> i32 {
+    use linetap::observe::systemd;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut agent = match run::Agent::start(&cfg) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 1;
+        }
+    };
+    tracing::info!(line = %cfg.line.id, devices = cfg.devices.len(), sinks = cfg.sinks.len(), "linetap running");
+    let notifier = std::sync::Arc::new(systemd::Notifier::from_env());
+    notifier.notify(&format!(
+        "READY=1\nSTATUS={}",
+        systemd::status(&agent.metrics)
+    ));
+    // The watchdog is fed beside the main loop, so a reload that waits for a sink to stop does
+    // not starve it.
+    let (watchdog_stop, watchdog_stopped) = tokio::sync::oneshot::channel::<()>();
+    let watchdog = {
+        let (notifier, metrics) = (notifier.clone(), agent.metrics.clone());
+        let stuck_after = cfg.agent.stuck_after;
+        tokio::spawn(async move {
+            systemd::run(&notifier, &metrics, stuck_after, async {
+                let _ = watchdog_stopped.await;
+            })
+            .await
+        })
+    };
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reloading is off");
+            None
+        }
+    };
+    let stop = run::stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                notifier.notify("RELOADING=1\nSTATUS=reloading the configuration");
+                reload(&mut agent, path).await;
+                notifier.notify(&format!("READY=1\nSTATUS={}", systemd::status(&agent.metrics)));
+            }
+        }
+    }
+    let _ = watchdog_stop.send(());
+    let _ = watchdog.await;
+    notifier.notify("STOPPING=1\nSTATUS=stopping: delivering what is buffered");
+    tracing::info!("stopping: flushing sinks");
+    let metrics = agent.metrics.clone();
+    let undelivered = agent.stop().await;
+    let collected = metrics.collected();
+    let delivered: u64 = metrics
+        .sinks
+        .all()
+        .iter()
+        .map(|s| s.delivered.load(Relaxed))
+        .sum();
+    let dropped: u64 = metrics.sinks.all().iter().map(|s| s.dropped_total()).sum();
+    let buffer_full: u64 = metrics
+        .sinks
+        .all()
+        .iter()
+        .map(|s| s.dropped_buffer_full.load(Relaxed))
+        .sum();
+    let corrupt: u64 = metrics
+        .sinks
+        .all()
+        .iter()
+        .map(|s| s.dropped_corrupt.load(Relaxed))
+        .sum();
+    if undelivered > 0 {
+        tracing::warn!(
+            collected,
+            delivered,
+            dropped,
+            buffer_full,
+            corrupt,
+            kept_bytes = undelivered,
+            "stopped; undelivered data is kept in the buffer for the next start"
+        );
+    } else if dropped > 0 {
+        tracing::warn!(
+            collected,
+            delivered,
+            dropped,
+            buffer_full,
+            corrupt,
+            "stopped; samples were dropped during the run (see the sink messages above)"
+        );
+    } else {
+        tracing::info!(
+            collected,
+            delivered,
+            "stopped cleanly; everything delivered"
+        );
+    }
+    0
+}
+
+/// SIGHUP: reads and validates `path` again; applies it, or logs why not and keeps running
+/// the configuration it has.
+async fn reload(agent: &mut run::Agent, path: &std::path::Path) {
+    use std::sync::atomic::Ordering::Relaxed;
+    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    let path = path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+    let cfg = match loaded {
+        Ok(Ok(cfg)) => cfg,
+        Ok(Err(errors)) => {
+            agent.metrics.config_reloads_error.fetch_add(1, Relaxed);
+            tracing::error!("reload refused, the running configuration is kept:\n{errors}");
+            return;
+        }
+        Err(e) => {
+            agent.metrics.config_reloads_error.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, "reload failed, the running configuration is kept");
+            return;
+        }
+    };
+    match agent.reload(&cfg).await {
+        Ok(r) => {
+            agent.metrics.config_reloads_ok.fetch_add(1, Relaxed);
+            let names = |v: &[linetap::component::ComponentId]| {
+                v.iter()
+                    .map(|c| format!("{} {}", c.kind.as_str(), c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            tracing::info!(
+                started = %names(&r.started),
+                restarted = %names(&r.restarted),
+                stopped = %names(&r.stopped),
+                unchanged = r.unchanged,
+                "configuration reloaded"
+            );
+            if !r.need_restart.is_empty() {
+                tracing::warn!(sections = %r.need_restart.join(", "), "these sections changed but only apply at the next start (systemctl restart); the rest was applied");
+            }
+        }
+        Err(e) => {
+            agent.metrics.config_reloads_error.fetch_add(1, Relaxed);
+            tracing::error!("reload refused, the running configuration is kept: {e}");
+        }
+    }
 }

@@ -16,6 +16,24 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// A running component: its identity, what stops it, and its task.
+struct Running {
+    id: ComponentId,
+    trigger: Trigger,
+    task: JoinHandle<()>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub started: Vec<ComponentId>,
+    pub restarted: Vec<ComponentId>,
+    pub stopped: Vec<ComponentId>,
+    pub unchanged: usize,
+    /// Sections that changed but only apply at the next start.
+    pub need_restart: Vec<&'static str>,
+}
+
 /// A running agent.
 pub struct Agent {
     pub metrics: Arc<Metrics>,
@@ -23,12 +41,16 @@ pub struct Agent {
     pub catalogs: Arc<Catalogs>,
     /// Every running component (buses, devices, sinks) with its configuration fingerprint.
     pub components: Vec<ComponentId>,
-    trigger: Trigger,
-    /// Stops the sinks, after the pollers have stopped and the buffer has written everything.
-    sink_trigger: Trigger,
-    pollers: Vec<JoinHandle<()>>,
-    sinks: Vec<JoinHandle<()>>,
+    /// The configuration running now.
+    config: Config,
+    sources: Vec<Running>,
+    sinks: Vec<Running>,
     buffer: Buffer,
+    /// For sources started by a reload; let go at shutdown.
+    input: Option<crate::buffer::BufferInput>,
+    transforms: transform::Plan,
+    /// Stops the metrics endpoint.
+    http: Trigger,
     grace: Duration,
     _lock: std::fs::File,
 }
@@ -47,23 +69,10 @@ impl Agent {
         extra: impl FnOnce(&mut Registry) -> Vec<Box<dyn Source>>,
     ) -> Result<Agent, String> {
         let metrics = Arc::new(Metrics::new());
-        let (trigger, _) = shutdown::channel();
         let grace = config.agent.shutdown_grace;
 
         // Sinks first, so nothing is polled for a sink that cannot start.
-        let mut built_sinks = Vec::new();
-        let mut components = Vec::new();
-        for s in &config.sinks {
-            built_sinks.push(
-                sink::build(s, &config.agent.data_dir)
-                    .map_err(|e| format!("sink {:?}: {e}", s.name))?,
-            );
-            components.push(ComponentId {
-                kind: Kind::Sink,
-                name: s.name.clone(),
-                fingerprint: fingerprint(s),
-            });
-        }
+        let built_sinks = build_sinks(config, |_| false)?;
         if config.sinks.is_empty() {
             tracing::warn!(
                 "no [sinks] configured: readings are polled and counted but delivered nowhere"
@@ -83,10 +92,6 @@ impl Agent {
         drop(previous);
         let mut sources = source::build(config, &mut registry);
         sources.extend(extra(&mut registry));
-        for s in &sources {
-            components.push(s.id().clone());
-            components.extend(s.devices());
-        }
         let (version, next_ids) = registry.into_version();
 
         let slots = config
@@ -110,70 +115,264 @@ impl Agent {
             input.clone(),
             buffer_dir.join("catalogs"),
         ));
-        let (sink_trigger, _) = shutdown::channel();
-        let mut sinks = Vec::new();
-        for (index, (s, built)) in config.sinks.iter().zip(built_sinks).enumerate() {
-            sinks.push(built.start(SinkContext {
-                settings: SinkLoop {
-                    batch_size: s.batch_size,
-                    flush_interval: s.flush_interval,
-                    grace,
-                },
-                reader: buffer.reader(index),
-                metrics: metrics.sinks.add(&s.name),
-                shutdown: sink_trigger.subscribe(),
-                beat: metrics.liveness.register(&format!("sink {}", s.name)),
-            }));
+        let (http, _) = shutdown::channel();
+        let mut agent = Agent {
+            metrics,
+            catalogs,
+            components: Vec::new(),
+            config: config.clone(),
+            sources: Vec::new(),
+            sinks: Vec::new(),
+            buffer,
+            input: Some(input),
+            transforms: transform::Plan,
+            http,
+            grace,
+            _lock: lock,
+        };
+        for (index, (s, (_, built))) in config.sinks.iter().zip(built_sinks).enumerate() {
+            if let Some(built) = built {
+                agent.start_sink(s, built, index);
+            }
         }
 
         if let Some(address) = &config.agent.metrics_listen {
             let listener = crate::observe::http::bind(address)?;
             tokio::spawn(crate::observe::http::serve(
                 listener,
-                metrics.clone(),
-                trigger.subscribe(),
+                agent.metrics.clone(),
+                agent.http.subscribe(),
             ));
             tracing::info!(%address, "serving /metrics, /healthz, /readyz");
         }
 
-        let transforms = transform::Plan;
-        let mut pollers = Vec::new();
         for s in sources {
-            pollers.push(s.start(SourceContext {
-                catalogs: catalogs.clone(),
-                version: version.clone(),
-                metrics: metrics.clone(),
-                shutdown: trigger.subscribe(),
-                input: input.clone(),
-                transforms: transforms.clone(),
-            }));
+            agent.start_source(s, &version);
+        }
+        agent.update_components();
+        Ok(agent)
+    }
+
+    fn start_sink(
+        &mut self,
+        s: &crate::config::SinkConfig,
+        built: Box<dyn sink::Start>,
+        index: usize,
+    ) {
+        let (trigger, _) = shutdown::channel();
+        let task = built.start(SinkContext {
+            settings: SinkLoop {
+                batch_size: s.batch_size,
+                flush_interval: s.flush_interval,
+                grace: self.grace,
+            },
+            reader: self.buffer.reader(index),
+            metrics: self.metrics.sinks.add(&s.name),
+            shutdown: trigger.subscribe(),
+            beat: self.metrics.liveness.register(&format!("sink {}", s.name)),
+        });
+        self.sinks.push(Running {
+            id: sink_id(s),
+            trigger,
+            task,
+        });
+    }
+
+    fn start_source(&mut self, s: Box<dyn Source>, version: &crate::model::catalog::Version) {
+        let Some(input) = self.input.clone() else {
+            return;
+        };
+        let (trigger, _) = shutdown::channel();
+        let id = s.id().clone();
+        let devices = s.devices();
+        let task = s.start(SourceContext {
+            catalogs: self.catalogs.clone(),
+            version: version.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: trigger.subscribe(),
+            input,
+            transforms: self.transforms.clone(),
+        });
+        self.sources.push(Running { id, trigger, task });
+        self.components.extend(devices);
+    }
+
+    /// `components` from what runs now.
+    fn update_components(&mut self) {
+        let mut devices: Vec<ComponentId> = self
+            .components
+            .drain(..)
+            .filter(|c| c.kind == Kind::Device)
+            .collect();
+        devices.sort();
+        devices.dedup();
+        self.components = self.sinks.iter().map(|s| s.id.clone()).collect();
+        self.components
+            .extend(self.sources.iter().map(|s| s.id.clone()));
+        self.components.extend(devices);
+    }
+
+    /// Applies a new (validated) configuration: only what changed restarts. A source (a bus
+    /// and its devices) or a sink whose configuration is unchanged keeps running untouched,
+    /// with its connections and serial ports; a changed one is stopped, then started anew
+    /// (a sink keeps its place in the buffer); one that is gone stops; a new one starts (a new
+    /// sink name starts at the head of the buffer). Nothing buffered is lost. Fails, changing
+    /// nothing, when a new or changed sink cannot be set up (e.g. its token file is missing).
+    pub async fn reload(&mut self, new: &Config) -> Result<ReloadReport, String> {
+        let mut report = ReloadReport::default();
+        let old = &self.config;
+        if fingerprint(&old.line) != fingerprint(&new.line) {
+            report.need_restart.push("[line]");
+        }
+        if old.agent.data_dir != new.agent.data_dir
+            || old.agent.metrics_listen != new.agent.metrics_listen
+            || old.agent.shutdown_grace != new.agent.shutdown_grace
+            || old.agent.stuck_after != new.agent.stuck_after
+        {
+            report.need_restart.push("[agent]");
+        }
+        if fingerprint(&old.buffer) != fingerprint(&new.buffer) {
+            report.need_restart.push("[buffer]");
+        }
+        // Apply what can be; the rest keeps running as it was started.
+        let mut new = new.clone();
+        new.line = old.line.clone();
+        new.agent.data_dir = old.agent.data_dir.clone();
+        new.agent.metrics_listen = old.agent.metrics_listen.clone();
+        new.agent.shutdown_grace = old.agent.shutdown_grace;
+        new.agent.stuck_after = old.agent.stuck_after;
+        new.buffer = old.buffer.clone();
+
+        // Sinks first, fallibly: a sink that cannot start fails the reload before anything changed.
+        let keep_sink =
+            |s: &crate::config::SinkConfig| self.sinks.iter().any(|r| r.id == sink_id(s));
+        let built = build_sinks(&new, keep_sink)?;
+
+        // The catalog: the new configuration's devices, registered over the current version
+        // (unchanged points keep their ids), without the devices that are gone.
+        let old_devices: Vec<String> = self
+            .components
+            .iter()
+            .filter(|c| c.kind == Kind::Device)
+            .map(|c| c.name.clone())
+            .collect();
+        let (sources, version) = self
+            .catalogs
+            .rebuild(|registry| {
+                let sources = source::build(&new, registry);
+                let kept: std::collections::HashSet<String> = sources
+                    .iter()
+                    .flat_map(|s| s.devices())
+                    .map(|d| d.name)
+                    .collect();
+                for d in old_devices.iter().filter(|d| !kept.contains(*d)) {
+                    registry.remove_device(d);
+                }
+                sources
+            })
+            .await;
+
+        // Sources: stop the changed and the removed (a serial port must be free before the
+        // new bus opens it), then start the changed and the new.
+        let new_ids: Vec<ComponentId> = sources.iter().map(|s| s.id().clone()).collect();
+        let new_devices: std::collections::HashSet<String> = sources
+            .iter()
+            .flat_map(|s| s.devices())
+            .map(|d| d.name)
+            .collect();
+        let (keep, stop): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.sources)
+            .into_iter()
+            .partition(|r| new_ids.contains(&r.id));
+        self.sources = keep;
+        for r in stop {
+            r.trigger.fire();
+            let _ = r.task.await;
+            if new_ids
+                .iter()
+                .any(|n| n.kind == r.id.kind && n.name == r.id.name)
+            {
+                report.restarted.push(r.id);
+            } else {
+                report.stopped.push(r.id);
+            }
+        }
+        let old_components = std::mem::take(&mut self.components);
+        for d in old_components.iter().filter(|c| c.kind == Kind::Device) {
+            if !new_devices.contains(&d.name) {
+                self.metrics.devices.remove(&d.name);
+                report.stopped.push(d.clone());
+            }
+        }
+        for s in sources {
+            if self.sources.iter().any(|r| &r.id == s.id()) {
+                report.unchanged += 1;
+                self.components.extend(s.devices());
+                continue;
+            }
+            if !report
+                .restarted
+                .iter()
+                .any(|r| r.kind == s.id().kind && r.name == s.id().name)
+            {
+                report.started.push(s.id().clone());
+            }
+            self.start_source(s, &version);
         }
         drop(version);
-        drop(input);
-        Ok(Agent {
-            metrics,
-            catalogs,
-            components,
-            trigger,
-            sink_trigger,
-            pollers,
-            sinks,
-            buffer,
-            grace,
-            _lock: lock,
-        })
+
+        // Sinks: stop the changed and the removed, start the changed and the new.
+        let (keep, stop): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.sinks)
+            .into_iter()
+            .partition(|r| new.sinks.iter().any(|s| sink_id(s) == r.id));
+        report.unchanged += keep.len();
+        self.sinks = keep;
+        for r in stop {
+            r.trigger.fire();
+            let deadline = self.grace + Duration::from_secs(2);
+            if tokio::time::timeout(deadline, r.task).await.is_err() {
+                tracing::warn!(sink = %r.id.name, "the sink did not stop within the grace period; what it had not delivered stays buffered");
+            }
+            if new.sinks.iter().any(|s| s.name == r.id.name) {
+                report.restarted.push(r.id);
+            } else {
+                self.buffer.remove_sink(&r.id.name);
+                self.metrics.sinks.remove(&r.id.name);
+                report.stopped.push(r.id);
+            }
+        }
+        for (s, (_, started)) in new.sinks.iter().zip(built) {
+            let Some(started) = started else { continue };
+            let index = self.buffer.add_sink(SinkSlot {
+                name: s.name.clone(),
+                metrics: self.metrics.sinks.add(&s.name),
+            });
+            if !report
+                .restarted
+                .iter()
+                .any(|r| r.kind == Kind::Sink && r.name == s.name)
+            {
+                report.started.push(sink_id(s));
+            }
+            self.start_sink(s, started, index);
+        }
+        self.update_components();
+        self.config = new;
+        Ok(report)
     }
 
     /// Stops polling, lets the buffer write everything, lets the sinks deliver what they can
     /// within the grace period, and returns how many buffered bytes stay on disk undelivered.
-    pub async fn stop(self) -> u64 {
-        self.trigger.fire();
+    pub async fn stop(mut self) -> u64 {
+        for s in &self.sources {
+            s.trigger.fire();
+        }
         self.buffer.stopping();
-        for p in self.pollers {
-            let _ = p.await;
+        for s in std::mem::take(&mut self.sources) {
+            let _ = s.task.await;
         }
         // The catalog handle holds an input too: the writer ends when the last one is gone.
         self.catalogs.close().await;
+        self.input.take();
         // The pollers held the last handles to the buffer's input: the writer drains and ends.
         let mut buffer = self.buffer;
         let buffer = match tokio::task::spawn_blocking(move || {
@@ -188,11 +387,14 @@ impl Agent {
                 None
             }
         };
-        self.sink_trigger.fire();
+        for s in &self.sinks {
+            s.trigger.fire();
+        }
         let deadline = tokio::time::Instant::now() + self.grace + Duration::from_secs(2);
         for s in self.sinks {
-            let _ = tokio::time::timeout_at(deadline, s).await;
+            let _ = tokio::time::timeout_at(deadline, s.task).await;
         }
+        self.http.fire();
         // The sinks' last deliveries: save their positions, or the next start re-sends them.
         if let Some(buffer) = buffer {
             let _ = tokio::task::spawn_blocking(move || buffer.persist()).await;
@@ -206,6 +408,34 @@ impl Agent {
             .max()
             .unwrap_or(0)
     }
+}
+
+fn sink_id(s: &crate::config::SinkConfig) -> ComponentId {
+    ComponentId {
+        kind: Kind::Sink,
+        name: s.name.clone(),
+        fingerprint: fingerprint(s),
+    }
+}
+
+/// Builds the sinks of `config`, except those `keep` says are running already (`None`).
+#[allow(clippy::type_complexity)]
+fn build_sinks(
+    config: &Config,
+    keep: impl Fn(&crate::config::SinkConfig) -> bool,
+) -> Result<Vec<(ComponentId, Option<Box<dyn sink::Start>>)>, String> {
+    config
+        .sinks
+        .iter()
+        .map(|s| {
+            if keep(s) {
+                return Ok((sink_id(s), None));
+            }
+            sink::build(s, &config.agent.data_dir)
+                .map(|b| (sink_id(s), Some(b)))
+                .map_err(|e| format!("sink {:?}: {e}", s.name))
+        })
+        .collect()
 }
 
 /// Takes the data directory for this process: two agents writing one buffer would corrupt it.

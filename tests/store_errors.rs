@@ -15,7 +15,7 @@ const ADMIN: (&str, &str) = ("admin", "admin-pw");
 
 fn line_text(url: &str, data: &str, port: u16, addrs: &[String], points: &str) -> String {
     let mut s = format!(
-        "[line]\nid = \"held\"\n\n[agent]\ndata_dir = \"{data}\"\nmetrics_listen = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n\
+        "[line]\nid = \"held\"\n\n[agent]\ndata_dir = \"{data}\"\nmetrics_listen = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n# Exact sample counts below: no linetap_agent records.\nself_interval = \"0s\"\n\n\
          [sinks.central]\ntype = \"influxdb\"\nurl = \"{url}\"\napi = \"v1\"\ndatabase = \"late\"\nusername = \"writer\"\npassword_env = \"LINETAP_TEST_PW\"\nflush_interval = \"200ms\"\n\n"
     );
     for (i, a) in addrs.iter().enumerate() {

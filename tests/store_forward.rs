@@ -30,7 +30,7 @@ struct Line {
 
 fn text(vm: &str, data_dir: &Path, addrs: &[String], metrics_port: u16, buffer: &str) -> String {
     let mut s = format!(
-        "[line]\nid = \"sf\"\n\n[agent]\ndata_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nshutdown_grace = \"3s\"\n\n\
+        "[line]\nid = \"sf\"\n\n[agent]\ndata_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nshutdown_grace = \"3s\"\n# Exact sample counts below: no linetap_agent records.\nself_interval = \"0s\"\n\n\
          [buffer]\nsync_interval = \"1s\"\n{buffer}\n\n\
          [sinks.central]\ntype = \"influxdb\"\nurl = \"{vm}\"\napi = \"v1\"\ndatabase = \"sf\"\nflush_interval = \"200ms\"\ntimeout = \"2s\"\n\n",
         data_dir.display()

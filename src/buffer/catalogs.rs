@@ -23,7 +23,8 @@ pub fn load(dir: &Path, id: u64) -> Option<Catalog> {
 
 pub struct CatalogStore {
     dir: PathBuf,
-    sinks: usize,
+    /// How many sinks take each version (changes at a reload).
+    sinks: std::sync::atomic::AtomicUsize,
     /// Versions not yet taken by every sink: (catalog, sinks that still have to take it).
     fresh: Mutex<HashMap<u64, (Arc<Catalog>, usize)>>,
 }
@@ -33,7 +34,7 @@ impl CatalogStore {
         std::fs::create_dir_all(dir)?;
         Ok(CatalogStore {
             dir: dir.to_path_buf(),
-            sinks,
+            sinks: sinks.into(),
             fresh: Mutex::new(HashMap::new()),
         })
     }
@@ -43,10 +44,11 @@ impl CatalogStore {
     /// already. Runs on the writer thread (or at start-up), never on the runtime thread. Even
     /// when the write fails the sinks get the version from memory.
     pub fn store(&self, v: &Version) -> io::Result<()> {
-        if self.sinks > 0 {
+        let sinks = self.sinks.load(std::sync::atomic::Ordering::Relaxed);
+        if sinks > 0 {
             let mut fresh = self.lock();
             fresh.clear();
-            fresh.insert(v.id, (v.catalog.clone(), self.sinks));
+            fresh.insert(v.id, (v.catalog.clone(), sinks));
         }
         let p = path(&self.dir, v.id);
         if !p.exists() {
@@ -62,6 +64,12 @@ impl CatalogStore {
             super::log::sync_dir(&self.dir);
         }
         Ok(())
+    }
+
+    /// The number of sinks changed (a reload). A version kept for a removed sink is let go
+    /// when the next one comes; a sink added reads the current one from disk.
+    pub fn set_sinks(&self, n: usize) {
+        self.sinks.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Catalog `id` for one sink from memory, while some sink has not taken it yet.

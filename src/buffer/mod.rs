@@ -83,6 +83,9 @@ struct SinkCursor {
     /// `written_ms` of the oldest record not yet acknowledged (0: none pending).
     oldest_ms: u64,
     persisted: u64,
+    /// False once the sink is removed (a reload): its cursor no longer holds data back, and it
+    /// gets nothing more. Indexes never move, so the other sinks' readers stay valid.
+    active: bool,
 }
 
 struct State {
@@ -121,7 +124,7 @@ impl Shared {
         samples: u64,
         reason: fn(&SinkMetrics) -> &std::sync::atomic::AtomicU64,
     ) {
-        for c in &self.lock().cursors {
+        for c in self.lock().cursors.iter().filter(|c| c.active) {
             reason(&c.metrics).fetch_add(samples, Relaxed);
         }
     }
@@ -199,26 +202,12 @@ impl Buffer {
             .store(catalog)
             .map_err(|e| err("writing the catalog", e))?;
         let head = segments.last().map(|s| s.end()).unwrap_or(0);
-        let floor = segments.first().map(|s| s.base).unwrap_or(head);
         // Cursors: a sink seen before resumes where it was; a new sink starts at the head.
         let cur_dir = dir.join("cursors");
         std::fs::create_dir_all(&cur_dir).map_err(|e| err("creating cursors", e))?;
         let cursors = sinks
             .into_iter()
-            .map(|s| {
-                let stored = cursors::read(&cur_dir, &s.name);
-                let acked = stored.map(|p| p.clamp(floor, head)).unwrap_or(head);
-                if stored.is_some() && acked < head {
-                    tracing::info!(sink = %s.name, backlog_bytes = head - acked, "buffer: resuming delivery of stored data");
-                }
-                SinkCursor {
-                    name: s.name,
-                    metrics: s.metrics,
-                    acked,
-                    oldest_ms: log::written_at(&seg_dir, &segments, acked).unwrap_or(0),
-                    persisted: u64::MAX,
-                }
-            })
+            .map(|s| new_cursor(&cur_dir, &seg_dir, &segments, head, s))
             .collect::<Vec<_>>();
         let writer = LogWriter::create(&seg_dir, head, catalog.id)
             .map_err(|e| err("starting a segment", e))?;
@@ -276,7 +265,60 @@ impl Buffer {
         ))
     }
 
-    /// The reader for sink number `index` (in the order given to `open`).
+    /// Adds a sink at run time (a reload), or takes back one removed earlier; returns its
+    /// index for `reader`. As at start-up, a sink whose name has a saved position resumes
+    /// there (what is still buffered), any other starts at the head: it gets what comes next.
+    pub fn add_sink(&self, slot: SinkSlot) -> usize {
+        let dir = &self.shared.dir;
+        let (cur_dir, seg_dir) = (dir.join("cursors"), self.shared.segments_dir());
+        let index = {
+            let mut st = self.shared.lock();
+            let head = st.head;
+            let floor = st.segments.first().map(|s| s.base).unwrap_or(head);
+            if let Some(i) = st.cursors.iter().position(|c| c.name == slot.name) {
+                let c = &mut st.cursors[i];
+                c.acked = c.acked.clamp(floor, head);
+                c.metrics = slot.metrics;
+                c.oldest_ms = 0;
+                c.active = true;
+                i
+            } else {
+                let c = new_cursor(&cur_dir, &seg_dir, &st.segments, head, slot);
+                st.cursors.push(c);
+                st.tails.push(VecDeque::new());
+                st.cursors.len() - 1
+            }
+        };
+        self.shared.catalogs.set_sinks(self.active_sinks());
+        cursors::persist(&self.shared);
+        index
+    }
+
+    /// Removes a sink (a reload): the buffer no longer keeps data for it. Its saved position
+    /// stays on disk, so the same name added again resumes with what is still buffered.
+    pub fn remove_sink(&self, name: &str) {
+        {
+            let mut st = self.shared.lock();
+            let Some(i) = st.cursors.iter().position(|c| c.name == name) else {
+                return;
+            };
+            st.cursors[i].active = false;
+            st.tails[i].clear();
+        }
+        self.shared.catalogs.set_sinks(self.active_sinks());
+        cursors::persist(&self.shared);
+    }
+
+    fn active_sinks(&self) -> usize {
+        self.shared
+            .lock()
+            .cursors
+            .iter()
+            .filter(|c| c.active)
+            .count()
+    }
+
+    /// The reader for sink number `index` (in the order given to `open`, then `add_sink`).
     pub fn reader(&self, index: usize) -> SinkReader {
         let (pos, name) = {
             let st = self.shared.lock();
@@ -308,5 +350,30 @@ impl Buffer {
     /// Saves the read positions now (after the sinks' last deliveries at shutdown).
     pub fn persist(&self) {
         cursors::persist(&self.shared);
+    }
+}
+
+/// The cursor of a sink: where its saved position says (within what is still buffered), or
+/// the head for a sink never seen before.
+fn new_cursor(
+    cur_dir: &Path,
+    seg_dir: &Path,
+    segments: &[Segment],
+    head: u64,
+    s: SinkSlot,
+) -> SinkCursor {
+    let floor = segments.first().map(|s| s.base).unwrap_or(head);
+    let stored = cursors::read(cur_dir, &s.name);
+    let acked = stored.map(|p| p.clamp(floor, head)).unwrap_or(head);
+    if stored.is_some() && acked < head {
+        tracing::info!(sink = %s.name, backlog_bytes = head - acked, "buffer: resuming delivery of stored data");
+    }
+    SinkCursor {
+        name: s.name,
+        metrics: s.metrics,
+        acked,
+        oldest_ms: log::written_at(seg_dir, segments, acked).unwrap_or(0),
+        persisted: u64::MAX,
+        active: true,
     }
 }

@@ -243,7 +243,9 @@ fn append(
             }
             st.head = head;
             // Sinks that are caught up take these from memory instead of the disk.
-            for tail in &mut st.tails {
+            let state = &mut *st;
+            let active = state.cursors.iter().map(|c| c.active);
+            for (tail, _) in state.tails.iter_mut().zip(active).filter(|(_, a)| *a) {
                 for item in fresh.iter() {
                     if tail.len() >= TAIL_ITEMS {
                         tail.pop_front();
@@ -277,7 +279,7 @@ fn append(
 pub(super) fn update_gauges(shared: &Shared) {
     let st = shared.lock();
     let now = now_ms();
-    for c in &st.cursors {
+    for c in st.cursors.iter().filter(|c| c.active) {
         let m = &c.metrics;
         m.buffer_bytes
             .store(st.head.saturating_sub(c.acked), Relaxed);
@@ -300,7 +302,13 @@ fn enforce_budget(shared: &Shared, seg_dir: &Path, cfg: &BufferConfig) {
                 return;
             }
             let oldest = st.segments[0];
-            let min_acked = st.cursors.iter().map(|c| c.acked).min().unwrap_or(st.head);
+            let min_acked = st
+                .cursors
+                .iter()
+                .filter(|c| c.active)
+                .map(|c| c.acked)
+                .min()
+                .unwrap_or(st.head);
             let fully_acked = min_acked >= oldest.end();
             let may_drop =
                 st.bytes_on_disk() > cfg.max_bytes && cfg.when_full == WhenFull::DropOldest;
@@ -310,7 +318,10 @@ fn enforce_budget(shared: &Shared, seg_dir: &Path, cfg: &BufferConfig) {
             // Sinks that had not delivered this segment lose the rest of it.
             let mut moved = Vec::new();
             for (i, c) in st.cursors.iter_mut().enumerate() {
-                if c.acked < oldest.end() {
+                if !c.active {
+                    // Nothing is kept for a removed sink; it resumes at what is left.
+                    c.acked = c.acked.max(oldest.end());
+                } else if c.acked < oldest.end() {
                     moved.push((i, c.name.clone(), c.acked));
                     c.acked = oldest.end();
                     c.oldest_ms = 0;

@@ -60,9 +60,10 @@ impl Liveness {
     /// The tasks busy for longer than `limit`, with how long.
     pub fn stuck(&self, limit: Duration) -> Vec<(String, Duration)> {
         let now = self.start.elapsed().as_millis() as u64 + 1;
-        self.beats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        // A task that ended (stopped by a reload) holds its beat no more.
+        beats.retain(|(_, b)| Arc::strong_count(b) > 1);
+        beats
             .iter()
             .filter_map(|(name, b)| {
                 let since = b.load(Relaxed);

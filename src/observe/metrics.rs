@@ -209,6 +209,9 @@ pub struct Metrics {
     pub buffer_corrupt_bytes: AtomicU64,
     /// Segments set aside because their header was damaged.
     pub buffer_quarantined: AtomicU64,
+    /// Configuration reloads applied, and refused (invalid file, a sink that cannot start).
+    pub config_reloads_ok: AtomicU64,
+    pub config_reloads_error: AtomicU64,
     /// Samples the agent wrote about itself (`linetap_agent`).
     pub self_samples: AtomicU64,
     /// The log position of the newest buffered byte.
@@ -409,6 +412,12 @@ impl Metrics {
         }
         let _ = writeln!(o, "# TYPE linetap_buffer_written_bytes_total counter\nlinetap_buffer_written_bytes_total {}", self.buffer_bytes_written.load(Relaxed));
         let _ = writeln!(o, "# TYPE linetap_buffer_corrupt_bytes_total counter\nlinetap_buffer_corrupt_bytes_total {}", self.buffer_corrupt_bytes.load(Relaxed));
+        let _ = writeln!(
+            o,
+            "# TYPE linetap_config_reloads_total counter\nlinetap_config_reloads_total{{result=\"ok\"}} {}\nlinetap_config_reloads_total{{result=\"error\"}} {}",
+            self.config_reloads_ok.load(Relaxed),
+            self.config_reloads_error.load(Relaxed)
+        );
         let _ = writeln!(o, "# TYPE linetap_buffer_quarantined_segments_total counter\nlinetap_buffer_quarantined_segments_total {}", self.buffer_quarantined.load(Relaxed));
         o
     }

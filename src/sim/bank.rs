@@ -66,6 +66,9 @@ pub struct Bank {
     /// A frozen bank keeps the registers it was given (tests write exact values).
     pub frozen: bool,
     pub fault: Fault,
+    /// TCP connections accepted for this unit so far (a reload test checks that an unchanged
+    /// device keeps its connection).
+    pub connections: u64,
 }
 
 impl Bank {
@@ -98,6 +101,7 @@ impl Bank {
             signals,
             frozen: false,
             fault: Fault::None,
+            connections: 0,
         }
     }
 

@@ -139,6 +139,9 @@ async fn serve(listener: TcpListener, units: Units, started: Instant) {
     let server = Server::new(listener);
     let on_connected = |stream: TcpStream, _addr: SocketAddr| {
         let units = units.clone();
+        for bank in units.values() {
+            lock(bank).connections += 1;
+        }
         async move {
             let _ = stream.set_nodelay(true);
             let service = SimService {
@@ -350,6 +353,11 @@ impl SimHandle {
                 bits.len()
             ))
         }
+    }
+
+    /// TCP connections the simulator has accepted for `device` so far.
+    pub fn connections(&self, device: &str) -> Result<u64, String> {
+        Ok(lock(self.bank(device)?).connections)
     }
 
     pub fn stop(&self) {

@@ -84,6 +84,13 @@ impl Catalogs {
         self.change(|_| ()).await.1
     }
 
+    /// Applies `f` to a registry restored from the current version (a reload registers the
+    /// new configuration's devices and removes the ones that are gone); returns what `f`
+    /// returned and the version now current.
+    pub async fn rebuild<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> (R, Version) {
+        self.change(f).await
+    }
+
     /// Applies `f` to a registry restored from the current version, and queues the new
     /// version (if it changed) before returning. Changes are serialized: versions reach the
     /// buffer in the order they were made.

@@ -364,6 +364,17 @@ impl AgentProcess {
         (code, self.stderr())
     }
 
+    /// Sends a signal (e.g. "HUP") to the agent.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{name} {pid} failed");
+    }
+
     /// What the agent has logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
