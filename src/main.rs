@@ -54,6 +54,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write the man pages (roff) generated from these definitions into DIR: linetap.1 and
+    /// one linetap-COMMAND.1 per command (used to package them).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,13 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
+        Command::Man { dir } => match write_man_pages(&dir) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("linetap man: {}: {e}", dir.display());
+                1
+            }
+        },
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
                 print!("{}", check::render_plan(&cfg));
@@ -321,4 +332,27 @@ async fn reload(agent: &mut run::Agent, path: &std::path::Path) {
             tracing::error!("reload refused, the running configuration is kept: {e}");
         }
     }
+}
+
+/// `linetap man DIR`: the man page of the command and of each visible subcommand.
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cli = Cli::command();
+    let mut pages = vec![("linetap".to_string(), cli.clone())];
+    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("linetap-{}", sub.get_name());
+        pages.push((
+            name,
+            sub.clone().bin_name(format!("linetap {}", sub.get_name())),
+        ));
+    }
+    for (name, cmd) in pages {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .title(name.clone())
+            .render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.1")), out)?;
+    }
+    Ok(())
 }
