@@ -18,6 +18,8 @@ Everything listens on 127.0.0.1 only.
 import argparse, json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request, urllib.parse
 
 EXTRA = os.environ.get("BENCH_SINK_EXTRA", "").replace(";", "\n") + "\n"
+# Extra [agent] keys, e.g. BENCH_AGENT_EXTRA='self_interval = "0s"'.
+AGENT_EXTRA = os.environ.get("BENCH_AGENT_EXTRA", "").replace(";", "\n") + "\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("LINETAP_BIN") or os.path.join(ROOT, "target", "release", "linetap")
 
@@ -128,7 +130,7 @@ def run_floor(tmp, ports, poll, seconds):
 def config(n, ports, vm_url, poll):
     out = [
         '[line]\nid = "bench"\nsite = "lab"\n',
-        f'[agent]\ndata_dir = "{DATA_DIR}"\nmetrics_listen = "127.0.0.1:{METRICS_PORT}"\n',
+        f'[agent]\ndata_dir = "{DATA_DIR}"\nmetrics_listen = "127.0.0.1:{METRICS_PORT}"\n' + AGENT_EXTRA,
         f'[sinks.vm]\ntype = "influxdb"\nurl = "{vm_url}"\napi = "v2"\norg = "lab"\nbucket = "bench"\n'
         'token_env = "BENCH_TOKEN"\nbatch_size = 5000\nflush_interval = "1s"\n' + EXTRA,
     ]

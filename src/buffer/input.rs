@@ -51,7 +51,10 @@ impl BufferInput {
         let mut entry = Entry::Batch(Arc::new(batch));
         loop {
             match self.tx.try_send(entry) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.shared.queued_one();
+                    return;
+                }
                 Err(TrySendError::Full(e)) if self.block && !self.stopping.load(Relaxed) => {
                     entry = e;
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -79,7 +82,10 @@ impl BufferInput {
         let mut entry = Entry::Catalog(version);
         loop {
             match self.tx.try_send(entry) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.shared.queued_one();
+                    return;
+                }
                 Err(TrySendError::Full(e)) => {
                     entry = e;
                     tokio::time::sleep(Duration::from_millis(5)).await;

@@ -47,14 +47,17 @@ use tokio::sync::watch;
 
 /// Batches waiting for the writer thread.
 const QUEUE: usize = 4096;
-/// How often the writer thread wakes to write what has been queued.
-const TICK: Duration = Duration::from_millis(20);
+/// How often the writer thread wakes to write what has been queued …
+const TICK: Duration = Duration::from_millis(100);
+/// … or as soon as this many entries wait (a fast source must not fill the queue in a tick).
+const WAKE_AT: usize = 256;
 /// The writer wakes waiting sinks after this many new bytes (about a default batch) …
 const NOTIFY_BYTES: u64 = 96 << 10;
 /// … or after this long.
 const NOTIFY_EVERY: Duration = Duration::from_millis(250);
-/// Batches kept in memory per sink, so a caught-up sink never reads the disk.
-const TAIL_ITEMS: usize = 1024;
+/// Samples kept in memory per sink (the newest batches), so a caught-up sink never reads the
+/// disk: a sink is woken every `NOTIFY_BYTES`, far less than this.
+const TAIL_SAMPLES: usize = 32 << 10;
 /// A sink this far behind the head reads new data beside its backlog (`live_share`).
 const LAG_BYTES: u64 = 1 << 20;
 
@@ -75,6 +78,38 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// One sink's newest batches in memory, at most `TAIL_SAMPLES` samples (at least one batch).
+#[derive(Default)]
+struct Tail {
+    items: VecDeque<TailItem>,
+    samples: usize,
+}
+
+impl Tail {
+    fn push(&mut self, item: TailItem) {
+        self.samples += item.batch.samples.len();
+        self.items.push_back(item);
+        while self.samples > TAIL_SAMPLES && self.items.len() > 1 {
+            self.pop_front();
+        }
+    }
+
+    fn front(&self) -> Option<&TailItem> {
+        self.items.front()
+    }
+
+    fn pop_front(&mut self) -> Option<TailItem> {
+        let item = self.items.pop_front()?;
+        self.samples -= item.batch.samples.len();
+        Some(item)
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.samples = 0;
+    }
+}
+
 struct SinkCursor {
     name: String,
     metrics: Arc<SinkMetrics>,
@@ -90,7 +125,7 @@ struct SinkCursor {
 
 struct State {
     /// Per sink: the newest batches, for reading without the disk.
-    tails: Vec<VecDeque<TailItem>>,
+    tails: Vec<Tail>,
     segments: Vec<Segment>,
     head: u64,
     cursors: Vec<SinkCursor>,
@@ -107,9 +142,27 @@ struct Shared {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     catalogs: CatalogStore,
+    /// Entries in the queue to the writer (publishers add, the writer subtracts).
+    queued: std::sync::atomic::AtomicUsize,
+    /// The writer thread, woken early when `WAKE_AT` entries wait.
+    writer: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Shared {
+    /// Wakes the writer thread before its tick.
+    fn wake_writer(&self) {
+        if let Some(t) = self.writer.get() {
+            t.unpark();
+        }
+    }
+
+    /// One more entry was queued: wakes the writer when enough wait.
+    fn queued_one(&self) {
+        if self.queued.fetch_add(1, Relaxed) + 1 == WAKE_AT {
+            self.wake_writer();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -215,13 +268,15 @@ impl Buffer {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             state: Mutex::new(State {
-                tails: vec![VecDeque::new(); cursors.len()],
+                tails: (0..cursors.len()).map(|_| Tail::default()).collect(),
                 segments,
                 head: writer.segment.end(),
                 cursors,
             }),
             metrics: metrics.clone(),
             catalogs: store,
+            queued: 0.into(),
+            writer: std::sync::OnceLock::new(),
         });
         cursors::persist(&shared);
         writer::update_gauges(&shared);
@@ -252,6 +307,7 @@ impl Buffer {
                 )
             })
             .map_err(|e| format!("buffer: cannot start the writer thread: {e}"))?;
+        let _ = shared.writer.set(handle.thread().clone());
         let input = BufferInput::new(tx, block, stopping.clone(), shared.clone());
         Ok((
             Buffer {
@@ -285,7 +341,7 @@ impl Buffer {
             } else {
                 let c = new_cursor(&cur_dir, &seg_dir, &st.segments, head, slot);
                 st.cursors.push(c);
-                st.tails.push(VecDeque::new());
+                st.tails.push(Tail::default());
                 st.cursors.len() - 1
             }
         };
@@ -345,6 +401,7 @@ impl Buffer {
     /// Shutdown has begun: sources held back by `when_full = "block"` stop waiting.
     pub fn stopping(&self) {
         self.stopping.store(true, Relaxed);
+        self.shared.wake_writer();
     }
 
     /// Saves the read positions now (after the sinks' last deliveries at shutdown).

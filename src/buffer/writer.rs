@@ -5,7 +5,7 @@
 use super::input::Entry;
 use super::log::{self, LogWriter};
 use super::record;
-use super::{cursors, now_ms, Shared, TailItem, NOTIFY_BYTES, NOTIFY_EVERY, TAIL_ITEMS, TICK};
+use super::{cursors, now_ms, Shared, TailItem, NOTIFY_BYTES, NOTIFY_EVERY, TICK, WAKE_AT};
 use crate::config::{BufferConfig, WhenFull};
 use prost::Message;
 use std::path::Path;
@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// The writer thread. It wakes every `TICK` (never once per batch: a source's `publish`
-/// costs no wake-up), appends everything queued as one write, hands the batches to the sinks'
-/// in-memory tails, and syncs every `sync_interval`.
+/// The writer thread. It wakes every `TICK`, or early when `WAKE_AT` entries wait (never once
+/// per batch: a source's `publish` costs no wake-up), appends everything queued as one write,
+/// hands the batches to the sinks' in-memory tails, and syncs every `sync_interval`.
 pub(super) fn write_loop(
     shared: Arc<Shared>,
     mut writer: LogWriter,
@@ -39,17 +39,24 @@ pub(super) fn write_loop(
     let mut scratch: Vec<u8> = Vec::with_capacity(8 << 10);
     let mut fresh: Vec<TailItem> = Vec::new();
     let mut last_sync = Instant::now();
+    let mut last_persist = Instant::now();
     let mut unsynced = false;
     let mut refused_logged = false;
     let mut disconnected = false;
     while !disconnected {
         beat.idle();
-        std::thread::sleep(TICK);
+        if shared.queued.load(Relaxed) < WAKE_AT {
+            std::thread::park_timeout(TICK);
+        }
         beat.busy();
         let mut pending_samples = 0u64;
         let mut base = writer.segment.end();
         loop {
-            let batch = match rx.try_recv() {
+            let received = rx.try_recv();
+            if received.is_ok() {
+                shared.queued.fetch_sub(1, Relaxed);
+            }
+            let batch = match received {
                 Ok(Entry::Batch(b)) => b,
                 Ok(Entry::Catalog(v)) => {
                     // What is pending was read under the previous version: write it, then
@@ -183,7 +190,13 @@ pub(super) fn write_loop(
             }
             unsynced = false;
             last_sync = now;
+        }
+        // The sinks' positions: less often than the log (each save is an fsync per sink, and a
+        // position saved late only means a crash re-delivers a few seconds, idempotently).
+        // Deleting a segment saves them first, whatever the time.
+        if now.duration_since(last_persist) >= CURSOR_EVERY {
             cursors::persist(&shared);
+            last_persist = now;
         }
         if writer.segment.len >= segment_bytes {
             roll(&shared, &mut writer, cat_id);
@@ -195,6 +208,10 @@ pub(super) fn write_loop(
     cursors::persist(&shared);
     beat.idle();
 }
+
+/// How often the sinks' read positions are saved (besides before a segment is deleted and at
+/// shutdown).
+const CURSOR_EVERY: Duration = Duration::from_secs(5);
 
 /// What the writer is told from outside: shutdown has begun (stop holding the sources back),
 /// and its beat for the watchdog.
@@ -247,10 +264,7 @@ fn append(
             let active = state.cursors.iter().map(|c| c.active);
             for (tail, _) in state.tails.iter_mut().zip(active).filter(|(_, a)| *a) {
                 for item in fresh.iter() {
-                    if tail.len() >= TAIL_ITEMS {
-                        tail.pop_front();
-                    }
-                    tail.push_back(item.clone());
+                    tail.push(item.clone());
                 }
             }
             drop(st);

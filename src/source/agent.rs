@@ -148,6 +148,15 @@ struct Shape {
 }
 
 impl Shape {
+    /// The shape for these devices and sinks, whatever order they come in (so that the order
+    /// of the metrics slots never counts as a change of the catalog).
+    fn new(mut devices: Vec<String>, mut sinks: Vec<String>) -> Shape {
+        devices.retain(|d| !d.is_empty());
+        devices.sort_unstable();
+        sinks.sort_unstable();
+        Shape { devices, sinks }
+    }
+
     /// The points of this shape, in the order `Ticker::emit` writes them.
     fn points(&self) -> Vec<PointDescriptor> {
         let mut p: Vec<PointDescriptor> = AGENT_FIELDS
@@ -199,14 +208,7 @@ pub fn build(
     if interval.is_zero() {
         return None;
     }
-    let shape = Shape {
-        devices: registry
-            .device_names()
-            .filter(|n| !n.is_empty())
-            .map(str::to_string)
-            .collect(),
-        sinks,
-    };
+    let shape = Shape::new(registry.device_names().map(str::to_string).collect(), sinks);
     let ids = registry.set_device(descriptor(), shape.points());
     Some(AgentSource {
         id: ComponentId {
@@ -256,12 +258,14 @@ impl Source for AgentSource {
                     _ = tick.tick() => {}
                     _ = shutdown.recv() => return,
                 }
-                let devices = metrics.devices.all();
-                let sinks = metrics.sinks.all();
-                let shape = Shape {
-                    devices: devices.iter().map(|d| d.name.clone()).collect(),
-                    sinks: sinks.iter().map(|s| s.name.clone()).collect(),
-                };
+                let mut devices = metrics.devices.all();
+                let mut sinks = metrics.sinks.all();
+                devices.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                sinks.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                let shape = Shape::new(
+                    devices.iter().map(|d| d.name.clone()).collect(),
+                    sinks.iter().map(|s| s.name.clone()).collect(),
+                );
                 if shape != t.shape {
                     let (ids, version) = catalogs.set_device(descriptor(), shape.points()).await;
                     out.catalog_changed(&version);
