@@ -49,7 +49,7 @@ pub struct Agent {
     /// For sources started by a reload; let go at shutdown.
     input: Option<crate::buffer::BufferInput>,
     transforms: transform::Plan,
-    /// Stops the metrics endpoint.
+    /// Stops the metrics endpoint and the memory trimmer.
     http: Trigger,
     grace: Duration,
     _lock: std::fs::File,
@@ -150,6 +150,7 @@ impl Agent {
             agent.start_source(s, &version);
         }
         agent.update_components();
+        tokio::spawn(crate::observe::memory::run(agent.http.subscribe()));
         Ok(agent)
     }
 
@@ -357,6 +358,8 @@ impl Agent {
         }
         self.update_components();
         self.config = new;
+        // The old components and catalog are gone: give their memory back.
+        let _ = tokio::task::spawn_blocking(crate::observe::memory::trim).await;
         Ok(report)
     }
 

@@ -2,5 +2,6 @@
 pub mod http;
 pub mod liveness;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod systemd;

@@ -161,19 +161,26 @@ pub fn parse_reply(frame: &[u8], unit: u8, table: Table, count: u16) -> Result<R
             table.as_str()
         )));
     }
-    Ok(Reply::Data(if table.is_bits() {
+    Ok(Reply::Data(decode_words(table, count, data)))
+}
+
+/// The registers or bits of a read response's data bytes (`data` holds at least
+/// `response_data_bytes(table, count)` bytes). Shared by RTU and TCP.
+pub fn decode_words(table: Table, count: u16, data: &[u8]) -> Words {
+    if table.is_bits() {
         Words::Bits(
             (0..count as usize)
-                .map(|i| data[i / 8] & (1 << (i % 8)) != 0)
+                .map(|i| data.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
                 .collect(),
         )
     } else {
         Words::Registers(
             data.chunks_exact(2)
+                .take(count as usize)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]))
                 .collect(),
         )
-    }))
+    }
 }
 
 /// Silence that ends a frame (t3.5): 3.5 character times, fixed at 1.75 ms above 19200 baud
