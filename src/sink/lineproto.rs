@@ -22,23 +22,29 @@ impl Skipped {
     }
 }
 
+/// One point's fixed text. Compact: a large line has tens of thousands of points, and every
+/// sink keeps an encoder per catalog version it writes.
 struct PointLine {
-    /// `measurement,tag=v,... field=`
-    prefix: Box<[u8]>,
-    /// `,field_label="` for enum points; `labels[i]` is the escaped label of code `codes[i]`.
+    /// `measurement,tag=v,... field=`: `LineEncoder::text[start..start + len]`.
+    start: u32,
+    len: u32,
+    /// Integers are written with an `i` suffix, whether the value came in as int or uint.
+    data_type: DataType,
+    /// Enum points only.
+    labels: Option<Box<EnumLine>>,
+}
+
+/// An enum point's label text.
+struct EnumLine {
+    /// `,field_label=`; `labels[i]` is the escaped, quoted label of code `codes[i]`.
     label_key: Box<[u8]>,
     codes: Box<[i64]>,
     labels: Box<[Box<[u8]>]>,
-    /// Integers are written with an `i` suffix, whether the value came in as int or uint.
-    data_type: DataType,
 }
 
-impl PointLine {
-    /// For enum points: `,NAME_label="label"` (`"unknown"` for a code the map lacks).
+impl EnumLine {
+    /// `,NAME_label="label"` (`"unknown"` for a code the map lacks).
     fn write_label(&self, code: i64, out: &mut Vec<u8>) {
-        if self.codes.is_empty() {
-            return;
-        }
         out.extend_from_slice(&self.label_key);
         match self.codes.binary_search(&code) {
             Ok(k) => out.extend_from_slice(&self.labels[k]),
@@ -49,6 +55,8 @@ impl PointLine {
 
 /// Encodes sample batches to line protocol for one catalog version.
 pub struct LineEncoder {
+    /// Every point's prefix, one after the other.
+    text: Vec<u8>,
     /// By point id (ids are stable, not necessarily dense; holes are `None`).
     points: Vec<Option<PointLine>>,
 }
@@ -107,6 +115,8 @@ impl LineEncoder {
             .unwrap_or(0);
         let mut points: Vec<Option<PointLine>> = Vec::new();
         points.resize_with(size, || None);
+        let mut text = Vec::new();
+        let mut prefix = Vec::new();
         for p in &catalog.points {
             let line = {
                 let dev = devices.get(&p.device).copied();
@@ -139,7 +149,7 @@ impl LineEncoder {
                 }
                 // Sorted tags are what InfluxDB stores; sending them sorted saves it the work.
                 tags.sort_by(|a, b| a.0.cmp(b.0));
-                let mut prefix = Vec::new();
+                prefix.clear();
                 escape_measurement(&p.measurement, &mut prefix);
                 for (k, v) in tags {
                     prefix.push(b',');
@@ -150,29 +160,50 @@ impl LineEncoder {
                 prefix.push(b' ');
                 escape_key(&p.name, &mut prefix);
                 prefix.push(b'=');
-                let mut label_key = Vec::new();
-                label_key.push(b',');
-                escape_key(&p.name, &mut label_key);
-                label_key.extend_from_slice(b"_label=");
-                let mut codes = Vec::new();
-                let mut labels = Vec::new();
-                for e in &p.enum_labels {
-                    codes.push(e.code);
-                    let mut l = Vec::new();
-                    write_string_value(&e.label, &mut l);
-                    labels.push(l.into_boxed_slice());
-                }
+                let labels = (!p.enum_labels.is_empty()).then(|| {
+                    let mut label_key = Vec::new();
+                    label_key.push(b',');
+                    escape_key(&p.name, &mut label_key);
+                    label_key.extend_from_slice(b"_label=");
+                    let mut pairs: Vec<(i64, Box<[u8]>)> = p
+                        .enum_labels
+                        .iter()
+                        .map(|e| {
+                            let mut l = Vec::new();
+                            write_string_value(&e.label, &mut l);
+                            (e.code, l.into_boxed_slice())
+                        })
+                        .collect();
+                    pairs.sort_by_key(|(code, _)| *code);
+                    let (codes, labels): (Vec<i64>, Vec<Box<[u8]>>) = pairs.into_iter().unzip();
+                    Box::new(EnumLine {
+                        label_key: label_key.into_boxed_slice(),
+                        codes: codes.into_boxed_slice(),
+                        labels: labels.into_boxed_slice(),
+                    })
+                });
+                let start = text.len() as u32;
+                text.extend_from_slice(&prefix);
                 PointLine {
-                    prefix: prefix.into_boxed_slice(),
-                    label_key: label_key.into_boxed_slice(),
-                    codes: codes.into_boxed_slice(),
-                    labels: labels.into_boxed_slice(),
+                    start,
+                    len: prefix.len() as u32,
                     data_type: DataType::try_from(p.data_type).unwrap_or(DataType::Unknown),
+                    labels,
                 }
             };
             points[p.id as usize] = Some(line);
         }
-        LineEncoder { points }
+        text.shrink_to_fit();
+        LineEncoder { text, points }
+    }
+
+    /// The prefix of a point.
+    #[inline]
+    fn prefix(&self, p: &PointLine) -> &[u8] {
+        let start = p.start as usize;
+        self.text
+            .get(start..start + p.len as usize)
+            .unwrap_or_default()
     }
 
     /// Appends one line per sample of `batch` to `out`; returns how many lines were written and
@@ -188,7 +219,7 @@ impl LineEncoder {
             };
             let Some(value) = &s.value else { continue };
             let mark = out.len();
-            out.extend_from_slice(&p.prefix);
+            out.extend_from_slice(self.prefix(p));
             match value {
                 Value::DoubleValue(x) => {
                     if !x.is_finite() {
@@ -213,7 +244,9 @@ impl LineEncoder {
                         out.extend_from_slice(ibuf.format(*i).as_bytes());
                         out.push(b'i');
                     }
-                    p.write_label(*i, out);
+                    if let Some(l) = &p.labels {
+                        l.write_label(*i, out);
+                    }
                 }
                 Value::UintValue(u) => {
                     let Ok(i) = i64::try_from(*u) else {
@@ -223,7 +256,9 @@ impl LineEncoder {
                     };
                     out.extend_from_slice(ibuf.format(i).as_bytes());
                     out.push(b'i');
-                    p.write_label(i, out);
+                    if let Some(l) = &p.labels {
+                        l.write_label(i, out);
+                    }
                 }
                 Value::BoolValue(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
                 Value::StringValue(v) => write_string_value(v, out),
