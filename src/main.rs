@@ -190,6 +190,9 @@ async fn run_agent(path: &std::path::Path, cfg: config::Config) -> i32 {
         }
     };
     tracing::info!(line = %cfg.line.id, devices = cfg.devices.len(), sinks = cfg.sinks.len(), "linetap running");
+    let stuck_after = cfg.agent.stuck_after;
+    // The agent keeps its own copy (for reloads); on a large line this one is megabytes.
+    drop(cfg);
     let notifier = std::sync::Arc::new(systemd::Notifier::from_env());
     notifier.notify(&format!(
         "READY=1\nSTATUS={}",
@@ -200,7 +203,6 @@ async fn run_agent(path: &std::path::Path, cfg: config::Config) -> i32 {
     let (watchdog_stop, watchdog_stopped) = tokio::sync::oneshot::channel::<()>();
     let watchdog = {
         let (notifier, metrics) = (notifier.clone(), agent.metrics.clone());
-        let stuck_after = cfg.agent.stuck_after;
         tokio::spawn(async move {
             systemd::run(&notifier, &metrics, stuck_after, async {
                 let _ = watchdog_stopped.await;

@@ -4,6 +4,7 @@
 //! (`sinks.rs`); each sink kind and source kind validates its own keys in its folder
 //! (`sink/influx/config.rs`, `sink/file/config.rs`, `source/modbus/config.rs`).
 
+mod chunked;
 mod sinks;
 
 use super::schema::*;
@@ -98,7 +99,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         text,
         errors: Vec::new(),
     };
-    let raw: RawConfig = match toml::from_str(text) {
+    let raw: RawConfig = match chunked::parse_raw(text) {
         Ok(raw) => raw,
         Err(e) => {
             let at = e.span().unwrap_or(0..0);

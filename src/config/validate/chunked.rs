@@ -1,0 +1,131 @@
+//! Parsing a large file a device at a time. The TOML parser builds a spanned tree of the whole
+//! document before our structures are filled: for a line of 20,000 individually listed points
+//! (1.6 MB of TOML) that tree is ~60 MB, three times the agent's steady state. A large file
+//! whose devices are plain `[[devices]]` blocks is therefore parsed as its head (everything
+//! before the first `[[devices]]`) and then one block at a time, each preceded by as many
+//! spaces as there are bytes before it, so every span (and every error's line and column) is
+//! exactly what the whole document gives. Anything unusual (another table after the devices,
+//! a multi-line string, a header-like line inside an array) falls back to the whole document.
+
+use super::super::schema::{DeviceSection, RawConfig};
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use std::ops::Range;
+
+/// Smaller files are parsed whole (the tree is small).
+const CHUNK_ABOVE: usize = 256 << 10;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Devices {
+    #[serde(default)]
+    devices: Vec<Spanned<DeviceSection>>,
+}
+
+/// The file's raw structures, parsed whole or a device at a time (same result, same errors).
+pub(super) fn parse_raw(text: &str) -> Result<RawConfig, toml::de::Error> {
+    if text.len() < CHUNK_ABOVE {
+        return toml::from_str(text);
+    }
+    let Some(blocks) = device_blocks(text) else {
+        return toml::from_str(text);
+    };
+    let head_end = blocks.first().map(|b| b.start).unwrap_or(text.len());
+    let mut raw: RawConfig = toml::from_str(&text[..head_end])?;
+    if !raw.devices.is_empty() {
+        // `devices = [...]` in the head: only the whole document says what that means.
+        return toml::from_str(text);
+    }
+    let mut padded = String::with_capacity(text.len());
+    for b in blocks {
+        padded.clear();
+        padded.extend(std::iter::repeat_n(' ', b.start));
+        padded.push_str(&text[b]);
+        let part: Devices = toml::from_str(&padded)?;
+        raw.devices.extend(part.devices);
+    }
+    Ok(raw)
+}
+
+/// The byte ranges of the `[[devices]]` blocks, or `None` when the file is not simply a head
+/// followed by such blocks.
+fn device_blocks(text: &str) -> Option<Vec<Range<usize>>> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if line.contains("\"\"\"") || line.contains("'''") {
+            return None;
+        }
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            let header = t.split('#').next().unwrap_or("").trim_end();
+            if header == "[[devices]]" {
+                starts.push(at);
+            } else {
+                let inside_a_device =
+                    header.starts_with("[[devices.") || header.starts_with("[devices.");
+                if !starts.is_empty() && !inside_a_device {
+                    return None;
+                }
+            }
+        }
+        at += line.len();
+    }
+    let ends = starts.iter().skip(1).copied().chain([text.len()]);
+    Some(starts.iter().zip(ends).map(|(s, e)| *s..e).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn big(bad_at: Option<usize>) -> String {
+        let mut s = String::from(
+            "[line]\nid = \"big\"\n\n[sinks.out]\ntype = \"file\"\npath = \"x.lp\"\n\n",
+        );
+        for d in 0..150 {
+            s.push_str(&format!(
+                "[[devices]]\nid = \"dev-{d}\"\naddress = \"10.0.0.{d}:502\"\nserial = {{ port = \"/dev/ttyS0\" }}\n[devices.tags]\nbay = \"{d}\"\n"
+            ));
+            for p in 0..30 {
+                // The bad point's name is an unterminated string.
+                let end = if bad_at == Some(d * 30 + p) { "" } else { "\"" };
+                s.push_str(&format!(
+                    "[[devices.points]]\nname = \"v{p}{end} # value {p}\naddress = {p}\ntype = \"u16\"\n"
+                ));
+            }
+        }
+        assert!(s.len() > CHUNK_ABOVE);
+        s
+    }
+
+    #[test]
+    fn a_large_file_parses_the_same_a_device_at_a_time() {
+        let text = big(None);
+        assert_eq!(device_blocks(&text).map(|b| b.len()), Some(150));
+        let whole: RawConfig = toml::from_str(&text).unwrap();
+        let chunked = parse_raw(&text).unwrap();
+        assert_eq!(format!("{whole:?}"), format!("{chunked:?}"));
+    }
+
+    #[test]
+    fn errors_keep_their_place() {
+        // A syntax error deep in the file (device 120): same message, same span.
+        let text = big(Some(120 * 30 + 7));
+        let whole = toml::from_str::<RawConfig>(&text).unwrap_err();
+        let chunked = parse_raw(&text).unwrap_err();
+        assert_eq!(whole.span(), chunked.span());
+        assert_eq!(whole.message(), chunked.message());
+    }
+
+    #[test]
+    fn unusual_files_are_parsed_whole() {
+        let mut text = big(None);
+        text.push_str("[sinks.late]\ntype = \"file\"\npath = \"y.lp\"\n");
+        assert!(device_blocks(&text).is_none());
+        let raw = parse_raw(&text).unwrap();
+        assert_eq!(raw.sinks.len(), 2);
+        let text = big(None).replacen("id = \"dev-3\"", "id = \"\"\"dev-3\"\"\"", 1);
+        assert!(device_blocks(&text).is_none());
+    }
+}
