@@ -265,10 +265,22 @@ fn describe_point(p: &crate::config::PointConfig) -> String {
         d.push_str(&format!(" bit {b}"));
     }
     d.push_str(&format!(" {}", p.kind.as_str()));
+    let is_string = p.kind == crate::config::PointType::String;
+    if let (Some(b), false) = (p.byte, is_string) {
+        d.push_str(&format!(" {} byte", b.as_str()));
+    }
+    let swapped = matches!(
+        p.order,
+        crate::config::WordOrder::BADC | crate::config::WordOrder::DCBA
+    );
     if p.kind == crate::config::PointType::String {
         d.push_str(&format!("({} registers)", p.width));
-    }
-    if p.kind.registers() > 1 {
+        if let Some(b) = p.byte {
+            d.push_str(&format!(" one character per register, {} byte", b.as_str()));
+        } else if swapped {
+            d.push_str(" BADC (low byte first)");
+        }
+    } else if p.kind.registers() > 1 || (p.kind.registers() == 1 && swapped) {
         d.push_str(&format!(" {:?}", p.order));
     }
     if p.count > 1 {

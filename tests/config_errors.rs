@@ -756,3 +756,78 @@ fn the_example_line_config_in_deploy_is_valid() {
     assert_eq!(cfg.devices.len(), 2);
     assert_eq!(cfg.sinks.len(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bytes, half floats and string layouts
+// ---------------------------------------------------------------------------------------------
+
+broken!(
+    byte_on_a_u16,
+    edit(BASE, "type = \"u16\"\n", "type = \"u16\"\nbyte = \"high\"\n"),
+    at: ("byte = \"high\"", 1, "\"high\""),
+    says: "`byte` applies to u8, i8 and strings (one character per register), not \"u16\"",
+);
+
+broken!(
+    order_on_a_u8,
+    edit(BASE, "type = \"u16\"\n", "type = \"u8\"\norder = \"BADC\"\n"),
+    at: ("order = \"BADC\"", 1, "\"BADC\""),
+    says: "a u8 / i8 takes one byte: choose it with `byte`, not `order`",
+);
+
+broken!(
+    word_swapped_string,
+    edit(BASE, "length = 4\n", "length = 4\norder = \"CDAB\"\n"),
+    at: ("order = \"CDAB\"", 1, "\"CDAB\""),
+    says: "a string takes order \"ABCD\" (high byte first) or \"BADC\" (low byte first)",
+);
+
+broken!(
+    string_with_byte_and_order,
+    edit(BASE, "length = 4\n", "length = 4\nbyte = \"low\"\norder = \"BADC\"\n"),
+    at: ("order = \"BADC\"", 1, "\"BADC\""),
+    says: "a string with `byte` has one character per register: `order` does not apply",
+);
+
+broken!(
+    bad_byte_value,
+    edit(BASE, "type = \"u16\"\n", "type = \"u8\"\nbyte = \"middle\"\n"),
+    at: ("byte = \"middle\"", 1, "\"middle\""),
+    says: "unknown variant `middle`, expected `low` or `high`",
+);
+
+/// Two u8 halves of one register, an i8, an f16 and the three string layouts: valid, and
+/// `check` shows how each is read.
+#[test]
+fn bytes_halves_and_strings_are_valid_and_shown() {
+    let text = edit(
+        BASE,
+        "[[devices.points]]\nname = \"temperature\"",
+        "[[devices.points]]\nname = \"mode\"\naddress = 20\ntype = \"u8\"\nbyte = \"high\"\n\n\
+         [[devices.points]]\nname = \"submode\"\naddress = 20\ntype = \"u8\"\n\n\
+         [[devices.points]]\nname = \"offset_steps\"\naddress = 21\ntype = \"i8\"\nbyte = \"low\"\n\n\
+         [[devices.points]]\nname = \"load\"\naddress = 22\ntype = \"f16\"\norder = \"BADC\"\n\n\
+         [[devices.points]]\nname = \"model\"\naddress = 23\ntype = \"string\"\nlength = 4\norder = \"BADC\"\n\n\
+         [[devices.points]]\nname = \"serial\"\naddress = 27\ntype = \"string\"\nlength = 8\nbyte = \"low\"\n\n\
+         [[devices.points]]\nname = \"temperature\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "types.toml", &text);
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for shown in [
+        "holding 20 u8 high byte",
+        "holding 20 u8 low byte",
+        "holding 21 i8 low byte",
+        "holding 22 f16 BADC",
+        "holding 23 string(4 registers) BADC (low byte first)",
+        "holding 27 string(8 registers) one character per register, low byte",
+    ] {
+        assert!(stdout.contains(shown), "{shown:?} not in:\n{stdout}");
+    }
+}

@@ -95,7 +95,18 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
          [[devices.points]]\nname = \"coil_a\"\ntable = \"coil\"\naddress = 0\n\n\
          [[devices.points]]\nname = \"coil_b\"\ntable = \"coil\"\naddress = 1\n\n\
          [[devices.points]]\nname = \"di\"\ntable = \"discrete\"\naddress = 9\n\n\
-         [[devices.points]]\nname = \"position\"\nmeasurement = \"joint\"\naddress = {a6}\ntype = \"f32\"\norder = \"CDAB\"\ncount = 3\nindex_tag = \"axis\"\n\n",
+         [[devices.points]]\nname = \"position\"\nmeasurement = \"joint\"\naddress = {a6}\ntype = \"f32\"\norder = \"CDAB\"\ncount = 3\nindex_tag = \"axis\"\n\n\
+         [[devices.points]]\nname = \"mode_hi\"\naddress = {a7}\ntype = \"u8\"\nbyte = \"high\"\n\n\
+         [[devices.points]]\nname = \"mode_lo\"\naddress = {a7}\ntype = \"u8\"\n\n\
+         [[devices.points]]\nname = \"steps\"\naddress = {a8}\ntype = \"i8\"\nbyte = \"high\"\n\n\
+         [[devices.points]]\nname = \"load\"\naddress = {a9}\ntype = \"f16\"\norder = \"BADC\"\n\n\
+         [[devices.points]]\nname = \"model_swapped\"\naddress = {a10}\ntype = \"string\"\nlength = 3\norder = \"BADC\"\n\n\
+         [[devices.points]]\nname = \"serial\"\naddress = {a13}\ntype = \"string\"\nlength = 4\nbyte = \"low\"\n\n",
+        a7 = addr + 16,
+        a8 = addr + 17,
+        a9 = addr + 18,
+        a10 = addr + 19,
+        a13 = addr + 22,
         a0 = addr,
         a1 = addr + 1,
         a2 = addr + 2,
@@ -116,6 +127,23 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
     }
     writes.push((Table::Holding, addr + 10, arr));
     writes.push((Table::Input, 3, vec![777]));
+    // u8 halves 0xC8 / 0x05, i8 high byte 0xF6 (-10), f16 -1.5 (0xBE00) byte-swapped,
+    // "UR10e" low byte first, "AB12" one character per register in the low byte.
+    writes.push((Table::Holding, addr + 16, vec![0xC805]));
+    writes.push((Table::Holding, addr + 17, vec![0xF6AA]));
+    writes.push((Table::Holding, addr + 18, vec![0x00BE]));
+    writes.push((Table::Holding, addr + 19, vec![0x5255, 0x3031, 0x0065]));
+    writes.push((
+        Table::Holding,
+        addr + 22,
+        vec![0xFF41, 0x0042, 0x7731, 0x0032],
+    ));
+    expected.insert("mode_hi".into(), J::from(200));
+    expected.insert("mode_lo".into(), J::from(5));
+    expected.insert("steps".into(), J::from(-10));
+    expected.insert("load".into(), J::from(-1.5));
+    expected.insert("model_swapped".into(), J::from("UR10e"));
+    expected.insert("serial".into(), J::from("AB12"));
     expected.insert("u16".into(), J::from(54321));
     expected.insert("i16".into(), J::from(-1234));
     expected.insert("model".into(), J::from("UR10e"));
@@ -222,6 +250,10 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
         ("model", "string"),
         ("estop", "boolean"),
         ("coil_a", "boolean"),
+        ("mode_hi", "integer"),
+        ("steps", "integer"),
+        ("load", "float"),
+        ("serial", "string"),
     ] {
         assert_eq!(
             types.get(field).map(String::as_str),

@@ -9,7 +9,9 @@ pub use crate::sink::file::config::FileSinkConfig;
 pub use crate::sink::influx::config::InfluxConfig;
 pub(crate) use validate::is_loopback_url;
 
-pub use schema::{DeviceKind, InfluxApi, PointType, Protocol, Table, WhenFull, WordOrder};
+pub use schema::{
+    ByteHalf, DeviceKind, InfluxApi, PointType, Protocol, Table, WhenFull, WordOrder,
+};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -170,6 +172,8 @@ pub struct PointConfig {
     pub index_tag: Option<String>,
     pub order: WordOrder,
     pub bit: Option<u8>,
+    /// u8 / i8: which byte; strings: one character per register, from this byte.
+    pub byte: Option<ByteHalf>,
     /// Registers per value (the string length for strings; 1 for bits).
     pub width: u16,
     pub scale: f64,

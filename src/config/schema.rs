@@ -228,6 +228,9 @@ impl Table {
 #[serde(rename_all = "lowercase")]
 pub enum PointType {
     Bool,
+    /// One byte of a register (`byte` says which).
+    U8,
+    I8,
     U16,
     I16,
     U32,
@@ -236,14 +239,45 @@ pub enum PointType {
     I64,
     F32,
     F64,
+    /// IEEE 754 half precision (binary16), one register.
+    F16,
     String,
+}
+
+/// Which byte of a register a `u8`/`i8` point (or a one-character-per-register string) takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ByteHalf {
+    Low,
+    High,
+}
+
+impl ByteHalf {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ByteHalf::Low => "low",
+            ByteHalf::High => "high",
+        }
+    }
+    /// The byte of register `w`.
+    pub fn of(self, w: u16) -> u8 {
+        match self {
+            ByteHalf::Low => (w & 0xff) as u8,
+            ByteHalf::High => (w >> 8) as u8,
+        }
+    }
 }
 
 impl PointType {
     /// Registers one value of this type occupies (strings: see `length`).
     pub fn registers(self) -> u16 {
         match self {
-            PointType::Bool | PointType::U16 | PointType::I16 => 1,
+            PointType::Bool
+            | PointType::U8
+            | PointType::I8
+            | PointType::U16
+            | PointType::I16
+            | PointType::F16 => 1,
             PointType::U32 | PointType::I32 | PointType::F32 => 2,
             PointType::U64 | PointType::I64 | PointType::F64 => 4,
             PointType::String => 1,
@@ -252,7 +286,9 @@ impl PointType {
     pub fn is_integer(self) -> bool {
         matches!(
             self,
-            PointType::U16
+            PointType::U8
+                | PointType::I8
+                | PointType::U16
                 | PointType::I16
                 | PointType::U32
                 | PointType::I32
@@ -263,6 +299,8 @@ impl PointType {
     pub fn as_str(self) -> &'static str {
         match self {
             PointType::Bool => "bool",
+            PointType::U8 => "u8",
+            PointType::I8 => "i8",
             PointType::U16 => "u16",
             PointType::I16 => "i16",
             PointType::U32 => "u32",
@@ -271,6 +309,7 @@ impl PointType {
             PointType::I64 => "i64",
             PointType::F32 => "f32",
             PointType::F64 => "f64",
+            PointType::F16 => "f16",
             PointType::String => "string",
         }
     }
@@ -338,6 +377,8 @@ pub struct PointSection {
     pub index_tag: Option<Spanned<String>>,
     pub order: Option<Spanned<WordOrder>>,
     pub bit: Option<Spanned<i64>>,
+    /// u8 / i8: which byte of the register; strings: one character per register, from this byte.
+    pub byte: Option<Spanned<ByteHalf>>,
     pub length: Option<Spanned<i64>>,
     pub scale: Option<Spanned<f64>>,
     pub offset: Option<Spanned<f64>>,

@@ -86,6 +86,7 @@ impl Bank {
                     kind: p.kind,
                     order: p.order,
                     bit: p.bit,
+                    byte: p.byte,
                     width: p.width,
                     scale: p.scale,
                     offset: p.offset,

@@ -55,6 +55,8 @@ pub struct Signal {
     pub kind: PointType,
     pub order: WordOrder,
     pub bit: Option<u8>,
+    /// u8 / i8: the byte it takes; strings: one character per register from this byte.
+    pub byte: Option<crate::config::ByteHalf>,
     pub width: u16,
     pub scale: f64,
     pub offset: f64,
@@ -281,6 +283,25 @@ impl Signal {
         let raw = (v - self.offset) / self.scale;
         let mut buf = [0u8; 8];
         let bytes: &[u8] = match self.kind {
+            PointType::U8 | PointType::I8 => {
+                let b = if self.kind == PointType::U8 {
+                    raw.round().clamp(0.0, 255.0) as u8
+                } else {
+                    raw.round().clamp(-128.0, 127.0) as i8 as u8
+                };
+                // The other byte belongs to another point: keep it.
+                if let Some(r) = regs.first_mut() {
+                    *r = match self.byte {
+                        Some(crate::config::ByteHalf::High) => (*r & 0x00ff) | (b as u16) << 8,
+                        _ => (*r & 0xff00) | b as u16,
+                    };
+                }
+                return;
+            }
+            PointType::F16 => {
+                buf[..2].copy_from_slice(&half::f16::from_f64(raw).to_bits().to_be_bytes());
+                &buf[..2]
+            }
             PointType::U16 => {
                 buf[..2].copy_from_slice(
                     &(raw.round().clamp(0.0, u16::MAX as f64) as u16).to_be_bytes(),
@@ -332,8 +353,20 @@ impl Signal {
             PointType::String => {
                 if let Wave::Text(text) = &self.wave {
                     let mut bytes = text.as_bytes().to_vec();
-                    bytes.resize(regs.len() * 2, 0);
-                    words_for(&bytes, WordOrder::ABCD, regs);
+                    if let Some(b) = self.byte {
+                        // One character per register, in the chosen byte.
+                        bytes.resize(regs.len(), 0);
+                        for (r, c) in regs.iter_mut().zip(bytes) {
+                            *r = match b {
+                                crate::config::ByteHalf::High => (c as u16) << 8,
+                                crate::config::ByteHalf::Low => c as u16,
+                            };
+                        }
+                    } else {
+                        bytes.resize(regs.len() * 2, 0);
+                        // ABCD: high byte first; BADC: low byte first.
+                        words_for(&bytes, self.order, regs);
+                    }
                 }
                 return;
             }

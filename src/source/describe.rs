@@ -12,6 +12,9 @@ pub fn data_type(p: &PointConfig) -> DataType {
     }
     match p.kind {
         PointType::Bool => DataType::Boolean,
+        PointType::U8 => DataType::Uint8,
+        PointType::I8 => DataType::Int8,
+        PointType::F16 => DataType::Float,
         PointType::U16 => DataType::Uint16,
         PointType::I16 => DataType::Int16,
         PointType::U32 => DataType::Uint32,

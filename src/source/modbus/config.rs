@@ -197,7 +197,9 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
                 ),
             );
         }
-        if pc.bit.is_none() {
+        // Bit points and byte points (u8, i8) share their register with others.
+        let shares = pc.bit.is_some() || matches!(pc.kind, PointType::U8 | PointType::I8);
+        if !shares {
             let start = pc.address as u32;
             let end = start + pc.span();
             let ranges = taken.entry(pc.table).or_default();
@@ -418,13 +420,41 @@ fn point(
             "one value cannot be wider than one read request (125 registers)",
         );
     }
+    let byte = match &p.byte {
+        Some(b) if matches!(kind, PointType::U8 | PointType::I8 | PointType::String) => {
+            Some(*b.get_ref())
+        }
+        Some(b) => {
+            cx.err(
+                b.span(),
+                format!(
+                    "`byte` applies to u8, i8 and strings (one character per register), not {:?}",
+                    kind.as_str()
+                ),
+            );
+            None
+        }
+        // A u8 / i8 without `byte` takes the low byte.
+        None if matches!(kind, PointType::U8 | PointType::I8) => Some(ByteHalf::Low),
+        None => None,
+    };
     let order = p.order.as_ref().map(|o| *o.get_ref()).unwrap_or_default();
     if let Some(o) = &p.order {
-        if matches!(kind, PointType::Bool | PointType::String) {
-            cx.err(
-                o.span(),
-                format!("`order` applies to numeric types, not {:?}", kind.as_str()),
-            );
+        let why = match kind {
+            PointType::Bool => Some("`order` applies to numeric types and strings, not \"bool\""),
+            PointType::U8 | PointType::I8 => {
+                Some("a u8 / i8 takes one byte: choose it with `byte`, not `order`")
+            }
+            PointType::String if p.byte.is_some() => {
+                Some("a string with `byte` has one character per register: `order` does not apply")
+            }
+            PointType::String if matches!(o.get_ref(), WordOrder::CDAB | WordOrder::DCBA) => {
+                Some("a string takes order \"ABCD\" (high byte first) or \"BADC\" (low byte first)")
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            cx.err(o.span(), why);
         }
     }
     let scale = p.scale.as_ref().map(|s| *s.get_ref()).unwrap_or(1.0);
@@ -497,6 +527,7 @@ fn point(
         index_tag,
         order,
         bit,
+        byte,
         width,
         scale,
         offset,

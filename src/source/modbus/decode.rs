@@ -2,7 +2,7 @@
 //! encoding rules (word orders, bit numbering, strings, scale and offset).
 
 use super::plan::Field;
-use crate::config::{PointType, WordOrder};
+use crate::config::{ByteHalf, PointType, WordOrder};
 use crate::model::Value;
 
 /// Combines up to four registers into one integer of `words.len() * 16` bits, in `order`.
@@ -38,7 +38,10 @@ pub fn decode_field(words: &[u16], f: &Field) -> Option<Value> {
             let bit = f.bit.unwrap_or(0);
             return Some(Value::BoolValue((raw[0] >> bit) & 1 == 1));
         }
-        PointType::String => return Some(Value::StringValue(decode_string(raw))),
+        PointType::String => return Some(Value::StringValue(decode_string(raw, f.order, f.byte))),
+        PointType::U8 => Num::Int(f.byte.unwrap_or(ByteHalf::Low).of(raw[0]) as i64),
+        PointType::I8 => Num::Int(f.byte.unwrap_or(ByteHalf::Low).of(raw[0]) as i8 as i64),
+        PointType::F16 => Num::Float(half::f16::from_bits(combine(raw, f.order) as u16).to_f64()),
         PointType::U16 => Num::Int(combine(raw, f.order) as u16 as i64),
         PointType::I16 => Num::Int(combine(raw, f.order) as u16 as i16 as i64),
         PointType::U32 => Num::Int(combine(raw, f.order) as u32 as i64),
@@ -89,11 +92,16 @@ impl Num {
     }
 }
 
-/// Two characters per register, high byte first; trailing NULs (and NUL padding) removed.
-pub fn decode_string(words: &[u16]) -> String {
+/// Two characters per register, high byte first (`BADC`: low byte first), or with `byte` one
+/// character per register from that byte; trailing NULs (and NUL padding) removed.
+pub fn decode_string(words: &[u16], order: WordOrder, byte: Option<ByteHalf>) -> String {
     let mut bytes = Vec::with_capacity(words.len() * 2);
-    for w in words {
-        bytes.extend_from_slice(&w.to_be_bytes());
+    for &w in words {
+        match (byte, order) {
+            (Some(b), _) => bytes.push(b.of(w)),
+            (None, WordOrder::BADC | WordOrder::DCBA) => bytes.extend_from_slice(&w.to_le_bytes()),
+            (None, _) => bytes.extend_from_slice(&w.to_be_bytes()),
+        }
     }
     while bytes.last() == Some(&0) {
         bytes.pop();
@@ -137,6 +145,7 @@ mod tests {
             kind,
             order,
             bit: None,
+            byte: None,
             width,
             scale: 1.0,
             divisor: 0.0,
@@ -217,7 +226,81 @@ mod tests {
         assert_eq!(decode_field(&[1, 2], &f), None);
     }
 
+    /// Bytes, half floats and the other string layouts, against values worked out by hand
+    /// from the register contents.
+    #[test]
+    fn bytes_halves_and_string_layouts() {
+        let reg = [0xFE07u16];
+        for (kind, byte, want) in [
+            (PointType::U8, ByteHalf::Low, 7),
+            (PointType::U8, ByteHalf::High, 254),
+            (PointType::I8, ByteHalf::Low, 7),
+            (PointType::I8, ByteHalf::High, -2),
+        ] {
+            let mut f = field(kind, WordOrder::ABCD, 1);
+            f.byte = Some(byte);
+            assert_eq!(
+                decode_field(&reg, &f),
+                Some(Value::IntValue(want)),
+                "{kind:?} {byte:?}"
+            );
+        }
+        // IEEE 754 binary16: 0x3C00 = 1.0, 0xC000 = -2.0, 0x7BFF = 65504 (largest), 0x3555 ≈
+        // 0.33325, 0x0001 = 2^-24 (smallest subnormal); BADC swaps the two bytes.
+        for (regs, order, want) in [
+            (0x3C00u16, WordOrder::ABCD, 1.0),
+            (0xC000, WordOrder::ABCD, -2.0),
+            (0x7BFF, WordOrder::ABCD, 65504.0),
+            (0x3555, WordOrder::ABCD, 0.333251953125),
+            (0x0001, WordOrder::ABCD, 5.960464477539063e-8),
+            (0x003C, WordOrder::BADC, 1.0),
+        ] {
+            assert_eq!(
+                decode_field(&[regs], &field(PointType::F16, order, 1)),
+                Some(Value::DoubleValue(want)),
+                "{regs:#06x} {order:?}"
+            );
+        }
+        let inf = decode_field(&[0x7C00], &field(PointType::F16, WordOrder::ABCD, 1));
+        assert_eq!(inf, Some(Value::DoubleValue(f64::INFINITY)));
+        // "UR5e" byte-swapped (low byte first): 0x5255 = 'R','U' as stored.
+        let f = field(PointType::String, WordOrder::BADC, 2);
+        assert_eq!(
+            decode_field(&[0x5255, 0x6535], &f),
+            Some(Value::StringValue("UR5e".into()))
+        );
+        // One character per register, low byte or high byte.
+        let mut f = field(PointType::String, WordOrder::ABCD, 4);
+        f.byte = Some(ByteHalf::Low);
+        assert_eq!(
+            decode_field(&[0xFF55, 0x0052, 0x1235, 0x0000], &f),
+            Some(Value::StringValue("UR5".into()))
+        );
+        f.byte = Some(ByteHalf::High);
+        assert_eq!(
+            decode_field(&[0x55FF, 0x5200, 0x3512, 0x0000], &f),
+            Some(Value::StringValue("UR5".into()))
+        );
+    }
+
     proptest! {
+        #[test]
+        fn u8_i8_f16_roundtrip(v: u16) {
+            for byte in [ByteHalf::Low, ByteHalf::High] {
+                let mut f = field(PointType::U8, WordOrder::ABCD, 1);
+                f.byte = Some(byte);
+                let b = if byte == ByteHalf::High { v >> 8 } else { v & 0xff };
+                prop_assert_eq!(decode_field(&[v], &f), Some(Value::IntValue(b as i64)));
+                f.kind = PointType::I8;
+                prop_assert_eq!(decode_field(&[v], &f), Some(Value::IntValue(b as u8 as i8 as i64)));
+            }
+            let h = half::f16::from_bits(v).to_f64();
+            match decode_field(&[v], &field(PointType::F16, WordOrder::ABCD, 1)) {
+                Some(Value::DoubleValue(d)) => prop_assert!(d.to_bits() == h.to_bits() || (d.is_nan() && h.is_nan())),
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+
         #[test]
         fn u32_i32_f32_roundtrip(v: u32, o in order()) {
             let regs = encode(&v.to_be_bytes(), o);

@@ -18,6 +18,8 @@ pub struct Field {
     pub kind: PointType,
     pub order: WordOrder,
     pub bit: Option<u8>,
+    /// u8 / i8: which byte; strings: one character per register, from this byte.
+    pub byte: Option<crate::config::ByteHalf>,
     /// Registers the value spans.
     pub width: u16,
     pub scale: f64,
@@ -88,6 +90,7 @@ pub fn plan_reads(device: &DeviceConfig, ids: &[u32]) -> Vec<PollGroup> {
                     kind: p.kind,
                     order: p.order,
                     bit: p.bit,
+                    byte: p.byte,
                     width: p.width,
                     scale: p.scale,
                     divisor: scale_divisor(p.scale),
