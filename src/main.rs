@@ -241,25 +241,14 @@ async fn run_agent(path: &std::path::Path, cfg: config::Config) -> i32 {
     let metrics = agent.metrics.clone();
     let undelivered = agent.stop().await;
     let collected = metrics.collected();
-    let delivered: u64 = metrics
-        .sinks
-        .all()
-        .iter()
-        .map(|s| s.delivered.load(Relaxed))
-        .sum();
-    let dropped: u64 = metrics.sinks.all().iter().map(|s| s.dropped_total()).sum();
-    let buffer_full: u64 = metrics
-        .sinks
-        .all()
-        .iter()
-        .map(|s| s.dropped_buffer_full.load(Relaxed))
-        .sum();
-    let corrupt: u64 = metrics
-        .sinks
-        .all()
-        .iter()
-        .map(|s| s.dropped_corrupt.load(Relaxed))
-        .sum();
+    let sinks = metrics.sinks.all();
+    let sum = |f: fn(&linetap::observe::metrics::SinkMetrics) -> u64| -> u64 {
+        sinks.iter().map(|s| f(s)).sum()
+    };
+    let delivered = sum(|s| s.delivered.load(Relaxed));
+    let dropped = sum(|s| s.dropped_total());
+    let buffer_full = sum(|s| s.dropped_buffer_full.load(Relaxed));
+    let corrupt = sum(|s| s.dropped_corrupt.load(Relaxed));
     if undelivered > 0 {
         tracing::warn!(
             collected,
