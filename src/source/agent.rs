@@ -272,7 +272,9 @@ impl Source for AgentSource {
                     t.ids = ids.points;
                     t.shape = shape;
                 }
-                let batch = t.emit(&metrics, &devices, &sinks);
+                // A file read (procfs, but still): on the blocking pool.
+                let rss = tokio::task::spawn_blocking(rss_bytes).await.unwrap_or(0);
+                let batch = t.emit(&metrics, &devices, &sinks, rss);
                 metrics
                     .self_samples
                     .fetch_add(batch.samples.len() as u64, Relaxed);
@@ -300,6 +302,7 @@ impl Ticker {
         metrics: &Metrics,
         devices: &[Arc<DeviceMetrics>],
         sinks: &[Arc<SinkMetrics>],
+        rss: u64,
     ) -> SampleBatch {
         self.seq += 1;
         let mut batch = SampleBatch {
@@ -325,7 +328,7 @@ impl Ticker {
             Value::IntValue(up as i64),
             Value::IntValue(held as i64),
             Value::DoubleValue(self.started.elapsed().as_secs_f64()),
-            Value::IntValue(rss_bytes() as i64),
+            Value::IntValue(rss as i64),
             int(&metrics.buffer_bytes_written),
             int(&metrics.buffer_corrupt_bytes),
         ] {
