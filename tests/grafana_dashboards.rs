@@ -107,9 +107,9 @@ fn is_our_datasource(v: &Value) -> bool {
     v["type"] == "influxdb" && v["uid"] == DATASOURCE_UID
 }
 
-/// The names a query refers to as `$name` or `${name}` (a `$` before anything else, as in
-/// the regex `/^$line$/`, is not a reference).
-fn references(q: &str) -> Vec<String> {
+/// Every `$name` or `${name}` in a query: the reference's byte range (from the `$`) and the
+/// name. A `$` before anything else (as in the regex `/^$line$/`) or an unclosed `${` is text.
+fn scan(q: &str) -> Vec<(std::ops::Range<usize>, &str)> {
     let mut out = Vec::new();
     let b = q.as_bytes();
     let mut i = 0;
@@ -121,9 +121,11 @@ fn references(q: &str) -> Vec<String> {
             while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
                 end += 1;
             }
-            if end > start {
-                out.push(q[start..end].to_string());
-                i = end + (braced && b.get(end) == Some(&b'}')) as usize;
+            let closed = !braced || b.get(end) == Some(&b'}');
+            if end > start && closed {
+                let stop = end + braced as usize;
+                out.push((i..stop, &q[start..end]));
+                i = stop;
                 continue;
             }
         }
@@ -132,32 +134,21 @@ fn references(q: &str) -> Vec<String> {
     out
 }
 
-/// Replaces `$name` and `${name}` with `values[name]`; other text is kept.
+/// The names a query refers to.
+fn references(q: &str) -> Vec<String> {
+    scan(q).into_iter().map(|(_, n)| n.to_string()).collect()
+}
+
+/// Replaces `$name` and `${name}` with `values[name]`; other text (and unknown names) is kept.
 fn substitute(q: &str, values: &BTreeMap<String, String>) -> String {
     let mut out = String::with_capacity(q.len() + 64);
-    let b = q.as_bytes();
-    let mut i = 0;
     let mut copied = 0;
-    while i < b.len() {
-        if b[i] == b'$' {
-            let braced = b.get(i + 1) == Some(&b'{');
-            let start = i + 1 + braced as usize;
-            let mut end = start;
-            while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
-                end += 1;
-            }
-            if let Some(v) = values.get(&q[start..end]) {
-                let close = braced && b.get(end) == Some(&b'}');
-                if !braced || close {
-                    out.push_str(&q[copied..i]);
-                    out.push_str(v);
-                    i = end + close as usize;
-                    copied = i;
-                    continue;
-                }
-            }
+    for (range, name) in scan(q) {
+        if let Some(v) = values.get(name) {
+            out.push_str(&q[copied..range.start]);
+            out.push_str(v);
+            copied = range.end;
         }
-        i += 1;
     }
     out.push_str(&q[copied..]);
     out
