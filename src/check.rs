@@ -77,9 +77,13 @@ pub fn render_plan(config: &Config) -> String {
         let values: u32 = d.points.iter().map(|p| p.count as u32).sum();
         let _ = writeln!(
             o,
-            "\ndevice {:?} ({}, {} {} unit {}): {} points, {} values, timeout {:?}",
+            "\ndevice {:?} ({}{}, {} {} unit {}): {} points, {} values, timeout {:?}",
             d.id,
             d.kind.as_str(),
+            d.profile
+                .as_ref()
+                .map(|p| format!(", profile {p}"))
+                .unwrap_or_default(),
             d.protocol.as_str(),
             d.serial
                 .as_ref()
@@ -260,7 +264,32 @@ pub fn warnings(config: &Config) -> Vec<String> {
 
 /// One point as `check` shows it: where it is read, how it is decoded, where it is written.
 fn describe_point(p: &crate::config::PointConfig) -> String {
-    let mut d = format!("{} {}", p.table.as_str(), p.address);
+    use crate::config::Derive;
+    let mut d = match &p.derive {
+        None => format!("{} {}", p.table.as_str(), p.address),
+        Some(Derive::States { from, rows }) => format!("= states of {from} ({} rows)", rows.len()),
+        Some(Derive::Bit { from, bit }) => format!("= bit {bit} of {from}"),
+        Some(Derive::Expr(e)) => format!(
+            "= {}",
+            e.text.split_whitespace().collect::<Vec<_>>().join(" ")
+        ),
+    };
+    if p.derive.is_some() {
+        d.push_str(&format!(" {}", p.kind.as_str()));
+        if p.count > 1 {
+            d.push_str(&format!(
+                " x{} ({}=1..{})",
+                p.count,
+                p.index_tag.as_deref().unwrap_or("index"),
+                p.count
+            ));
+        }
+        d.push_str(&format!(" -> {}.{}", p.measurement, p.name));
+        if !p.enum_labels.is_empty() {
+            d.push_str(&format!(" + {}_label", p.name));
+        }
+        return describe_extras(p, d);
+    }
     if let Some(b) = p.bit {
         d.push_str(&format!(" bit {b}"));
     }
@@ -300,9 +329,43 @@ fn describe_point(p: &crate::config::PointConfig) -> String {
     if !p.enum_labels.is_empty() {
         d.push_str(&format!(" enum of {} codes", p.enum_labels.len()));
     }
+    if p.hidden {
+        d.push_str(" (hidden: read for derived points, not written)");
+        return describe_extras(p, d);
+    }
     d.push_str(&format!(" -> {}.{}", p.measurement, p.name));
     if !p.enum_labels.is_empty() {
         d.push_str(&format!(" + {}_label", p.name));
+    }
+    describe_extras(p, d)
+}
+
+/// Derivations and report by exception, after a point's description.
+fn describe_extras(p: &crate::config::PointConfig, mut d: String) -> String {
+    if p.alarm {
+        d.push_str(", alarm episodes -> linetap_alarm");
+    }
+    if p.cycles {
+        d.push_str(&format!(
+            ", cycle counter -> {m}.cycle_time, {m}.parts_per_hour",
+            m = p.measurement
+        ));
+    }
+    let r = &p.report;
+    if r.active {
+        d.push_str(", on change");
+        if r.deadband > 0.0 {
+            d.push_str(&format!(" beyond {}", r.deadband));
+        }
+        if r.deadband_pct > 0.0 {
+            d.push_str(&format!(" or {}%", r.deadband_pct));
+        }
+        if !r.min_interval.is_zero() {
+            d.push_str(&format!(", at most every {:?}", r.min_interval));
+        }
+        if !r.max_interval.is_zero() {
+            d.push_str(&format!(", heartbeat {:?}", r.max_interval));
+        }
     }
     d
 }

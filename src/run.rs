@@ -125,7 +125,7 @@ impl Agent {
             sinks: Vec::new(),
             buffer,
             input: Some(input),
-            transforms: transform::Plan,
+            transforms: transform::Plan::new(config),
             http,
             grace,
             _lock: lock,
@@ -304,6 +304,7 @@ impl Agent {
                 report.stopped.push(d.clone());
             }
         }
+        self.transforms = transform::Plan::new(&new);
         for s in sources {
             if self.sources.iter().any(|r| &r.id == s.id()) {
                 report.unchanged += 1;

@@ -2,6 +2,7 @@
 //! the whole file before anything starts and returns either a `Config` the runtime can use
 //! as it is, or every error found, each with its file, line and column.
 
+pub mod profiles;
 pub mod schema;
 pub mod units;
 pub(crate) mod validate;
@@ -42,6 +43,10 @@ pub struct AgentConfig {
     pub stuck_after: Duration,
     /// How often the agent writes `linetap_agent` records; zero: never.
     pub self_interval: Duration,
+    /// Where profile files are looked up (`None`: built-in profiles only).
+    pub profiles_dir: Option<PathBuf>,
+    /// The window of `linetap_state_time` and `parts_per_hour`.
+    pub state_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +100,8 @@ pub struct DeviceConfig {
     pub id: String,
     pub kind: DeviceKind,
     pub cell: Option<String>,
+    /// The profile its points come from (with the device's own points added).
+    pub profile: Option<String>,
     pub protocol: Protocol,
     /// `host:port` for the TCP variants (empty for `modbus-rtu`).
     pub address: String,
@@ -184,9 +191,63 @@ pub struct PointConfig {
     pub poll: Duration,
     pub enum_labels: Vec<(i64, String)>,
     pub writable: bool,
+    /// Read (and usable by derived points) but not written.
+    pub hidden: bool,
+    /// A derived point: computed in the transform stage, not read from registers.
+    pub derive: Option<Derive>,
+    /// An alarm code: episodes go to `linetap_alarm`.
+    pub alarm: bool,
+    /// A cycle counter: writes `cycle_time` and `parts_per_hour`.
+    pub cycles: bool,
+    /// Report by exception, resolved from the line, the device and the point.
+    pub report: Report,
+    /// What the simulator serves (an expression over `t` and `i`).
+    pub simulate: Option<crate::transform::expr::Expr>,
+}
+
+/// How a derived point is computed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Derive {
+    /// The code of the first row of `states` whose `(from & mask) == value`.
+    States { from: String, rows: Vec<StateRule> },
+    /// One bit of `from`.
+    Bit { from: String, bit: u8 },
+    /// Arithmetic over other points of the device.
+    Expr(crate::transform::expr::Expr),
+}
+
+impl Derive {
+    /// The points it reads: `(name, explicit element)`.
+    pub fn inputs(&self) -> Vec<(&str, Option<u16>)> {
+        match self {
+            Derive::States { from, .. } | Derive::Bit { from, .. } => vec![(from.as_str(), None)],
+            Derive::Expr(e) => e.references().into_iter().map(|(n, k, _)| (n, k)).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateRule {
+    pub mask: i64,
+    pub value: i64,
+    pub code: i64,
+}
+
+/// Report by exception for one point (PRODUCT.md): `active` once any level set anything.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Report {
+    pub active: bool,
+    pub deadband: f64,
+    pub deadband_pct: f64,
+    pub min_interval: Duration,
+    pub max_interval: Duration,
 }
 
 impl PointConfig {
+    /// Whether the value comes from registers (not computed from other points).
+    pub fn is_read(&self) -> bool {
+        self.derive.is_none()
+    }
     /// Scaled points are written as floats (PRODUCT.md).
     pub fn is_scaled(&self) -> bool {
         self.scale != 1.0 || self.offset != 0.0
@@ -245,10 +306,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the file: {e}"),
         }])
     })?;
-    parse(&name, &text)
+    let dir = path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
+    validate::parse(&name, &text, dir)
 }
 
-/// Parses and validates configuration text; `file` names it in errors.
+/// Parses and validates configuration text; `file` names it in errors. Profiles: the
+/// built-in ones, and files in `[agent] profiles_dir` when it is set.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
-    validate::parse(file, text)
+    validate::parse(file, text, None)
 }

@@ -19,8 +19,49 @@ pub struct RawConfig {
     pub buffer: BufferSection,
     #[serde(default)]
     pub sinks: BTreeMap<Spanned<String>, Spanned<SinkSection>>,
+    /// Line-wide report-by-exception defaults.
+    pub report: Option<Spanned<ReportSection>>,
     #[serde(default)]
     pub devices: Vec<Spanned<DeviceSection>>,
+}
+
+/// `[report]`, a device's `report = {…}` or a point's: report by exception (PRODUCT.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSection {
+    pub deadband: Option<Spanned<f64>>,
+    pub deadband_pct: Option<Spanned<f64>>,
+    pub min_interval: Option<ConfInterval>,
+    pub max_interval: Option<ConfInterval>,
+}
+
+/// One row of a masked state table: the first row with `(raw & mask) == value` wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateRow {
+    pub mask: Option<Spanned<i64>>,
+    pub value: Spanned<i64>,
+    pub code: Spanned<i64>,
+    pub label: Spanned<String>,
+}
+
+/// A profile file (`NAME.toml`): a header and points with the device point schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFile {
+    pub profile: Spanned<ProfileHeader>,
+    #[serde(default)]
+    pub points: Vec<Spanned<PointSection>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileHeader {
+    pub name: Option<Spanned<String>>,
+    pub kind: Option<Spanned<DeviceKind>>,
+    pub description: Option<String>,
+    /// Where the register map comes from (manual, chapter).
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +86,11 @@ pub struct AgentSection {
     /// How often the agent writes its own counters to the sinks as `linetap_agent`
     /// (default 10s; "0s" turns it off).
     pub self_interval: Option<ConfInterval>,
+    /// Where profile files (`NAME.toml`) are looked up (default: `profiles/` beside the
+    /// configuration file).
+    pub profiles_dir: Option<Spanned<String>>,
+    /// The window of `linetap_state_time` and `parts_per_hour` (default 1m).
+    pub state_window: Option<Spanned<ConfDuration>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -194,6 +240,7 @@ pub struct DeviceSection {
     pub retries: Option<Spanned<i64>>,
     /// How often a unit that stopped answering is probed on a shared bus.
     pub probe_interval: Option<ConfDuration>,
+    pub report: Option<Spanned<ReportSection>>,
     #[serde(default)]
     pub tags: Tags,
     #[serde(default)]
@@ -365,7 +412,7 @@ impl<'de> Deserialize<'de> for RegAddress {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PointSection {
     pub name: Option<Spanned<String>>,
@@ -390,4 +437,20 @@ pub struct PointSection {
     #[serde(rename = "enum")]
     pub enum_map: Option<Spanned<BTreeMap<String, String>>>,
     pub writable: Option<bool>,
+    /// Read (and usable by derived points) but not written.
+    pub hidden: Option<bool>,
+    /// A derived point: computed from this other point of the device (with `states` or `bit`).
+    pub from: Option<Spanned<String>>,
+    /// Masked states of `from`.
+    pub states: Option<Spanned<Vec<StateRow>>>,
+    /// A derived point: arithmetic over other points of the device (docs/PROFILES.md).
+    pub expr: Option<Spanned<String>>,
+    /// An alarm or error code (0 = no alarm): episodes go to `linetap_alarm`.
+    pub alarm: Option<Spanned<bool>>,
+    /// `"cycles"`: a cycle or part counter (writes `cycle_time` and `parts_per_hour`).
+    pub counter: Option<Spanned<String>>,
+    pub report: Option<Spanned<ReportSection>>,
+    /// What `linetap simulate` serves for this point: an expression over `t` (seconds) and
+    /// `i` (the element), in the point's engineering unit.
+    pub simulate: Option<Spanned<String>>,
 }

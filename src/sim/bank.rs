@@ -75,7 +75,7 @@ impl Bank {
     pub fn for_device(d: &DeviceConfig) -> Bank {
         let mut size = [1usize; 4];
         let mut signals = Vec::new();
-        for p in &d.points {
+        for p in d.points.iter().filter(|p| p.is_read()) {
             let end = p.address as usize + p.span() as usize;
             let i = table_index(p.table);
             size[i] = size[i].max(end);
@@ -90,7 +90,14 @@ impl Bank {
                     width: p.width,
                     scale: p.scale,
                     offset: p.offset,
-                    wave: Wave::for_point(p, e + 1, &d.id),
+                    wave: match p
+                        .simulate
+                        .as_ref()
+                        .and_then(|x| x.bind(e + 1, &mut |_, _, _| None))
+                    {
+                        Some(bound) => Wave::Expr(bound),
+                        None => Wave::for_point(p, e + 1, &d.id),
+                    },
                 });
             }
         }

@@ -36,6 +36,8 @@ pub enum Wave {
     Toggle { period: f64, phase: f64, duty: f64 },
     /// A fixed value.
     Const(f64),
+    /// The point's `simulate` expression over `t`.
+    Expr(crate::transform::expr::Bound),
     /// A fixed text.
     Text(String),
     /// Anything else: a slow sine around `mid`.
@@ -213,6 +215,7 @@ impl Wave {
     /// The engineering value at `t` seconds since the simulation started.
     pub fn value(&self, t: f64) -> f64 {
         match self {
+            Wave::Expr(e) => e.eval(&[], t),
             Wave::Trajectory {
                 amplitude,
                 period,

@@ -42,18 +42,142 @@ pub fn device(d: &DeviceConfig) -> DeviceDescriptor {
 }
 
 /// One descriptor per value of the device's points: each point's array elements in turn (an
-/// array's elements carry the `index_tag`, 1-based).
+/// array's elements carry the `index_tag`, 1-based); then the points the edge derivations
+/// write (`derived_outputs`).
 pub fn points(d: &DeviceConfig) -> Vec<PointDescriptor> {
     let mut out = Vec::with_capacity(d.points.iter().map(|p| p.count as usize).sum());
     for p in &d.points {
-        for element in 1..=p.count {
-            let mut t = tags(&p.tags);
-            if let Some(key) = &p.index_tag {
-                t.push(Tag {
-                    key: key.clone(),
-                    value: element.to_string(),
-                });
+        out.extend(elements(p));
+    }
+    out.extend(derived_outputs(d));
+    out
+}
+
+/// The tags of element `element` (1-based) of `p`.
+pub fn element_tags(p: &PointConfig, element: u16) -> Vec<Tag> {
+    let mut t = tags(&p.tags);
+    if let Some(key) = &p.index_tag {
+        t.push(Tag {
+            key: key.clone(),
+            value: element.to_string(),
+        });
+    }
+    t
+}
+
+/// Measurement of alarm episodes.
+pub const ALARM_MEASUREMENT: &str = "linetap_alarm";
+/// Measurement of time in state and availability.
+pub const STATE_TIME_MEASUREMENT: &str = "linetap_state_time";
+
+/// The point a device's time in state is computed from: `state`, one value, with labels.
+pub fn state_point(d: &DeviceConfig) -> Option<&PointConfig> {
+    d.points
+        .iter()
+        .find(|p| p.name == "state" && p.count == 1 && !p.enum_labels.is_empty())
+}
+
+/// The `linetap_state_time` field of a state label.
+pub fn state_field(label: &str) -> String {
+    format!("{label}_s")
+}
+
+/// What the edge derivations write for a device: per alarm point (and element)
+/// `linetap_alarm` code, code_label, active, duration with tag `point`; for the state point
+/// `linetap_state_time` seconds per label, `unknown_s` and `availability`; per cycle counter
+/// `cycle_time` and `parts_per_hour` in its measurement.
+pub fn derived_outputs(d: &DeviceConfig) -> Vec<PointDescriptor> {
+    let mut out = Vec::new();
+    let desc =
+        |measurement: &str, name: &str, tags: Vec<Tag>, dt: DataType, unit: &str| PointDescriptor {
+            id: 0,
+            device: 0,
+            measurement: measurement.to_string(),
+            name: name.to_string(),
+            tags,
+            unit: unit.to_string(),
+            data_type: dt as i32,
+            enum_labels: Vec::new(),
+            writable: false,
+        };
+    for p in d.points.iter().filter(|p| p.alarm) {
+        for e in 1..=p.count {
+            let mut t = element_tags(p, e);
+            t.push(Tag {
+                key: "point".into(),
+                value: p.name.clone(),
+            });
+            for (name, dt, unit) in alarm_fields() {
+                out.push(desc(ALARM_MEASUREMENT, name, t.clone(), dt, unit));
             }
+        }
+    }
+    if let Some(p) = state_point(d) {
+        for f in state_fields(p) {
+            out.push(desc(
+                STATE_TIME_MEASUREMENT,
+                &f,
+                Vec::new(),
+                DataType::Double,
+                "s",
+            ));
+        }
+        out.push(desc(
+            STATE_TIME_MEASUREMENT,
+            "availability",
+            Vec::new(),
+            DataType::Double,
+            "",
+        ));
+    }
+    for p in d.points.iter().filter(|p| p.cycles) {
+        for e in 1..=p.count {
+            let t = element_tags(p, e);
+            out.push(desc(
+                &p.measurement,
+                "cycle_time",
+                t.clone(),
+                DataType::Double,
+                "s",
+            ));
+            out.push(desc(
+                &p.measurement,
+                "parts_per_hour",
+                t,
+                DataType::Double,
+                "1/h",
+            ));
+        }
+    }
+    out
+}
+
+/// The fields of an alarm episode.
+pub fn alarm_fields() -> [(&'static str, DataType, &'static str); 4] {
+    [
+        ("code", DataType::Int64, ""),
+        ("code_label", DataType::String, ""),
+        ("active", DataType::Boolean, ""),
+        ("duration", DataType::Double, "s"),
+    ]
+}
+
+/// The seconds fields of `linetap_state_time`: one per label, and `unknown_s` (time the
+/// device did not answer) when no label is "unknown".
+pub fn state_fields(p: &PointConfig) -> Vec<String> {
+    let mut f: Vec<String> = p.enum_labels.iter().map(|(_, l)| state_field(l)).collect();
+    if !p.enum_labels.iter().any(|(_, l)| l == "unknown") {
+        f.push(state_field("unknown"));
+    }
+    f
+}
+
+/// One descriptor per element of `p`.
+pub fn elements(p: &PointConfig) -> Vec<PointDescriptor> {
+    let mut out = Vec::with_capacity(p.count as usize);
+    {
+        for element in 1..=p.count {
+            let t = element_tags(p, element);
             out.push(PointDescriptor {
                 id: 0,
                 device: 0,

@@ -6,11 +6,54 @@
 //! availability) live here. Transforms see the device's slice of the catalog, and see it again
 //! whenever the catalog changes.
 //!
-//! Today every chain is empty (pass-through); an empty chain costs one branch per batch.
+//! A device's chain (`Plan::chain`): derived and hidden points (`derive.rs`), then the edge
+//! derivations (`derivations.rs`: alarm episodes, time in state, cycle time), then report by
+//! exception (`report.rs`). Each step is present only when the device's configuration asks for
+//! it; an empty chain costs one branch per batch.
+
+pub mod derivations;
+pub mod derive;
+pub mod expr;
+pub mod report;
+#[cfg(test)]
+mod tests;
 
 use crate::buffer::BufferInput;
+use crate::config::{Config, DeviceConfig};
 use crate::model::catalog::Version;
-use crate::model::{DeviceDescriptor, PointDescriptor, SampleBatch};
+use crate::model::{DeviceDescriptor, PointDescriptor, SampleBatch, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The device's point ids by `point_key` (measurement, field, tags).
+pub(crate) fn key_index(view: &DeviceView) -> HashMap<String, u32> {
+    view.points
+        .iter()
+        .map(|p| (crate::model::catalog::point_key(p), p.id))
+        .collect()
+}
+
+/// A sample's time: its own, or its batch's when it carries 0 (`SampleBatch::stamp`).
+pub(crate) fn time_of(s: &crate::model::Sample, batch_ts: i64) -> i64 {
+    if s.timestamp_ns == 0 {
+        batch_ts
+    } else {
+        s.timestamp_ns
+    }
+}
+
+/// A value as a number (bools 0/1; strings have none: NaN).
+pub(crate) fn numeric(v: &Value) -> f64 {
+    match v {
+        Value::DoubleValue(x) => *x,
+        Value::IntValue(i) => *i as f64,
+        Value::UintValue(u) => *u as f64,
+        Value::BoolValue(b) => f64::from(u8::from(*b)),
+        Value::StringValue(_) => f64::NAN,
+    }
+}
 
 /// What a transform knows about its device.
 #[derive(Debug, Clone, Default)]
@@ -113,18 +156,52 @@ impl DeviceOutput {
     }
 }
 
-/// Builds each device's chain. Today: the pass-through for every device.
+/// Builds each device's chain from its configuration.
 #[derive(Debug, Clone, Default)]
-pub struct Plan;
+pub struct Plan {
+    devices: Arc<HashMap<String, Arc<DeviceConfig>>>,
+    /// Where derivations keep their state across restarts (active alarms).
+    state_dir: Option<PathBuf>,
+    window: Duration,
+}
 
 impl Plan {
-    pub fn chain(&self, _device: &str) -> Chain {
-        Chain::default()
+    pub fn new(config: &Config) -> Plan {
+        Plan {
+            devices: Arc::new(
+                config
+                    .devices
+                    .iter()
+                    .map(|d| (d.id.clone(), Arc::new(d.clone())))
+                    .collect(),
+            ),
+            state_dir: Some(config.agent.data_dir.join("derived")),
+            window: config.agent.state_window,
+        }
+    }
+
+    pub fn chain(&self, device: &str) -> Chain {
+        let Some(d) = self.devices.get(device) else {
+            return Chain::default();
+        };
+        let mut steps: Vec<Box<dyn Transform>> = Vec::new();
+        if let Some(t) = derive::Derived::for_device(d.clone()) {
+            steps.push(Box::new(t));
+        }
+        if let Some(t) =
+            derivations::Derivations::for_device(d.clone(), self.state_dir.clone(), self.window)
+        {
+            steps.push(Box::new(t));
+        }
+        if let Some(t) = report::ReportByException::for_device(d.clone()) {
+            steps.push(Box::new(t));
+        }
+        Chain::new(steps)
     }
 }
 
 #[cfg(test)]
-mod tests {
+mod unit {
     use super::*;
     use crate::model::catalog::Registry;
     use crate::model::{Sample, Value};

@@ -19,29 +19,60 @@ pub(crate) struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
     pub(crate) errors: Vec<(usize, String)>,
+    /// Errors located in other files (the profiles this file uses).
+    pub(crate) extra: Vec<ConfigError>,
+    /// Every profile available, and those validated so far (`None`: it has errors).
+    pub(crate) profiles: std::collections::BTreeMap<String, profiles::ProfileText>,
+    pub(crate) loaded: std::collections::HashMap<
+        String,
+        Option<std::rc::Rc<crate::source::modbus::profile::Loaded>>,
+    >,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(file: &'a str, text: &'a str) -> Ctx<'a> {
+        Ctx {
+            file,
+            text,
+            errors: Vec::new(),
+            extra: Vec::new(),
+            profiles: Default::default(),
+            loaded: Default::default(),
+        }
+    }
+
+    /// The byte range of `span`'s text (to find a position inside a string value).
+    pub(crate) fn source(&self, span: Range<usize>) -> &str {
+        self.text.get(span).unwrap_or("")
+    }
+
+    /// Whether any error was found (here or in a profile).
+    pub(crate) fn failed(&self) -> bool {
+        !self.errors.is_empty() || !self.extra.is_empty()
+    }
+
     pub(crate) fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
         self.errors.push((span.start, msg.into()));
     }
 
-    fn finish(mut self) -> ConfigErrors {
+    /// Every error, this file's in file order, then those of its profiles.
+    pub(crate) fn finish(mut self) -> ConfigErrors {
         self.errors.sort_by_key(|(at, _)| *at);
-        ConfigErrors(
-            self.errors
-                .into_iter()
-                .map(|(at, message)| {
-                    let (line, column) = locate(self.text, at);
-                    ConfigError {
-                        file: self.file.to_string(),
-                        line,
-                        column,
-                        message,
-                    }
-                })
-                .collect(),
-        )
+        let mut out: Vec<ConfigError> = self
+            .errors
+            .into_iter()
+            .map(|(at, message)| {
+                let (line, column) = locate(self.text, at);
+                ConfigError {
+                    file: self.file.to_string(),
+                    line,
+                    column,
+                    message,
+                }
+            })
+            .collect();
+        out.extend(self.extra);
+        ConfigErrors(out)
     }
 
     pub(crate) fn tags(&mut self, raw: &Tags, what: &str) -> Vec<(String, String)> {
@@ -93,12 +124,12 @@ fn locate(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-pub(super) fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
-    let mut cx = Ctx {
-        file,
-        text,
-        errors: Vec::new(),
-    };
+pub(super) fn parse(
+    file: &str,
+    text: &str,
+    dir: Option<&std::path::Path>,
+) -> Result<Config, ConfigErrors> {
+    let mut cx = Ctx::new(file, text);
     let raw: RawConfig = match chunked::parse_raw(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -107,15 +138,15 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
             return Err(cx.finish());
         }
     };
-    let config = build(&mut cx, raw);
-    if cx.errors.is_empty() {
+    let config = build(&mut cx, raw, dir);
+    if !cx.failed() {
         Ok(config)
     } else {
         Err(cx.finish())
     }
 }
 
-fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
+fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> Config {
     let line = match &raw.line {
         Some(l) => {
             let span = l.span();
@@ -156,6 +187,32 @@ fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
         }
         None => None,
     };
+    // Profiles: `profiles_dir` (relative to the file's folder), else `profiles/` beside the
+    // file when there is a file.
+    let profiles_dir = match (&raw.agent.profiles_dir, dir) {
+        (Some(p), Some(base)) => Some(base.join(p.get_ref())),
+        (Some(p), None) => Some(PathBuf::from(p.get_ref())),
+        (None, Some(base)) => Some(base.join("profiles")),
+        (None, None) => None,
+    };
+    let (available, unreadable) = profiles::available(profiles_dir.as_deref());
+    cx.profiles = available;
+    for (file, message) in unreadable {
+        cx.extra.push(ConfigError {
+            file,
+            line: 0,
+            column: 0,
+            message,
+        });
+    }
+    let state_window = match &raw.agent.state_window {
+        Some(w) if w.get_ref().0 < Duration::from_secs(1) => {
+            cx.err(w.span(), "state_window must be at least 1s");
+            Duration::from_secs(60)
+        }
+        Some(w) => w.get_ref().0,
+        None => Duration::from_secs(60),
+    };
     let agent = AgentConfig {
         data_dir,
         metrics_listen,
@@ -174,6 +231,8 @@ fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
             .self_interval
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(10)),
+        profiles_dir,
+        state_window,
     };
     let max_bytes = raw
         .buffer
@@ -224,7 +283,8 @@ fn build(cx: &mut Ctx, raw: RawConfig) -> Config {
         .filter_map(|(name, s)| sinks::sink(cx, name, s))
         .collect();
 
-    let devices = crate::source::modbus::config::devices(cx, &raw.devices);
+    let line_report = report(cx, &raw.report, Report::default());
+    let devices = crate::source::modbus::config::devices(cx, &raw.devices, line_report);
     if raw.devices.is_empty() {
         cx.err(0..0, "no [[devices]]: the configuration polls nothing");
     }
@@ -254,6 +314,44 @@ pub(crate) fn is_loopback_url(url: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A `report` table over the settings it inherits (key by key).
+pub(crate) fn report(cx: &mut Ctx, raw: &Option<Spanned<ReportSection>>, parent: Report) -> Report {
+    let Some(raw) = raw else {
+        return parent;
+    };
+    let r = raw.get_ref();
+    let mut out = parent;
+    out.active = true;
+    for (v, slot, what) in [
+        (&r.deadband, &mut out.deadband, "deadband"),
+        (&r.deadband_pct, &mut out.deadband_pct, "deadband_pct"),
+    ] {
+        if let Some(v) = v {
+            if !v.get_ref().is_finite() || *v.get_ref() < 0.0 {
+                cx.err(v.span(), format!("{what} must be a number of 0 or more"));
+            } else {
+                *slot = *v.get_ref();
+            }
+        }
+    }
+    if let Some(d) = r.min_interval {
+        out.min_interval = d.0;
+    }
+    if let Some(d) = r.max_interval {
+        out.max_interval = d.0;
+    }
+    if !out.max_interval.is_zero() && out.min_interval > out.max_interval {
+        cx.err(
+            raw.span(),
+            format!(
+                "min_interval ({:?}) is longer than max_interval ({:?}): a point could never be written at its heartbeat",
+                out.min_interval, out.max_interval
+            ),
+        );
+    }
+    out
 }
 
 pub(crate) fn int_in(
@@ -299,7 +397,7 @@ mod tests {
             }
             let text = String::from_utf8_lossy(&text).into_owned();
             for input in [text.as_str(), junk.as_str()] {
-                if let Err(errors) = parse("fuzz.toml", input) {
+                if let Err(errors) = parse("fuzz.toml", input, None) {
                     proptest::prop_assert!(!errors.0.is_empty());
                     for e in &errors.0 {
                         proptest::prop_assert!(e.line >= 1 && e.column >= 1, "unlocated: {}", e);

@@ -16,14 +16,18 @@ pub const MAX_REGISTERS: i64 = 125;
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Every `[[devices]]` entry, validated.
-pub(crate) fn devices(cx: &mut Ctx, raw: &[Spanned<DeviceSection>]) -> Vec<DeviceConfig> {
+pub(crate) fn devices(
+    cx: &mut Ctx,
+    raw: &[Spanned<DeviceSection>],
+    line_report: Report,
+) -> Vec<DeviceConfig> {
     let mut devices = Vec::new();
     let mut ids: HashMap<String, Range<usize>> = HashMap::new();
     // Per serial port: its settings and the device that set them; per RTU bus: units in use.
     let mut ports: HashMap<String, (SerialConfig, String)> = HashMap::new();
     let mut units: HashMap<(String, u8), String> = HashMap::new();
     for d in raw {
-        if let Some(dev) = device(cx, d) {
+        if let Some(dev) = device(cx, d, line_report) {
             if let Some(id) = &d.get_ref().id {
                 if ids.contains_key(id.get_ref()) {
                     cx.err(id.span(), format!("duplicate device id {:?}", id.get_ref()));
@@ -65,21 +69,17 @@ pub(crate) fn devices(cx: &mut Ctx, raw: &[Spanned<DeviceSection>]) -> Vec<Devic
     devices
 }
 
-fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
+fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>, line_report: Report) -> Option<DeviceConfig> {
     let span = d.span();
     let d = d.get_ref();
     let id = cx.non_empty(&d.id, span.clone(), "id", "[[devices]]");
+    let profile = d.profile.as_ref().and_then(|p| super::profile::load(cx, p));
     let kind = d
         .kind
         .as_ref()
         .map(|k| *k.get_ref())
+        .or(profile.as_ref().and_then(|p| p.kind))
         .unwrap_or(DeviceKind::Other);
-    if let Some(p) = &d.profile {
-        cx.err(
-            p.span(),
-            format!("profile {:?}: device profiles are not available in this version yet; list the points instead", p.get_ref()),
-        );
-    }
     let protocol = d
         .protocol
         .as_ref()
@@ -170,68 +170,30 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
     let max_gap = int_in(cx, &d.max_gap, 0..=MAX_REGISTERS, 16, "max_gap") as u16;
     let tags = cx.tags(&d.tags, "device");
 
-    let mut points = Vec::new();
-    // (measurement, field, tags): two points may not write the same field of the same series.
-    type SeriesField = (String, String, Vec<(String, String)>);
-    let mut names: HashSet<SeriesField> = HashSet::new();
-    // Register ranges taken by non-bit points, per table, to find overlaps.
-    let mut taken: BTreeMap<Table, Vec<(u32, u32, String)>> = BTreeMap::new();
-    for p in &d.points {
-        let pspan = p.span();
-        let Some(pc) = point(cx, p, kind, poll) else {
-            continue;
-        };
-        let key = (pc.measurement.clone(), pc.name.clone(), pc.tags.clone());
-        if !names.insert(key) {
-            let at = p
-                .get_ref()
-                .name
-                .as_ref()
-                .map(|n| n.span())
-                .unwrap_or(pspan.clone());
-            cx.err(
-                at,
-                format!(
-                    "duplicate point {:?} in measurement {:?} of device {id:?}",
-                    pc.name, pc.measurement
-                ),
-            );
-        }
-        // Bit points and byte points (u8, i8) share their register with others.
-        let shares = pc.bit.is_some() || matches!(pc.kind, PointType::U8 | PointType::I8);
-        if !shares {
-            let start = pc.address as u32;
-            let end = start + pc.span();
-            let ranges = taken.entry(pc.table).or_default();
-            if let Some((_, _, other)) = ranges.iter().find(|(s, e, _)| start < *e && *s < end) {
-                let at = p
-                    .get_ref()
-                    .address
-                    .as_ref()
-                    .map(|a| a.span())
-                    .unwrap_or(pspan.clone());
-                cx.err(
-                    at,
-                    format!(
-                        "point {:?} ({} {}..{}) overlaps point {other:?}: a register belongs to at most one non-bit point",
-                        pc.name,
-                        pc.table.as_str(),
-                        start,
-                        end - 1
-                    ),
-                );
-            }
-            ranges.push((start, end, pc.name.clone()));
-        }
-        points.push(pc);
-    }
-    if d.points.is_empty() {
+    let report = crate::config::validate::report(cx, &d.report, line_report);
+    let pc = PointCtx {
+        kind,
+        poll,
+        report,
+        in_profile: false,
+    };
+    let profile_at = d.profile.as_ref().map(|p| p.span()).unwrap_or(span.clone());
+    let checked = super::profile::device_points(
+        cx,
+        d,
+        profile.as_deref().map(|p| (p, profile_at.clone())),
+        &pc,
+    );
+    check_points(cx, &checked, profile_at, &id);
+    if d.points.is_empty() && d.profile.is_none() {
         cx.err(span, format!("device {id:?} has no points"));
     }
+    let points = checked.into_iter().map(|c| c.config).collect();
     Some(DeviceConfig {
         id,
         kind,
         cell: d.cell.as_ref().map(|c| c.get_ref().clone()),
+        profile: d.profile.as_ref().map(|p| p.get_ref().clone()),
         protocol,
         address,
         serial,
@@ -246,6 +208,144 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>) -> Option<DeviceConfig> {
         tags,
         points,
     })
+}
+
+/// A validated point and where errors about it go (`None`: a profile's point, checked with its
+/// profile; errors that only arise on a device go to the device's `profile` key).
+pub(crate) struct Checked {
+    pub config: PointConfig,
+    pub at: Option<PointAt>,
+}
+
+/// Locations in the file a point was written in.
+pub(crate) struct PointAt {
+    name: Range<usize>,
+    address: Range<usize>,
+    derive: Range<usize>,
+}
+
+impl PointAt {
+    pub(crate) fn of(p: &Spanned<PointSection>) -> PointAt {
+        let r = p.get_ref();
+        let whole = p.span();
+        PointAt {
+            name: r.name.as_ref().map(|n| n.span()).unwrap_or(whole.clone()),
+            address: r
+                .address
+                .as_ref()
+                .map(|a| a.span())
+                .unwrap_or(whole.clone()),
+            derive: r
+                .expr
+                .as_ref()
+                .or(r.from.as_ref())
+                .map(|e| e.span())
+                .unwrap_or(whole),
+        }
+    }
+}
+
+/// The checks across a device's points: no two write the same field of the same series, no
+/// register belongs to two non-bit points, and every derived point reads points that exist,
+/// come before it when derived themselves, and fit its element count.
+pub(crate) fn check_points(cx: &mut Ctx, points: &[Checked], fallback: Range<usize>, id: &str) {
+    // (measurement, field, tags): two points may not write the same field of the same series.
+    type SeriesField<'a> = (&'a str, &'a str, &'a [(String, String)]);
+    let mut names: HashSet<SeriesField> = HashSet::new();
+    // Register ranges taken by non-bit points, per table, to find overlaps.
+    let mut taken: BTreeMap<Table, Vec<(u32, u32, &str)>> = BTreeMap::new();
+    for (i, c) in points.iter().enumerate() {
+        let pc = &c.config;
+        let at = |f: fn(&PointAt) -> &Range<usize>| {
+            c.at.as_ref()
+                .map(|a| f(a).clone())
+                .unwrap_or(fallback.clone())
+        };
+        if !names.insert((&pc.measurement, &pc.name, &pc.tags)) {
+            cx.err(
+                at(|a| &a.name),
+                format!(
+                    "duplicate point {:?} in measurement {:?} of device {id:?}",
+                    pc.name, pc.measurement
+                ),
+            );
+        }
+        // Bit points and byte points (u8, i8) share their register with others.
+        let shares = pc.bit.is_some() || matches!(pc.kind, PointType::U8 | PointType::I8);
+        if pc.is_read() && !shares {
+            let start = pc.address as u32;
+            let end = start + pc.span();
+            let ranges = taken.entry(pc.table).or_default();
+            if let Some((_, _, other)) = ranges.iter().find(|(s, e, _)| start < *e && *s < end) {
+                cx.err(
+                    at(|a| &a.address),
+                    format!(
+                        "point {:?} ({} {}..{}) overlaps point {other:?}: a register belongs to at most one non-bit point",
+                        pc.name,
+                        pc.table.as_str(),
+                        start,
+                        end - 1
+                    ),
+                );
+            }
+            ranges.push((start, end, &pc.name));
+        }
+        let Some(derive) = &pc.derive else {
+            continue;
+        };
+        for (input, element) in derive.inputs() {
+            let found: Vec<usize> = points
+                .iter()
+                .enumerate()
+                .filter(|(_, q)| {
+                    crate::transform::expr::names(input, &q.config.measurement, &q.config.name)
+                })
+                .map(|(j, _)| j)
+                .collect();
+            let problem = match found.as_slice() {
+                [] => Some(format!(
+                    "point {:?} reads {input:?}, which is not a point of this device",
+                    pc.name
+                )),
+                [j] => {
+                    let q = &points[*j].config;
+                    if *j == i {
+                        Some(format!("point {input:?} cannot read itself"))
+                    } else if q.derive.is_some() && *j > i {
+                        Some(format!(
+                            "point {:?} reads {input:?}, which is computed after it: list {input:?} first",
+                            pc.name
+                        ))
+                    } else if q.kind == PointType::String {
+                        Some(format!(
+                            "point {:?} reads {input:?}, a string: derived points compute with numbers",
+                            pc.name
+                        ))
+                    } else {
+                        match element {
+                            Some(k) if k > q.count => Some(format!(
+                                "{input}[{k}]: {input:?} has {} element(s)",
+                                q.count
+                            )),
+                            None if q.count > 1 && q.count != pc.count => Some(format!(
+                                "{input:?} has {} elements and {:?} {}: an array point reads arrays of its own length element by element; pick one element with {input}[k]",
+                                q.count, pc.name, pc.count
+                            )),
+                            _ => None,
+                        }
+                    }
+                }
+                many => Some(format!(
+                    "{input:?} names {} points of this device (in measurements {}): write MEASUREMENT.{input}",
+                    many.len(),
+                    many.iter().map(|j| format!("{:?}", points[*j].config.measurement)).collect::<Vec<_>>().join(", ")
+                )),
+            };
+            if let Some(problem) = problem {
+                cx.err(at(|a| &a.derive), problem);
+            }
+        }
+    }
 }
 
 fn serial(cx: &mut Ctx, s: &Spanned<SerialSection>) -> SerialConfig {
@@ -283,31 +383,106 @@ fn serial(cx: &mut Ctx, s: &Spanned<SerialSection>) -> SerialConfig {
     }
 }
 
-fn point(
-    cx: &mut Ctx,
-    p: &Spanned<PointSection>,
-    dev_kind: DeviceKind,
-    dev_poll: Duration,
-) -> Option<PointConfig> {
+/// What a point's validation needs from its device.
+pub(crate) struct PointCtx {
+    pub kind: DeviceKind,
+    pub poll: Duration,
+    pub report: Report,
+    /// Validating a profile: a register point may leave `address` to the device.
+    pub in_profile: bool,
+}
+
+/// Whether a raw point is derived (computed from other points, no registers).
+pub(crate) fn is_derived(p: &PointSection) -> bool {
+    p.from.is_some() || p.expr.is_some() || p.states.is_some()
+}
+
+/// The byte offset of character `at` of a string value whose (quoted) text is at `span`.
+fn inside(cx: &Ctx, span: &Range<usize>, at: usize) -> usize {
+    let src = cx.source(span.clone());
+    let open = if src.starts_with("\"\"\"") || src.starts_with("'''") {
+        3 + usize::from(src[3..].starts_with('\n'))
+    } else if src.starts_with('"') || src.starts_with('\'') {
+        1
+    } else {
+        0
+    };
+    (span.start + open + at).min(span.end.saturating_sub(1).max(span.start))
+}
+
+/// Parses an expression key, reporting a syntax error at its character.
+fn expression(cx: &mut Ctx, raw: &Spanned<String>) -> Option<crate::transform::expr::Expr> {
+    match crate::transform::expr::Expr::parse(raw.get_ref()) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            let at = inside(cx, &raw.span(), e.at);
+            cx.err(at..at, e.message);
+            None
+        }
+    }
+}
+
+pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> Option<PointConfig> {
     let span = p.span();
     let p = p.get_ref();
     let errors_before = cx.errors.len();
     let name = cx.non_empty(&p.name, span.clone(), "name", "[[devices.points]]");
+    let derived = is_derived(p);
     let table = p
         .table
         .as_ref()
         .map(|t| *t.get_ref())
         .unwrap_or(Table::Holding);
-    let Some(address) = &p.address else {
-        cx.err(span, format!("point {name:?} needs `address`"));
-        return None;
+    let (address_span, start) = if derived {
+        let registers_only = [
+            (p.address.as_ref().map(|a| a.span()), "address"),
+            (p.table.as_ref().map(|a| a.span()), "table"),
+            (p.order.as_ref().map(|a| a.span()), "order"),
+            (p.length.as_ref().map(|a| a.span()), "length"),
+            (p.byte.as_ref().map(|a| a.span()), "byte"),
+            (p.scale.as_ref().map(|a| a.span()), "scale"),
+            (p.offset.as_ref().map(|a| a.span()), "offset"),
+            (p.simulate.as_ref().map(|a| a.span()), "simulate"),
+        ];
+        for (at, key) in registers_only {
+            if let Some(at) = at {
+                cx.err(
+                    at,
+                    format!("point {name:?} is derived (`from` / `expr`): it has no registers, so `{key}` does not apply"),
+                );
+            }
+        }
+        if p.writable == Some(true) {
+            cx.err(
+                span.clone(),
+                format!("point {name:?} is derived and cannot be writable"),
+            );
+        }
+        (span.clone(), 0)
+    } else {
+        match &p.address {
+            Some(a) => (a.span(), a.get_ref().0),
+            // A profile may leave the address to the device (a CiA 402 statusword).
+            None if pc.in_profile => (span.clone(), 0),
+            None => {
+                cx.err(span, format!("point {name:?} needs `address`"));
+                return None;
+            }
+        }
     };
-    let kind = match (&p.kind, table.is_bits()) {
-        (Some(k), _) => *k.get_ref(),
-        (None, true) => PointType::Bool,
-        (None, false) => PointType::U16,
+    let kind = match (&p.kind, derived, table.is_bits()) {
+        (Some(k), _, _) => *k.get_ref(),
+        (None, true, _) if p.states.is_some() => PointType::I32,
+        (None, true, _) if p.bit.is_some() => PointType::Bool,
+        (None, true, _) => PointType::F64,
+        (None, false, true) => PointType::Bool,
+        (None, false, false) => PointType::U16,
     };
-    let kind_span = p.kind.as_ref().map(|k| k.span()).unwrap_or(address.span());
+    let kind_span = p
+        .kind
+        .as_ref()
+        .map(|k| k.span())
+        .unwrap_or(address_span.clone());
     if table.is_bits() && kind != PointType::Bool {
         cx.err(
             kind_span.clone(),
@@ -319,6 +494,25 @@ fn point(
         );
     }
     let bit = match &p.bit {
+        Some(b) if derived => {
+            if p.from.is_none() {
+                cx.err(
+                    b.span(),
+                    "a derived `bit` needs `from` (the point it is taken from)",
+                );
+            } else if kind != PointType::Bool {
+                cx.err(
+                    b.span(),
+                    format!("`bit` gives a bool, not {:?}", kind.as_str()),
+                );
+            } else if !(0..=63).contains(b.get_ref()) {
+                cx.err(
+                    b.span(),
+                    format!("bit {} is out of range 0..=63", b.get_ref()),
+                );
+            }
+            Some((*b.get_ref()).clamp(0, 63) as u8)
+        }
         Some(b) => {
             if table.is_bits() {
                 cx.err(
@@ -346,7 +540,7 @@ fn point(
         }
         None => None,
     };
-    if kind == PointType::Bool && !table.is_bits() && bit.is_none() {
+    if !derived && kind == PointType::Bool && !table.is_bits() && bit.is_none() {
         cx.err(
             kind_span.clone(),
             format!(
@@ -356,6 +550,7 @@ fn point(
         );
     }
     let width = match (&p.length, kind) {
+        _ if derived => 0,
         (Some(l), PointType::String) => {
             if !(1..=MAX_REGISTERS).contains(l.get_ref()) {
                 cx.err(
@@ -409,10 +604,9 @@ fn point(
         (None, Some(_)) if count > 1 => Some("index".to_string()),
         (None, _) => None,
     };
-    let start = address.get_ref().0;
     let span_regs = width as u32 * count as u32;
     if start + span_regs > 65536 {
-        cx.err(address.span(), format!("point {name:?} runs past the end of the address space ({start} + {span_regs} > 65536)"));
+        cx.err(address_span.clone(), format!("point {name:?} runs past the end of the address space ({start} + {span_regs} > 65536)"));
     }
     if !table.is_bits() && width > MAX_REGISTERS as u16 {
         cx.err(
@@ -421,6 +615,7 @@ fn point(
         );
     }
     let byte = match &p.byte {
+        Some(_) if derived => None,
         Some(b) if matches!(kind, PointType::U8 | PointType::I8 | PointType::String) => {
             Some(*b.get_ref())
         }
@@ -435,11 +630,11 @@ fn point(
             None
         }
         // A u8 / i8 without `byte` takes the low byte.
-        None if matches!(kind, PointType::U8 | PointType::I8) => Some(ByteHalf::Low),
+        None if !derived && matches!(kind, PointType::U8 | PointType::I8) => Some(ByteHalf::Low),
         None => None,
     };
     let order = p.order.as_ref().map(|o| *o.get_ref()).unwrap_or_default();
-    if let Some(o) = &p.order {
+    if let (Some(o), false) = (&p.order, derived) {
         let why = match kind {
             PointType::Bool => Some("`order` applies to numeric types and strings, not \"bool\""),
             PointType::U8 | PointType::I8 => {
@@ -457,28 +652,38 @@ fn point(
             cx.err(o.span(), why);
         }
     }
-    let scale = p.scale.as_ref().map(|s| *s.get_ref()).unwrap_or(1.0);
-    let offset = p.offset.as_ref().map(|s| *s.get_ref()).unwrap_or(0.0);
-    for (v, what) in [(&p.scale, "scale"), (&p.offset, "offset")] {
-        if let Some(v) = v {
-            if !v.get_ref().is_finite() {
-                cx.err(v.span(), format!("{what} must be a finite number"));
-            } else if matches!(kind, PointType::Bool | PointType::String) {
-                cx.err(
-                    v.span(),
-                    format!("`{what}` applies to numeric types, not {:?}", kind.as_str()),
-                );
+    let (scale, offset) = if derived {
+        (1.0, 0.0)
+    } else {
+        let scale = p.scale.as_ref().map(|s| *s.get_ref()).unwrap_or(1.0);
+        let offset = p.offset.as_ref().map(|s| *s.get_ref()).unwrap_or(0.0);
+        for (v, what) in [(&p.scale, "scale"), (&p.offset, "offset")] {
+            if let Some(v) = v {
+                if !v.get_ref().is_finite() {
+                    cx.err(v.span(), format!("{what} must be a finite number"));
+                } else if matches!(kind, PointType::Bool | PointType::String) {
+                    cx.err(
+                        v.span(),
+                        format!("`{what}` applies to numeric types, not {:?}", kind.as_str()),
+                    );
+                }
             }
         }
-    }
-    if let Some(s) = &p.scale {
-        if *s.get_ref() == 0.0 {
-            cx.err(s.span(), "scale 0 would turn every reading into the offset");
+        if let Some(s) = &p.scale {
+            if *s.get_ref() == 0.0 {
+                cx.err(s.span(), "scale 0 would turn every reading into the offset");
+            }
         }
-    }
+        (scale, offset)
+    };
     let mut enum_labels = Vec::new();
     if let Some(e) = &p.enum_map {
-        if !kind.is_integer() {
+        if p.states.is_some() {
+            cx.err(
+                e.span(),
+                "a `states` point takes its labels from its rows: remove `enum`",
+            );
+        } else if !kind.is_integer() {
             cx.err(
                 e.span(),
                 format!("`enum` needs an integer type, not {:?}", kind.as_str()),
@@ -487,23 +692,36 @@ fn point(
             cx.err(e.span(), "`enum` cannot be combined with scale or offset");
         }
         for (code, label) in e.get_ref() {
-            match code.trim().parse::<i64>() {
+            let code_text = code.trim();
+            let parsed = match code_text
+                .strip_prefix("0x")
+                .or_else(|| code_text.strip_prefix("0X"))
+            {
+                Some(hex) => i64::from_str_radix(hex, 16),
+                None => code_text.parse::<i64>(),
+            };
+            match parsed {
                 Ok(c) => enum_labels.push((c, label.clone())),
                 Err(_) => cx.err(
                     e.span(),
-                    format!("enum key {code:?} is not an integer code"),
+                    format!("enum key {code:?} is not an integer code (decimal or 0x hex)"),
                 ),
             }
         }
         enum_labels.sort();
     }
+    let derive = if derived {
+        derive(cx, p, kind, &kind_span, bit, &mut enum_labels)
+    } else {
+        None
+    };
     let measurement = match &p.measurement {
         Some(m) if m.get_ref().is_empty() => {
             cx.err(m.span(), "measurement must not be empty");
             String::new()
         }
         Some(m) => m.get_ref().clone(),
-        None => dev_kind.as_str().to_string(),
+        None => pc.kind.as_str().to_string(),
     };
     let mut tags = cx.tags(&p.tags, "point");
     if let Some(t) = &index_tag {
@@ -515,6 +733,61 @@ fn point(
         }
         tags.retain(|(k, _)| k != t);
     }
+    let alarm = match &p.alarm {
+        Some(a) if *a.get_ref() => {
+            if !kind.is_integer() {
+                cx.err(
+                    a.span(),
+                    format!(
+                        "`alarm` marks an integer alarm or error code (0 = none), not a {:?} point",
+                        kind.as_str()
+                    ),
+                );
+            }
+            true
+        }
+        _ => false,
+    };
+    let cycles = match &p.counter {
+        Some(c) if c.get_ref() == "cycles" => {
+            if matches!(kind, PointType::Bool | PointType::String) {
+                cx.err(
+                    c.span(),
+                    format!(
+                        "a cycle counter is a number, not a {:?} point",
+                        kind.as_str()
+                    ),
+                );
+            }
+            true
+        }
+        Some(c) => {
+            cx.err(
+                c.span(),
+                format!(
+                    "counter {:?}: the only kind is \"cycles\" (a cycle or part counter)",
+                    c.get_ref()
+                ),
+            );
+            false
+        }
+        None => false,
+    };
+    let report = crate::config::validate::report(cx, &p.report, pc.report);
+    let simulate = match &p.simulate {
+        Some(raw) => {
+            let e = expression(cx, raw);
+            if let Some((n, _, at)) = e.as_ref().and_then(|e| e.references().first().copied()) {
+                let at = inside(cx, &raw.span(), at);
+                cx.err(
+                    at..at,
+                    format!("`simulate` is a function of `t` (seconds) and `i` (the element); it cannot read point {n:?}"),
+                );
+            }
+            e
+        }
+        None => None,
+    };
     if cx.errors.len() != errors_before {
         return None;
     }
@@ -526,7 +799,7 @@ fn point(
         count,
         index_tag,
         order,
-        bit,
+        bit: if derived { None } else { bit },
         byte,
         width,
         scale,
@@ -534,8 +807,125 @@ fn point(
         unit: p.unit.clone().unwrap_or_default(),
         measurement,
         tags,
-        poll: p.poll.map(|d| d.0).unwrap_or(dev_poll),
+        poll: p.poll.map(|d| d.0).unwrap_or(pc.poll),
         enum_labels,
         writable: p.writable.unwrap_or(false),
+        hidden: p.hidden.unwrap_or(false),
+        derive,
+        alarm,
+        cycles,
+        report,
+        simulate,
     })
+}
+
+/// How a derived point is computed (`from` + `states`, `from` + `bit`, or `expr`).
+fn derive(
+    cx: &mut Ctx,
+    p: &PointSection,
+    kind: PointType,
+    kind_span: &Range<usize>,
+    bit: Option<u8>,
+    enum_labels: &mut Vec<(i64, String)>,
+) -> Option<Derive> {
+    if kind == PointType::String {
+        cx.err(
+            kind_span.clone(),
+            "a derived point is a number or a bool, not a string",
+        );
+        return None;
+    }
+    if let Some(e) = &p.expr {
+        if let Some(f) = &p.from {
+            cx.err(f.span(), "a point takes either `expr` or `from`, not both");
+        }
+        if let Some(s) = &p.states {
+            cx.err(
+                s.span(),
+                "`states` maps `from`; with `expr`, write the rule in the expression",
+            );
+        }
+        return expression(cx, e).map(Derive::Expr);
+    }
+    let Some(from) = &p.from else {
+        if let Some(s) = &p.states {
+            cx.err(
+                s.span(),
+                "`states` needs `from` (the point whose value is masked)",
+            );
+        }
+        return None;
+    };
+    if from.get_ref().is_empty() {
+        cx.err(from.span(), "`from` names another point of the device");
+        return None;
+    }
+    match (&p.states, bit) {
+        (Some(states), None) => {
+            if !kind.is_integer() {
+                cx.err(
+                    kind_span.clone(),
+                    format!(
+                        "a `states` point writes an integer code, not {:?}",
+                        kind.as_str()
+                    ),
+                );
+            }
+            let mut rows = Vec::new();
+            for r in states.get_ref() {
+                let mask = r.mask.as_ref().map(|m| *m.get_ref()).unwrap_or(-1);
+                if r.label.get_ref().is_empty() {
+                    cx.err(r.label.span(), "a state needs a label");
+                }
+                if let Some(m) = &r.mask {
+                    if *m.get_ref() < 0 {
+                        cx.err(m.span(), "mask must not be negative");
+                    }
+                }
+                let code = *r.code.get_ref();
+                match enum_labels.iter().find(|(c, _)| *c == code) {
+                    Some((_, l)) if l != r.label.get_ref() => {
+                        let l = l.clone();
+                        cx.err(
+                            r.code.span(),
+                            format!("code {code} already has label {l:?}"),
+                        );
+                    }
+                    Some(_) => {}
+                    None => enum_labels.push((code, r.label.get_ref().clone())),
+                }
+                rows.push(StateRule {
+                    mask,
+                    value: *r.value.get_ref(),
+                    code,
+                });
+            }
+            if rows.is_empty() {
+                cx.err(states.span(), "`states` needs at least one row");
+            }
+            enum_labels.sort();
+            Some(Derive::States {
+                from: from.get_ref().clone(),
+                rows,
+            })
+        }
+        (None, Some(bit)) => Some(Derive::Bit {
+            from: from.get_ref().clone(),
+            bit,
+        }),
+        (Some(s), Some(_)) => {
+            cx.err(
+                s.span(),
+                "a point takes `states` or `bit` of its `from`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            cx.err(
+                from.span(),
+                "`from` needs `states` (a masked state table) or `bit`; for arithmetic use `expr`",
+            );
+            None
+        }
+    }
 }

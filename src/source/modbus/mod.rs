@@ -9,6 +9,7 @@ pub mod decode;
 pub mod link;
 pub mod plan;
 pub mod poller;
+pub mod profile;
 pub mod rtu;
 pub mod tcp;
 

@@ -78,6 +78,10 @@ pub fn plan_reads(device: &DeviceConfig, ids: &[u32]) -> Vec<PollGroup> {
             let Some(id) = ids.next() else {
                 break;
             };
+            if !p.is_read() {
+                // Derived: computed in the transform stage from the values read.
+                continue;
+            }
             let start = p.address as u32 + e as u32 * p.width as u32;
             items.push(Item {
                 table: p.table,
