@@ -130,7 +130,7 @@ fn cia402_every_state_with_unrelated_bits() {
     // (statusword, code, label): bits 4 (voltage enabled), 9 (remote), 10 (target reached),
     // 11-15 set where the state does not look at them; bit 7 is the warning.
     let cases = [
-        (0xFE00 | 0x0000, 0, "not_ready_to_switch_on"),
+        (0xFE00, 0, "not_ready_to_switch_on"),
         (0xFE10 | 0x0040, 1, "switch_on_disabled"),
         (0xFE10 | 0x0021, 2, "ready_to_switch_on"),
         (0xFE10 | 0x0023, 3, "switched_on"),
