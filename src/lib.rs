@@ -6,6 +6,7 @@ pub mod component;
 pub mod config;
 pub mod model;
 pub mod observe;
+pub mod probe;
 pub mod run;
 pub mod shutdown;
 pub mod sim;

@@ -54,6 +54,55 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Read every point of one device once and print a table (point, raw registers, value,
+    /// unit, label): a config's device (`--config FILE --device ID`) or a profile at an
+    /// address (`--profile NAME --address HOST:PORT`, or `--serial PORT --baud N` for RTU).
+    /// Exit 0 when the device answered, 1 with the Modbus error when it did not.
+    Probe {
+        /// Modbus TCP address HOST:PORT (overrides the config's).
+        #[arg(long)]
+        address: Option<String>,
+        /// Unit id (overrides the config's; default 1).
+        #[arg(long)]
+        unit: Option<u8>,
+        /// A profile to read (built in, or NAME.toml in --profiles-dir).
+        #[arg(long, conflicts_with_all = ["config", "device"])]
+        profile: Option<String>,
+        /// Where profile files are (with --profile).
+        #[arg(long, requires = "profile")]
+        profiles_dir: Option<PathBuf>,
+        /// A configuration file (with --device).
+        #[arg(long, short, requires = "device")]
+        config: Option<PathBuf>,
+        /// The device of --config to read.
+        #[arg(long, requires = "config")]
+        device: Option<String>,
+        /// Serial port for Modbus RTU (with --profile).
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long, default_value_t = 19200)]
+        baud: u32,
+        /// none | even | odd
+        #[arg(long, default_value = "even")]
+        parity: String,
+        /// Response timeout (e.g. "1s").
+        #[arg(long)]
+        timeout: Option<String>,
+        /// NAME=ADDRESS: the address of a profile point the device gives (with --profile),
+        /// e.g. --point statusword=0x6041 for cia402-statusword.
+        #[arg(long = "point", requires = "profile")]
+        points: Vec<String>,
+    },
+    /// List the device profiles (built in and in the profiles directory) with their sources,
+    /// or print one profile's file (`--show NAME`) to copy and adapt.
+    Profiles {
+        /// A configuration file whose `[agent] profiles_dir` (or `profiles/` beside it) to list.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print this profile's TOML.
+        #[arg(long)]
+        show: Option<String>,
+    },
     /// Write the man pages (roff) generated from these definitions into DIR: linetap.1 and
     /// one linetap-COMMAND.1 per command (used to package them).
     #[command(hide = true)]
@@ -83,7 +132,7 @@ fn main() -> ExitCode {
         },
         Command::Check { config } => match config::load(&config) {
             Ok(cfg) => {
-                print!("{}", check::render_plan(&cfg));
+                out(&check::render_plan(&cfg));
                 for w in check::warnings(&cfg) {
                     eprintln!("warning: {w}");
                 }
@@ -94,6 +143,54 @@ fn main() -> ExitCode {
                 2
             }
         },
+        Command::Profiles { config, show } => profiles(config.as_deref(), show.as_deref()),
+        Command::Probe {
+            address,
+            unit,
+            profile,
+            profiles_dir,
+            config,
+            device,
+            serial,
+            baud,
+            parity,
+            timeout,
+            points,
+        } => {
+            let target = match (profile, config, device) {
+                (Some(p), _, _) => probe_profile(
+                    &p,
+                    profiles_dir.as_deref(),
+                    address.as_deref(),
+                    serial.as_deref(),
+                    baud,
+                    &parity,
+                    unit,
+                    timeout.as_deref(),
+                    &points,
+                ),
+                (None, Some(c), Some(d)) => {
+                    probe_config(&c, &d, address.as_deref(), unit, timeout.as_deref())
+                }
+                _ => Err("give --profile NAME with --address or --serial, or --config FILE --device ID".to_string()),
+            };
+            match target {
+                Err(e) => {
+                    eprintln!("linetap probe: {e}");
+                    2
+                }
+                Ok(d) => match runtime.block_on(linetap::probe::probe(&d)) {
+                    Ok(table) => {
+                        out(&table);
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("linetap probe: device {:?} did not answer: {e}", d.id);
+                        1
+                    }
+                },
+            }
+        }
         Command::Run { config } => match config::load(&config) {
             Err(errors) => {
                 eprintln!("{errors}");
@@ -123,6 +220,138 @@ fn main() -> ExitCode {
         },
     };
     ExitCode::from(code as u8)
+}
+
+/// `linetap profiles`: every profile with its origin and source, or one profile's text.
+fn profiles(config: Option<&std::path::Path>, show: Option<&str>) -> i32 {
+    let dir = match config {
+        Some(c) => match config::load(c) {
+            Ok(cfg) => cfg.agent.profiles_dir,
+            Err(e) => {
+                eprintln!("{e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
+    let (all, errors) = config::profiles::available(dir.as_deref());
+    for (file, e) in errors {
+        eprintln!("warning: {file}: {e}");
+    }
+    if let Some(name) = show {
+        return match all.get(name) {
+            Some(p) => {
+                out(&p.text);
+                0
+            }
+            None => {
+                eprintln!(
+                    "linetap profiles: no profile {name:?}; available: {}",
+                    all.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+                2
+            }
+        };
+    }
+    let mut text = String::new();
+    for p in all.values() {
+        let (kind, description, source) = config::profiles::summary(p);
+        let origin = if p.builtin {
+            "built-in".to_string()
+        } else {
+            p.file.clone()
+        };
+        text.push_str(&format!("{:<20} {:<6} {origin}\n", p.name, kind));
+        if !description.is_empty() {
+            text.push_str(&format!("    {description}\n"));
+        }
+        if !source.is_empty() {
+            text.push_str(&format!("    source: {source}\n"));
+        }
+    }
+    out(&text);
+    0
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// The device `--config FILE --device ID` names, with the flags' overrides.
+fn probe_config(
+    path: &std::path::Path,
+    id: &str,
+    address: Option<&str>,
+    unit: Option<u8>,
+    timeout: Option<&str>,
+) -> Result<config::DeviceConfig, String> {
+    let cfg = config::load(path).map_err(|e| e.to_string())?;
+    let mut d = cfg
+        .devices
+        .into_iter()
+        .find(|d| d.id == id)
+        .ok_or_else(|| format!("{} has no device {id:?}", path.display()))?;
+    if let Some(a) = address {
+        d.address = a.to_string();
+    }
+    if let Some(u) = unit {
+        d.unit = u;
+    }
+    if let Some(t) = timeout {
+        d.timeout = config::units::parse_duration(t)?;
+    }
+    Ok(d)
+}
+
+/// A device of profile `name` at the address or serial port given, validated as a
+/// configuration would be.
+#[allow(clippy::too_many_arguments)]
+fn probe_profile(
+    name: &str,
+    dir: Option<&std::path::Path>,
+    address: Option<&str>,
+    serial: Option<&str>,
+    baud: u32,
+    parity: &str,
+    unit: Option<u8>,
+    timeout: Option<&str>,
+    points: &[String],
+) -> Result<config::DeviceConfig, String> {
+    let target = match (address, serial) {
+        (Some(a), None) => format!("address = {a:?}"),
+        (None, Some(port)) => format!(
+            "protocol = \"modbus-rtu\"\nserial = {{ port = {port:?}, baud = {baud}, parity = {parity:?} }}"
+        ),
+        _ => return Err("give either --address HOST:PORT or --serial PORT".into()),
+    };
+    let mut text = String::from("[line]\nid = \"probe\"\n");
+    if let Some(d) = dir {
+        text.push_str(&format!("[agent]\nprofiles_dir = {:?}\n", d.display().to_string()));
+    }
+    text.push_str(&format!(
+        "[[devices]]\nid = \"probe\"\nprofile = {name:?}\n{target}\nunit = {}\n",
+        unit.unwrap_or(1)
+    ));
+    if let Some(t) = timeout {
+        text.push_str(&format!("timeout = {t:?}\n"));
+    }
+    for p in points {
+        let Some((name, address)) = p.split_once('=') else {
+            return Err(format!("--point {p:?}: use NAME=ADDRESS, e.g. statusword=0x6041"));
+        };
+        text.push_str(&format!(
+            "[[devices.points]]\nname = {:?}\naddress = {:?}\n",
+            name.trim(),
+            address.trim()
+        ));
+    }
+    let cfg = config::parse("(probe)", &text).map_err(|e| e.to_string())?;
+    cfg.devices
+        .into_iter()
+        .next()
+        .ok_or_else(|| "no device".to_string())
 }
 
 async fn simulate(cfg: config::Config) -> i32 {

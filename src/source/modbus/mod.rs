@@ -118,22 +118,12 @@ pub fn buses(config: &Config, registry: &mut Registry) -> Vec<Bus> {
     by_bus
         .into_iter()
         .map(|(name, devices)| {
-            let first = devices[0];
             let connect_timeout = devices
                 .iter()
                 .map(|d| d.timeout)
                 .max()
                 .unwrap_or(Duration::from_millis(500));
-            let link = match (&first.protocol, &first.serial) {
-                (Protocol::ModbusRtu, Some(s)) => {
-                    Link::Rtu(RtuLink::new(RtuTarget::Serial(s.clone()), connect_timeout))
-                }
-                (Protocol::ModbusRtuOverTcp, _) => Link::Rtu(RtuLink::new(
-                    RtuTarget::Tcp(first.address.clone()),
-                    connect_timeout,
-                )),
-                _ => Link::Tcp(TcpLink::new(first.address.clone(), connect_timeout)),
-            };
+            let link = link_for(devices[0], connect_timeout);
             Bus {
                 id: ComponentId {
                     kind: Kind::Bus,
@@ -153,6 +143,20 @@ pub fn buses(config: &Config, registry: &mut Registry) -> Vec<Bus> {
             }
         })
         .collect()
+}
+
+/// The link a device is reached over (a bus's first device decides for the bus).
+pub fn link_for(d: &DeviceConfig, connect_timeout: Duration) -> Link {
+    match (&d.protocol, &d.serial) {
+        (Protocol::ModbusRtu, Some(s)) => {
+            Link::Rtu(RtuLink::new(RtuTarget::Serial(s.clone()), connect_timeout))
+        }
+        (Protocol::ModbusRtuOverTcp, _) => Link::Rtu(RtuLink::new(
+            RtuTarget::Tcp(d.address.clone()),
+            connect_timeout,
+        )),
+        _ => Link::Tcp(TcpLink::new(d.address.clone(), connect_timeout)),
+    }
 }
 
 /// The Modbus source kind's components.

@@ -429,7 +429,7 @@ fn note_error(st: &mut DeviceState, kind: &'static str, device: &str, reason: St
 }
 
 /// Decodes every field of one response into samples stamped `ts`.
-fn decode_into(
+pub(crate) fn decode_into(
     req: &ReadRequest,
     words: &Words,
     ts: i64,

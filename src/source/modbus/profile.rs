@@ -163,11 +163,16 @@ pub(crate) fn device_points(
                                 profile.name
                             ),
                         );
-                        continue;
                     }
                     // Checked when the profile was loaded; built here with the device's defaults.
                     let mut scratch = Ctx::new(&profile.file, &profile.text);
-                    if let Some(config) = point(&mut scratch, pp, pc) {
+                    let as_profile = PointCtx {
+                        kind: pc.kind,
+                        poll: pc.poll,
+                        report: pc.report,
+                        in_profile: true,
+                    };
+                    if let Some(config) = point(&mut scratch, pp, &as_profile) {
                         out.push(Checked { config, at: None });
                     }
                 }
