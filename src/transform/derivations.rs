@@ -491,7 +491,7 @@ impl Cycle {
             self.increments.pop_front();
         }
         if let (true, Some(id)) = (rate_due, self.per_hour) {
-            let parts: f64 = self.increments.iter().map(|(_, n)| n).sum();
+            let parts = self.increments.iter().fold(0.0, |a, (_, n)| a + n);
             out.push(sample(
                 id,
                 ts,
