@@ -172,7 +172,10 @@ fn main() -> ExitCode {
                 (None, Some(c), Some(d)) => {
                     probe_config(&c, &d, address.as_deref(), unit, timeout.as_deref())
                 }
-                _ => Err("give --profile NAME with --address or --serial, or --config FILE --device ID".to_string()),
+                _ => Err(
+                    "give --profile NAME with --address or --serial, or --config FILE --device ID"
+                        .to_string(),
+                ),
             };
             match target {
                 Err(e) => {
@@ -328,7 +331,10 @@ fn probe_profile(
     };
     let mut text = String::from("[line]\nid = \"probe\"\n");
     if let Some(d) = dir {
-        text.push_str(&format!("[agent]\nprofiles_dir = {:?}\n", d.display().to_string()));
+        text.push_str(&format!(
+            "[agent]\nprofiles_dir = {:?}\n",
+            d.display().to_string()
+        ));
     }
     text.push_str(&format!(
         "[[devices]]\nid = \"probe\"\nprofile = {name:?}\n{target}\nunit = {}\n",
@@ -339,7 +345,9 @@ fn probe_profile(
     }
     for p in points {
         let Some((name, address)) = p.split_once('=') else {
-            return Err(format!("--point {p:?}: use NAME=ADDRESS, e.g. statusword=0x6041"));
+            return Err(format!(
+                "--point {p:?}: use NAME=ADDRESS, e.g. statusword=0x6041"
+            ));
         };
         text.push_str(&format!(
             "[[devices.points]]\nname = {:?}\naddress = {:?}\n",

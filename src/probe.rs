@@ -123,7 +123,11 @@ pub async fn probe(d: &DeviceConfig) -> Result<String, String> {
             };
             let mut name = format!("{}.{}", p.measurement, p.name);
             if p.count > 1 {
-                name.push_str(&format!("[{}={}]", p.index_tag.as_deref().unwrap_or("index"), e + 1));
+                name.push_str(&format!(
+                    "[{}={}]",
+                    p.index_tag.as_deref().unwrap_or("index"),
+                    e + 1
+                ));
             }
             if p.hidden {
                 name.push_str(" (hidden)");

@@ -81,6 +81,17 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
             addr += n;
         }
     }
+    // A u64 above i64::MAX: InfluxDB 1.x has no unsigned type; written as i64::MAX (clamped and
+    // counted), not skipped.
+    let big: u64 = u64::MAX - 5;
+    points.push_str(&format!(
+        "[[devices.points]]\nname = \"u64_big\"\naddress = {addr}\ntype = \"u64\"\n\n"
+    ));
+    let words = regs(&big.to_be_bytes(), ORDERS[0].0);
+    let n = words.len() as u16;
+    writes.push((Table::Holding, addr, words));
+    expected.insert("u64_big".into(), J::from(i64::MAX));
+    addr += n;
     // 16-bit types, a string, scale/offset, an enum and bits.
     points.push_str(&format!(
         "[[devices.points]]\nname = \"u16\"\naddress = {a0}\ntype = \"u16\"\n\n\
@@ -195,6 +206,10 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "agent exit status; log:\n{log}");
     assert!(log.contains("everything delivered"), "agent log:\n{log}");
+    assert!(
+        log.contains("was written as 9223372036854775807"),
+        "the clamped u64 is logged; agent log:\n{log}"
+    );
 
     // Values: the last value of every field of measurement plc.
     let r = influx.query("lt", "SELECT last(*) FROM plc");
@@ -241,6 +256,7 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
         ("i16", "integer"),
         ("u32_abcd", "integer"),
         ("u64_dcba", "integer"),
+        ("u64_big", "integer"),
         ("i64_cdab", "integer"),
         ("f32_badc", "float"),
         ("f64_abcd", "float"),

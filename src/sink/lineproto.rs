@@ -10,8 +10,12 @@ use crate::model::{Catalog, DataType, SampleBatch, Value};
 pub struct Skipped {
     /// NaN or ±Inf: line protocol cannot carry them.
     pub not_finite: u64,
-    /// A u64 above i64::MAX: InfluxDB 1.x has no unsigned type.
+    /// Not encodable in the store's types (kept for counters; u64 values are clamped, see
+    /// `clamped`).
     pub out_of_range: u64,
+    /// A u64 above i64::MAX written as i64::MAX to a store without an unsigned type
+    /// (InfluxDB 1.x, files). Written, so not part of `total`.
+    pub clamped: u64,
     /// A sample whose point id is not in the catalog.
     pub unknown_point: u64,
 }
@@ -28,7 +32,8 @@ struct PointLine {
     /// `measurement,tag=v,... field=`: `LineEncoder::text[start..start + len]`.
     start: u32,
     len: u32,
-    /// Integers are written with an `i` suffix, whether the value came in as int or uint.
+    /// Integers are written with an `i` suffix, whether the value came in as int or uint;
+    /// u64 points with `u` where the store has an unsigned type (`LineEncoder::unsigned`).
     data_type: DataType,
     /// Enum points only.
     labels: Option<Box<EnumLine>>,
@@ -59,6 +64,9 @@ pub struct LineEncoder {
     text: Vec<u8>,
     /// By point id (ids are stable, not necessarily dense; holes are `None`).
     points: Vec<Option<PointLine>>,
+    /// The store has an unsigned integer type (InfluxDB 2 and 3, VictoriaMetrics): u64 points
+    /// are written with the `u` suffix, exact over their whole range.
+    unsigned: bool,
 }
 
 /// Escapes a measurement name (commas and spaces).
@@ -194,7 +202,17 @@ impl LineEncoder {
             points[p.id as usize] = Some(line);
         }
         text.shrink_to_fit();
-        LineEncoder { text, points }
+        LineEncoder {
+            text,
+            points,
+            unsigned: false,
+        }
+    }
+
+    /// Writes u64 points as unsigned integers (`5u`): for stores that have the type.
+    pub fn with_unsigned(mut self, unsigned: bool) -> Self {
+        self.unsigned = unsigned;
+        self
     }
 
     /// The prefix of a point.
@@ -248,12 +266,20 @@ impl LineEncoder {
                         l.write_label(*i, out);
                     }
                 }
+                Value::UintValue(u) if self.unsigned && p.data_type == DataType::Uint64 => {
+                    out.extend_from_slice(ibuf.format(*u).as_bytes());
+                    out.push(b'u');
+                    if let Some(l) = &p.labels {
+                        l.write_label(i64::try_from(*u).unwrap_or(i64::MAX), out);
+                    }
+                }
                 Value::UintValue(u) => {
-                    let Ok(i) = i64::try_from(*u) else {
-                        out.truncate(mark);
-                        skipped.out_of_range += 1;
-                        continue;
-                    };
+                    // No unsigned type: a value above i64::MAX is written as i64::MAX (as
+                    // Telegraf does without uint support) and counted, rather than lost.
+                    let i = i64::try_from(*u).unwrap_or_else(|_| {
+                        skipped.clamped += 1;
+                        i64::MAX
+                    });
                     out.extend_from_slice(ibuf.format(i).as_bytes());
                     out.push(b'i');
                     if let Some(l) = &p.labels {
@@ -375,8 +401,66 @@ mod tests {
             Skipped {
                 not_finite: 1,
                 out_of_range: 0,
+                clamped: 0,
                 unknown_point: 1
             }
+        );
+    }
+
+    /// u64 values: unsigned where the store has the type, else clamped to i64::MAX and counted.
+    #[test]
+    fn u64_values_over_the_whole_range() {
+        let mut c = catalog();
+        c.points.push(PointDescriptor {
+            id: 3,
+            device: 0,
+            measurement: "drive".into(),
+            name: "energy_wh".into(),
+            data_type: DataType::Uint64 as i32,
+            ..Default::default()
+        });
+        let batch = SampleBatch {
+            device: 0,
+            seq: 1,
+            timestamp_ns: 0,
+            samples: vec![
+                sample(3, Value::UintValue(5)),
+                sample(3, Value::UintValue(u64::MAX)),
+            ],
+        };
+        let fields = |unsigned: bool| {
+            let enc = LineEncoder::new(&c).with_unsigned(unsigned);
+            let mut out = Vec::new();
+            let mut skipped = Skipped::default();
+            assert_eq!(enc.encode(&batch, &mut out, &mut skipped), 2);
+            let text = String::from_utf8(out).unwrap();
+            let values: Vec<String> = text
+                .lines()
+                .map(|l| l.rsplitn(3, ' ').nth(1).unwrap_or("").to_string())
+                .collect();
+            (values, skipped.clamped, skipped.total())
+        };
+        assert_eq!(
+            fields(true),
+            (
+                vec![
+                    "energy_wh=5u".into(),
+                    "energy_wh=18446744073709551615u".into()
+                ],
+                0,
+                0
+            )
+        );
+        assert_eq!(
+            fields(false),
+            (
+                vec![
+                    "energy_wh=5i".into(),
+                    "energy_wh=9223372036854775807i".into()
+                ],
+                1,
+                0
+            )
         );
     }
 

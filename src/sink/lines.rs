@@ -15,6 +15,11 @@ pub trait LineWriter: Send + 'static {
         lines: usize,
         retry: &mut RetryCtl,
     ) -> impl std::future::Future<Output = Outcome> + Send;
+
+    /// Whether the destination has an unsigned integer type (u64 points written as `5u`).
+    fn unsigned(&self) -> bool {
+        false
+    }
 }
 
 /// How many catalog versions' encoders a sink keeps (the least recently built goes first; a
@@ -52,7 +57,10 @@ impl<W: LineWriter> Sink for LineSink<W> {
             let oldest = self.order.remove(0);
             self.encoders.remove(&oldest);
         }
-        self.encoders.insert(id, LineEncoder::new(catalog));
+        self.encoders.insert(
+            id,
+            LineEncoder::new(catalog).with_unsigned(self.writer.unsigned()),
+        );
         self.order.push(id);
     }
 

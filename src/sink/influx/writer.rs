@@ -47,6 +47,8 @@ pub struct InfluxWriter {
     gzip: bool,
     backoff: Backoff,
     dead_letter: DeadLetter,
+    /// The v2 API has an unsigned integer type; 1.x has none.
+    unsigned: bool,
 }
 
 /// Why the store holds the data back: something a person has to fix.
@@ -170,6 +172,7 @@ impl InfluxWriter {
             // A store that comes back is found within 5 s; the backlog then drains at full speed.
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             dead_letter,
+            unsigned: cfg.api == InfluxApi::V2,
         })
     }
 
@@ -291,6 +294,10 @@ impl InfluxWriter {
 }
 
 impl LineWriter for InfluxWriter {
+    fn unsigned(&self) -> bool {
+        self.unsigned
+    }
+
     async fn write(&mut self, body: &[u8], _lines: usize, retry: &mut RetryCtl) -> Outcome {
         // Pieces still to write, as byte ranges of `body`; a refused piece is split in two
         // until the refused lines are isolated.
