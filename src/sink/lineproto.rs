@@ -436,7 +436,7 @@ mod tests {
             let text = String::from_utf8(out).unwrap();
             let values: Vec<String> = text
                 .lines()
-                .map(|l| l.rsplitn(3, ' ').nth(1).unwrap_or("").to_string())
+                .map(|l| l.rsplit(' ').nth(1).unwrap_or("").to_string())
                 .collect();
             (values, skipped.clamped, skipped.total())
         };
