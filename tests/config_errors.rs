@@ -831,3 +831,154 @@ fn bytes_halves_and_strings_are_valid_and_shown() {
         assert!(stdout.contains(shown), "{shown:?} not in:\n{stdout}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Profiles, derived points, report by exception, derivations
+// ---------------------------------------------------------------------------------------------
+
+broken!(
+    unknown_profile,
+    edit(BASE, "kind = \"robot\"\n", "kind = \"robot\"\nprofile = \"ur10\"\n"),
+    at: ("profile = \"ur10\"", 1, "\"ur10\""),
+    says: "unknown profile \"ur10\"; available: cia402-statusword, delta-asda",
+);
+
+broken!(
+    expression_syntax_error_points_at_its_character,
+    edit(
+        BASE,
+        "[[devices.points]]\nname = \"temperature\"",
+        "[[devices.points]]\nname = \"speed_pct\"\nexpr = \"state * / 2\"\n\n[[devices.points]]\nname = \"temperature\"",
+    ),
+    at: ("expr = \"state * / 2\"", 1, "/ 2"),
+    says: "unexpected '/' where a value was expected",
+);
+
+broken!(
+    expression_reads_an_unknown_point,
+    edit(
+        BASE,
+        "[[devices.points]]\nname = \"temperature\"",
+        "[[devices.points]]\nname = \"speed_pct\"\nexpr = \"speed_raw / 10\"\n\n[[devices.points]]\nname = \"temperature\"",
+    ),
+    at: ("expr = \"speed_raw / 10\"", 1, "\"speed_raw"),
+    says: "point \"speed_pct\" reads \"speed_raw\", which is not a point of this device",
+);
+
+broken!(
+    states_without_from,
+    edit(
+        BASE,
+        "[[devices.points]]\nname = \"temperature\"",
+        "[[devices.points]]\nname = \"mode\"\nstates = [{ value = 1, code = 3, label = \"running\" }]\n\n[[devices.points]]\nname = \"temperature\"",
+    ),
+    at: ("states = [", 1, "["),
+    says: "`states` needs `from`",
+);
+
+broken!(
+    derived_point_with_an_address,
+    edit(
+        BASE,
+        "[[devices.points]]\nname = \"temperature\"",
+        "[[devices.points]]\nname = \"ready\"\nfrom = \"state\"\nbit = 2\naddress = 9\n\n[[devices.points]]\nname = \"temperature\"",
+    ),
+    at: ("address = 9", 1, "9"),
+    says: "is derived (`from` / `expr`): it has no registers, so `address` does not apply",
+);
+
+broken!(
+    alarm_on_a_float,
+    edit(BASE, "name = \"cycle_count\"\naddress = 2\ntype = \"u32\"\n", "name = \"cycle_count\"\naddress = 2\ntype = \"f32\"\nalarm = true\n"),
+    at: ("alarm = true", 1, "true"),
+    says: "`alarm` marks an integer alarm or error code",
+);
+
+broken!(
+    report_min_interval_above_max_interval,
+    edit(BASE, "[agent]\n", "[report]\nmin_interval = \"10s\"\nmax_interval = \"5s\"\n\n[agent]\n"),
+    at: ("min_interval = \"10s\"", 1, "\"10s\""),
+    says: "min_interval (10s) is longer than max_interval (5s)",
+);
+
+broken!(
+    unknown_counter_kind,
+    edit(BASE, "name = \"cycle_count\"\naddress = 2\n", "name = \"cycle_count\"\naddress = 2\ncounter = \"parts\"\n"),
+    at: ("counter = \"parts\"", 1, "\"parts\""),
+    says: "the only kind is \"cycles\"",
+);
+
+/// A profile file beside the configuration with a mistake: the error names the profile file,
+/// line and column, and the device's `profile` key says the profile has errors.
+#[test]
+fn errors_in_a_profile_file_point_into_it() {
+    let dir = TempDir::new().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
+    let profile = "[profile]\nname = \"acme-drive\"\nkind = \"drive\"\n\n[[points]]\nname = \"speed\"\naddress = 0x10\ntype = \"i32\"\norder = \"CDBA\"\n";
+    let profile_path = dir.path().join("profiles").join("acme-drive.toml");
+    std::fs::write(&profile_path, profile).unwrap();
+    let text = edit(
+        BASE,
+        "kind = \"robot\"\n",
+        "kind = \"robot\"\nprofile = \"acme-drive\"\n",
+    );
+    let path = write_config(&dir, "line", &text);
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (l, c) = spot(profile, "order = \"CDBA\"", 1, "\"CDBA\"");
+    let want = format!("{}:{l}:{c}: ", profile_path.display());
+    assert!(
+        stderr
+            .lines()
+            .any(|line| line.starts_with(&want) && line.contains("unknown variant `CDBA`")),
+        "want {want}...unknown variant in:\n{stderr}"
+    );
+    let (l, c) = spot(&text, "profile = \"acme-drive\"", 1, "\"acme-drive\"");
+    let want = format!("{}:{l}:{c}: ", path.display());
+    assert!(
+        stderr
+            .lines()
+            .any(|line| line.starts_with(&want) && line.contains("has errors")),
+        "want {want}...has errors in:\n{stderr}"
+    );
+}
+
+/// A device of the UR profile: its whole map in two requests, its own points added, a profile
+/// point replaced key by key (here: its report setting), and derived and hidden points shown.
+#[test]
+fn a_profile_device_is_planned_in_the_fewest_requests() {
+    let text = edit(
+        BASE,
+        "[[devices]]\nid = \"robot-01\"\nkind = \"robot\"\naddress = \"10.0.3.11:502\"\nunit = 1\npoll = \"100ms\"\ntags = { zone = \"a\" }\n",
+        "[[devices]]\nid = \"ur-07\"\nprofile = \"ur\"\naddress = \"10.0.3.17:502\"\n\n\
+         [[devices.points]]\nname = \"temperature\"\nmeasurement = \"joint\"\nreport = { deadband = 0.5 }\n\n\
+         [[devices]]\nid = \"robot-01\"\nkind = \"robot\"\naddress = \"10.0.3.11:502\"\nunit = 1\npoll = \"100ms\"\ntags = { zone = \"a\" }\n",
+    );
+    let dir = TempDir::new().expect("tempdir");
+    let path = write_config(&dir, "ur", &text);
+    let out = check(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ur: String = stdout
+        .split("\ndevice ")
+        .find(|d| d.starts_with("\"ur-07\""))
+        .expect("the UR device in the plan")
+        .to_string();
+    for shown in [
+        "(robot, profile ur, modbus-tcp 10.0.3.17:502 unit 1)",
+        "every 1s: 2 requests",
+        "FC03 holding  start   258 count   68",
+        "FC03 holding  start   400 count   16",
+        "point state                    = emergency_stop",
+        "angle_in_revolution      holding 270 u16 x6 (axis=1..6) (hidden",
+        "point position                 = angle_in_revolution / 1000 + 2 * pi * revolutions f64 x6",
+        "temperature              holding 300 u16 x6 (axis=1..6) -> joint.temperature, on change beyond 0.5",
+    ] {
+        assert!(ur.contains(shown), "{shown:?} not in:\n{ur}");
+    }
+}

@@ -31,8 +31,8 @@ pub struct RawConfig {
 pub struct ReportSection {
     pub deadband: Option<Spanned<f64>>,
     pub deadband_pct: Option<Spanned<f64>>,
-    pub min_interval: Option<ConfInterval>,
-    pub max_interval: Option<ConfInterval>,
+    pub min_interval: Option<Spanned<ConfInterval>>,
+    pub max_interval: Option<Spanned<ConfInterval>>,
 }
 
 /// One row of a masked state table: the first row with `(raw & mask) == value` wins.

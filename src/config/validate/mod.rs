@@ -336,15 +336,21 @@ pub(crate) fn report(cx: &mut Ctx, raw: &Option<Spanned<ReportSection>>, parent:
             }
         }
     }
-    if let Some(d) = r.min_interval {
-        out.min_interval = d.0;
+    if let Some(d) = &r.min_interval {
+        out.min_interval = d.get_ref().0;
     }
-    if let Some(d) = r.max_interval {
-        out.max_interval = d.0;
+    if let Some(d) = &r.max_interval {
+        out.max_interval = d.get_ref().0;
     }
     if !out.max_interval.is_zero() && out.min_interval > out.max_interval {
+        let at = r
+            .min_interval
+            .as_ref()
+            .or(r.max_interval.as_ref())
+            .map(|d| d.span())
+            .unwrap_or(raw.span());
         cx.err(
-            raw.span(),
+            at,
             format!(
                 "min_interval ({:?}) is longer than max_interval ({:?}): a point could never be written at its heartbeat",
                 out.min_interval, out.max_interval
