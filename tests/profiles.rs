@@ -79,7 +79,12 @@ fn every_builtin_profile_lands_in_the_store_as_worked_out_by_hand() {
     set(&line, "ur", 300, &[35, 36, 37, 38, 39, 40]);
     set(&line, "ur", 310, &[253; 6]);
     set(&line, "ur", 320, &revs);
-    set(&line, "ur", 400, &[(-12345i16) as u16, 4000, 3000, 3141, 0, (-1571i16) as u16]);
+    set(
+        &line,
+        "ur",
+        400,
+        &[(-12345i16) as u16, 4000, 3000, 3141, 0, (-1571i16) as u16],
+    );
     // CiA 402: operation enabled with remote, target reached and voltage bits set.
     set(&line, "cia", 0x6041, &[0x0637]);
     // Delta ASDA: alarm 19 (AL013 e-stop as the drive codes it), -1500.0 rpm, 57 % load,
@@ -98,13 +103,20 @@ fn every_builtin_profile_lands_in_the_store_as_worked_out_by_hand() {
     set(&line, "inovance", 0x0B18, &[256, 0, 5402, 39]);
     set(&line, "inovance", 0x0B2D, &[0x0610]);
     // Leadshine ELD2: alarm 0x100 (overload), -900 rpm, 48.25 V, following error -17, 3 rpm.
-    set(&line, "leadshine", 0x1F2, &[0x0100, (-900i16) as u16, 4825, (-17i16) as u16, 3]);
+    set(
+        &line,
+        "leadshine",
+        0x1F2,
+        &[0x0100, (-900i16) as u16, 4825, (-17i16) as u16, 3],
+    );
     // The PLC-mapped robot block.
     set(
         &line,
         "plc",
         0,
-        &[3, 4, 12, 85, 0b0101, 0, 0x0001, 0x1170, 0x0001, 0xE240, 0x5745, 0x4C44, 0x5F41, 0, 0],
+        &[
+            3, 4, 12, 85, 0b0101, 0, 0x0001, 0x1170, 0x0001, 0xE240, 0x5745, 0x4C44, 0x5F41, 0, 0,
+        ],
     );
 
     let agent = AgentProcess::start_with_env(&line.config, &[("LINETAP_TEST_TOKEN", "t")]);
@@ -112,44 +124,125 @@ fn every_builtin_profile_lands_in_the_store_as_worked_out_by_hand() {
     let d = |dev: &str| format!("device=\"{dev}\"");
     let mut expected: Vec<(String, f64)> = vec![
         (format!("{{__name__=\"robot_state\",{}}}", d("ur")), 3.0),
-        (format!("{{__name__=\"robot_vendor_mode\",{}}}", d("ur")), 7.0),
-        (format!("{{__name__=\"robot_safety_mode\",{}}}", d("ur")), 1.0),
+        (
+            format!("{{__name__=\"robot_vendor_mode\",{}}}", d("ur")),
+            7.0,
+        ),
+        (
+            format!("{{__name__=\"robot_safety_mode\",{}}}", d("ur")),
+            1.0,
+        ),
         (format!("{{__name__=\"tcp_x\",{}}}", d("ur")), -1.2345),
         (format!("{{__name__=\"tcp_y\",{}}}", d("ur")), 0.4),
         (format!("{{__name__=\"tcp_rz\",{}}}", d("ur")), -1.571),
         (format!("{{__name__=\"drive_state\",{}}}", d("cia")), 4.0),
-        (format!("{{__name__=\"drive_alarm_code\",{}}}", d("delta")), 19.0),
-        (format!("{{__name__=\"drive_speed_rpm\",{}}}", d("delta")), -1500.0),
-        (format!("{{__name__=\"drive_load_pct\",{}}}", d("delta")), 57.0),
-        (format!("{{__name__=\"drive_dc_bus_voltage\",{}}}", d("delta")), 312.0),
-        (format!("{{__name__=\"drive_position_counts\",{}}}", d("delta")), -123456.0),
-        (format!("{{__name__=\"drive_temperature\",{}}}", d("delta")), 41.0),
+        (
+            format!("{{__name__=\"drive_alarm_code\",{}}}", d("delta")),
+            19.0,
+        ),
+        (
+            format!("{{__name__=\"drive_speed_rpm\",{}}}", d("delta")),
+            -1500.0,
+        ),
+        (
+            format!("{{__name__=\"drive_load_pct\",{}}}", d("delta")),
+            57.0,
+        ),
+        (
+            format!("{{__name__=\"drive_dc_bus_voltage\",{}}}", d("delta")),
+            312.0,
+        ),
+        (
+            format!("{{__name__=\"drive_position_counts\",{}}}", d("delta")),
+            -123456.0,
+        ),
+        (
+            format!("{{__name__=\"drive_temperature\",{}}}", d("delta")),
+            41.0,
+        ),
         (format!("{{__name__=\"drive_state\",{}}}", d("delta")), 4.0),
-        (format!("{{__name__=\"drive_speed_rpm\",{}}}", d("inovance")), -1200.0),
-        (format!("{{__name__=\"drive_torque_pct\",{}}}", d("inovance")), 45.5),
-        (format!("{{__name__=\"drive_position_counts\",{}}}", d("inovance")), 1_000_000.0),
-        (format!("{{__name__=\"drive_current\",{}}}", d("inovance")), 2.56),
-        (format!("{{__name__=\"drive_dc_bus_voltage\",{}}}", d("inovance")), 540.2),
-        (format!("{{__name__=\"drive_temperature\",{}}}", d("inovance")), 39.0),
-        (format!("{{__name__=\"drive_alarm_code\",{}}}", d("inovance")), 1552.0),
-        (format!("{{__name__=\"drive_alarm_code\",{}}}", d("leadshine")), 256.0),
-        (format!("{{__name__=\"drive_speed_rpm\",{}}}", d("leadshine")), -900.0),
-        (format!("{{__name__=\"drive_dc_bus_voltage\",{}}}", d("leadshine")), 48.25),
-        (format!("{{__name__=\"drive_following_error_counts\",{}}}", d("leadshine")), -17.0),
+        (
+            format!("{{__name__=\"drive_speed_rpm\",{}}}", d("inovance")),
+            -1200.0,
+        ),
+        (
+            format!("{{__name__=\"drive_torque_pct\",{}}}", d("inovance")),
+            45.5,
+        ),
+        (
+            format!("{{__name__=\"drive_position_counts\",{}}}", d("inovance")),
+            1_000_000.0,
+        ),
+        (
+            format!("{{__name__=\"drive_current\",{}}}", d("inovance")),
+            2.56,
+        ),
+        (
+            format!("{{__name__=\"drive_dc_bus_voltage\",{}}}", d("inovance")),
+            540.2,
+        ),
+        (
+            format!("{{__name__=\"drive_temperature\",{}}}", d("inovance")),
+            39.0,
+        ),
+        (
+            format!("{{__name__=\"drive_alarm_code\",{}}}", d("inovance")),
+            1552.0,
+        ),
+        (
+            format!("{{__name__=\"drive_alarm_code\",{}}}", d("leadshine")),
+            256.0,
+        ),
+        (
+            format!("{{__name__=\"drive_speed_rpm\",{}}}", d("leadshine")),
+            -900.0,
+        ),
+        (
+            format!("{{__name__=\"drive_dc_bus_voltage\",{}}}", d("leadshine")),
+            48.25,
+        ),
+        (
+            format!(
+                "{{__name__=\"drive_following_error_counts\",{}}}",
+                d("leadshine")
+            ),
+            -17.0,
+        ),
         (format!("{{__name__=\"robot_state\",{}}}", d("plc")), 3.0),
-        (format!("{{__name__=\"robot_operational_mode\",{}}}", d("plc")), 4.0),
-        (format!("{{__name__=\"robot_speed_override_pct\",{}}}", d("plc")), 85.0),
-        (format!("{{__name__=\"robot_emergency_stop\",{}}}", d("plc")), 1.0),
-        (format!("{{__name__=\"robot_protective_stop\",{}}}", d("plc")), 0.0),
+        (
+            format!("{{__name__=\"robot_operational_mode\",{}}}", d("plc")),
+            4.0,
+        ),
+        (
+            format!("{{__name__=\"robot_speed_override_pct\",{}}}", d("plc")),
+            85.0,
+        ),
+        (
+            format!("{{__name__=\"robot_emergency_stop\",{}}}", d("plc")),
+            1.0,
+        ),
+        (
+            format!("{{__name__=\"robot_protective_stop\",{}}}", d("plc")),
+            0.0,
+        ),
         (format!("{{__name__=\"robot_power_on\",{}}}", d("plc")), 1.0),
-        (format!("{{__name__=\"robot_cycle_count\",{}}}", d("plc")), 70000.0),
-        (format!("{{__name__=\"robot_power_on_s\",{}}}", d("plc")), 123456.0),
+        (
+            format!("{{__name__=\"robot_cycle_count\",{}}}", d("plc")),
+            70000.0,
+        ),
+        (
+            format!("{{__name__=\"robot_power_on_s\",{}}}", d("plc")),
+            123456.0,
+        ),
     ];
     // Joint angles: raw / 1000 + 2 pi x revolutions (as i16); speeds in rad/s; currents in A.
     for axis in 1..=6usize {
         let q = angles[axis - 1] as f64 / 1000.0 + tau * (revs[axis - 1] as i16) as f64;
         expected.push((
-            format!("{{__name__=\"joint_position\",{},axis=\"{axis}\"}}", d("ur")),
+            format!(
+                "{{__name__=\"joint_position\",{},axis=\"{axis}\"}}",
+                d("ur")
+            ),
             q,
         ));
         expected.push((
@@ -157,7 +250,10 @@ fn every_builtin_profile_lands_in_the_store_as_worked_out_by_hand() {
             speeds[axis - 1] as f64 / 1000.0,
         ));
     }
-    expected.push((format!("{{__name__=\"joint_current\",{},axis=\"2\"}}", d("ur")), -0.001));
+    expected.push((
+        format!("{{__name__=\"joint_current\",{},axis=\"2\"}}", d("ur")),
+        -0.001,
+    ));
     for (selector, want) in &expected {
         if let Err(seen) = arrives(&vm, selector, *want) {
             panic!(
@@ -168,11 +264,25 @@ fn every_builtin_profile_lands_in_the_store_as_worked_out_by_hand() {
     }
     // Negative angles through the revolution counter (VictoriaMetrics keeps 12 significant
     // digits).
-    let q6 = last(&vm, &format!("{{__name__=\"joint_position\",{},axis=\"6\"}}", d("ur")));
-    assert!(q6.is_some_and(|q| (q - (6.283 - tau)).abs() < 1e-12), "{q6:?}");
+    let q6 = last(
+        &vm,
+        &format!("{{__name__=\"joint_position\",{},axis=\"6\"}}", d("ur")),
+    );
+    assert!(
+        q6.is_some_and(|q| (q - (6.283 - tau)).abs() < 1e-12),
+        "{q6:?}"
+    );
     // Hidden points are read but never written.
-    for hidden in ["joint_angle_in_revolution", "joint_revolutions", "drive_statusword", "drive_do_status"] {
-        assert!(vm.export(&format!("{{__name__=\"{hidden}\"}}")).is_empty(), "{hidden} was written");
+    for hidden in [
+        "joint_angle_in_revolution",
+        "joint_revolutions",
+        "drive_statusword",
+        "drive_do_status",
+    ] {
+        assert!(
+            vm.export(&format!("{{__name__=\"{hidden}\"}}")).is_empty(),
+            "{hidden} was written"
+        );
     }
 
     // CiA 402: every state, each with unrelated bits (remote, target reached, internal limit,
@@ -191,14 +301,21 @@ fn every_builtin_profile_lands_in_the_store_as_worked_out_by_hand() {
         set(&line, "cia", 0x6041, &[statusword | noise]);
         let selector = format!("{{__name__=\"drive_state\",{}}}", d("cia"));
         if let Err(seen) = arrives(&vm, &selector, code) {
-            panic!("statusword {:#06x}: want state {code}, store has {seen:?}", statusword | noise);
+            panic!(
+                "statusword {:#06x}: want state {code}, store has {seen:?}",
+                statusword | noise
+            );
         }
         let warning = format!("{{__name__=\"drive_warning\",{}}}", d("cia"));
         assert_eq!(arrives(&vm, &warning, 0.0), Ok(()), "bit 7 clear");
     }
     set(&line, "cia", 0x6041, &[0x0088 | noise]);
     assert_eq!(
-        arrives(&vm, &format!("{{__name__=\"drive_warning\",{}}}", d("cia")), 1.0),
+        arrives(
+            &vm,
+            &format!("{{__name__=\"drive_warning\",{}}}", d("cia")),
+            1.0
+        ),
         Ok(()),
         "bit 7: warning"
     );
