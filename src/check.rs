@@ -17,7 +17,11 @@ struct Bus<'a> {
 
 fn buses<'a>(config: &'a Config, plans: &'a [DevicePlan]) -> Vec<Bus<'a>> {
     let mut by: BTreeMap<String, Bus<'a>> = BTreeMap::new();
-    for (d, p) in config.devices.iter().zip(plans) {
+    let modbus = config
+        .devices
+        .iter()
+        .filter(|d| crate::source::modbus::reads(d.protocol));
+    for (d, p) in modbus.zip(plans) {
         by.entry(d.bus())
             .or_insert_with(|| Bus {
                 name: d.bus(),
@@ -73,7 +77,11 @@ pub fn render_plan(config: &Config) -> String {
     let mut total_requests_per_s = 0.0;
     let mut back_to_back = 0usize;
     let mut total_values_per_s = 0.0;
-    for (d, plan) in config.devices.iter().zip(&plans) {
+    let modbus = config
+        .devices
+        .iter()
+        .filter(|d| crate::source::modbus::reads(d.protocol));
+    for (d, plan) in modbus.zip(&plans) {
         let values: u32 = d.points.iter().map(|p| p.count as u32).sum();
         let _ = writeln!(
             o,
@@ -168,6 +176,35 @@ pub fn render_plan(config: &Config) -> String {
             }
         }
     }
+    for d in config.devices.iter().filter(|d| d.mqtt.is_some()) {
+        render_mqtt_device(&mut o, d);
+    }
+    if !config.brokers.is_empty() {
+        let _ = writeln!(o, "\nbrokers:");
+        for b in &config.brokers {
+            let users = config
+                .devices
+                .iter()
+                .filter(|d| d.mqtt.as_ref().is_some_and(|m| m.broker == b.name))
+                .count();
+            let _ = writeln!(
+                o,
+                "  {:?}: {}://{} client id {:?}, {} session, keep-alive {:?}, {} device{}",
+                b.name,
+                if b.tls { "mqtts" } else { "mqtt" },
+                b.address(),
+                b.client_id,
+                if b.clean_session {
+                    "clean"
+                } else {
+                    "persistent"
+                },
+                b.keep_alive,
+                users,
+                plural(users)
+            );
+        }
+    }
     let _ = writeln!(o, "\nsinks:");
     for s in &config.sinks {
         let what = match &s.kind {
@@ -181,6 +218,17 @@ pub fn render_plan(config: &Config) -> String {
                 if i.gzip { " (gzip)" } else { "" }
             ),
             SinkKind::File(f) => format!("file {}", f.path.display()),
+            SinkKind::Mqtt(m) => format!(
+                "mqtt {}://{} format {}, topic {}, qos {}",
+                if m.broker.tls { "mqtts" } else { "mqtt" },
+                m.broker.address(),
+                match m.format {
+                    crate::sink::mqtt::config::MqttSinkFormat::Linetap => "linetap",
+                    crate::sink::mqtt::config::MqttSinkFormat::Json => "json",
+                },
+                m.topic,
+                m.qos
+            ),
         };
         let _ = writeln!(
             o,
@@ -215,6 +263,44 @@ pub fn render_plan(config: &Config) -> String {
         }
     );
     o
+}
+
+/// An MQTT device: its broker, subscriptions and points.
+fn render_mqtt_device(o: &mut String, d: &crate::config::DeviceConfig) {
+    let Some(m) = &d.mqtt else { return };
+    let mut topics: Vec<&str> = Vec::new();
+    if !m.topic.is_empty() {
+        topics.push(&m.topic);
+    }
+    for p in &d.points {
+        if let Some(t) = &p.topic {
+            if !topics.contains(&t.as_str()) {
+                topics.push(t);
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\ndevice {:?} ({}, mqtt via broker {:?}): format {}, qos {}, down after {:?} without a message",
+        d.id,
+        d.kind.as_str(),
+        m.broker,
+        match m.format {
+            crate::config::MqttFormat::Json => "json",
+            crate::config::MqttFormat::Value => "value",
+        },
+        m.qos,
+        m.stale_after
+    );
+    for t in topics {
+        let _ = writeln!(o, "  subscribes {t}");
+    }
+    if let Some(ts) = &m.timestamp {
+        let _ = writeln!(o, "  sample time from {ts:?} ({:?})", m.timestamp_format);
+    }
+    for p in &d.points {
+        let _ = writeln!(o, "  point {:<24} {}", p.name, describe_point(p));
+    }
 }
 
 fn plural(n: usize) -> &'static str {
@@ -266,6 +352,33 @@ pub fn warnings(config: &Config) -> Vec<String> {
 fn describe_point(p: &crate::config::PointConfig) -> String {
     use crate::config::Derive;
     let mut d = match &p.derive {
+        None if p.json.is_some() || p.topic.is_some() => {
+            let mut d = String::new();
+            if let Some(j) = &p.json {
+                d.push_str(&format!("json {j:?}"));
+            }
+            if let Some(t) = &p.topic {
+                d.push_str(&format!(
+                    "{}topic {t}",
+                    if d.is_empty() { "" } else { " on " }
+                ));
+            }
+            d.push_str(&format!(" {}", p.kind.as_str()));
+            if p.count > 1 {
+                d.push_str(&format!(" x{} array", p.count));
+            }
+            if p.scale != 1.0 {
+                d.push_str(&format!(" scale {}", p.scale));
+            }
+            if p.offset != 0.0 {
+                d.push_str(&format!(" offset {}", p.offset));
+            }
+            d.push_str(&format!(" -> {}.{}", p.measurement, p.name));
+            if !p.enum_labels.is_empty() {
+                d.push_str(&format!(" + {}_label", p.name));
+            }
+            return describe_extras(p, d);
+        }
         None => format!("{} {}", p.table.as_str(), p.address),
         Some(Derive::States { from, rows }) => format!("= states of {from} ({} rows)", rows.len()),
         Some(Derive::Bit { from, bit }) => format!("= bit {bit} of {from}"),

@@ -5,6 +5,7 @@ pub mod check;
 pub mod component;
 pub mod config;
 pub mod model;
+pub mod mqtt;
 pub mod observe;
 pub mod probe;
 pub mod run;

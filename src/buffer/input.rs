@@ -5,7 +5,7 @@
 use super::Shared;
 use crate::model::catalog::Version;
 use crate::model::SampleBatch;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering, Ordering::Relaxed};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,18 +42,21 @@ impl BufferInput {
     }
 
     /// Queues a batch for the log. With `when_full = "block"` a full buffer holds the source
-    /// back here; otherwise this never waits.
-    pub async fn publish(&self, batch: SampleBatch) {
+    /// back here; otherwise this never waits. Returns whether the batch was accepted (an empty
+    /// batch is, trivially).
+    pub async fn publish(&self, batch: SampleBatch) -> bool {
         if batch.samples.is_empty() {
-            return;
+            return true;
         }
         // Allocated here, on the runtime thread, and freed there by the sinks.
         let mut entry = Entry::Batch(Arc::new(batch));
         loop {
             match self.tx.try_send(entry) {
                 Ok(()) => {
+                    // One runtime thread publishes, so tickets follow the queue's order.
+                    self.shared.enqueued.fetch_add(1, Ordering::AcqRel);
                     self.shared.queued_one();
-                    return;
+                    return true;
                 }
                 Err(TrySendError::Full(e)) if self.block && !self.stopping.load(Relaxed) => {
                     entry = e;
@@ -63,17 +66,36 @@ impl BufferInput {
                     // Stopping while the sources are held back: this batch is not accepted.
                     self.shared
                         .drop_for_all(b.samples.len() as u64, |m| &m.dropped_shutdown);
-                    return;
+                    return false;
                 }
                 Err(TrySendError::Full(Entry::Batch(b)))
                 | Err(TrySendError::Disconnected(Entry::Batch(b))) => {
                     self.shared
                         .drop_for_all(b.samples.len() as u64, |m| &m.dropped_queue_full);
-                    return;
+                    return false;
                 }
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
+    }
+
+    /// A ticket covering every batch accepted so far (see `durable`).
+    pub fn ticket(&self) -> u64 {
+        self.shared.enqueued.load(Ordering::Acquire)
+    }
+
+    /// Waits until every batch up to `ticket` is on disk and synced (the writer syncs at once
+    /// while someone waits). False when the buffer stopped first.
+    pub async fn durable(&self, ticket: u64) -> bool {
+        let mut rx = self.shared.durable.subscribe();
+        if *rx.borrow() >= ticket {
+            return true;
+        }
+        self.shared.waiting.fetch_add(1, Ordering::AcqRel);
+        self.shared.wake_writer();
+        let done = rx.wait_for(|d| *d >= ticket).await.is_ok();
+        self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        done
     }
 
     /// Queues a new catalog version: batches published after this refer to it. Never dropped:

@@ -146,6 +146,13 @@ struct Shared {
     queued: std::sync::atomic::AtomicUsize,
     /// The writer thread, woken early when `WAKE_AT` entries wait.
     writer: std::sync::OnceLock<std::thread::Thread>,
+    /// Batches accepted into the queue so far: a publisher's ticket.
+    enqueued: std::sync::atomic::AtomicU64,
+    /// Batches the writer has taken from the queue and made durable (synced), in queue order.
+    durable: watch::Sender<u64>,
+    /// Publishers waiting for durability: the writer syncs at once rather than every
+    /// `sync_interval`.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -277,6 +284,9 @@ impl Buffer {
             catalogs: store,
             queued: 0.into(),
             writer: std::sync::OnceLock::new(),
+            enqueued: 0.into(),
+            durable: watch::channel(0).0,
+            waiting: 0.into(),
         });
         cursors::persist(&shared);
         writer::update_gauges(&shared);

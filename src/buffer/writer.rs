@@ -41,6 +41,8 @@ pub(super) fn write_loop(
     let mut last_sync = Instant::now();
     let mut last_persist = Instant::now();
     let mut unsynced = false;
+    // Batches taken from the queue so far (what `durable` reports once synced).
+    let mut taken = 0u64;
     let mut refused_logged = false;
     let mut disconnected = false;
     while !disconnected {
@@ -57,7 +59,10 @@ pub(super) fn write_loop(
                 shared.queued.fetch_sub(1, Relaxed);
             }
             let batch = match received {
-                Ok(Entry::Batch(b)) => b,
+                Ok(Entry::Batch(b)) => {
+                    taken += 1;
+                    b
+                }
                 Ok(Entry::Catalog(v)) => {
                     // What is pending was read under the previous version: write it, then
                     // store the new version and start its segment, before any batch uses it.
@@ -114,6 +119,7 @@ pub(super) fn write_loop(
                     last_sync = Instant::now();
                     cursors::persist(&shared);
                 }
+                shared.durable.send_replace(taken - 1);
                 // Seal the current segment, so the sinks' deliveries can free all of it: the last
                 // segment is never deleted, and a full one would keep the log over budget
                 // for good.
@@ -184,12 +190,17 @@ pub(super) fn write_loop(
             &mut head,
         );
         let now = Instant::now();
-        if unsynced && now.duration_since(last_sync) >= cfg.sync_interval {
+        // Someone waits for durability (MQTT QoS 1 acknowledgements): sync now.
+        let waited = shared.waiting.load(Relaxed) > 0;
+        if unsynced && (waited || now.duration_since(last_sync) >= cfg.sync_interval) {
             if let Err(e) = writer.sync() {
                 tracing::error!(error = %e, "buffer: sync failed");
             }
             unsynced = false;
             last_sync = now;
+        }
+        if !unsynced && *shared.durable.borrow() != taken {
+            shared.durable.send_replace(taken);
         }
         // The sinks' positions: less often than the log (each save is an fsync per sink, and a
         // position saved late only means a crash re-delivers a few seconds, idempotently).
@@ -204,7 +215,9 @@ pub(super) fn write_loop(
         enforce_budget(&shared, &seg_dir, &cfg);
         update_gauges(&shared);
     }
-    let _ = writer.sync();
+    if writer.sync().is_ok() {
+        shared.durable.send_replace(taken);
+    }
     cursors::persist(&shared);
     beat.idle();
 }

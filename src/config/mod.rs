@@ -24,6 +24,8 @@ pub struct Config {
     pub agent: AgentConfig,
     pub buffer: BufferConfig,
     pub sinks: Vec<SinkConfig>,
+    /// MQTT connections devices are read through.
+    pub brokers: Vec<crate::mqtt::connection::BrokerConfig>,
     pub devices: Vec<DeviceConfig>,
 }
 
@@ -93,6 +95,7 @@ impl Secret {
 pub enum SinkKind {
     Influx(InfluxConfig),
     File(FileSinkConfig),
+    Mqtt(crate::sink::mqtt::config::MqttSinkConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +123,39 @@ pub struct DeviceConfig {
     pub probe_interval: Duration,
     pub tags: Vec<(String, String)>,
     pub points: Vec<PointConfig>,
+    /// `protocol = "mqtt"`: how its messages arrive.
+    pub mqtt: Option<MqttDevice>,
+}
+
+/// A device that publishes to a broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttDevice {
+    /// The `[brokers.NAME]` it is read through.
+    pub broker: String,
+    /// The device's topic, expanded (empty with format value, where each point has a topic).
+    pub topic: String,
+    pub format: MqttFormat,
+    pub qos: u8,
+    /// json: a pointer to the sample time in the payload.
+    pub timestamp: Option<String>,
+    pub timestamp_format: TimestampFormat,
+    /// Nothing for this long: the device is down.
+    pub stale_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttFormat {
+    Json,
+    Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampFormat {
+    Unix,
+    UnixMs,
+    UnixUs,
+    UnixNs,
+    Rfc3339,
 }
 
 impl DeviceConfig {
@@ -129,6 +165,10 @@ impl DeviceConfig {
         match (&self.protocol, &self.serial) {
             (Protocol::ModbusRtu, Some(s)) => format!("serial {}", s.port),
             (Protocol::ModbusRtuOverTcp, _) => format!("rtu-over-tcp {}", self.address),
+            (Protocol::Mqtt, _) => format!(
+                "mqtt {}",
+                self.mqtt.as_ref().map(|m| m.broker.as_str()).unwrap_or("")
+            ),
             _ => format!("tcp {}", self.address),
         }
     }
@@ -203,6 +243,10 @@ pub struct PointConfig {
     pub report: Report,
     /// What the simulator serves (an expression over `t` and `i`).
     pub simulate: Option<crate::transform::expr::Expr>,
+    /// MQTT json: the RFC 6901 pointer to the value in each message.
+    pub json: Option<String>,
+    /// MQTT: the point's own topic (expanded).
+    pub topic: Option<String>,
 }
 
 /// How a derived point is computed.

@@ -19,10 +19,31 @@ pub struct RawConfig {
     pub buffer: BufferSection,
     #[serde(default)]
     pub sinks: BTreeMap<Spanned<String>, Spanned<SinkSection>>,
+    /// MQTT broker connections that devices subscribe through.
+    #[serde(default)]
+    pub brokers: BTreeMap<Spanned<String>, Spanned<BrokerSection>>,
     /// Line-wide report-by-exception defaults.
     pub report: Option<Spanned<ReportSection>>,
     #[serde(default)]
     pub devices: Vec<Spanned<DeviceSection>>,
+}
+
+/// `[brokers.NAME]`: one MQTT connection. The same keys are valid on an MQTT sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    pub url: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub clean_session: Option<Spanned<bool>>,
+    pub keep_alive: Option<Spanned<ConfDuration>>,
+    pub max_packet_size: Option<Spanned<ConfSize>>,
 }
 
 /// `[report]`, a device's `report = {…}` or a point's: report by exception (PRODUCT.md).
@@ -164,6 +185,15 @@ pub struct SinkSection {
     pub format: Option<Spanned<String>>,
     pub topic: Option<Spanned<String>>,
     pub qos: Option<Spanned<i64>>,
+    /// MQTT sink, format linetap: where the retained catalog goes.
+    pub catalog_topic: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub clean_session: Option<Spanned<bool>>,
+    pub keep_alive: Option<Spanned<ConfDuration>>,
+    pub max_packet_size: Option<Spanned<ConfSize>>,
     pub path: Option<Spanned<String>>,
     pub max_file_bytes: Option<Spanned<ConfSize>>,
     pub max_files: Option<Spanned<i64>>,
@@ -197,6 +227,7 @@ pub enum Protocol {
     ModbusTcp,
     ModbusRtu,
     ModbusRtuOverTcp,
+    Mqtt,
 }
 
 impl Protocol {
@@ -205,6 +236,7 @@ impl Protocol {
             Protocol::ModbusTcp => "modbus-tcp",
             Protocol::ModbusRtu => "modbus-rtu",
             Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+            Protocol::Mqtt => "mqtt",
         }
     }
 }
@@ -241,6 +273,18 @@ pub struct DeviceSection {
     /// How often a unit that stopped answering is probed on a shared bus.
     pub probe_interval: Option<ConfDuration>,
     pub report: Option<Spanned<ReportSection>>,
+    /// MQTT: the `[brokers.NAME]` it is read through.
+    pub broker: Option<Spanned<String>>,
+    /// MQTT: the topic its messages arrive on ({site} {line} {cell} {device} expand).
+    pub topic: Option<Spanned<String>>,
+    /// MQTT: json | value | sparkplug-b.
+    pub format: Option<Spanned<String>>,
+    pub qos: Option<Spanned<i64>>,
+    /// MQTT json: a JSON pointer to the sample time.
+    pub timestamp: Option<Spanned<String>>,
+    pub timestamp_format: Option<Spanned<String>>,
+    /// MQTT: nothing for this long and the device is down.
+    pub stale_after: Option<Spanned<ConfDuration>>,
     #[serde(default)]
     pub tags: Tags,
     #[serde(default)]
@@ -453,4 +497,8 @@ pub struct PointSection {
     /// What `linetap simulate` serves for this point: an expression over `t` (seconds) and
     /// `i` (the element), in the point's engineering unit.
     pub simulate: Option<Spanned<String>>,
+    /// MQTT json: an RFC 6901 pointer into the payload.
+    pub json: Option<Spanned<String>>,
+    /// MQTT: the point's own topic (required with format = "value").
+    pub topic: Option<Spanned<String>>,
 }

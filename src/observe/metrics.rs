@@ -82,6 +82,35 @@ pub struct DeviceMetrics {
     pub poll_micros: AtomicU64,
     /// Poll-duration histogram: counts of polls at or under each `POLL_BUCKETS` bound.
     pub poll_buckets: [AtomicU64; POLL_BUCKETS.len()],
+    /// MQTT devices: messages by result.
+    pub mqtt_ok: AtomicU64,
+    /// Not JSON / not an object, not UTF-8, not a number for a value point.
+    pub mqtt_malformed: AtomicU64,
+    /// Messages with values that were not written (wrong type, out of range, bad timestamp).
+    pub mqtt_rejected_values: AtomicU64,
+    /// Accepted but the buffer refused them (queue full): not acknowledged.
+    pub mqtt_dropped: AtomicU64,
+}
+
+/// One MQTT connection (a broker of devices, or an MQTT sink).
+#[derive(Debug, Default)]
+pub struct BrokerMetrics {
+    pub name: String,
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    pub connection_errors: AtomicU64,
+}
+
+impl Named for BrokerMetrics {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn with_name(name: String) -> Self {
+        BrokerMetrics {
+            name,
+            ..Default::default()
+        }
+    }
 }
 
 /// Upper bounds (seconds) of the poll-duration histogram buckets.
@@ -205,6 +234,7 @@ fn esc(v: &str) -> std::borrow::Cow<'_, str> {
 pub struct Metrics {
     pub devices: Slots<DeviceMetrics>,
     pub sinks: Slots<SinkMetrics>,
+    pub brokers: Slots<BrokerMetrics>,
     /// Bytes the buffer has written to disk (records and their headers).
     pub buffer_bytes_written: AtomicU64,
     /// Bytes of damaged buffer data skipped.
@@ -269,6 +299,53 @@ impl Metrics {
                     v.load(Relaxed)
                 );
             }
+        }
+        o.push_str("# TYPE linetap_mqtt_messages_total counter\n");
+        for d in devices.iter().filter(|d| {
+            d.mqtt_ok.load(Relaxed)
+                + d.mqtt_malformed.load(Relaxed)
+                + d.mqtt_rejected_values.load(Relaxed)
+                + d.mqtt_dropped.load(Relaxed)
+                > 0
+        }) {
+            for (result, v) in [
+                ("ok", &d.mqtt_ok),
+                ("malformed", &d.mqtt_malformed),
+                ("rejected_values", &d.mqtt_rejected_values),
+                ("dropped", &d.mqtt_dropped),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "linetap_mqtt_messages_total{{device=\"{}\",result=\"{result}\"}} {}",
+                    esc(&d.name),
+                    v.load(Relaxed)
+                );
+            }
+        }
+        let brokers = self.brokers.all();
+        o.push_str("# TYPE linetap_mqtt_connected gauge\n");
+        for b in &brokers {
+            let _ = writeln!(
+                o,
+                "linetap_mqtt_connected{{broker=\"{}\"}} {}",
+                esc(&b.name),
+                b.connected.load(Relaxed) as u8
+            );
+        }
+        o.push_str("# TYPE linetap_mqtt_connects_total counter\n");
+        for b in &brokers {
+            let _ = writeln!(
+                o,
+                "linetap_mqtt_connects_total{{broker=\"{}\"}} {}",
+                esc(&b.name),
+                b.connects.load(Relaxed)
+            );
+            let _ = writeln!(
+                o,
+                "linetap_mqtt_connection_errors_total{{broker=\"{}\"}} {}",
+                esc(&b.name),
+                b.connection_errors.load(Relaxed)
+            );
         }
         o.push_str("# TYPE linetap_poll_duration_seconds histogram\n");
         for d in &devices {

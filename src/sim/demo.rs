@@ -99,6 +99,7 @@ pub async fn run(duration: Option<Duration>) -> i32 {
         .map(|s| match &s.kind {
             SinkKind::File(f) => f.path.display().to_string(),
             SinkKind::Influx(i) => i.url.clone(),
+            SinkKind::Mqtt(m) => format!("mqtt {}", m.broker.address()),
         })
         .collect();
     eprintln!(

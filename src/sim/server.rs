@@ -54,7 +54,12 @@ impl Simulator {
         let mut devices = HashMap::new();
         let mut addresses = HashMap::new();
         let mut tasks = Vec::new();
-        for d in &config.devices {
+        // MQTT devices publish: the Modbus simulator has nothing to serve for them.
+        for d in config
+            .devices
+            .iter()
+            .filter(|d| d.protocol != Protocol::Mqtt)
+        {
             let bank = Arc::new(Mutex::new(Bank::for_device(d)));
             devices.insert(d.id.clone(), bank.clone());
             match (d.protocol, &d.serial) {

@@ -12,6 +12,7 @@ pub mod file;
 pub mod influx;
 pub mod lineproto;
 pub mod lines;
+pub mod mqtt;
 
 use crate::buffer::SinkReader;
 use crate::config::{SinkConfig, SinkKind};
@@ -117,6 +118,7 @@ pub fn build(cfg: &SinkConfig, data_dir: &std::path::Path) -> Result<Box<dyn Sta
     let built: Box<dyn Start> = match &cfg.kind {
         SinkKind::Influx(c) => Box::new(influx::build(c, &ctx)?),
         SinkKind::File(c) => Box::new(file::build(c, &ctx)?),
+        SinkKind::Mqtt(c) => Box::new(mqtt::build(c, &ctx)?),
     };
     Ok(built)
 }

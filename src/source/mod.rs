@@ -8,6 +8,7 @@ pub mod agent;
 pub mod catalogs;
 pub mod describe;
 pub mod modbus;
+pub mod mqtt;
 
 use crate::component::ComponentId;
 use crate::config::Config;
@@ -55,6 +56,7 @@ impl SourceContext {
 pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     sources.extend(modbus::build(config, registry));
+    sources.extend(mqtt::build(config, registry));
     let sinks = config.sinks.iter().map(|s| s.name.clone()).collect();
     if let Some(a) = agent::build(config.agent.self_interval, sinks, registry) {
         sources.push(Box::new(a));

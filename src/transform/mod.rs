@@ -147,12 +147,24 @@ impl DeviceOutput {
         }
     }
 
-    /// Runs the chain over one poll's batch and queues what remains for the buffer.
-    pub async fn publish(&mut self, mut batch: SampleBatch) {
+    /// Runs the chain over one poll's batch and queues what remains for the buffer. Returns
+    /// whether the buffer accepted it (see `BufferInput::publish`).
+    pub async fn publish(&mut self, mut batch: SampleBatch) -> bool {
         if !self.chain.is_empty() {
             self.chain.apply(&mut batch);
         }
-        self.input.publish(batch).await;
+        self.input.publish(batch).await
+    }
+
+    /// A ticket covering everything published so far; `durable(ticket)` waits until it is on
+    /// disk (an MQTT QoS 1 message is acknowledged only then).
+    pub fn ticket(&self) -> u64 {
+        self.input.ticket()
+    }
+
+    /// The buffer input, for waiting on durability without holding the output.
+    pub fn input(&self) -> BufferInput {
+        self.input.clone()
     }
 }
 

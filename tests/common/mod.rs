@@ -23,7 +23,7 @@ fn binary(name: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{name} is not installed: run `apt-get install -y victoria-metrics influxdb` (the tests need the real servers)");
+    panic!("{name} is not installed: run `apt-get install -y victoria-metrics influxdb mosquitto socat` (the tests need the real servers)");
 }
 
 fn wait_http_ok(url: &str, what: &str, child: &mut Child) {
@@ -460,6 +460,103 @@ impl SimulatedLine {
             config,
             addresses,
             _rt: rt,
+        }
+    }
+}
+
+/// A real Mosquitto broker on an ephemeral loopback port, with persistence (a restart keeps
+/// persistent sessions and their queued QoS 1 messages).
+pub struct Mosquitto {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub port: u16,
+    pub url: String,
+}
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                // As root (CI), mosquitto would drop to user `mosquitto`, which cannot write the
+                // test's private directory (persistence, log): keep the test's user.
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_inflight_messages 1000\nmax_queued_messages 1000000\nlog_dest file {}/mosquitto.log\nlog_type all\n",
+                dir.path().display(),
+                dir.path().display()
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let mut m = Mosquitto {
+            child: None,
+            dir,
+            port,
+            url: format!("mqtt://127.0.0.1:{port}"),
+        };
+        m.restart();
+        m
+    }
+
+    /// The broker's log (for a failing test's message).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Stops the broker with SIGTERM (it saves its sessions and queued messages).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut child = Command::new(binary("mosquitto"))
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto (apt-get install -y mosquitto)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("mosquitto exited at start-up: {status}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -280,11 +280,13 @@ fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> Config 
     let sinks = raw
         .sinks
         .iter()
-        .filter_map(|(name, s)| sinks::sink(cx, name, s))
+        .filter_map(|(name, s)| sinks::sink(cx, name, s, &line.id))
         .collect();
 
     let line_report = report(cx, &raw.report, Report::default());
-    let devices = crate::source::modbus::config::devices(cx, &raw.devices, line_report);
+    let brokers = crate::source::mqtt::config::brokers(cx, &raw.brokers, &line.id);
+    let devices =
+        crate::source::modbus::config::devices(cx, &raw.devices, line_report, &brokers, &line);
     if raw.devices.is_empty() {
         cx.err(0..0, "no [[devices]]: the configuration polls nothing");
     }
@@ -293,6 +295,7 @@ fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> Config 
         agent,
         buffer,
         sinks,
+        brokers,
         devices,
     }
 }

@@ -12,12 +12,13 @@ pub(super) fn sink(
     cx: &mut Ctx,
     name: &Spanned<String>,
     s: &Spanned<SinkSection>,
+    line: &str,
 ) -> Option<SinkConfig> {
     let span = s.span();
     let s = s.get_ref();
     let kind = *s.kind.get_ref();
     // Which keys belong to which sink type; a key of another type is an error at its location.
-    let present: [(&str, Option<Range<usize>>); 24] = [
+    let present: [(&str, Option<Range<usize>>); 32] = [
         ("url", s.url.as_ref().map(|v| v.span())),
         ("api", s.api.as_ref().map(|v| v.span())),
         ("org", s.org.as_ref().map(|v| v.span())),
@@ -41,6 +42,17 @@ pub(super) fn sink(
         ("format", s.format.as_ref().map(|v| v.span())),
         ("topic", s.topic.as_ref().map(|v| v.span())),
         ("qos", s.qos.as_ref().map(|v| v.span())),
+        ("catalog_topic", s.catalog_topic.as_ref().map(|v| v.span())),
+        ("client_id", s.client_id.as_ref().map(|v| v.span())),
+        ("ca_file", s.ca_file.as_ref().map(|v| v.span())),
+        ("cert_file", s.cert_file.as_ref().map(|v| v.span())),
+        ("key_file", s.key_file.as_ref().map(|v| v.span())),
+        ("clean_session", s.clean_session.as_ref().map(|v| v.span())),
+        ("keep_alive", s.keep_alive.as_ref().map(|v| v.span())),
+        (
+            "max_packet_size",
+            s.max_packet_size.as_ref().map(|v| v.span()),
+        ),
         ("path", s.path.as_ref().map(|v| v.span())),
         (
             "max_file_bytes",
@@ -73,10 +85,19 @@ pub(super) fn sink(
             "url",
             "format",
             "topic",
+            "catalog_topic",
             "qos",
+            "client_id",
             "username",
+            "password",
             "password_file",
             "password_env",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "clean_session",
+            "keep_alive",
+            "max_packet_size",
             "batch_size",
         ],
     };
@@ -110,10 +131,13 @@ pub(super) fn sink(
             s,
         )),
         SinkType::File => SinkKind::File(crate::sink::file::config::validate(cx, s)),
-        SinkType::Mqtt => {
-            cx.err(s.kind.span(), "sink type \"mqtt\" is not available in this version yet (supported: influxdb, file)");
-            return None;
-        }
+        SinkType::Mqtt => SinkKind::Mqtt(crate::sink::mqtt::config::validate(
+            cx,
+            name,
+            span.clone(),
+            s,
+            line,
+        )),
     };
     Some(SinkConfig {
         name: name.get_ref().clone(),

@@ -20,6 +20,8 @@ pub(crate) fn devices(
     cx: &mut Ctx,
     raw: &[Spanned<DeviceSection>],
     line_report: Report,
+    brokers: &[crate::mqtt::connection::BrokerConfig],
+    line: &LineConfig,
 ) -> Vec<DeviceConfig> {
     let mut devices = Vec::new();
     let mut ids: HashMap<String, Range<usize>> = HashMap::new();
@@ -27,7 +29,7 @@ pub(crate) fn devices(
     let mut ports: HashMap<String, (SerialConfig, String)> = HashMap::new();
     let mut units: HashMap<(String, u8), String> = HashMap::new();
     for d in raw {
-        if let Some(dev) = device(cx, d, line_report) {
+        if let Some(dev) = device(cx, d, line_report, brokers, line) {
             if let Some(id) = &d.get_ref().id {
                 if ids.contains_key(id.get_ref()) {
                     cx.err(id.span(), format!("duplicate device id {:?}", id.get_ref()));
@@ -50,7 +52,10 @@ pub(crate) fn devices(
                     }
                 }
             }
-            if dev.protocol != Protocol::ModbusTcp {
+            if matches!(
+                dev.protocol,
+                Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp
+            ) {
                 let unit_at = d.get_ref().unit.as_ref().map(|u| u.span()).unwrap_or(at);
                 if let Some(other) = units.insert((dev.bus(), dev.unit), dev.id.clone()) {
                     cx.err(
@@ -69,11 +74,28 @@ pub(crate) fn devices(
     devices
 }
 
-fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>, line_report: Report) -> Option<DeviceConfig> {
+fn device(
+    cx: &mut Ctx,
+    d: &Spanned<DeviceSection>,
+    line_report: Report,
+    brokers: &[crate::mqtt::connection::BrokerConfig],
+    line: &LineConfig,
+) -> Option<DeviceConfig> {
     let span = d.span();
     let d = d.get_ref();
     let id = cx.non_empty(&d.id, span.clone(), "id", "[[devices]]");
-    let profile = d.profile.as_ref().and_then(|p| super::profile::load(cx, p));
+    let is_mqtt = d.protocol.as_ref().map(|p| *p.get_ref()) == Some(Protocol::Mqtt);
+    let profile = match &d.profile {
+        Some(p) if is_mqtt => {
+            cx.err(
+                p.span(),
+                "profiles describe Modbus register maps: an MQTT device lists its points",
+            );
+            None
+        }
+        Some(p) => super::profile::load(cx, p),
+        None => None,
+    };
     let kind = d
         .kind
         .as_ref()
@@ -85,8 +107,22 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>, line_report: Report) -> Opti
         .as_ref()
         .map(|p| *p.get_ref())
         .unwrap_or(Protocol::ModbusTcp);
+    let mqtt = if protocol == Protocol::Mqtt {
+        Some(crate::source::mqtt::config::device(
+            cx,
+            d,
+            span.clone(),
+            &id,
+            brokers,
+            line,
+        ))
+    } else {
+        crate::source::mqtt::config::reject_on_modbus(cx, d);
+        None
+    };
     let serial = match (&d.serial, protocol) {
         (Some(s), Protocol::ModbusRtu) => Some(serial(cx, s)),
+        (Some(_), Protocol::Mqtt) => None,
         (Some(s), _) => {
             cx.err(
                 s.span(),
@@ -107,6 +143,8 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>, line_report: Report) -> Opti
         (None, _) => None,
     };
     let address = match &d.address {
+        // Reported by the MQTT device's validation.
+        Some(_) if protocol == Protocol::Mqtt => String::new(),
         Some(a) if protocol == Protocol::ModbusRtu => {
             cx.err(
                 a.span(),
@@ -132,7 +170,7 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>, line_report: Report) -> Opti
             a.get_ref().clone()
         }
         None => {
-            if protocol != Protocol::ModbusRtu {
+            if !matches!(protocol, Protocol::ModbusRtu | Protocol::Mqtt) {
                 cx.err(
                     span.clone(),
                     format!("device {id:?} needs `address` (HOST:PORT)"),
@@ -176,6 +214,16 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>, line_report: Report) -> Opti
         poll,
         report,
         in_profile: false,
+        mqtt: mqtt.as_ref().map(|m| PointMqtt {
+            format: m.format,
+            line: line.clone(),
+            cell: d
+                .cell
+                .as_ref()
+                .map(|c| c.get_ref().clone())
+                .unwrap_or_default(),
+            device: id.clone(),
+        }),
     };
     let profile_at = d.profile.as_ref().map(|p| p.span()).unwrap_or(span.clone());
     let checked = super::profile::device_points(
@@ -184,7 +232,7 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>, line_report: Report) -> Opti
         profile.as_deref().map(|p| (p, profile_at.clone())),
         &pc,
     );
-    check_points(cx, &checked, profile_at, &id);
+    check_points(cx, &checked, profile_at, &id, mqtt.is_none());
     if d.points.is_empty() && d.profile.is_none() {
         cx.err(span, format!("device {id:?} has no points"));
     }
@@ -207,6 +255,7 @@ fn device(cx: &mut Ctx, d: &Spanned<DeviceSection>, line_report: Report) -> Opti
         probe_interval,
         tags,
         points,
+        mqtt,
     })
 }
 
@@ -248,7 +297,13 @@ impl PointAt {
 /// The checks across a device's points: no two write the same field of the same series, no
 /// register belongs to two non-bit points, and every derived point reads points that exist,
 /// come before it when derived themselves, and fit its element count.
-pub(crate) fn check_points(cx: &mut Ctx, points: &[Checked], fallback: Range<usize>, id: &str) {
+pub(crate) fn check_points(
+    cx: &mut Ctx,
+    points: &[Checked],
+    fallback: Range<usize>,
+    id: &str,
+    registers: bool,
+) {
     // (measurement, field, tags): two points may not write the same field of the same series.
     type SeriesField<'a> = (&'a str, &'a str, &'a [(String, String)]);
     let mut names: HashSet<SeriesField> = HashSet::new();
@@ -272,7 +327,7 @@ pub(crate) fn check_points(cx: &mut Ctx, points: &[Checked], fallback: Range<usi
         }
         // Bit points and byte points (u8, i8) share their register with others.
         let shares = pc.bit.is_some() || matches!(pc.kind, PointType::U8 | PointType::I8);
-        if pc.is_read() && !shares {
+        if registers && pc.is_read() && !shares {
             let start = pc.address as u32;
             let end = start + pc.span();
             let ranges = taken.entry(pc.table).or_default();
@@ -390,6 +445,16 @@ pub(crate) struct PointCtx {
     pub report: Report,
     /// Validating a profile: a register point may leave `address` to the device.
     pub in_profile: bool,
+    /// The device publishes to a broker: its points take `json` / `topic`, not registers.
+    pub mqtt: Option<PointMqtt>,
+}
+
+/// What an MQTT device's point needs to know.
+pub(crate) struct PointMqtt {
+    pub format: MqttFormat,
+    pub line: LineConfig,
+    pub cell: String,
+    pub device: String,
 }
 
 /// Whether a raw point is derived (computed from other points, no registers).
@@ -428,6 +493,20 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
     let errors_before = cx.errors.len();
     let name = cx.non_empty(&p.name, span.clone(), "name", "[[devices.points]]");
     let derived = is_derived(p);
+    let mqtt = pc.mqtt.as_ref();
+    if mqtt.is_none() {
+        for (at, key) in [
+            (p.json.as_ref().map(|v| v.span()), "json"),
+            (p.topic.as_ref().map(|v| v.span()), "topic"),
+        ] {
+            if let Some(at) = at {
+                cx.err(
+                    at,
+                    format!("`{key}` belongs to points of MQTT devices (protocol = \"mqtt\")"),
+                );
+            }
+        }
+    }
     let table = p
         .table
         .as_ref()
@@ -459,6 +538,25 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
             );
         }
         (span.clone(), 0)
+    } else if mqtt.is_some() {
+        let registers_only = [
+            (p.address.as_ref().map(|a| a.span()), "address"),
+            (p.table.as_ref().map(|a| a.span()), "table"),
+            (p.order.as_ref().map(|a| a.span()), "order"),
+            (p.length.as_ref().map(|a| a.span()), "length"),
+            (p.byte.as_ref().map(|a| a.span()), "byte"),
+        ];
+        for (at, key) in registers_only {
+            if let Some(at) = at {
+                cx.err(
+                    at,
+                    format!(
+                        "point {name:?} of an MQTT device has no registers: `{key}` does not apply"
+                    ),
+                );
+            }
+        }
+        (span.clone(), 0)
     } else {
         match &p.address {
             Some(a) => (a.span(), a.get_ref().0),
@@ -475,6 +573,7 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
         (None, true, _) if p.states.is_some() => PointType::I32,
         (None, true, _) if p.bit.is_some() => PointType::Bool,
         (None, true, _) => PointType::F64,
+        (None, false, _) if mqtt.is_some() => PointType::F64,
         (None, false, true) => PointType::Bool,
         (None, false, false) => PointType::U16,
     };
@@ -513,6 +612,13 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
             }
             Some((*b.get_ref()).clamp(0, 63) as u8)
         }
+        Some(b) if mqtt.is_some() => {
+            cx.err(
+                b.span(),
+                "`bit` of an MQTT point: declare a derived point with `from` and `bit`",
+            );
+            None
+        }
         Some(b) => {
             if table.is_bits() {
                 cx.err(
@@ -540,7 +646,7 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
         }
         None => None,
     };
-    if !derived && kind == PointType::Bool && !table.is_bits() && bit.is_none() {
+    if !derived && mqtt.is_none() && kind == PointType::Bool && !table.is_bits() && bit.is_none() {
         cx.err(
             kind_span.clone(),
             format!(
@@ -550,7 +656,7 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
         );
     }
     let width = match (&p.length, kind) {
-        _ if derived => 0,
+        _ if derived || mqtt.is_some() => 0,
         (Some(l), PointType::String) => {
             if !(1..=MAX_REGISTERS).contains(l.get_ref()) {
                 cx.err(
@@ -615,7 +721,7 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
         );
     }
     let byte = match &p.byte {
-        Some(_) if derived => None,
+        Some(_) if derived || mqtt.is_some() => None,
         Some(b) if matches!(kind, PointType::U8 | PointType::I8 | PointType::String) => {
             Some(*b.get_ref())
         }
@@ -630,11 +736,13 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
             None
         }
         // A u8 / i8 without `byte` takes the low byte.
-        None if !derived && matches!(kind, PointType::U8 | PointType::I8) => Some(ByteHalf::Low),
+        None if !derived && mqtt.is_none() && matches!(kind, PointType::U8 | PointType::I8) => {
+            Some(ByteHalf::Low)
+        }
         None => None,
     };
     let order = p.order.as_ref().map(|o| *o.get_ref()).unwrap_or_default();
-    if let (Some(o), false) = (&p.order, derived) {
+    if let (Some(o), false) = (&p.order, derived || mqtt.is_some()) {
         let why = match kind {
             PointType::Bool => Some("`order` applies to numeric types and strings, not \"bool\""),
             PointType::U8 | PointType::I8 => {
@@ -788,6 +896,54 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
         }
         None => None,
     };
+    let (json, topic) = match mqtt {
+        None => (None, None),
+        Some(m) => {
+            let topic = p
+                .topic
+                .as_ref()
+                .map(|t| crate::source::mqtt::config::topic(cx, t, &m.line, &m.cell, &m.device));
+            let json = p.json.as_ref().map(|j| {
+                if !j.get_ref().is_empty() && !j.get_ref().starts_with('/') {
+                    cx.err(
+                        j.span(),
+                        "json is an RFC 6901 pointer: \"\" (the whole message) or starting with '/', e.g. \"/sensors/temp\"",
+                    );
+                }
+                if m.format == MqttFormat::Value {
+                    cx.err(j.span(), "`json` applies to format = \"json\"; with format = \"value\" the payload is the value");
+                }
+                j.get_ref().clone()
+            });
+            if derived {
+                if let Some(j) = &p.json {
+                    cx.err(
+                        j.span(),
+                        format!("point {name:?} is derived: it has no `json`"),
+                    );
+                }
+                if let Some(t) = &p.topic {
+                    cx.err(
+                        t.span(),
+                        format!("point {name:?} is derived: it has no `topic`"),
+                    );
+                }
+            } else {
+                match m.format {
+                    MqttFormat::Json if json.is_none() => cx.err(
+                        span.clone(),
+                        format!("point {name:?} needs `json`, a JSON pointer such as \"/sensors/temp\""),
+                    ),
+                    MqttFormat::Value if topic.is_none() => cx.err(
+                        span.clone(),
+                        format!("with format = \"value\" every point needs its own `topic`: point {name:?} has none"),
+                    ),
+                    _ => {}
+                }
+            }
+            (json, topic)
+        }
+    };
     if cx.errors.len() != errors_before {
         return None;
     }
@@ -816,6 +972,8 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
         cycles,
         report,
         simulate,
+        json,
+        topic,
     })
 }
 

@@ -89,6 +89,7 @@ pub(crate) fn validate(name: &str, file: &str, text: &str) -> Result<Loaded, Con
         poll: Duration::from_secs(1),
         report: Report::default(),
         in_profile: true,
+        mqtt: None,
     };
     let mut checked = Vec::new();
     for p in &raw.points {
@@ -102,7 +103,7 @@ pub(crate) fn validate(name: &str, file: &str, text: &str) -> Result<Loaded, Con
     if raw.points.is_empty() {
         cx.err(raw.profile.span(), "a profile needs [[points]]");
     }
-    check_points(&mut cx, &checked, raw.profile.span(), name);
+    check_points(&mut cx, &checked, raw.profile.span(), name, true);
     if cx.failed() {
         return Err(cx.finish());
     }
@@ -171,6 +172,7 @@ pub(crate) fn device_points(
                         poll: pc.poll,
                         report: pc.report,
                         in_profile: true,
+                        mqtt: None,
                     };
                     if let Some(config) = point(&mut scratch, pp, &as_profile) {
                         out.push(Checked { config, at: None });
@@ -247,6 +249,8 @@ fn inherit(own: &Spanned<PointSection>, base: &PointSection) -> Spanned<PointSec
         counter: d.counter.clone().or_else(|| re(&at, &base.counter)),
         report: d.report.clone().or_else(|| re(&at, &base.report)),
         simulate: d.simulate.clone().or_else(|| re(&at, &base.simulate)),
+        json: d.json.clone().or_else(|| re(&at, &base.json)),
+        topic: d.topic.clone().or_else(|| re(&at, &base.topic)),
     };
     Spanned::new(own.span(), merged)
 }

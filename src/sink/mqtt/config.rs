@@ -1,0 +1,129 @@
+//! The `[sinks.NAME]` keys of `type = "mqtt"`: the connection (as `[brokers.NAME]`), the
+//! format, the topics and the QoS; validated with locations.
+
+use crate::config::schema::SinkSection;
+use crate::config::validate::Ctx;
+use crate::mqtt::connection::{self, BrokerConfig, Keys};
+use serde_spanned::Spanned;
+use std::ops::Range;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttSinkFormat {
+    /// One `linetap.v1.SampleBatch` per device per flush, and the retained `Catalog`.
+    Linetap,
+    /// One JSON object per device per flush.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttSinkConfig {
+    pub broker: BrokerConfig,
+    pub format: MqttSinkFormat,
+    /// Per device: `{site}`, `{line}`, `{cell}`, `{device}`, `{kind}` expand.
+    pub topic: String,
+    /// linetap: where the line's catalog is kept (retained).
+    pub catalog_topic: String,
+    pub qos: u8,
+}
+
+pub(crate) fn validate(
+    cx: &mut Ctx,
+    name: &Spanned<String>,
+    span: Range<usize>,
+    s: &SinkSection,
+    line: &str,
+) -> MqttSinkConfig {
+    let broker = connection::validate(
+        cx,
+        Keys {
+            url: &s.url,
+            client_id: &s.client_id,
+            username: &s.username,
+            password: &s.password,
+            password_file: &s.password_file,
+            password_env: &s.password_env,
+            ca_file: &s.ca_file,
+            cert_file: &s.cert_file,
+            key_file: &s.key_file,
+            clean_session: &s.clean_session,
+            keep_alive: &s.keep_alive,
+            max_packet_size: &s.max_packet_size,
+        },
+        name.get_ref(),
+        span,
+        format!("linetap-{line}-{}", name.get_ref()),
+    );
+    let format = match &s.format {
+        None => MqttSinkFormat::Linetap,
+        Some(f) => match f.get_ref().as_str() {
+            "linetap" => MqttSinkFormat::Linetap,
+            "json" => MqttSinkFormat::Json,
+            "sparkplug-b" => {
+                cx.err(
+                    f.span(),
+                    "format \"sparkplug-b\" is not available in this version yet (supported: linetap, json)",
+                );
+                MqttSinkFormat::Linetap
+            }
+            other => {
+                cx.err(
+                    f.span(),
+                    format!("format {other:?}: use \"linetap\", \"json\" or \"sparkplug-b\""),
+                );
+                MqttSinkFormat::Linetap
+            }
+        },
+    };
+    let template = |cx: &mut Ctx, v: &Option<Spanned<String>>, default: &str| -> String {
+        match v {
+            Some(t) => {
+                let text = t.get_ref();
+                if text.is_empty() {
+                    cx.err(t.span(), "topic must not be empty");
+                } else if text.contains(['+', '#']) {
+                    cx.err(t.span(), "a topic to publish to has no wildcards (+, #)");
+                } else {
+                    let stripped = ["{site}", "{line}", "{cell}", "{device}", "{kind}"]
+                        .iter()
+                        .fold(text.clone(), |acc, k| acc.replace(k, ""));
+                    if stripped.contains('{') || stripped.contains('}') {
+                        cx.err(
+                            t.span(),
+                            "only {site}, {line}, {cell}, {device} and {kind} expand in a topic",
+                        );
+                    }
+                }
+                text.clone()
+            }
+            None => default.to_string(),
+        }
+    };
+    let topic = template(cx, &s.topic, "linetap/{line}/{device}");
+    let catalog_topic = template(cx, &s.catalog_topic, "linetap/{line}/catalog");
+    if let (Some(c), MqttSinkFormat::Json) = (&s.catalog_topic, format) {
+        cx.err(c.span(), "`catalog_topic` applies to format = \"linetap\"");
+    }
+    if !topic.contains("{device}") {
+        if let Some(t) = &s.topic {
+            cx.err(
+                t.span(),
+                "the topic needs {device}: one message per device per flush",
+            );
+        }
+    }
+    let qos = match &s.qos {
+        Some(q) if !(0..=1).contains(q.get_ref()) => {
+            cx.err(q.span(), "qos must be 0 or 1");
+            1
+        }
+        Some(q) => *q.get_ref() as u8,
+        None => 1,
+    };
+    MqttSinkConfig {
+        broker,
+        format,
+        topic,
+        catalog_topic,
+        qos,
+    }
+}

@@ -1,0 +1,538 @@
+//! The MQTT sink (`type = "mqtt"`): per flush, one message per device — a
+//! `linetap.v1.SampleBatch` (format linetap, with the line's `Catalog` kept retained on
+//! `catalog_topic`) or a JSON object (format json). With QoS 1 a flush is delivered, and the
+//! sink's buffer cursor moves, only once the broker acknowledged every message (PUBACK); if the
+//! connection drops first, the whole flush is published again after the reconnect (at least
+//! once: a consumer may see a message twice, never miss one).
+
+pub mod config;
+
+use super::lineproto::Skipped;
+use super::{Outcome, RetryCtl, Sink};
+use crate::backoff::Backoff;
+use crate::model::{Catalog, SampleBatch, Value};
+use config::{MqttSinkConfig, MqttSinkFormat};
+use prost::Message;
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a message needs to know about the points and devices of one catalog version.
+struct Names {
+    line: String,
+    site: String,
+    devices: HashMap<u32, DeviceNames>,
+    points: HashMap<u32, PointNames>,
+}
+
+struct DeviceNames {
+    name: String,
+    cell: String,
+    kind: String,
+}
+
+struct PointNames {
+    measurement: String,
+    field: String,
+    tags: Vec<(String, String)>,
+    unit: String,
+    labels: Vec<(i64, String)>,
+}
+
+/// One message of the pending flush.
+struct Pending {
+    topic: String,
+    /// linetap: the device's samples; json: rendered at flush.
+    batch: SampleBatch,
+    catalog: u64,
+}
+
+/// The connection: a client and the events of its loop (run in its own task).
+struct Connection {
+    client: AsyncClient,
+    events: tokio::sync::mpsc::Receiver<Result<Event, String>>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let _ = self.client.try_disconnect();
+        self.pump.abort();
+    }
+}
+
+pub struct MqttSink {
+    cfg: MqttSinkConfig,
+    names: HashMap<u64, Arc<Names>>,
+    catalogs: HashMap<u64, Vec<u8>>,
+    /// The catalog version last published retained (format linetap).
+    published_catalog: Option<u64>,
+    pending: Vec<Pending>,
+    /// Device id → index in `pending` for this flush.
+    by_device: HashMap<(u64, u32), usize>,
+    pending_bytes: usize,
+    connection: Option<Connection>,
+    backoff: Backoff,
+    logged: Option<String>,
+}
+
+pub fn build(cfg: &MqttSinkConfig, _ctx: &super::BuildContext) -> Result<MqttSink, String> {
+    // The files a connection needs (password, certificates) are read now, so a missing one
+    // stops the start with its reason.
+    crate::mqtt::connection::options(&cfg.broker)?;
+    Ok(MqttSink {
+        cfg: cfg.clone(),
+        names: HashMap::new(),
+        catalogs: HashMap::new(),
+        published_catalog: None,
+        pending: Vec::new(),
+        by_device: HashMap::new(),
+        pending_bytes: 0,
+        connection: None,
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+        logged: None,
+    })
+}
+
+impl Sink for MqttSink {
+    fn knows(&self, id: u64) -> bool {
+        self.names.contains_key(&id)
+    }
+
+    fn catalog(&mut self, id: u64, catalog: &Catalog) {
+        let names = Names {
+            line: catalog.line.clone(),
+            site: catalog.site.clone(),
+            devices: catalog
+                .devices
+                .iter()
+                .map(|d| {
+                    (
+                        d.id,
+                        DeviceNames {
+                            name: d.name.clone(),
+                            cell: d.cell.clone(),
+                            kind: d.kind.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            points: catalog
+                .points
+                .iter()
+                .map(|p| {
+                    (
+                        p.id,
+                        PointNames {
+                            measurement: p.measurement.clone(),
+                            field: p.name.clone(),
+                            tags: p
+                                .tags
+                                .iter()
+                                .map(|t| (t.key.clone(), t.value.clone()))
+                                .collect(),
+                            unit: p.unit.clone(),
+                            labels: p
+                                .enum_labels
+                                .iter()
+                                .map(|l| (l.code, l.label.clone()))
+                                .collect(),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        self.names.insert(id, Arc::new(names));
+        if self.cfg.format == MqttSinkFormat::Linetap {
+            self.catalogs.insert(id, catalog.encode_to_vec());
+        }
+        // Keep the few newest versions (the loop hands an old one again when needed).
+        while self.names.len() > 8 {
+            let Some(&oldest) = self
+                .names
+                .keys()
+                .find(|k| Some(**k) != self.published_catalog && **k != id)
+            else {
+                break;
+            };
+            self.names.remove(&oldest);
+            self.catalogs.remove(&oldest);
+        }
+    }
+
+    fn add(&mut self, catalog: u64, batch: &SampleBatch, skipped: &mut Skipped) -> usize {
+        let Some(names) = self.names.get(&catalog).cloned() else {
+            skipped.unknown_point += batch.samples.len() as u64;
+            return 0;
+        };
+        let Some(dev) = names.devices.get(&batch.device) else {
+            skipped.unknown_point += batch.samples.len() as u64;
+            return 0;
+        };
+        let key = (catalog, batch.device);
+        let (index, new) = match self.by_device.get(&key) {
+            Some(&i) => (i, 0),
+            None => {
+                let topic = self
+                    .cfg
+                    .topic
+                    .replace("{site}", &names.site)
+                    .replace("{line}", &names.line)
+                    .replace("{cell}", &dev.cell)
+                    .replace("{device}", &dev.name)
+                    .replace("{kind}", &dev.kind);
+                self.pending.push(Pending {
+                    topic,
+                    batch: SampleBatch {
+                        device: batch.device,
+                        ..Default::default()
+                    },
+                    catalog,
+                });
+                self.by_device.insert(key, self.pending.len() - 1);
+                (self.pending.len() - 1, 1)
+            }
+        };
+        let out = &mut self.pending[index].batch;
+        out.seq = batch.seq;
+        for s in &batch.samples {
+            let mut s = s.clone();
+            // Each sample with its own time: the batches of one flush are merged.
+            s.timestamp_ns = batch.time_of(&s);
+            self.pending_bytes += 24;
+            out.samples.push(s);
+        }
+        new
+    }
+
+    async fn flush(&mut self, retry: &mut RetryCtl) -> Outcome {
+        if self.pending.is_empty() {
+            return Outcome::Delivered;
+        }
+        let messages = self.render();
+        self.pending.clear();
+        self.by_device.clear();
+        self.pending_bytes = 0;
+        loop {
+            match self.publish(&messages).await {
+                Ok(()) => {
+                    self.backoff.reset();
+                    if self.logged.take().is_some() {
+                        tracing::info!(sink = %self.cfg.broker.name, "MQTT sink delivering again");
+                    }
+                    retry.metrics.requests.fetch_add(1, Relaxed);
+                    retry
+                        .metrics
+                        .bytes_sent
+                        .fetch_add(messages.iter().map(|m| m.1.len() as u64).sum(), Relaxed);
+                    return Outcome::Delivered;
+                }
+                Err(e) => {
+                    retry.metrics.errors_unavailable.fetch_add(1, Relaxed);
+                    retry.metrics.retries.fetch_add(1, Relaxed);
+                    self.connection = None;
+                    if self.logged.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(sink = %self.cfg.broker.name, address = %self.cfg.broker.address(), error = %e, "MQTT sink: not delivered; retrying with backoff (the data stays in the buffer)");
+                        self.logged = Some(e);
+                    }
+                    if !retry.wait(self.backoff.next_delay()).await {
+                        return Outcome::Abandoned(
+                            "the broker did not take the data before the grace period ended".into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+}
+
+impl MqttSink {
+    /// The flush's messages: (topic, payload, retained).
+    fn render(&mut self) -> Vec<(String, Vec<u8>, bool)> {
+        let mut out = Vec::with_capacity(self.pending.len() + 1);
+        if self.cfg.format == MqttSinkFormat::Linetap {
+            // The newest catalog version this flush uses, retained, before the data.
+            if let Some(newest) = self.pending.last().map(|p| p.catalog) {
+                if self.published_catalog != Some(newest) {
+                    if let (Some(bytes), Some(names)) =
+                        (self.catalogs.get(&newest), self.names.get(&newest))
+                    {
+                        let topic = self
+                            .cfg
+                            .catalog_topic
+                            .replace("{site}", &names.site)
+                            .replace("{line}", &names.line);
+                        out.push((topic, bytes.clone(), true));
+                    }
+                }
+            }
+        }
+        for p in &self.pending {
+            let payload = match self.cfg.format {
+                MqttSinkFormat::Linetap => p.batch.encode_to_vec(),
+                MqttSinkFormat::Json => match self.names.get(&p.catalog) {
+                    Some(names) => json(names, &p.batch).into_bytes(),
+                    None => continue,
+                },
+            };
+            out.push((p.topic.clone(), payload, false));
+        }
+        if self.cfg.format == MqttSinkFormat::Linetap {
+            if let Some(newest) = self.pending.last().map(|p| p.catalog) {
+                self.published_catalog = Some(newest);
+            }
+        }
+        out
+    }
+
+    async fn connect(&mut self) -> Result<(), String> {
+        if self.connection.is_some() {
+            return Ok(());
+        }
+        let cfg = self.cfg.broker.clone();
+        let options = tokio::task::spawn_blocking(move || crate::mqtt::connection::options(&cfg))
+            .await
+            .map_err(|e| e.to_string())??;
+        let (client, mut events) = AsyncClient::new(options, 1024);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let pump = tokio::spawn(async move {
+            loop {
+                let e = events.poll().await.map_err(|e| e.to_string());
+                let failed = e.is_err();
+                if tx.send(e).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        // Wait for the broker's CONNACK.
+        let connected = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(e) = rx.recv().await {
+                match e {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err("the connection closed".to_string())
+        })
+        .await
+        .map_err(|_| "no CONNACK within 10s".to_string())?;
+        let conn = Connection {
+            client,
+            events: rx,
+            pump,
+        };
+        connected?;
+        tracing::info!(sink = %self.cfg.broker.name, address = %self.cfg.broker.address(), "MQTT sink connected");
+        self.connection = Some(conn);
+        Ok(())
+    }
+
+    /// Publishes every message; with QoS 1 returns once each has its PUBACK.
+    async fn publish(&mut self, messages: &[(String, Vec<u8>, bool)]) -> Result<(), String> {
+        self.connect().await?;
+        let qos = if self.cfg.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let Some(conn) = self.connection.as_mut() else {
+            return Err("not connected".into());
+        };
+        let mut sent = 0usize;
+        let mut waiting: HashSet<u16> = HashSet::new();
+        let mut acked = 0usize;
+        let mut next = 0usize;
+        // Publish while draining events, so a full request channel never deadlocks.
+        while acked < messages.len() {
+            if next < messages.len() {
+                let (topic, payload, retain) = &messages[next];
+                tokio::select! {
+                    r = conn.client.publish(topic.clone(), qos, *retain, payload.clone()) => {
+                        r.map_err(|e| e.to_string())?;
+                        next += 1;
+                        continue;
+                    }
+                    e = conn.events.recv() => {
+                        account(e, qos, &mut sent, &mut waiting, &mut acked)?;
+                    }
+                }
+            } else {
+                let e = tokio::time::timeout(Duration::from_secs(30), conn.events.recv())
+                    .await
+                    .map_err(|_| "no PUBACK within 30s".to_string())?;
+                account(e, qos, &mut sent, &mut waiting, &mut acked)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One event of the connection during a flush: counts publishes written and PUBACKs received.
+fn account(
+    e: Option<Result<Event, String>>,
+    qos: QoS,
+    sent: &mut usize,
+    waiting: &mut HashSet<u16>,
+    acked: &mut usize,
+) -> Result<(), String> {
+    match e {
+        None => Err("the connection closed".into()),
+        Some(Err(e)) => Err(e),
+        Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+            *sent += 1;
+            if qos == QoS::AtMostOnce {
+                // QoS 0: delivered once written.
+                *acked += 1;
+            } else {
+                waiting.insert(pkid);
+            }
+            Ok(())
+        }
+        Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+            if waiting.remove(&ack.pkid) {
+                *acked += 1;
+            }
+            Ok(())
+        }
+        Some(Ok(Event::Incoming(Packet::Disconnect))) => Err("the broker disconnected".into()),
+        Some(Ok(_)) => Ok(()),
+    }
+}
+
+/// A device's samples as the JSON object PRODUCT.md describes.
+fn json(names: &Names, batch: &SampleBatch) -> String {
+    let dev = names.devices.get(&batch.device);
+    let mut o = String::with_capacity(128 + batch.samples.len() * 120);
+    o.push('{');
+    let field = |o: &mut String, k: &str, v: &str| {
+        let _ = write!(o, "{}:{},", quote(k), quote(v));
+    };
+    if !names.site.is_empty() {
+        field(&mut o, "site", &names.site);
+    }
+    field(&mut o, "line", &names.line);
+    if let Some(d) = dev {
+        if !d.cell.is_empty() {
+            field(&mut o, "cell", &d.cell);
+        }
+        field(&mut o, "device", &d.name);
+        field(&mut o, "kind", &d.kind);
+    }
+    o.push_str("\"samples\":[");
+    let mut first = true;
+    for s in &batch.samples {
+        let (Some(p), Some(v)) = (names.points.get(&s.point), &s.value) else {
+            continue;
+        };
+        let value = match v {
+            Value::DoubleValue(x) if x.is_finite() => format!("{x}"),
+            Value::DoubleValue(_) => continue,
+            Value::IntValue(i) => i.to_string(),
+            Value::UintValue(u) => u.to_string(),
+            Value::BoolValue(b) => b.to_string(),
+            Value::StringValue(t) => quote(t),
+        };
+        if !first {
+            o.push(',');
+        }
+        first = false;
+        let tags: BTreeMap<&str, &str> = p
+            .tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let _ = write!(
+            o,
+            "{{\"measurement\":{},\"field\":{},\"tags\":{{",
+            quote(&p.measurement),
+            quote(&p.field)
+        );
+        for (i, (k, v)) in tags.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            let _ = write!(o, "{}:{}", quote(k), quote(v));
+        }
+        let _ = write!(o, "}},\"value\":{value}");
+        let code = match v {
+            Value::IntValue(i) => Some(*i),
+            Value::UintValue(u) => i64::try_from(*u).ok(),
+            _ => None,
+        };
+        if let (Some(code), false) = (code, p.labels.is_empty()) {
+            let label = p
+                .labels
+                .iter()
+                .find(|(c, _)| *c == code)
+                .map(|(_, l)| l.as_str())
+                .unwrap_or("unknown");
+            let _ = write!(o, ",\"label\":{}", quote(label));
+        }
+        if !p.unit.is_empty() {
+            let _ = write!(o, ",\"unit\":{}", quote(&p.unit));
+        }
+        let _ = write!(o, ",\"ts\":\"{}\"}}", rfc3339_ns(s.timestamp_ns));
+    }
+    o.push_str("]}");
+    o
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// Unix nanoseconds as RFC 3339 UTC with nanoseconds: `2023-11-14T22:13:20.123456789Z`.
+pub fn rfc3339_ns(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let frac = ns.rem_euclid(1_000_000_000);
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil date from days since 1970-01-01.
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_through_rfc3339() {
+        for ns in [
+            0i64,
+            1_700_000_000_123_456_789,
+            951_825_600_000_000_000,
+            4_102_444_800_000_000_001,
+        ] {
+            let text = rfc3339_ns(ns);
+            assert_eq!(
+                crate::source::mqtt::payload::rfc3339(&text),
+                Some(ns),
+                "{text}"
+            );
+        }
+        assert_eq!(rfc3339_ns(0), "1970-01-01T00:00:00.000000000Z");
+    }
+}

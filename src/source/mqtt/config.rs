@@ -1,0 +1,286 @@
+//! Validation of `[brokers.NAME]` and of devices that publish (`protocol = "mqtt"`): their
+//! broker, topic, format, QoS, payload timestamps and staleness. Point keys (`json`, `topic`)
+//! are checked with the other point keys in `source/modbus/config.rs::point`.
+
+use crate::config::schema::{BrokerSection, DeviceSection};
+use crate::config::validate::Ctx;
+use crate::config::{LineConfig, MqttDevice, MqttFormat, TimestampFormat};
+use crate::mqtt::connection::{self, BrokerConfig, Keys};
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::time::Duration;
+
+/// Every `[brokers.NAME]`.
+pub(crate) fn brokers(
+    cx: &mut Ctx,
+    raw: &BTreeMap<Spanned<String>, Spanned<BrokerSection>>,
+    line: &str,
+) -> Vec<BrokerConfig> {
+    raw.iter()
+        .map(|(name, b)| {
+            let r = b.get_ref();
+            if !valid_name(name.get_ref()) {
+                cx.err(
+                    name.span(),
+                    format!(
+                        "broker name {:?}: use letters, digits, '-' and '_'",
+                        name.get_ref()
+                    ),
+                );
+            }
+            connection::validate(
+                cx,
+                Keys {
+                    url: &r.url,
+                    client_id: &r.client_id,
+                    username: &r.username,
+                    password: &r.password,
+                    password_file: &r.password_file,
+                    password_env: &r.password_env,
+                    ca_file: &r.ca_file,
+                    cert_file: &r.cert_file,
+                    key_file: &r.key_file,
+                    clean_session: &r.clean_session,
+                    keep_alive: &r.keep_alive,
+                    max_packet_size: &r.max_packet_size,
+                },
+                name.get_ref(),
+                b.span(),
+                format!("linetap-{line}-{}", name.get_ref()),
+            )
+        })
+        .collect()
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Expands `{site}`, `{line}`, `{cell}` and `{device}` in a topic, and checks it is an exact
+/// topic (no wildcards, not empty, no NUL).
+pub(crate) fn topic(
+    cx: &mut Ctx,
+    raw: &Spanned<String>,
+    line: &LineConfig,
+    cell: &str,
+    device: &str,
+) -> String {
+    let t = raw
+        .get_ref()
+        .replace("{site}", line.site.as_deref().unwrap_or(""))
+        .replace("{line}", &line.id)
+        .replace("{cell}", cell)
+        .replace("{device}", device);
+    if t.is_empty() {
+        cx.err(raw.span(), "topic must not be empty");
+    } else if t.contains(['+', '#']) {
+        cx.err(
+            raw.span(),
+            "a device reads one exact topic: no wildcards (+, #); give each point its own `topic` if it has several",
+        );
+    } else if t.contains('\0') || t.len() > 65535 {
+        cx.err(raw.span(), "topic is not a valid MQTT topic");
+    } else if t.contains('{') && t.contains('}') {
+        cx.err(
+            raw.span(),
+            format!("topic {t:?}: only {{site}}, {{line}}, {{cell}} and {{device}} expand"),
+        );
+    }
+    t
+}
+
+/// The MQTT part of a device: its broker, topic, format and the rest. Modbus keys are errors.
+pub(crate) fn device(
+    cx: &mut Ctx,
+    d: &DeviceSection,
+    span: Range<usize>,
+    id: &str,
+    brokers: &[BrokerConfig],
+    line: &LineConfig,
+) -> MqttDevice {
+    let modbus_only = [
+        (d.address.as_ref().map(|v| v.span()), "address"),
+        (d.serial.as_ref().map(|v| v.span()), "serial"),
+        (d.unit.as_ref().map(|v| v.span()), "unit"),
+        (d.max_registers.as_ref().map(|v| v.span()), "max_registers"),
+        (d.max_gap.as_ref().map(|v| v.span()), "max_gap"),
+        (d.retries.as_ref().map(|v| v.span()), "retries"),
+    ];
+    for (at, key) in modbus_only {
+        if let Some(at) = at {
+            cx.err(
+                at,
+                format!(
+                    "`{key}` belongs to Modbus devices; an MQTT device is reached through `broker`"
+                ),
+            );
+        }
+    }
+    if d.poll.is_some()
+        || d.timeout.is_some()
+        || d.turnaround.is_some()
+        || d.probe_interval.is_some()
+    {
+        cx.err(
+            span.clone(),
+            "an MQTT device is not polled: `poll`, `timeout`, `turnaround` and `probe_interval` do not apply (use `stale_after`)",
+        );
+    }
+    let broker = match &d.broker {
+        None => {
+            cx.err(
+                span.clone(),
+                format!("MQTT device {id:?} needs `broker` (a [brokers.NAME] table)"),
+            );
+            String::new()
+        }
+        Some(b) => {
+            if !brokers.iter().any(|x| &x.name == b.get_ref()) {
+                let known: Vec<&str> = brokers.iter().map(|x| x.name.as_str()).collect();
+                cx.err(
+                    b.span(),
+                    if known.is_empty() {
+                        format!(
+                            "broker {:?} is not defined: add [brokers.{}] with its `url`",
+                            b.get_ref(),
+                            b.get_ref()
+                        )
+                    } else {
+                        format!(
+                            "broker {:?} is not defined; defined: {}",
+                            b.get_ref(),
+                            known.join(", ")
+                        )
+                    },
+                );
+            }
+            b.get_ref().clone()
+        }
+    };
+    let format = match &d.format {
+        None => MqttFormat::Json,
+        Some(f) => match f.get_ref().as_str() {
+            "json" => MqttFormat::Json,
+            "value" => MqttFormat::Value,
+            "sparkplug-b" => {
+                cx.err(f.span(), "format \"sparkplug-b\" devices are not available in this version yet (supported: json, value)");
+                MqttFormat::Json
+            }
+            other => {
+                cx.err(
+                    f.span(),
+                    format!("format {other:?}: use \"json\", \"value\" or \"sparkplug-b\""),
+                );
+                MqttFormat::Json
+            }
+        },
+    };
+    let cell = d.cell.as_ref().map(|c| c.get_ref().as_str()).unwrap_or("");
+    let topic = match &d.topic {
+        Some(t) => topic(cx, t, line, cell, id),
+        None if format == MqttFormat::Value => String::new(),
+        None => {
+            cx.err(
+                span.clone(),
+                format!("MQTT device {id:?} needs `topic`, e.g. \"cell3/{{device}}/telemetry\""),
+            );
+            String::new()
+        }
+    };
+    let qos = match &d.qos {
+        Some(q) if !(0..=1).contains(q.get_ref()) => {
+            cx.err(
+                q.span(),
+                "qos must be 0 (at most once) or 1 (at least once)",
+            );
+            1
+        }
+        Some(q) => *q.get_ref() as u8,
+        None => 1,
+    };
+    let timestamp = match (&d.timestamp, format) {
+        (Some(t), MqttFormat::Json) => {
+            if !t.get_ref().is_empty() && !t.get_ref().starts_with('/') {
+                cx.err(
+                    t.span(),
+                    "timestamp is a JSON pointer: \"\" or starting with '/', e.g. \"/ts\"",
+                );
+            }
+            Some(t.get_ref().clone())
+        }
+        (Some(t), _) => {
+            cx.err(t.span(), "`timestamp` applies to format = \"json\"");
+            None
+        }
+        (None, _) => None,
+    };
+    let timestamp_format = match &d.timestamp_format {
+        None => TimestampFormat::UnixMs,
+        Some(f) => {
+            if timestamp.is_none() {
+                cx.err(
+                    f.span(),
+                    "`timestamp_format` needs `timestamp` (where the time is in the payload)",
+                );
+            }
+            match f.get_ref().as_str() {
+                "unix" => TimestampFormat::Unix,
+                "unix_ms" => TimestampFormat::UnixMs,
+                "unix_us" => TimestampFormat::UnixUs,
+                "unix_ns" => TimestampFormat::UnixNs,
+                "rfc3339" => TimestampFormat::Rfc3339,
+                other => {
+                    cx.err(
+                        f.span(),
+                        format!("timestamp_format {other:?}: use unix, unix_ms, unix_us, unix_ns or rfc3339"),
+                    );
+                    TimestampFormat::UnixMs
+                }
+            }
+        }
+    };
+    let stale_after = match &d.stale_after {
+        Some(s) if s.get_ref().0 < Duration::from_millis(100) => {
+            cx.err(s.span(), "stale_after must be at least 100ms");
+            Duration::from_secs(10)
+        }
+        Some(s) => s.get_ref().0,
+        None => Duration::from_secs(10),
+    };
+    MqttDevice {
+        broker,
+        topic,
+        format,
+        qos,
+        timestamp,
+        timestamp_format,
+        stale_after,
+    }
+}
+
+/// For a Modbus device: the MQTT keys are errors.
+pub(crate) fn reject_on_modbus(cx: &mut Ctx, d: &DeviceSection) {
+    let mqtt_only = [
+        (d.broker.as_ref().map(|v| v.span()), "broker"),
+        (d.topic.as_ref().map(|v| v.span()), "topic"),
+        (d.format.as_ref().map(|v| v.span()), "format"),
+        (d.qos.as_ref().map(|v| v.span()), "qos"),
+        (d.timestamp.as_ref().map(|v| v.span()), "timestamp"),
+        (
+            d.timestamp_format.as_ref().map(|v| v.span()),
+            "timestamp_format",
+        ),
+        (d.stale_after.as_ref().map(|v| v.span()), "stale_after"),
+    ];
+    for (at, key) in mqtt_only {
+        if let Some(at) = at {
+            cx.err(
+                at,
+                format!("`{key}` belongs to MQTT devices (protocol = \"mqtt\")"),
+            );
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! MQTT sources: devices that publish (`protocol = "mqtt"`). One `Broker` component per
+//! `[brokers.NAME]` that devices use: one connection (rumqttc), every device topic subscribed
+//! again after each (re)connect, each message routed by topic to its device's decoder
+//! (`payload.rs`), the device's transform chain and the buffer. A QoS 1 message is
+//! acknowledged to the broker only once what it carried is durable in the buffer (manual
+//! acks, in arrival order), so a broker restart or an agent crash loses none. A device whose
+//! messages stop for `stale_after` is down.
+
+pub mod config;
+pub mod payload;
+
+use super::{describe, Source, SourceContext};
+use crate::backoff::Backoff;
+use crate::component::{fingerprint, ComponentId, Kind};
+use crate::config::{Config, DeviceConfig, MqttFormat, Protocol};
+use crate::model::catalog::{health_points, HealthIds, Registry};
+use crate::model::{now_ns, Quality, Sample, SampleBatch, Value};
+use crate::mqtt::connection::BrokerConfig;
+use crate::observe::metrics::{BrokerMetrics, DeviceMetrics};
+use crate::shutdown::Shutdown;
+use crate::transform::DeviceOutput;
+use payload::{decode_json, decode_value, JsonPlan, PointRead, Rejected};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// How the messages of one topic become samples of one device.
+enum Decode {
+    Json(JsonPlan),
+    Value(PointRead),
+}
+
+/// One device of a broker: where its messages arrive and how they are read.
+pub struct DevicePlan {
+    pub device: u32,
+    pub name: String,
+    qos: u8,
+    stale_after: Duration,
+    health: HealthIds,
+    topics: Vec<(String, Decode)>,
+}
+
+impl DevicePlan {
+    /// The topics the device is subscribed to.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.topics.iter().map(|(t, _)| t.as_str())
+    }
+}
+
+/// Registers an MQTT device's points and health points; returns how its messages are read.
+pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan> {
+    let m = d.mqtt.as_ref()?;
+    let mut points = describe::points(d);
+    let values = points.len();
+    points.extend(health_points());
+    let ids = registry.set_device(describe::device(d), points);
+    let h = &ids.points[values..];
+    // Each point's elements in turn, as `describe::points` lists them.
+    let mut next = ids.points.iter().copied();
+    let mut by_topic: Vec<(String, Decode)> = Vec::new();
+    for p in &d.points {
+        let elements: Vec<u32> = next.by_ref().take(p.count as usize).collect();
+        if !p.is_read() {
+            continue;
+        }
+        let read = PointRead {
+            ids: elements,
+            pointer: p.json.clone().unwrap_or_default(),
+            kind: p.kind,
+            scale: p.scale,
+            offset: p.offset,
+        };
+        let topic = p.topic.clone().unwrap_or_else(|| m.topic.clone());
+        match m.format {
+            MqttFormat::Value => by_topic.push((topic, Decode::Value(read))),
+            MqttFormat::Json => match by_topic.iter_mut().find(|(t, _)| *t == topic) {
+                Some((_, Decode::Json(plan))) => plan.points.push(read),
+                _ => by_topic.push((
+                    topic,
+                    Decode::Json(JsonPlan {
+                        points: vec![read],
+                        timestamp: m.timestamp.clone().map(|t| (t, m.timestamp_format)),
+                    }),
+                )),
+            },
+        }
+    }
+    Some(DevicePlan {
+        device: ids.device,
+        name: d.id.clone(),
+        qos: m.qos,
+        stale_after: m.stale_after,
+        health: HealthIds {
+            up: h[0],
+            latency_ms: h[1],
+            errors: h[2],
+            last_error: h[3],
+        },
+        topics: by_topic,
+    })
+}
+
+/// One broker connection and the devices read through it.
+pub struct Broker {
+    id: ComponentId,
+    devices: Vec<ComponentId>,
+    config: BrokerConfig,
+    plans: Vec<DevicePlan>,
+}
+
+impl Broker {
+    pub fn plans(&self) -> &[DevicePlan] {
+        &self.plans
+    }
+}
+
+impl Source for Broker {
+    fn id(&self) -> &ComponentId {
+        &self.id
+    }
+
+    fn devices(&self) -> Vec<ComponentId> {
+        self.devices.clone()
+    }
+
+    fn start(self: Box<Self>, ctx: SourceContext) -> JoinHandle<()> {
+        let outputs = self
+            .plans
+            .iter()
+            .map(|p| ctx.output(&p.name, p.device))
+            .collect();
+        let metrics = self
+            .plans
+            .iter()
+            .map(|p| ctx.metrics.devices.add(&p.name))
+            .collect();
+        let broker = ctx.metrics.brokers.add(&self.config.name);
+        let beat = ctx
+            .metrics
+            .liveness
+            .register(&format!("broker {}", self.config.name));
+        tokio::spawn(run(
+            self.config,
+            self.plans,
+            outputs,
+            metrics,
+            broker,
+            beat,
+            ctx.shutdown,
+        ))
+    }
+}
+
+/// The MQTT source kind's components: one per broker that devices use.
+pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
+    let mut out: Vec<Box<dyn Source>> = Vec::new();
+    for b in &config.brokers {
+        let devices: Vec<&DeviceConfig> = config
+            .devices
+            .iter()
+            .filter(|d| d.protocol == Protocol::Mqtt)
+            .filter(|d| d.mqtt.as_ref().is_some_and(|m| m.broker == b.name))
+            .collect();
+        if devices.is_empty() {
+            continue;
+        }
+        let plans = devices
+            .iter()
+            .filter_map(|d| register(d, registry))
+            .collect();
+        out.push(Box::new(Broker {
+            id: ComponentId {
+                kind: Kind::Bus,
+                name: format!("mqtt {}", b.name),
+                fingerprint: fingerprint(&(b, &devices)),
+            },
+            devices: devices
+                .iter()
+                .map(|d| ComponentId {
+                    kind: Kind::Device,
+                    name: d.id.clone(),
+                    fingerprint: fingerprint(d),
+                })
+                .collect(),
+            config: b.clone(),
+            plans,
+        }));
+    }
+    out
+}
+
+/// Per device, what the health record needs.
+struct DeviceState {
+    seq: u64,
+    last_message: Option<Instant>,
+    up: Option<bool>,
+    last_health: Option<Instant>,
+    errors: u64,
+    last_error: String,
+    /// When a malformed message was last logged (at most once a minute per device).
+    logged_at: Option<Instant>,
+}
+
+/// How often a malformed message of one device is logged.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+async fn run(
+    config: BrokerConfig,
+    plans: Vec<DevicePlan>,
+    mut outputs: Vec<DeviceOutput>,
+    metrics: Vec<Arc<DeviceMetrics>>,
+    broker: Arc<BrokerMetrics>,
+    beat: crate::observe::liveness::Beat,
+    mut shutdown: Shutdown,
+) {
+    let Some(input) = outputs.first().map(|o| o.input()) else {
+        return;
+    };
+    // The options read files (password, certificates): on the blocking pool, retried while a
+    // person fixes them.
+    let options = loop {
+        let cfg = config.clone();
+        match tokio::task::spawn_blocking(move || crate::mqtt::connection::options(&cfg)).await {
+            Ok(Ok(o)) => break o,
+            Ok(Err(e)) => {
+                tracing::error!(broker = %config.name, error = %e, "cannot set up the MQTT connection; retrying");
+            }
+            Err(e) => tracing::error!(broker = %config.name, error = %e, "MQTT setup failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown.recv() => return,
+        }
+    };
+    let mut options = options;
+    options.set_manual_acks(true);
+    let (client, mut events) = AsyncClient::new(options, 1024);
+    // The event loop runs in its own task and is never cancelled mid-packet; its events come
+    // through a bounded channel (back-pressure: while the handler is busy, nothing more is
+    // read from the socket).
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel::<Result<Event, String>>(256);
+    let pump = tokio::spawn(async move {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match events.poll().await {
+                Ok(e) => {
+                    if matches!(e, Event::Incoming(Packet::ConnAck(_))) {
+                        backoff.reset();
+                    }
+                    let done = matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect));
+                    if ev_tx.send(Ok(e)).await.is_err() || done {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if ev_tx.send(Err(e.to_string())).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    });
+
+    // Topic → (device, decoder) pairs.
+    let mut routes: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+    for (d, plan) in plans.iter().enumerate() {
+        for (k, (topic, _)) in plan.topics.iter().enumerate() {
+            routes.entry(topic.clone()).or_default().push((d, k));
+        }
+    }
+    let subscriptions: Vec<rumqttc::SubscribeFilter> = {
+        let mut v: Vec<(String, u8)> = Vec::new();
+        for plan in &plans {
+            for (t, _) in &plan.topics {
+                match v.iter_mut().find(|(x, _)| x == t) {
+                    Some((_, q)) => *q = (*q).max(plan.qos),
+                    None => v.push((t.clone(), plan.qos)),
+                }
+            }
+        }
+        v.into_iter()
+            .map(|(t, q)| rumqttc::SubscribeFilter::new(t, qos(q)))
+            .collect()
+    };
+
+    // Acknowledgements: in arrival order, each once everything published before it is durable.
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, rumqttc::Publish)>();
+    let ack_client = client.clone();
+    let ack_task = tokio::spawn(async move {
+        while let Some((ticket, p)) = ack_rx.recv().await {
+            if !input.durable(ticket).await {
+                return;
+            }
+            if ack_client.ack(&p).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut state: Vec<DeviceState> = plans
+        .iter()
+        .map(|_| DeviceState {
+            seq: 0,
+            last_message: None,
+            up: None,
+            last_health: None,
+            errors: 0,
+            last_error: String::new(),
+            logged_at: None,
+        })
+        .collect();
+    let check_every = plans
+        .iter()
+        .map(|p| p.stale_after / 4)
+        .min()
+        .unwrap_or(Duration::from_secs(1))
+        .clamp(Duration::from_millis(25), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut logged_error: Option<String> = None;
+    // Subscriptions still to send (the request queue was full at the CONNACK).
+    let mut resubscribe = false;
+    let started = Instant::now();
+    loop {
+        beat.idle();
+        let event = tokio::select! {
+            _ = shutdown.recv() => break,
+            _ = tick.tick() => {
+                if resubscribe {
+                    resubscribe = client.try_subscribe_many(subscriptions.clone()).is_err();
+                }
+                let now = Instant::now();
+                for (d, plan) in plans.iter().enumerate() {
+                    let st = &mut state[d];
+                    let fresh = st.last_message.is_some_and(|t| now.duration_since(t) < plan.stale_after);
+                    let due = st.last_health.is_none_or(|t| now.duration_since(t) >= plan.stale_after);
+                    // The first record once a device had its chance to publish.
+                    let first_due = st.up.is_none() && now.duration_since(started) >= plan.stale_after;
+                    if st.up.is_some_and(|u| u != fresh) || (st.up.is_some() && due) || first_due {
+                        if !fresh && st.up != Some(false) {
+                            st.last_error = format!("no message for {:?} on {}", plan.stale_after, plan.topics().collect::<Vec<_>>().join(", "));
+                            tracing::warn!(device = %plan.name, "{}", st.last_error);
+                        }
+                        health(plan, st, &metrics[d], fresh, &mut outputs[d]).await;
+                    }
+                }
+                continue;
+            }
+            e = ev_rx.recv() => match e {
+                Some(e) => e,
+                None => break,
+            },
+        };
+        beat.busy();
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                broker.connected.store(true, Relaxed);
+                broker.connects.fetch_add(1, Relaxed);
+                if logged_error.take().is_some() {
+                    tracing::info!(broker = %config.name, address = %config.address(), "MQTT connection back");
+                } else {
+                    tracing::info!(broker = %config.name, address = %config.address(), "MQTT connected");
+                }
+                // Again after every connect: a broker without our session has forgotten them.
+                // Never waiting on the client's request queue here: the event loop that
+                // drains it may itself be waiting for this handler.
+                resubscribe = !subscriptions.is_empty();
+                resubscribe =
+                    resubscribe && client.try_subscribe_many(subscriptions.clone()).is_err();
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                for (i, code) in ack.return_codes.iter().enumerate() {
+                    if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
+                        let topic = subscriptions.get(i).map(|s| s.path.as_str()).unwrap_or("?");
+                        tracing::error!(broker = %config.name, topic, "the broker refused the subscription (check its ACL)");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let arrival = now_ns();
+                let mut accepted = true;
+                if let Some(targets) = routes.get(&p.topic) {
+                    for &(d, k) in targets {
+                        let plan = &plans[d];
+                        let st = &mut state[d];
+                        let dm = &metrics[d];
+                        let mut batch = SampleBatch {
+                            device: plan.device,
+                            ..Default::default()
+                        };
+                        let mut rejected = Rejected::default();
+                        let result = match &plan.topics[k].1 {
+                            Decode::Json(j) => decode_json(
+                                &p.payload,
+                                j,
+                                arrival,
+                                &mut batch.samples,
+                                &mut rejected,
+                            ),
+                            Decode::Value(r) => decode_value(&p.payload, r).map(|value| {
+                                for &id in &r.ids {
+                                    batch.samples.push(Sample {
+                                        point: id,
+                                        timestamp_ns: arrival,
+                                        quality: Quality::Good as i32,
+                                        value: Some(value.clone()),
+                                    });
+                                }
+                            }),
+                        };
+                        let problem = match result {
+                            Err(e) => {
+                                dm.mqtt_malformed.fetch_add(1, Relaxed);
+                                Some(format!("malformed message on {}: {e}", p.topic))
+                            }
+                            Ok(()) if rejected.total() > 0 => {
+                                dm.mqtt_rejected_values.fetch_add(1, Relaxed);
+                                Some(format!(
+                                    "values not written from {}: {} of the wrong type, {} out of range, {} bad timestamps",
+                                    p.topic, rejected.wrong_type, rejected.out_of_range, rejected.bad_timestamp
+                                ))
+                            }
+                            Ok(()) => {
+                                dm.mqtt_ok.fetch_add(1, Relaxed);
+                                None
+                            }
+                        };
+                        if let Some(problem) = problem {
+                            st.errors += 1;
+                            if st.logged_at.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                                tracing::warn!(device = %plan.name, "{problem} (logged at most once a minute per device; counted in linetap_mqtt_messages_total)");
+                                st.logged_at = Some(Instant::now());
+                            }
+                            st.last_error = problem;
+                        }
+                        st.last_message = Some(Instant::now());
+                        if st.up != Some(true) {
+                            health(plan, st, dm, true, &mut outputs[d]).await;
+                        }
+                        dm.samples.fetch_add(batch.samples.len() as u64, Relaxed);
+                        st.seq += 1;
+                        batch.seq = st.seq;
+                        if !outputs[d].publish(batch).await {
+                            dm.mqtt_dropped.fetch_add(1, Relaxed);
+                            accepted = false;
+                        }
+                    }
+                }
+                if p.qos == QoS::AtLeastOnce {
+                    if accepted {
+                        let ticket = outputs.first().map(|o| o.ticket()).unwrap_or(0);
+                        let _ = ack_tx.send((ticket, p));
+                    } else {
+                        // The buffer refused it: unacknowledged, the broker delivers it again
+                        // after the next reconnect.
+                        tracing::warn!(broker = %config.name, "a QoS 1 message was not accepted by the buffer and is left unacknowledged");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(text) => {
+                broker.connected.store(false, Relaxed);
+                broker.connection_errors.fetch_add(1, Relaxed);
+                if logged_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(broker = %config.name, address = %config.address(), error = %text, "MQTT connection failed; reconnecting with backoff (logged again when it changes)");
+                    logged_error = Some(text);
+                }
+            }
+        }
+    }
+    broker.connected.store(false, Relaxed);
+    ack_task.abort();
+    // A clean disconnect (a persistent session, with its subscriptions, stays at the broker).
+    let _ = client.try_disconnect();
+    drop(ev_rx);
+    let mut pump = pump;
+    if tokio::time::timeout(Duration::from_millis(500), &mut pump)
+        .await
+        .is_err()
+    {
+        pump.abort();
+    }
+}
+
+fn qos(q: u8) -> QoS {
+    if q == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+/// Writes the device's health record (and its `up` gauge).
+async fn health(
+    plan: &DevicePlan,
+    st: &mut DeviceState,
+    dm: &DeviceMetrics,
+    up: bool,
+    output: &mut DeviceOutput,
+) {
+    let now = Instant::now();
+    if up && st.up == Some(false) {
+        tracing::info!(device = %plan.name, "device is publishing again");
+    }
+    st.up = Some(up);
+    st.last_health = Some(now);
+    dm.up.store(up, Relaxed);
+    let ts = now_ns();
+    let h = plan.health;
+    let sample = |point, value| Sample {
+        point,
+        timestamp_ns: ts,
+        quality: Quality::Good as i32,
+        value: Some(value),
+    };
+    let last = if up && st.last_error.starts_with("no message") {
+        String::new()
+    } else {
+        st.last_error.clone()
+    };
+    st.seq += 1;
+    let batch = SampleBatch {
+        device: plan.device,
+        seq: st.seq,
+        timestamp_ns: 0,
+        samples: vec![
+            sample(h.up, Value::BoolValue(up)),
+            sample(h.errors, Value::UintValue(st.errors)),
+            sample(h.last_error, Value::StringValue(last)),
+        ],
+    };
+    dm.samples.fetch_add(batch.samples.len() as u64, Relaxed);
+    output.publish(batch).await;
+}

@@ -1,0 +1,544 @@
+//! MQTT both ways against a real Mosquitto: JSON and value devices into VictoriaMetrics with
+//! exact values, tags and payload timestamps (and malformed messages counted, never fatal);
+//! QoS 1 messages survive a SIGKILL of the agent and a broker restart; the MQTT sink's
+//! linetap messages decoded with the published `proto/` through a reflection decoder compiled
+//! separately from linetap's own generated code, and its JSON messages parsed.
+
+mod common;
+
+use common::*;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Messages a test client received: (topic, payload).
+type Inbox = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A test publisher / subscriber on its own runtime.
+struct Client {
+    rt: tokio::runtime::Runtime,
+    client: AsyncClient,
+    received: Inbox,
+    /// PUBACKs the broker sent for this client's publishes.
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    published: usize,
+}
+
+impl Client {
+    fn connect(port: u16, id: &str, subscribe: &[&str]) -> Client {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut events) = AsyncClient::new(o, 10_000);
+        let received: Inbox = Default::default();
+        let got = received.clone();
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let acks = acked.clone();
+        let subs: Vec<String> = subscribe.iter().map(|s| s.to_string()).collect();
+        let sub_client = client.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let mut ready = Some(ready_tx);
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for s in &subs {
+                            let _ = sub_client.subscribe(s.clone(), QoS::AtLeastOnce).await;
+                        }
+                        if subs.is_empty() {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(());
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        got.lock()
+                            .unwrap()
+                            .push((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("test client connected");
+        Client {
+            rt,
+            client,
+            received,
+            acked,
+            published: 0,
+        }
+    }
+
+    /// Waits until the broker acknowledged everything this client published.
+    fn wait_acked(&self) {
+        let done = wait_for(Duration::from_secs(30), || {
+            (self.acked.load(std::sync::atomic::Ordering::SeqCst) >= self.published).then_some(())
+        });
+        assert!(
+            done.is_some(),
+            "the broker did not acknowledge the test's publishes"
+        );
+    }
+
+    fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.published += 1;
+        let c = self.client.clone();
+        let topic = topic.to_string();
+        let payload = payload.into();
+        self.rt
+            .block_on(async move { c.publish(topic, QoS::AtLeastOnce, false, payload).await })
+            .expect("publish");
+    }
+
+    fn received(&self) -> Vec<(String, Vec<u8>)> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn devices_config(vm: &str, broker: &str, data: &str, metrics_port: u16) -> String {
+    format!(
+        "[line]\nid = \"cell-m\"\nsite = \"plant-m\"\n\n\
+         [agent]\ndata_dir = \"{data}\"\nself_interval = \"0s\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n\
+         [brokers.cell3]\nurl = \"{broker}\"\nclient_id = \"linetap-test-cell3\"\nkeep_alive = \"5s\"\n\n\
+         [sinks.vm]\ntype = \"influxdb\"\nurl = \"{vm}\"\napi = \"v2\"\norg = \"o\"\nbucket = \"b\"\ntoken_env = \"LINETAP_TEST_TOKEN\"\nflush_interval = \"100ms\"\n\n\
+         [[devices]]\nid = \"vision-01\"\nkind = \"sensor\"\ncell = \"c3\"\nprotocol = \"mqtt\"\nbroker = \"cell3\"\n\
+         topic = \"cell3/{{device}}/telemetry\"\nformat = \"json\"\nqos = 1\ntimestamp = \"/ts\"\ntimestamp_format = \"unix_ms\"\nstale_after = \"2s\"\ntags = {{ station = \"st-7\" }}\n\n\
+         [[devices.points]]\nname = \"temperature\"\njson = \"/sensors/temp\"\ntype = \"f64\"\nunit = \"degC\"\n\n\
+         [[devices.points]]\nname = \"offset_mm\"\njson = \"/offsets\"\ntype = \"i16\"\ncount = 3\nindex_tag = \"axis\"\nscale = 0.1\n\n\
+         [[devices.points]]\nname = \"ok\"\njson = \"/ok\"\ntype = \"bool\"\n\n\
+         [[devices.points]]\nname = \"parts\"\njson = \"/parts\"\ntype = \"u32\"\n\n\
+         [[devices]]\nid = \"scale-01\"\nkind = \"sensor\"\nprotocol = \"mqtt\"\nbroker = \"cell3\"\nformat = \"value\"\nqos = 1\n\n\
+         [[devices.points]]\nname = \"weight_kg\"\ntopic = \"cell3/scale-01/weight\"\ntype = \"f64\"\n\n\
+         [[devices.points]]\nname = \"state\"\ntopic = \"cell3/scale-01/state\"\ntype = \"u8\"\nenum = {{ 0 = \"idle\", 1 = \"weighing\" }}\n"
+    )
+}
+
+fn series_values(vm: &VictoriaMetrics, selector: &str) -> Vec<(i64, f64)> {
+    let mut out: Vec<(i64, f64)> = vm
+        .export(selector)
+        .into_iter()
+        .flat_map(|(_, v, t)| t.into_iter().zip(v))
+        .collect();
+    out.sort_by_key(|x| x.0);
+    out
+}
+
+#[test]
+fn json_and_value_devices_arrive_exactly_and_bad_messages_are_counted() {
+    std::env::set_var("LINETAP_TEST_TOKEN", "t");
+    let vm = VictoriaMetrics::start();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let metrics_port = free_port();
+    let config = dir.path().join("line.toml");
+    std::fs::write(
+        &config,
+        devices_config(&vm.url, &broker.url, &data, metrics_port),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(&config);
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+    let connected = wait_for(Duration::from_secs(20), || {
+        (metric(&metrics_url, "linetap_mqtt_connected{broker=\"cell3\"}") == Some(1.0))
+            .then_some(())
+    });
+    assert!(
+        connected.is_some(),
+        "agent did not connect; log:\n{}",
+        agent.stderr()
+    );
+    // Subscriptions follow the CONNACK; give the SUBACK a moment by publishing until it lands.
+    let mut publisher = Client::connect(broker.port, "test-publisher", &[]);
+    let t0 = now_ms() - 5_000;
+    let first = format!(
+        r#"{{"ts": {t0}, "sensors": {{"temp": 41.25}}, "offsets": [12, -7, 300], "ok": true, "parts": 4000000000}}"#
+    );
+    let landed = wait_for(Duration::from_secs(20), || {
+        publisher.publish("cell3/vision-01/telemetry", first.clone());
+        let got = series_values(
+            &vm,
+            "{__name__=\"sensor_temperature\",device=\"vision-01\"}",
+        );
+        (!got.is_empty()).then_some(())
+    });
+    assert!(
+        landed.is_some(),
+        "nothing arrived; agent log:\n{}",
+        agent.stderr()
+    );
+    // A batch of two (payload timestamps), then mistakes: not JSON, a string for a number,
+    // an out-of-range value, a wrong value payload.
+    let batch = format!(
+        r#"[{{"ts": {}, "sensors": {{"temp": 42.5}}}}, {{"ts": {}, "sensors": {{"temp": 43.75}}, "ok": false}}]"#,
+        t0 + 100,
+        t0 + 200
+    );
+    publisher.publish("cell3/vision-01/telemetry", batch);
+    publisher.publish("cell3/vision-01/telemetry", "{not json");
+    publisher.publish(
+        "cell3/vision-01/telemetry",
+        format!(r#"{{"ts": {}, "sensors": {{"temp": "hot"}}}}"#, t0 + 300),
+    );
+    publisher.publish(
+        "cell3/vision-01/telemetry",
+        format!(r#"{{"ts": {}, "parts": -1}}"#, t0 + 400),
+    );
+    publisher.publish("cell3/scale-01/weight", "12.625");
+    publisher.publish("cell3/scale-01/state", "1");
+    publisher.publish("cell3/scale-01/weight", "heavy");
+
+    let temps = wait_for(Duration::from_secs(20), || {
+        let v = series_values(
+            &vm,
+            "{__name__=\"sensor_temperature\",device=\"vision-01\"}",
+        );
+        let ts: HashSet<i64> = v.iter().map(|x| x.0).collect();
+        (ts.contains(&(t0 + 200))).then_some(v)
+    })
+    .unwrap_or_else(|| panic!("batch not in the store; log:\n{}", agent.stderr()));
+    let by_ts: BTreeMap<i64, f64> = temps.into_iter().collect();
+    assert_eq!(by_ts.get(&t0), Some(&41.25));
+    assert_eq!(by_ts.get(&(t0 + 100)), Some(&42.5));
+    assert_eq!(by_ts.get(&(t0 + 200)), Some(&43.75));
+    assert!(
+        !by_ts.contains_key(&(t0 + 300)),
+        "a string for a number is not written"
+    );
+    // Arrays with their index tag, scaled; a u32 above i32::MAX; tags of line, device, point.
+    for (axis, want) in [("1", 1.2), ("2", -0.7), ("3", 30.0)] {
+        let v = series_values(
+            &vm,
+            &format!("{{__name__=\"sensor_offset_mm\",device=\"vision-01\",axis=\"{axis}\",station=\"st-7\",cell=\"c3\",line=\"cell-m\",site=\"plant-m\",kind=\"sensor\"}}"),
+        );
+        assert_eq!(v, vec![(t0, want)], "axis {axis}");
+    }
+    assert_eq!(
+        series_values(&vm, "{__name__=\"sensor_parts\",device=\"vision-01\"}"),
+        vec![(t0, 4_000_000_000.0)],
+        "-1 for a u32 is out of range and not written"
+    );
+    let ok = wait_for(Duration::from_secs(10), || {
+        let v = series_values(&vm, "{__name__=\"sensor_ok\",device=\"vision-01\"}");
+        (v.len() == 2).then_some(v)
+    });
+    assert_eq!(ok, Some(vec![(t0, 1.0), (t0 + 200, 0.0)]));
+    let weight = wait_for(Duration::from_secs(10), || {
+        let v = series_values(&vm, "{__name__=\"sensor_weight_kg\",device=\"scale-01\"}");
+        (!v.is_empty()).then_some(v)
+    })
+    .expect("the value device's weight");
+    assert_eq!(weight.len(), 1);
+    assert_eq!(weight[0].1, 12.625);
+    let state = wait_for(Duration::from_secs(10), || {
+        let v = series_values(&vm, "{__name__=\"sensor_state\",device=\"scale-01\"}");
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(state.map(|v| v[0].1), Some(1.0));
+    // Counted by device and result.
+    let counted = wait_for(Duration::from_secs(10), || {
+        let m = |d: &str, r: &str| {
+            metric(
+                &metrics_url,
+                &format!("linetap_mqtt_messages_total{{device=\"{d}\",result=\"{r}\"}}"),
+            )
+        };
+        (m("vision-01", "malformed") == Some(1.0)
+            && m("vision-01", "rejected_values") == Some(2.0)
+            && m("scale-01", "malformed") == Some(1.0))
+        .then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "metrics:\n{}",
+        http::request("GET", &format!("{metrics_url}/metrics"), None)
+            .map(|r| r.body)
+            .unwrap_or_default()
+    );
+    // The device health: up while publishing, down after stale_after without a message.
+    let down = wait_for(Duration::from_secs(15), || {
+        let v = series_values(&vm, "{__name__=\"linetap_device_up\",device=\"vision-01\"}");
+        let down = v.last().is_some_and(|x| x.1 == 0.0);
+        down.then_some(v)
+    });
+    let down =
+        down.unwrap_or_else(|| panic!("vision-01 never went down; log:\n{}", agent.stderr()));
+    assert!(down.iter().any(|x| x.1 == 1.0), "it was up first: {down:?}");
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("malformed message on cell3/vision-01/telemetry"),
+        "{log}"
+    );
+}
+
+/// QoS 1 in: every message published while the agent is SIGKILLed and while the broker
+/// restarts arrives in the store exactly (by its payload timestamp).
+#[test]
+fn qos1_messages_survive_sigkill_and_a_broker_restart() {
+    std::env::set_var("LINETAP_TEST_TOKEN", "t");
+    let vm = VictoriaMetrics::start();
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let metrics_port = free_port();
+    let config = dir.path().join("line.toml");
+    std::fs::write(
+        &config,
+        devices_config(&vm.url, &broker.url, &data, metrics_port),
+    )
+    .unwrap();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+    let connected = |agent: &AgentProcess| {
+        let ok = wait_for(Duration::from_secs(20), || {
+            (metric(&metrics_url, "linetap_mqtt_connected{broker=\"cell3\"}") == Some(1.0))
+                .then_some(())
+        });
+        assert!(ok.is_some(), "not connected; log:\n{}", agent.stderr());
+    };
+    let agent = AgentProcess::start(&config);
+    connected(&agent);
+    let t0 = now_ms() - 60_000;
+    let mut publisher = Client::connect(broker.port, "test-publisher-2", &[]);
+    // The persistent session exists once the agent subscribed: wait for a first message.
+    let first = format!(r#"{{"ts": {t0}, "sensors": {{"temp": 0}}}}"#);
+    let ok = wait_for(Duration::from_secs(20), || {
+        publisher.publish("cell3/vision-01/telemetry", first.clone());
+        (!series_values(
+            &vm,
+            "{__name__=\"sensor_temperature\",device=\"vision-01\"}",
+        )
+        .is_empty())
+        .then_some(())
+    });
+    assert!(ok.is_some());
+    let n = 3000i64;
+    let msg = |k: i64| format!(r#"{{"ts": {}, "sensors": {{"temp": {k}}}}}"#, t0 + 1 + k);
+    for k in 0..1000 {
+        publisher.publish("cell3/vision-01/telemetry", msg(k));
+    }
+    // SIGKILL the agent under load; publish while it is away; start it again.
+    let log = agent.kill();
+    for k in 1000..2000 {
+        publisher.publish("cell3/vision-01/telemetry", msg(k));
+    }
+    let agent = AgentProcess::start(&config);
+    connected(&agent);
+    // Restart the broker (SIGTERM: it saves sessions and queued messages) under load.
+    for k in 2000..2500 {
+        publisher.publish("cell3/vision-01/telemetry", msg(k));
+    }
+    // The broker has them (it acknowledged them); now it restarts.
+    publisher.wait_acked();
+    broker.restart();
+    drop(publisher);
+    publisher = Client::connect(broker.port, "test-publisher-3", &[]);
+    for k in 2500..n {
+        publisher.publish("cell3/vision-01/telemetry", msg(k));
+    }
+    let all = wait_for(Duration::from_secs(60), || {
+        let v = series_values(
+            &vm,
+            "{__name__=\"sensor_temperature\",device=\"vision-01\"}",
+        );
+        let ts: HashSet<i64> = v.iter().map(|x| x.0).filter(|t| *t > t0).collect();
+        (ts.len() as i64 == n).then_some(v)
+    });
+    let (code, log2) = agent.stop();
+    let all = all.unwrap_or_else(|| {
+        let v = series_values(&vm, "{__name__=\"sensor_temperature\",device=\"vision-01\"}");
+        let ts: HashSet<i64> = v.iter().map(|x| x.0).collect();
+        let missing: Vec<i64> = (0..n).filter(|k| !ts.contains(&(t0 + 1 + k))).take(20).collect();
+        let blog = broker.log();
+        let _ = std::fs::write(std::env::temp_dir().join("linetap-mqtt-broker.log"), &blog);
+        let mut tail: Vec<String> = Vec::new();
+        let mut last = String::new();
+        let mut n = 0;
+        for l in blog.lines() {
+            // Runs of similar lines (PUBLISH / PUBACK) collapsed with their count.
+            let kind: String = l.split_whitespace().skip(1).take(4).collect::<Vec<_>>().join(" ");
+            if kind == last {
+                n += 1;
+                continue;
+            }
+            if n > 0 {
+                tail.push(format!("    ... and {n} more like it"));
+            }
+            n = 0;
+            last = kind;
+            tail.push(l.to_string());
+        }
+        panic!("{} of {n} arrived; first missing k: {missing:?}\nfirst agent:\n{log}\nsecond agent:\n{log2}\nbroker (no PUBLISH/PUBACK lines):\n{}", ts.len() - 1, tail.join("\n"))
+    });
+    for (t, v) in all.iter().filter(|x| x.0 > t0) {
+        assert_eq!(*v, (t - t0 - 1) as f64, "value of the message stamped {t}");
+    }
+    assert_eq!(code, Some(0), "{log2}");
+}
+
+/// The MQTT sink: linetap messages decoded from `proto/` by reflection (not linetap's generated
+/// types) with the retained catalog, and JSON messages, both with the values the simulator
+/// served; QoS 1.
+#[test]
+fn the_mqtt_sink_publishes_decodable_batches_and_json() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let subscriber = Client::connect(broker.port, "test-sub", &["uplink/#", "json/#"]);
+    let line = SimulatedLine::start(dir.path(), &["robot-9"], |a| {
+        format!(
+            "[line]\nid = \"weld-z\"\nsite = \"plant-z\"\n\n[agent]\ndata_dir = \"{data}\"\nself_interval = \"0s\"\n\n\
+             [sinks.uplink]\ntype = \"mqtt\"\nurl = \"{}\"\nformat = \"linetap\"\ntopic = \"uplink/{{line}}/{{device}}\"\ncatalog_topic = \"uplink/{{line}}/catalog\"\nqos = 1\nflush_interval = \"200ms\"\n\n\
+             [sinks.json]\ntype = \"mqtt\"\nurl = \"{}\"\nformat = \"json\"\ntopic = \"json/{{line}}/{{device}}\"\nflush_interval = \"200ms\"\n\n\
+             [[devices]]\nid = \"robot-9\"\nkind = \"robot\"\naddress = \"{}\"\npoll = \"100ms\"\n\n\
+             [[devices.points]]\nname = \"temperature\"\nmeasurement = \"joint\"\naddress = 0\ntype = \"i16\"\ncount = 2\nindex_tag = \"axis\"\nscale = 0.1\nunit = \"degC\"\n\n\
+             [[devices.points]]\nname = \"state\"\naddress = 2\nenum = {{ 3 = \"running\" }}\n",
+            broker.url, broker.url, a[0]
+        )
+    });
+    line.sim
+        .set_registers(
+            "robot-9",
+            linetap::config::Table::Holding,
+            0,
+            &[415, (-20i16) as u16, 3],
+        )
+        .unwrap();
+    let agent = AgentProcess::start(&line.config);
+    let got = wait_for(Duration::from_secs(20), || {
+        let r = subscriber.received();
+        let cat = r.iter().any(|(t, _)| t == "uplink/weld-z/catalog");
+        let data = r
+            .iter()
+            .filter(|(t, _)| t == "uplink/weld-z/robot-9")
+            .count();
+        let json = r.iter().filter(|(t, _)| t == "json/weld-z/robot-9").count();
+        (cat && data >= 3 && json >= 3).then_some(r)
+    });
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let got = got.unwrap_or_else(|| {
+        panic!(
+            "messages: {:?}\nlog:\n{log}",
+            subscriber
+                .received()
+                .iter()
+                .map(|m| &m.0)
+                .collect::<Vec<_>>()
+        )
+    });
+
+    // Decode with the published schema, compiled here.
+    let pool = {
+        let fds = protox::compile(["linetap/v1/model.proto"], ["proto"]).expect("proto/ compiles");
+        prost_reflect::DescriptorPool::from_file_descriptor_set(fds).expect("descriptor pool")
+    };
+    let catalog_desc = pool
+        .get_message_by_name("linetap.v1.Catalog")
+        .expect("Catalog");
+    let batch_desc = pool
+        .get_message_by_name("linetap.v1.SampleBatch")
+        .expect("SampleBatch");
+    let catalog_bytes = &got
+        .iter()
+        .find(|(t, _)| t == "uplink/weld-z/catalog")
+        .unwrap()
+        .1;
+    let catalog = prost_reflect::DynamicMessage::decode(catalog_desc, catalog_bytes.as_slice())
+        .expect("a Catalog");
+    let catalog: serde_json::Value = serde_json::to_value(&catalog).expect("catalog as JSON");
+    assert_eq!(catalog["line"], "weld-z");
+    let points = catalog["points"].as_array().expect("points");
+    let id_of = |field: &str, axis: Option<&str>| -> u64 {
+        points
+            .iter()
+            .find(|p| {
+                p["name"] == field
+                    && axis.is_none_or(|a| {
+                        p["tags"].as_array().is_some_and(|t| {
+                            t.iter().any(|t| t["key"] == "axis" && t["value"] == a)
+                        })
+                    })
+            })
+            .and_then(|p| p["id"].as_u64().or(Some(0)))
+            .unwrap_or_else(|| panic!("no point {field} {axis:?} in {catalog}"))
+    };
+    let (t1, t2, st) = (
+        id_of("temperature", Some("1")),
+        id_of("temperature", Some("2")),
+        id_of("state", None),
+    );
+    let mut seen = BTreeMap::new();
+    for (_, payload) in got.iter().filter(|(t, _)| t == "uplink/weld-z/robot-9") {
+        let b = prost_reflect::DynamicMessage::decode(batch_desc.clone(), payload.as_slice())
+            .expect("a SampleBatch");
+        let b: serde_json::Value = serde_json::to_value(&b).unwrap();
+        for s in b["samples"].as_array().into_iter().flatten() {
+            let point = s["point"].as_u64().unwrap_or(0);
+            let value = s.get("doubleValue").and_then(|v| v.as_f64()).or_else(|| {
+                s.get("intValue")
+                    .and_then(|v| v.as_str().and_then(|x| x.parse().ok()).or(v.as_f64()))
+            });
+            assert!(
+                s.get("timestampNs").is_some(),
+                "every sample carries its own time: {s}"
+            );
+            if let Some(v) = value {
+                seen.insert(point, v);
+            }
+        }
+    }
+    assert_eq!(seen.get(&t1), Some(&41.5), "{seen:?}");
+    assert_eq!(seen.get(&t2), Some(&-2.0), "{seen:?}");
+    assert_eq!(seen.get(&st), Some(&3.0), "{seen:?}");
+
+    let (_, json) = got
+        .iter()
+        .find(|(t, _)| t == "json/weld-z/robot-9")
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(json).expect("JSON");
+    assert_eq!(j["site"], "plant-z");
+    assert_eq!(j["line"], "weld-z");
+    assert_eq!(j["device"], "robot-9");
+    assert_eq!(j["kind"], "robot");
+    let samples = j["samples"].as_array().expect("samples");
+    let temp1 = samples
+        .iter()
+        .find(|s| s["field"] == "temperature" && s["tags"]["axis"] == "1")
+        .expect("temperature axis 1");
+    assert_eq!(temp1["measurement"], "joint");
+    assert_eq!(temp1["value"], 41.5);
+    assert_eq!(temp1["unit"], "degC");
+    assert!(
+        temp1["ts"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 30),
+        "{temp1}"
+    );
+    let state = samples
+        .iter()
+        .find(|s| s["field"] == "state")
+        .expect("state");
+    assert_eq!(state["value"], 3);
+    assert_eq!(state["label"], "running");
+}
