@@ -143,7 +143,10 @@ pub fn render_plan(config: &Config) -> String {
             }
         }
     }
-    let _ = writeln!(o, "\nbuses:");
+    // No Modbus device: no buses to show.
+    if !plans.is_empty() {
+        let _ = writeln!(o, "\nbuses:");
+    }
     for bus in buses(config, &plans) {
         let n = bus.devices.len();
         match bus.serial {
@@ -255,7 +258,7 @@ pub fn render_plan(config: &Config) -> String {
                         .max(crate::source::modbus::poller::HEALTH_EVERY)
                         .as_secs_f64())
                 .fold(0.0, f64::max))
-            .sum::<f64>(),
+            .fold(0.0, |a, b| a + b),
         if back_to_back > 0 {
             format!(", plus {back_to_back} group(s) polled back to back")
         } else {
@@ -296,7 +299,14 @@ fn render_mqtt_device(o: &mut String, d: &crate::config::DeviceConfig) {
         let _ = writeln!(o, "  subscribes {t}");
     }
     if let Some(ts) = &m.timestamp {
-        let _ = writeln!(o, "  sample time from {ts:?} ({:?})", m.timestamp_format);
+        let format = match m.timestamp_format {
+            crate::config::TimestampFormat::Unix => "unix",
+            crate::config::TimestampFormat::UnixMs => "unix_ms",
+            crate::config::TimestampFormat::UnixUs => "unix_us",
+            crate::config::TimestampFormat::UnixNs => "unix_ns",
+            crate::config::TimestampFormat::Rfc3339 => "rfc3339",
+        };
+        let _ = writeln!(o, "  sample time from {ts:?} ({format})");
     }
     for p in &d.points {
         let _ = writeln!(o, "  point {:<24} {}", p.name, describe_point(p));

@@ -48,7 +48,8 @@ enum Command {
         duration: Option<String>,
     },
     /// Serve the simulated devices a configuration describes (Modbus TCP, RTU on the `serial.port`
-    /// device or pty, RTU over TCP). Reads commands on stdin:
+    /// device or pty, RTU over TCP), and publish its MQTT devices to their brokers. Reads
+    /// commands on stdin:
     /// `fault DEVICE none|silent|drop|slow 300ms|exception 4|badcrc|garbage|chunked 16ms`.
     Simulate {
         #[arg(long, short)]
@@ -374,6 +375,17 @@ async fn simulate(cfg: config::Config) -> i32 {
     listing.sort();
     for (device, addr) in listing {
         println!("serving {device} on {addr}");
+    }
+    for d in &cfg.devices {
+        if let Some(m) = &d.mqtt {
+            let broker = cfg
+                .brokers
+                .iter()
+                .find(|b| b.name == m.broker)
+                .map(|b| b.address())
+                .unwrap_or_default();
+            println!("publishing {} to {broker} ({})", d.id, m.topic);
+        }
     }
     let mut ports: Vec<_> = sim.serial_ports.iter().collect();
     ports.sort();

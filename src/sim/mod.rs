@@ -5,11 +5,14 @@
 //! response, exception codes, dropped connections, corrupted CRCs (RTU). RTU units are served
 //! on a serial device or pty (`serial.port`) or, for `modbus-rtu-over-tcp`, on a TCP address.
 //!
+//! Devices that publish (`protocol = "mqtt"`) publish to their broker instead (`mqtt.rs`).
+//!
 //! What a point does is chosen from its name (`signal::Wave::for_point`), so any config gets a
 //! plausible simulation without extra keys. Tests freeze a device and write exact registers.
 
 pub mod bank;
 pub mod demo;
+pub mod mqtt;
 pub mod rtu;
 pub mod server;
 pub mod signal;

@@ -54,7 +54,28 @@ impl Simulator {
         let mut devices = HashMap::new();
         let mut addresses = HashMap::new();
         let mut tasks = Vec::new();
-        // MQTT devices publish: the Modbus simulator has nothing to serve for them.
+        // MQTT devices publish to their broker (sim/mqtt.rs); their bank holds the fault.
+        let mut publishers: HashMap<String, Vec<(crate::config::DeviceConfig, Arc<Mutex<Bank>>)>> =
+            HashMap::new();
+        for d in config
+            .devices
+            .iter()
+            .filter(|d| d.protocol == Protocol::Mqtt)
+        {
+            let bank = Arc::new(Mutex::new(Bank::for_device(d)));
+            devices.insert(d.id.clone(), bank.clone());
+            if let Some(m) = &d.mqtt {
+                publishers
+                    .entry(m.broker.clone())
+                    .or_default()
+                    .push((d.clone(), bank));
+            }
+        }
+        for (name, list) in publishers {
+            if let Some(b) = config.brokers.iter().find(|b| b.name == name) {
+                tasks.push(tokio::spawn(super::mqtt::run(b.clone(), list, started)));
+            }
+        }
         for d in config
             .devices
             .iter()
