@@ -20,12 +20,19 @@ struct Published {
     waves: Vec<Wave>,
 }
 
+/// A simulated MQTT device and the bank that holds its fault.
+pub type Publisher = (DeviceConfig, Arc<Mutex<Bank>>);
+
+/// One device's publishing plan: the device, its fault, its values, how often.
+struct Plan {
+    device: DeviceConfig,
+    bank: Arc<Mutex<Bank>>,
+    points: Vec<Published>,
+    every: Duration,
+}
+
 /// Publishes the MQTT devices of one broker until aborted.
-pub async fn run(
-    broker: BrokerConfig,
-    devices: Vec<(DeviceConfig, Arc<Mutex<Bank>>)>,
-    started: Instant,
-) {
+pub async fn run(broker: BrokerConfig, devices: Vec<Publisher>, started: Instant) {
     let mut cfg = broker.clone();
     cfg.client_id = format!("linetap-sim-{}", broker.name);
     cfg.clean_session = true;
@@ -50,7 +57,7 @@ pub async fn run(
             }
         }
     });
-    let mut plans: Vec<(DeviceConfig, Arc<Mutex<Bank>>, Vec<Published>, Duration)> = devices
+    let plans: Vec<Plan> = devices
         .into_iter()
         .map(|(d, bank)| {
             let every = d
@@ -79,7 +86,12 @@ pub async fn run(
                         .collect(),
                 })
                 .collect();
-            (d, bank, points, every)
+            Plan {
+                device: d,
+                bank,
+                points,
+                every,
+            }
         })
         .collect();
     let mut next: Vec<Instant> = plans.iter().map(|_| Instant::now()).collect();
@@ -88,7 +100,12 @@ pub async fn run(
             return;
         };
         tokio::time::sleep_until(at.into()).await;
-        let (d, bank, points, every) = &mut plans[i];
+        let Plan {
+            device: d,
+            bank,
+            points,
+            every,
+        } = &plans[i];
         next[i] = at + *every;
         let Some(m) = &d.mqtt else { continue };
         let fault = lock(bank).fault.clone();

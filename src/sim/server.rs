@@ -55,8 +55,7 @@ impl Simulator {
         let mut addresses = HashMap::new();
         let mut tasks = Vec::new();
         // MQTT devices publish to their broker (sim/mqtt.rs); their bank holds the fault.
-        let mut publishers: HashMap<String, Vec<(crate::config::DeviceConfig, Arc<Mutex<Bank>>)>> =
-            HashMap::new();
+        let mut publishers: HashMap<String, Vec<super::mqtt::Publisher>> = HashMap::new();
         for d in config
             .devices
             .iter()
