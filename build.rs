@@ -1,6 +1,10 @@
-//! Compiles proto/linetap/v1/*.proto with protox (pure Rust), so no `protoc` is needed.
+//! Compiles proto/linetap/v1/*.proto and the Sparkplug B payload with protox (pure Rust), so
+//! no `protoc` is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/linetap/v1/model.proto"];
+    let files = [
+        "proto/linetap/v1/model.proto",
+        "proto/sparkplug_b/sparkplug_b.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

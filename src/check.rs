@@ -221,17 +221,27 @@ pub fn render_plan(config: &Config) -> String {
                 if i.gzip { " (gzip)" } else { "" }
             ),
             SinkKind::File(f) => format!("file {}", f.path.display()),
-            SinkKind::Mqtt(m) => format!(
-                "mqtt {}://{} format {}, topic {}, qos {}",
-                if m.broker.tls { "mqtts" } else { "mqtt" },
-                m.broker.address(),
-                match m.format {
-                    crate::sink::mqtt::config::MqttSinkFormat::Linetap => "linetap",
-                    crate::sink::mqtt::config::MqttSinkFormat::Json => "json",
-                },
-                m.topic,
-                m.qos
-            ),
+            SinkKind::Mqtt(m) => match m.format {
+                crate::sink::mqtt::config::MqttSinkFormat::SparkplugB => format!(
+                    "mqtt {}://{} sparkplug-b edge node {}/{} (births and data at QoS 0, NDEATH as the will)",
+                    if m.broker.tls { "mqtts" } else { "mqtt" },
+                    m.broker.address(),
+                    m.sparkplug.0,
+                    m.sparkplug.1
+                ),
+                f => format!(
+                    "mqtt {}://{} format {}, topic {}, qos {}",
+                    if m.broker.tls { "mqtts" } else { "mqtt" },
+                    m.broker.address(),
+                    if f == crate::sink::mqtt::config::MqttSinkFormat::Json {
+                        "json"
+                    } else {
+                        "linetap"
+                    },
+                    m.topic,
+                    m.qos
+                ),
+            },
         };
         let _ = writeln!(
             o,

@@ -542,3 +542,180 @@ fn the_mqtt_sink_publishes_decodable_batches_and_json() {
     assert_eq!(state["value"], 3);
     assert_eq!(state["label"], "running");
 }
+
+/// The MQTT sink as a Sparkplug B edge node, decoded with the Sparkplug schema compiled here by
+/// reflection: NBIRTH (seq 0, bdSeq, Node Control/Rebirth), DBIRTH (names, aliases, datatypes,
+/// engUnit), DDATA by alias, seq +1 per message, a rebirth on NCMD with the same bdSeq, and the
+/// NDEATH will with that bdSeq when the agent dies.
+#[test]
+fn the_sparkplug_edge_node_births_data_rebirth_and_death() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let mut host = Client::connect(broker.port, "test-host", &["spBv1.0/#"]);
+    let line = SimulatedLine::start(dir.path(), &["robot-9"], |a| {
+        format!(
+            "[line]\nid = \"weld-z\"\nsite = \"plant-z\"\n\n[agent]\ndata_dir = \"{data}\"\nself_interval = \"0s\"\n\n\
+             [sinks.scada]\ntype = \"mqtt\"\nurl = \"{}\"\nformat = \"sparkplug-b\"\nsparkplug = {{ group = \"plant-z\", node = \"weld-z\" }}\nkeep_alive = \"1s\"\nflush_interval = \"200ms\"\n\n\
+             [[devices]]\nid = \"robot-9\"\nkind = \"robot\"\naddress = \"{}\"\npoll = \"100ms\"\n\n\
+             [[devices.points]]\nname = \"temperature\"\nmeasurement = \"joint\"\naddress = 0\ntype = \"i16\"\ncount = 2\nindex_tag = \"axis\"\nscale = 0.1\nunit = \"degC\"\n\n\
+             [[devices.points]]\nname = \"state\"\naddress = 2\nenum = {{ 3 = \"running\" }}\n",
+            broker.url, a[0]
+        )
+    });
+    line.sim
+        .set_registers(
+            "robot-9",
+            linetap::config::Table::Holding,
+            0,
+            &[415, (-20i16) as u16, 3],
+        )
+        .unwrap();
+    let agent = AgentProcess::start(&line.config);
+    let pool = {
+        let fds = protox::compile(["sparkplug_b/sparkplug_b.proto"], ["proto"])
+            .expect("the Sparkplug schema compiles");
+        prost_reflect::DescriptorPool::from_file_descriptor_set(fds).expect("descriptor pool")
+    };
+    let desc = pool
+        .get_message_by_name("org.eclipse.tahu.protobuf.Payload")
+        .expect("Payload");
+    let decode = |bytes: &[u8]| -> serde_json::Value {
+        let m = prost_reflect::DynamicMessage::decode(desc.clone(), bytes)
+            .expect("a Sparkplug payload");
+        serde_json::to_value(&m).expect("as JSON")
+    };
+    let num = |v: &serde_json::Value| -> Option<f64> {
+        v.as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    let ddata = "spBv1.0/plant-z/DDATA/weld-z/robot-9";
+    let got = wait_for(Duration::from_secs(20), || {
+        let r = host.received();
+        (r.iter().filter(|(t, _)| t == ddata).count() >= 3).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("no DDATA; log:\n{}", agent.stderr()));
+    // The session's first messages, in order, with seq 0, 1, 2, ...
+    let (t0, nbirth) = &got[0];
+    assert_eq!(t0, "spBv1.0/plant-z/NBIRTH/weld-z");
+    let nbirth = decode(nbirth);
+    assert_eq!(num(&nbirth["seq"]).unwrap_or(0.0), 0.0, "{nbirth}");
+    let metrics = nbirth["metrics"].as_array().expect("metrics");
+    let bd = metrics
+        .iter()
+        .find(|m| m["name"] == "bdSeq")
+        .expect("bdSeq in NBIRTH");
+    assert_eq!(num(&bd["datatype"]), Some(4.0));
+    let bd_value = num(&bd["longValue"]).unwrap_or(0.0);
+    let rebirth = metrics
+        .iter()
+        .find(|m| m["name"] == "Node Control/Rebirth")
+        .expect("Node Control/Rebirth");
+    assert_eq!(rebirth["booleanValue"], false);
+    assert!(
+        rebirth.get("alias").is_none(),
+        "no alias on Node Control/Rebirth"
+    );
+    let (t1, dbirth) = &got[1];
+    assert_eq!(t1, "spBv1.0/plant-z/DBIRTH/weld-z/robot-9");
+    let dbirth = decode(dbirth);
+    assert_eq!(num(&dbirth["seq"]), Some(1.0));
+    let dm = dbirth["metrics"].as_array().expect("metrics");
+    let by_name = |n: &str| {
+        dm.iter()
+            .find(|m| m["name"] == n)
+            .unwrap_or_else(|| panic!("no {n} in {dbirth}"))
+    };
+    let t1m = by_name("joint/1/temperature");
+    assert_eq!(num(&t1m["datatype"]), Some(10.0), "scaled: Double");
+    assert_eq!(t1m["properties"]["keys"][0], "engUnit");
+    assert_eq!(t1m["properties"]["values"][0]["stringValue"], "degC");
+    let state = by_name("robot/state");
+    assert_eq!(num(&state["datatype"]), Some(6.0), "u16: UInt16");
+    assert_eq!(num(&by_name("robot/state_label")["datatype"]), Some(12.0));
+    let alias = |m: &serde_json::Value| num(&m["alias"]).unwrap_or(0.0) as u64;
+    let (a_t1, a_t2, a_state) = (
+        alias(t1m),
+        alias(by_name("joint/2/temperature")),
+        alias(state),
+    );
+    let mut aliases: Vec<u64> = dm.iter().map(alias).collect();
+    aliases.sort();
+    aliases.dedup();
+    assert_eq!(aliases.len(), dm.len(), "aliases are unique");
+    // Data by alias, without names; seq +1 per message (mod 256).
+    let mut expect_seq = 2.0;
+    let mut values: BTreeMap<u64, f64> = BTreeMap::new();
+    for (t, p) in got.iter().skip(2) {
+        let p = decode(p);
+        assert_eq!(num(&p["seq"]), Some(expect_seq), "{t}: {p}");
+        expect_seq = (expect_seq + 1.0) % 256.0;
+        if t == ddata {
+            for m in p["metrics"].as_array().into_iter().flatten() {
+                assert!(m.get("name").is_none(), "DDATA by alias only: {m}");
+                let v = num(&m["doubleValue"]).or_else(|| num(&m["intValue"]));
+                if let Some(v) = v {
+                    values.insert(alias(m), v);
+                }
+            }
+        }
+    }
+    assert_eq!(values.get(&a_t1), Some(&41.5));
+    assert_eq!(values.get(&a_t2), Some(&-2.0));
+    assert_eq!(values.get(&a_state), Some(&3.0));
+
+    // A rebirth request: NBIRTH again with the same bdSeq.
+    let before = host.received().len();
+    let ncmd = {
+        let mut m = prost_reflect::DynamicMessage::new(desc.clone());
+        let metric_desc = pool
+            .get_message_by_name("org.eclipse.tahu.protobuf.Payload.Metric")
+            .unwrap();
+        let mut metric = prost_reflect::DynamicMessage::new(metric_desc);
+        metric.set_field_by_name(
+            "name",
+            prost_reflect::Value::String("Node Control/Rebirth".into()),
+        );
+        metric.set_field_by_name("datatype", prost_reflect::Value::U32(11));
+        metric.set_field_by_name("boolean_value", prost_reflect::Value::Bool(true));
+        m.set_field_by_name(
+            "metrics",
+            prost_reflect::Value::List(vec![prost_reflect::Value::Message(metric)]),
+        );
+        prost::Message::encode_to_vec(&m)
+    };
+    host.publish("spBv1.0/plant-z/NCMD/weld-z", ncmd);
+    let reborn = wait_for(Duration::from_secs(10), || {
+        host.received()
+            .into_iter()
+            .skip(before)
+            .find(|(t, _)| t == "spBv1.0/plant-z/NBIRTH/weld-z")
+    })
+    .unwrap_or_else(|| panic!("no rebirth; log:\n{}", agent.stderr()));
+    let reborn = decode(&reborn.1);
+    let bd2 = reborn["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "bdSeq")
+        .map(|m| num(&m["longValue"]).unwrap_or(0.0));
+    assert_eq!(bd2, Some(bd_value), "a rebirth keeps the bdSeq");
+
+    // The agent dies: the broker publishes the NDEATH will with the session's bdSeq.
+    let log = agent.kill();
+    let death = wait_for(Duration::from_secs(15), || {
+        host.received()
+            .into_iter()
+            .find(|(t, _)| t == "spBv1.0/plant-z/NDEATH/weld-z")
+    })
+    .unwrap_or_else(|| panic!("no NDEATH; log:\n{log}"));
+    let death = decode(&death.1);
+    assert!(death.get("seq").is_none(), "NDEATH carries no seq: {death}");
+    let bd3 = death["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "bdSeq")
+        .map(|m| num(&m["longValue"]).unwrap_or(0.0));
+    assert_eq!(bd3, Some(bd_value), "NDEATH matches the NBIRTH's bdSeq");
+}

@@ -46,6 +46,15 @@ pub struct BrokerSection {
     pub max_packet_size: Option<Spanned<ConfSize>>,
 }
 
+/// `sparkplug = { group, node, device }`: a Sparkplug B edge node (and a device under it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugSection {
+    pub group: Option<Spanned<String>>,
+    pub node: Option<Spanned<String>>,
+    pub device: Option<Spanned<String>>,
+}
+
 /// `[report]`, a device's `report = {…}` or a point's: report by exception (PRODUCT.md).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,6 +196,8 @@ pub struct SinkSection {
     pub qos: Option<Spanned<i64>>,
     /// MQTT sink, format linetap: where the retained catalog goes.
     pub catalog_topic: Option<Spanned<String>>,
+    /// MQTT sink, format sparkplug-b: the edge node's group and node ids.
+    pub sparkplug: Option<Spanned<SparkplugSection>>,
     pub client_id: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub cert_file: Option<Spanned<String>>,

@@ -118,6 +118,9 @@ pub fn build(cfg: &SinkConfig, data_dir: &std::path::Path) -> Result<Box<dyn Sta
     let built: Box<dyn Start> = match &cfg.kind {
         SinkKind::Influx(c) => Box::new(influx::build(c, &ctx)?),
         SinkKind::File(c) => Box::new(file::build(c, &ctx)?),
+        SinkKind::Mqtt(c) if c.format == mqtt::config::MqttSinkFormat::SparkplugB => {
+            Box::new(mqtt::sparkplug::build(c)?)
+        }
         SinkKind::Mqtt(c) => Box::new(mqtt::build(c, &ctx)?),
     };
     Ok(built)

@@ -280,7 +280,9 @@ fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> Config 
     let sinks = raw
         .sinks
         .iter()
-        .filter_map(|(name, s)| sinks::sink(cx, name, s, &line.id))
+        .filter_map(|(name, s)| {
+            sinks::sink(cx, name, s, &line.id, line.site.as_deref().unwrap_or(""))
+        })
         .collect();
 
     let line_report = report(cx, &raw.report, Report::default());

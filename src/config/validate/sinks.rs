@@ -13,12 +13,13 @@ pub(super) fn sink(
     name: &Spanned<String>,
     s: &Spanned<SinkSection>,
     line: &str,
+    site: &str,
 ) -> Option<SinkConfig> {
     let span = s.span();
     let s = s.get_ref();
     let kind = *s.kind.get_ref();
     // Which keys belong to which sink type; a key of another type is an error at its location.
-    let present: [(&str, Option<Range<usize>>); 32] = [
+    let present: [(&str, Option<Range<usize>>); 33] = [
         ("url", s.url.as_ref().map(|v| v.span())),
         ("api", s.api.as_ref().map(|v| v.span())),
         ("org", s.org.as_ref().map(|v| v.span())),
@@ -43,6 +44,7 @@ pub(super) fn sink(
         ("topic", s.topic.as_ref().map(|v| v.span())),
         ("qos", s.qos.as_ref().map(|v| v.span())),
         ("catalog_topic", s.catalog_topic.as_ref().map(|v| v.span())),
+        ("sparkplug", s.sparkplug.as_ref().map(|v| v.span())),
         ("client_id", s.client_id.as_ref().map(|v| v.span())),
         ("ca_file", s.ca_file.as_ref().map(|v| v.span())),
         ("cert_file", s.cert_file.as_ref().map(|v| v.span())),
@@ -86,6 +88,7 @@ pub(super) fn sink(
             "format",
             "topic",
             "catalog_topic",
+            "sparkplug",
             "qos",
             "client_id",
             "username",
@@ -137,6 +140,7 @@ pub(super) fn sink(
             span.clone(),
             s,
             line,
+            site,
         )),
     };
     Some(SinkConfig {

@@ -13,6 +13,8 @@ pub enum MqttSinkFormat {
     Linetap,
     /// One JSON object per device per flush.
     Json,
+    /// A Sparkplug B 3.0 edge node: births, data by alias, deaths.
+    SparkplugB,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +26,8 @@ pub struct MqttSinkConfig {
     /// linetap: where the line's catalog is kept (retained).
     pub catalog_topic: String,
     pub qos: u8,
+    /// sparkplug-b: (group id, edge node id).
+    pub sparkplug: (String, String),
 }
 
 pub(crate) fn validate(
@@ -32,7 +36,9 @@ pub(crate) fn validate(
     span: Range<usize>,
     s: &SinkSection,
     line: &str,
+    site: &str,
 ) -> MqttSinkConfig {
+    let span = span.clone();
     let broker = connection::validate(
         cx,
         Keys {
@@ -50,7 +56,7 @@ pub(crate) fn validate(
             max_packet_size: &s.max_packet_size,
         },
         name.get_ref(),
-        span,
+        span.clone(),
         format!("linetap-{line}-{}", name.get_ref()),
     );
     let format = match &s.format {
@@ -58,13 +64,7 @@ pub(crate) fn validate(
         Some(f) => match f.get_ref().as_str() {
             "linetap" => MqttSinkFormat::Linetap,
             "json" => MqttSinkFormat::Json,
-            "sparkplug-b" => {
-                cx.err(
-                    f.span(),
-                    "format \"sparkplug-b\" is not available in this version yet (supported: linetap, json)",
-                );
-                MqttSinkFormat::Linetap
-            }
+            "sparkplug-b" => MqttSinkFormat::SparkplugB,
             other => {
                 cx.err(
                     f.span(),
@@ -103,12 +103,78 @@ pub(crate) fn validate(
     if let (Some(c), MqttSinkFormat::Json) = (&s.catalog_topic, format) {
         cx.err(c.span(), "`catalog_topic` applies to format = \"linetap\"");
     }
-    if !topic.contains("{device}") {
+    if format != MqttSinkFormat::SparkplugB && !topic.contains("{device}") {
         if let Some(t) = &s.topic {
             cx.err(
                 t.span(),
                 "the topic needs {device}: one message per device per flush",
             );
+        }
+    }
+    let id = |cx: &mut Ctx, v: &Option<Spanned<String>>, default: &str, what: &str| -> String {
+        let text = v
+            .as_ref()
+            .map(|v| v.get_ref().clone())
+            .unwrap_or_else(|| default.to_string());
+        if text.is_empty() || text.contains(['+', '/', '#']) {
+            let at = v.as_ref().map(|v| v.span()).unwrap_or(span.clone());
+            cx.err(
+                at,
+                format!("Sparkplug {what} {text:?}: not empty, and without +, / or #"),
+            );
+        }
+        text
+    };
+    let sparkplug = match (&s.sparkplug, format) {
+        (Some(sp), MqttSinkFormat::SparkplugB) => {
+            let sp_ref = sp.get_ref();
+            if let Some(d) = &sp_ref.device {
+                cx.err(d.span(), "the edge node's devices are the line's devices: `device` does not apply to a sink");
+            }
+            (
+                id(
+                    cx,
+                    &sp_ref.group,
+                    if site.is_empty() { "linetap" } else { site },
+                    "group",
+                ),
+                id(cx, &sp_ref.node, line, "node"),
+            )
+        }
+        (Some(sp), _) => {
+            cx.err(sp.span(), "`sparkplug` applies to format = \"sparkplug-b\"");
+            (String::new(), String::new())
+        }
+        (None, MqttSinkFormat::SparkplugB) => (
+            id(
+                cx,
+                &None,
+                if site.is_empty() { "linetap" } else { site },
+                "group",
+            ),
+            id(cx, &None, line, "node"),
+        ),
+        (None, _) => (String::new(), String::new()),
+    };
+    if format == MqttSinkFormat::SparkplugB {
+        for (v, key) in [(&s.topic, "topic"), (&s.catalog_topic, "catalog_topic")] {
+            if let Some(v) = v {
+                cx.err(
+                    v.span(),
+                    format!("`{key}` does not apply to sparkplug-b: Sparkplug defines its topics"),
+                );
+            }
+        }
+        if let Some(q) = &s.qos {
+            cx.err(q.span(), "`qos` does not apply to sparkplug-b: births and data go at QoS 0, the death at QoS 1");
+        }
+        if let Some(c) = &s.clean_session {
+            if !*c.get_ref() {
+                cx.err(
+                    c.span(),
+                    "a Sparkplug edge node connects with a clean session",
+                );
+            }
         }
     }
     let qos = match &s.qos {
@@ -125,5 +191,6 @@ pub(crate) fn validate(
         topic,
         catalog_topic,
         qos,
+        sparkplug,
     }
 }

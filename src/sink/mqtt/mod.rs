@@ -6,6 +6,7 @@
 //! once: a consumer may see a message twice, never miss one).
 
 pub mod config;
+pub mod sparkplug;
 
 use super::lineproto::Skipped;
 use super::{Outcome, RetryCtl, Sink};
@@ -51,8 +52,8 @@ struct Pending {
 }
 
 /// The connection: a client and the events of its loop (run in its own task).
-struct Connection {
-    client: AsyncClient,
+pub(crate) struct Connection {
+    pub(crate) client: AsyncClient,
     events: tokio::sync::mpsc::Receiver<Result<Event, String>>,
     pump: tokio::task::JoinHandle<()>,
 }
@@ -281,6 +282,8 @@ impl MqttSink {
                     Some(names) => json(names, &p.batch).into_bytes(),
                     None => continue,
                 },
+                // Built as a `sparkplug::SparkplugSink`.
+                MqttSinkFormat::SparkplugB => continue,
             };
             out.push((p.topic.clone(), payload, false));
         }
@@ -293,13 +296,44 @@ impl MqttSink {
     }
 
     async fn connect(&mut self) -> Result<(), String> {
-        if self.connection.is_some() {
-            return Ok(());
+        if self.connection.is_none() {
+            let conn = Connection::open(&self.cfg.broker, None).await?;
+            tracing::info!(sink = %self.cfg.broker.name, address = %self.cfg.broker.address(), "MQTT sink connected");
+            self.connection = Some(conn);
         }
-        let cfg = self.cfg.broker.clone();
-        let options = tokio::task::spawn_blocking(move || crate::mqtt::connection::options(&cfg))
-            .await
-            .map_err(|e| e.to_string())??;
+        Ok(())
+    }
+
+    /// Publishes every message; with QoS 1 returns once each has its PUBACK.
+    async fn publish(&mut self, messages: &[(String, Vec<u8>, bool)]) -> Result<(), String> {
+        self.connect().await?;
+        let qos = if self.cfg.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let Some(conn) = self.connection.as_mut() else {
+            return Err("not connected".into());
+        };
+        conn.publish_all(messages, qos, &mut |_| {}).await
+    }
+}
+
+impl Connection {
+    /// Connects (options read on the blocking pool) and waits for the CONNACK; `will` is the
+    /// last will for this connection (a Sparkplug NDEATH).
+    pub(crate) async fn open(
+        broker: &crate::mqtt::connection::BrokerConfig,
+        will: Option<rumqttc::LastWill>,
+    ) -> Result<Connection, String> {
+        let cfg = broker.clone();
+        let mut options =
+            tokio::task::spawn_blocking(move || crate::mqtt::connection::options(&cfg))
+                .await
+                .map_err(|e| e.to_string())??;
+        if let Some(w) = will {
+            options.set_last_will(w);
+        }
         let (client, mut events) = AsyncClient::new(options, 1024);
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let pump = tokio::spawn(async move {
@@ -323,29 +357,25 @@ impl MqttSink {
             Err("the connection closed".to_string())
         })
         .await
-        .map_err(|_| "no CONNACK within 10s".to_string())?;
+        .map_err(|_| "no CONNACK within 10s".to_string());
         let conn = Connection {
             client,
             events: rx,
             pump,
         };
-        connected?;
-        tracing::info!(sink = %self.cfg.broker.name, address = %self.cfg.broker.address(), "MQTT sink connected");
-        self.connection = Some(conn);
-        Ok(())
+        connected??;
+        Ok(conn)
     }
 
-    /// Publishes every message; with QoS 1 returns once each has its PUBACK.
-    async fn publish(&mut self, messages: &[(String, Vec<u8>, bool)]) -> Result<(), String> {
-        self.connect().await?;
-        let qos = if self.cfg.qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
-        let Some(conn) = self.connection.as_mut() else {
-            return Err("not connected".into());
-        };
+    /// Publishes every message (topic, payload, retain) at `qos`; returns once each was
+    /// written (QoS 0) or acknowledged (QoS 1). Incoming messages seen meanwhile (commands)
+    /// go to `incoming`.
+    pub(crate) async fn publish_all(
+        &mut self,
+        messages: &[(String, Vec<u8>, bool)],
+        qos: QoS,
+        incoming: &mut (dyn FnMut(rumqttc::Publish) + Send),
+    ) -> Result<(), String> {
         let mut sent = 0usize;
         let mut waiting: HashSet<u16> = HashSet::new();
         let mut acked = 0usize;
@@ -355,23 +385,41 @@ impl MqttSink {
             if next < messages.len() {
                 let (topic, payload, retain) = &messages[next];
                 tokio::select! {
-                    r = conn.client.publish(topic.clone(), qos, *retain, payload.clone()) => {
+                    r = self.client.publish(topic.clone(), qos, *retain, payload.clone()) => {
                         r.map_err(|e| e.to_string())?;
                         next += 1;
                         continue;
                     }
-                    e = conn.events.recv() => {
-                        account(e, qos, &mut sent, &mut waiting, &mut acked)?;
+                    e = self.events.recv() => {
+                        account(e, qos, &mut sent, &mut waiting, &mut acked, incoming)?;
                     }
                 }
             } else {
-                let e = tokio::time::timeout(Duration::from_secs(30), conn.events.recv())
+                let e = tokio::time::timeout(Duration::from_secs(30), self.events.recv())
                     .await
                     .map_err(|_| "no PUBACK within 30s".to_string())?;
-                account(e, qos, &mut sent, &mut waiting, &mut acked)?;
+                account(e, qos, &mut sent, &mut waiting, &mut acked, incoming)?;
             }
         }
         Ok(())
+    }
+
+    /// Messages that arrived while no flush ran (commands), without waiting.
+    pub(crate) fn drain(
+        &mut self,
+        incoming: &mut (dyn FnMut(rumqttc::Publish) + Send),
+    ) -> Result<(), String> {
+        loop {
+            match self.events.try_recv() {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => incoming(p),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return Ok(()),
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    return Err("the connection closed".into())
+                }
+            }
+        }
     }
 }
 
@@ -382,6 +430,7 @@ fn account(
     sent: &mut usize,
     waiting: &mut HashSet<u16>,
     acked: &mut usize,
+    incoming: &mut (dyn FnMut(rumqttc::Publish) + Send),
 ) -> Result<(), String> {
     match e {
         None => Err("the connection closed".into()),
@@ -403,6 +452,10 @@ fn account(
             Ok(())
         }
         Some(Ok(Event::Incoming(Packet::Disconnect))) => Err("the broker disconnected".into()),
+        Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
+            incoming(p);
+            Ok(())
+        }
         Some(Ok(_)) => Ok(()),
     }
 }

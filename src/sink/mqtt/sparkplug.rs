@@ -1,0 +1,511 @@
+//! The MQTT sink as a Sparkplug B 3.0 edge node (shared/reference/sparkplug-b.md, sections 4
+//! and 5). The node is the line (`sparkplug = { group, node }`); its devices are the line's
+//! devices, their metrics the catalog's points named `measurement/field` (tag values between:
+//! `joint/2/position`), aliased by point id, with datatypes from the catalog (the model's codes
+//! are Sparkplug's) and an `engUnit` property where the point has a unit; an enum point also
+//! publishes its label as the String metric `measurement/field_label`.
+//!
+//! Per connection (clean session): the will is the NDEATH with this connection's `bdSeq`
+//! (+1 per CONNECT); subscribe NCMD; NBIRTH (seq 0, `bdSeq`, `Node Control/Rebirth`) and a
+//! DBIRTH per device. Then each flush: DDATA per device by alias with each sample's time;
+//! samples older than the session's NBIRTH (the buffer's backlog after an outage) are marked
+//! `is_historical`. A device whose health record says down gets a DDEATH, and a DBIRTH when it
+//! is back. An NCMD `Node Control/Rebirth` = true republishes every birth. `seq` runs 0–255
+//! across the node's messages. Births and data go at QoS 0: a flush is delivered once every
+//! message was written to the connected session.
+
+use super::config::MqttSinkConfig;
+use super::Connection;
+use crate::backoff::Backoff;
+use crate::model::catalog::HEALTH_MEASUREMENT;
+use crate::model::{Catalog, SampleBatch, Value};
+use crate::mqtt::sparkplug::{
+    bd_seq, datatype, metric, metric_value, property_value, topic, Metric, Payload, PropertySet,
+    PropertyValue,
+};
+use crate::sink::lineproto::Skipped;
+use crate::sink::{Outcome, RetryCtl, Sink};
+use prost::Message;
+use rumqttc::{LastWill, QoS};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Label metrics take aliases above every point id.
+const LABEL_ALIAS: u64 = 1 << 32;
+
+struct MetricDef {
+    device: u32,
+    name: String,
+    datatype: u32,
+    unit: String,
+    labels: Vec<(i64, String)>,
+    /// The device's health `up` point.
+    up: bool,
+}
+
+struct Node {
+    devices: BTreeMap<u32, String>,
+    metrics: BTreeMap<u32, MetricDef>,
+}
+
+pub struct SparkplugSink {
+    cfg: MqttSinkConfig,
+    catalogs: HashMap<u64, Arc<Node>>,
+    /// The newest catalog version seen (births describe it).
+    newest: Option<u64>,
+    pending: Vec<(u64, SampleBatch)>,
+    pending_bytes: usize,
+    /// The last value of each point (births carry current values).
+    last: HashMap<u32, (Value, i64)>,
+    connection: Option<Connection>,
+    /// The bdSeq of the next CONNECT, and of the current one.
+    next_bd: u64,
+    current_bd: u64,
+    seq: u8,
+    /// When the current session's NBIRTH went out (ns): older samples are historical.
+    session_ns: i64,
+    /// Devices with a DBIRTH in this session, and devices known to be down.
+    born: HashSet<u32>,
+    down: HashSet<u32>,
+    rebirth: bool,
+    backoff: Backoff,
+    logged: Option<String>,
+}
+
+pub fn build(cfg: &MqttSinkConfig) -> Result<SparkplugSink, String> {
+    crate::mqtt::connection::options(&cfg.broker)?;
+    let mut cfg = cfg.clone();
+    // Sparkplug 3.0: an edge node connects with a clean session.
+    cfg.broker.clean_session = true;
+    Ok(SparkplugSink {
+        cfg,
+        catalogs: HashMap::new(),
+        newest: None,
+        pending: Vec::new(),
+        pending_bytes: 0,
+        last: HashMap::new(),
+        connection: None,
+        next_bd: 0,
+        current_bd: 0,
+        seq: 0,
+        session_ns: 0,
+        born: HashSet::new(),
+        down: HashSet::new(),
+        rebirth: false,
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+        logged: None,
+    })
+}
+
+/// `measurement/field`, with the point's tag values (sorted by key) between.
+fn metric_name(measurement: &str, field: &str, tags: &[crate::model::Tag]) -> String {
+    let mut tags: Vec<(&str, &str)> = tags
+        .iter()
+        .map(|t| (t.key.as_str(), t.value.as_str()))
+        .collect();
+    tags.sort_unstable();
+    let mut name = measurement.to_string();
+    for (_, v) in tags {
+        name.push('/');
+        name.push_str(v);
+    }
+    name.push('/');
+    name.push_str(field);
+    name
+}
+
+impl Sink for SparkplugSink {
+    fn knows(&self, id: u64) -> bool {
+        self.catalogs.contains_key(&id)
+    }
+
+    fn catalog(&mut self, id: u64, catalog: &Catalog) {
+        let devices: BTreeMap<u32, String> = catalog
+            .devices
+            .iter()
+            // The agent's own records have no device name: not a Sparkplug device.
+            .filter(|d| !d.name.is_empty() && !d.name.contains(['+', '/', '#']))
+            .map(|d| (d.id, d.name.clone()))
+            .collect();
+        let metrics = catalog
+            .points
+            .iter()
+            .filter(|p| devices.contains_key(&p.device))
+            .map(|p| {
+                (
+                    p.id,
+                    MetricDef {
+                        device: p.device,
+                        name: metric_name(&p.measurement, &p.name, &p.tags),
+                        datatype: p.data_type as u32,
+                        unit: p.unit.clone(),
+                        labels: p
+                            .enum_labels
+                            .iter()
+                            .map(|l| (l.code, l.label.clone()))
+                            .collect(),
+                        up: p.measurement == HEALTH_MEASUREMENT && p.name == "up",
+                    },
+                )
+            })
+            .collect();
+        self.catalogs
+            .insert(id, Arc::new(Node { devices, metrics }));
+        self.newest = Some(id);
+        if self.connection.is_some() {
+            // New devices or metrics: births again (a DBIRTH carries every metric).
+            self.born.clear();
+        }
+    }
+
+    fn add(&mut self, catalog: u64, batch: &SampleBatch, skipped: &mut Skipped) -> usize {
+        let Some(node) = self.catalogs.get(&catalog) else {
+            skipped.unknown_point += batch.samples.len() as u64;
+            return 0;
+        };
+        if !node.devices.contains_key(&batch.device) {
+            // The agent's own records: not published over Sparkplug.
+            return 0;
+        }
+        let mut b = SampleBatch {
+            device: batch.device,
+            seq: batch.seq,
+            timestamp_ns: 0,
+            samples: Vec::with_capacity(batch.samples.len()),
+        };
+        for s in &batch.samples {
+            let mut s = s.clone();
+            s.timestamp_ns = batch.time_of(&s);
+            b.samples.push(s);
+        }
+        self.pending_bytes += b.samples.len() * 24;
+        self.pending.push((catalog, b));
+        1
+    }
+
+    async fn flush(&mut self, retry: &mut RetryCtl) -> Outcome {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        loop {
+            match self.deliver(&pending).await {
+                Ok(bytes) => {
+                    self.backoff.reset();
+                    if self.logged.take().is_some() {
+                        tracing::info!(sink = %self.cfg.broker.name, "Sparkplug edge node delivering again");
+                    }
+                    retry.metrics.requests.fetch_add(1, Relaxed);
+                    retry.metrics.bytes_sent.fetch_add(bytes as u64, Relaxed);
+                    return Outcome::Delivered;
+                }
+                Err(e) => {
+                    retry.metrics.errors_unavailable.fetch_add(1, Relaxed);
+                    retry.metrics.retries.fetch_add(1, Relaxed);
+                    self.connection = None;
+                    if self.logged.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(sink = %self.cfg.broker.name, address = %self.cfg.broker.address(), error = %e, "Sparkplug edge node: not delivered; reconnecting with backoff (the data stays in the buffer)");
+                        self.logged = Some(e);
+                    }
+                    if !retry.wait(self.backoff.next_delay()).await {
+                        return Outcome::Abandoned(
+                            "the broker did not take the data before the grace period ended".into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+}
+
+impl SparkplugSink {
+    fn next_seq(&mut self) -> u64 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        s as u64
+    }
+
+    fn group(&self) -> &str {
+        &self.cfg.sparkplug.0
+    }
+
+    fn node(&self) -> &str {
+        &self.cfg.sparkplug.1
+    }
+
+    /// Connects with the NDEATH will and subscribes to NCMD (a new bdSeq per CONNECT).
+    async fn connect(&mut self) -> Result<(), String> {
+        if self.connection.is_some() {
+            return Ok(());
+        }
+        let bd = self.next_bd;
+        let will = Payload {
+            timestamp: Some(crate::model::now_ns() as u64 / 1_000_000),
+            metrics: vec![bd_seq(bd)],
+            ..Default::default()
+        };
+        let will = LastWill::new(
+            topic(self.group(), "NDEATH", self.node(), None),
+            will.encode_to_vec(),
+            QoS::AtLeastOnce,
+            false,
+        );
+        let conn = Connection::open(&self.cfg.broker, Some(will)).await?;
+        self.next_bd = (bd + 1) % 256;
+        conn.client
+            .subscribe(
+                topic(self.group(), "NCMD", self.node(), None),
+                QoS::AtLeastOnce,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(sink = %self.cfg.broker.name, address = %self.cfg.broker.address(), group = self.group(), node = self.node(), bd_seq = bd, "Sparkplug edge node connected");
+        self.connection = Some(conn);
+        self.current_bd = bd;
+        self.born.clear();
+        self.rebirth = true;
+        Ok(())
+    }
+
+    /// One flush: births where needed, then the data; returns the bytes written.
+    async fn deliver(&mut self, pending: &[(u64, SampleBatch)]) -> Result<usize, String> {
+        self.connect().await?;
+        // Commands that arrived since the last flush.
+        let mut rebirth = false;
+        if let Some(c) = self.connection.as_mut() {
+            c.drain(&mut |p| rebirth |= is_rebirth(&p))?;
+        }
+        if rebirth {
+            tracing::info!(sink = %self.cfg.broker.name, "Sparkplug: rebirth requested (NCMD Node Control/Rebirth)");
+            self.rebirth = true;
+        }
+        let mut messages: Vec<(String, Vec<u8>, bool)> = Vec::new();
+        if self.rebirth {
+            self.births(&mut messages);
+            self.rebirth = false;
+        }
+        // Data per device, in the order the batches came.
+        for (catalog, batch) in pending {
+            let Some(node) = self.catalogs.get(catalog).cloned() else {
+                continue;
+            };
+            let device = batch.device;
+            let Some(name) = node.devices.get(&device).cloned() else {
+                continue;
+            };
+            // The device's health in this batch (down: a DDEATH after its data).
+            let up = batch.samples.iter().find_map(|s| {
+                let is_up = node.metrics.get(&s.point).is_some_and(|m| m.up);
+                match (is_up, &s.value) {
+                    (true, Some(Value::BoolValue(b))) => Some(*b),
+                    _ => None,
+                }
+            });
+            if up == Some(true) && self.down.remove(&device) {
+                self.born.remove(&device);
+            }
+            if !self.born.contains(&device) && !self.down.contains(&device) {
+                self.dbirth(&node, device, &name, &mut messages);
+            }
+            let mut metrics = Vec::with_capacity(batch.samples.len());
+            for s in &batch.samples {
+                let (Some(def), Some(v)) = (node.metrics.get(&s.point), &s.value) else {
+                    continue;
+                };
+                self.last.insert(s.point, (v.clone(), s.timestamp_ns));
+                let historical = s.timestamp_ns < self.session_ns;
+                let ts = (s.timestamp_ns.max(0) / 1_000_000) as u64;
+                if let Some(value) = metric_value(def.datatype, v) {
+                    metrics.push(Metric {
+                        alias: Some(s.point as u64),
+                        timestamp: Some(ts),
+                        is_historical: historical.then_some(true),
+                        value: Some(value),
+                        ..Default::default()
+                    });
+                }
+                if let (false, Some(code)) = (def.labels.is_empty(), code_of(v)) {
+                    metrics.push(Metric {
+                        alias: Some(LABEL_ALIAS | s.point as u64),
+                        timestamp: Some(ts),
+                        is_historical: historical.then_some(true),
+                        value: Some(metric::Value::StringValue(label(&def.labels, code))),
+                        ..Default::default()
+                    });
+                }
+            }
+            if !metrics.is_empty() && !self.down.contains(&device) {
+                let payload = Payload {
+                    timestamp: Some(crate::model::now_ns() as u64 / 1_000_000),
+                    seq: Some(self.next_seq()),
+                    metrics,
+                    ..Default::default()
+                };
+                messages.push((
+                    topic(self.group(), "DDATA", self.node(), Some(&name)),
+                    payload.encode_to_vec(),
+                    false,
+                ));
+            }
+            if up == Some(false) && !self.down.contains(&device) {
+                let payload = Payload {
+                    timestamp: Some(crate::model::now_ns() as u64 / 1_000_000),
+                    seq: Some(self.next_seq()),
+                    ..Default::default()
+                };
+                messages.push((
+                    topic(self.group(), "DDEATH", self.node(), Some(&name)),
+                    payload.encode_to_vec(),
+                    false,
+                ));
+                self.down.insert(device);
+            }
+        }
+        let bytes = messages.iter().map(|m| m.1.len()).sum();
+        let Some(conn) = self.connection.as_mut() else {
+            return Err("not connected".into());
+        };
+        let mut rebirth = false;
+        conn.publish_all(&messages, QoS::AtMostOnce, &mut |p| {
+            rebirth |= is_rebirth(&p)
+        })
+        .await?;
+        if rebirth {
+            self.rebirth = true;
+        }
+        Ok(bytes)
+    }
+
+    /// NBIRTH (seq 0, bdSeq, Node Control/Rebirth) and a DBIRTH for every device not down.
+    fn births(&mut self, out: &mut Vec<(String, Vec<u8>, bool)>) {
+        let now_ms = crate::model::now_ns() as u64 / 1_000_000;
+        self.session_ns = crate::model::now_ns();
+        self.seq = 0;
+        let nbirth = Payload {
+            timestamp: Some(now_ms),
+            seq: Some(self.next_seq()),
+            metrics: vec![
+                bd_seq(self.current_bd),
+                Metric {
+                    name: Some("Node Control/Rebirth".into()),
+                    datatype: Some(datatype::BOOLEAN),
+                    value: Some(metric::Value::BooleanValue(false)),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        out.push((
+            topic(self.group(), "NBIRTH", self.node(), None),
+            nbirth.encode_to_vec(),
+            false,
+        ));
+        self.born.clear();
+        let Some(node) = self.newest.and_then(|n| self.catalogs.get(&n)).cloned() else {
+            return;
+        };
+        for (id, name) in &node.devices {
+            if !self.down.contains(id) {
+                self.dbirth(&node, *id, name, out);
+            }
+        }
+    }
+
+    /// A device's birth: every metric with name, alias, datatype, unit and current value.
+    fn dbirth(
+        &mut self,
+        node: &Node,
+        device: u32,
+        name: &str,
+        out: &mut Vec<(String, Vec<u8>, bool)>,
+    ) {
+        let now_ms = crate::model::now_ns() as u64 / 1_000_000;
+        let mut metrics = Vec::new();
+        for (id, def) in node.metrics.iter().filter(|(_, d)| d.device == device) {
+            let current = self.last.get(id);
+            let properties = (!def.unit.is_empty()).then(|| PropertySet {
+                keys: vec!["engUnit".into()],
+                values: vec![PropertyValue {
+                    r#type: Some(datatype::STRING),
+                    value: Some(property_value::Value::StringValue(def.unit.clone())),
+                    ..Default::default()
+                }],
+            });
+            let value = current.and_then(|(v, _)| metric_value(def.datatype, v));
+            metrics.push(Metric {
+                name: Some(def.name.clone()),
+                alias: Some(*id as u64),
+                timestamp: Some(
+                    current
+                        .map(|c| (c.1.max(0) / 1_000_000) as u64)
+                        .unwrap_or(now_ms),
+                ),
+                datatype: Some(def.datatype),
+                is_null: value.is_none().then_some(true),
+                properties,
+                value,
+                ..Default::default()
+            });
+            if !def.labels.is_empty() {
+                let label_value = current
+                    .and_then(|(v, _)| code_of(v))
+                    .map(|c| metric::Value::StringValue(label(&def.labels, c)));
+                metrics.push(Metric {
+                    name: Some(format!("{}_label", def.name)),
+                    alias: Some(LABEL_ALIAS | *id as u64),
+                    timestamp: Some(now_ms),
+                    datatype: Some(datatype::STRING),
+                    is_null: label_value.is_none().then_some(true),
+                    value: label_value,
+                    ..Default::default()
+                });
+            }
+        }
+        let payload = Payload {
+            timestamp: Some(now_ms),
+            seq: Some(self.next_seq()),
+            metrics,
+            ..Default::default()
+        };
+        out.push((
+            topic(self.group(), "DBIRTH", self.node(), Some(name)),
+            payload.encode_to_vec(),
+            false,
+        ));
+        self.born.insert(device);
+    }
+}
+
+fn code_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::IntValue(i) => Some(*i),
+        Value::UintValue(u) => i64::try_from(*u).ok(),
+        _ => None,
+    }
+}
+
+fn label(labels: &[(i64, String)], code: i64) -> String {
+    labels
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, l)| l.clone())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// An NCMD asking for `Node Control/Rebirth` = true.
+fn is_rebirth(p: &rumqttc::Publish) -> bool {
+    if !p.topic.contains("/NCMD/") {
+        return false;
+    }
+    match Payload::decode(p.payload.as_ref()) {
+        Ok(payload) => payload.metrics.iter().any(|m| {
+            m.name.as_deref() == Some("Node Control/Rebirth")
+                && m.value == Some(metric::Value::BooleanValue(true))
+        }),
+        Err(_) => false,
+    }
+}
