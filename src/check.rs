@@ -281,15 +281,25 @@ pub fn render_plan(config: &Config) -> String {
 /// An MQTT device: its broker, subscriptions and points.
 fn render_mqtt_device(o: &mut String, d: &crate::config::DeviceConfig) {
     let Some(m) = &d.mqtt else { return };
-    let mut topics: Vec<&str> = Vec::new();
+    let mut topics: Vec<String> = Vec::new();
     if !m.topic.is_empty() {
-        topics.push(&m.topic);
+        topics.push(m.topic.clone());
     }
     for p in &d.points {
         if let Some(t) = &p.topic {
-            if !topics.contains(&t.as_str()) {
-                topics.push(t);
+            if !topics.contains(t) {
+                topics.push(t.clone());
             }
+        }
+    }
+    if let Some((g, n, dev)) = &m.sparkplug {
+        topics.extend(crate::source::mqtt::sparkplug::subscriptions(
+            g,
+            n,
+            dev.as_deref(),
+        ));
+        if !d.points.iter().any(|p| p.is_read()) {
+            topics.push("(every metric of the births becomes a point)".into());
         }
     }
     let _ = writeln!(
@@ -300,6 +310,7 @@ fn render_mqtt_device(o: &mut String, d: &crate::config::DeviceConfig) {
         m.broker,
         match m.format {
             crate::config::MqttFormat::Json => "json",
+            crate::config::MqttFormat::SparkplugB => "sparkplug-b",
             crate::config::MqttFormat::Value => "value",
         },
         m.qos,
@@ -372,7 +383,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
 fn describe_point(p: &crate::config::PointConfig) -> String {
     use crate::config::Derive;
     let mut d = match &p.derive {
-        None if p.json.is_some() || p.topic.is_some() => {
+        None if p.json.is_some() || p.topic.is_some() || p.metric.is_some() => {
             let mut d = String::new();
             if let Some(j) = &p.json {
                 d.push_str(&format!("json {j:?}"));

@@ -719,3 +719,232 @@ fn the_sparkplug_edge_node_births_data_rebirth_and_death() {
         .map(|m| num(&m["longValue"]).unwrap_or(0.0));
     assert_eq!(bd3, Some(bd_value), "NDEATH matches the NBIRTH's bdSeq");
 }
+
+/// A metric to encode: (name, alias, datatype, value as JSON).
+type SpMetric<'a> = (Option<&'a str>, Option<u64>, Option<u32>, serde_json::Value);
+
+/// Encodes a Sparkplug payload with the schema compiled here (not linetap's types).
+fn sparkplug_payload(
+    pool: &prost_reflect::DescriptorPool,
+    seq: Option<u64>,
+    metrics: &[SpMetric],
+) -> Vec<u8> {
+    use prost_reflect::{DynamicMessage, Value as V};
+    let payload = pool
+        .get_message_by_name("org.eclipse.tahu.protobuf.Payload")
+        .unwrap();
+    let metric = pool
+        .get_message_by_name("org.eclipse.tahu.protobuf.Payload.Metric")
+        .unwrap();
+    let mut p = DynamicMessage::new(payload);
+    p.set_field_by_name("timestamp", V::U64(now_ms() as u64));
+    if let Some(s) = seq {
+        p.set_field_by_name("seq", V::U64(s));
+    }
+    let list = metrics
+        .iter()
+        .map(|(name, alias, dt, value)| {
+            let mut m = DynamicMessage::new(metric.clone());
+            if let Some(n) = name {
+                m.set_field_by_name("name", V::String(n.to_string()));
+            }
+            if let Some(a) = alias {
+                m.set_field_by_name("alias", V::U64(*a));
+            }
+            if let Some(d) = dt {
+                m.set_field_by_name("datatype", V::U32(*d));
+            }
+            match value {
+                serde_json::Value::Bool(b) => m.set_field_by_name("boolean_value", V::Bool(*b)),
+                serde_json::Value::String(s) => {
+                    m.set_field_by_name("string_value", V::String(s.clone()))
+                }
+                v if dt == &Some(10) => {
+                    m.set_field_by_name("double_value", V::F64(v.as_f64().unwrap()))
+                }
+                v if dt == &Some(4) || dt == &Some(8) => {
+                    m.set_field_by_name("long_value", V::U64(v.as_i64().unwrap() as u64))
+                }
+                v => m.set_field_by_name("int_value", V::U32(v.as_i64().unwrap() as i32 as u32)),
+            }
+            V::Message(m)
+        })
+        .collect();
+    p.set_field_by_name("metrics", V::List(list));
+    prost::Message::encode_to_vec(&p)
+}
+
+/// Sparkplug B devices: a device with listed points and one that takes every metric of its
+/// birth; data by alias with metric timestamps; a seq gap asks for a rebirth (NCMD) and the
+/// values continue after it; NDEATH with the matching bdSeq marks the devices down.
+#[test]
+fn sparkplug_devices_births_aliases_gaps_and_deaths() {
+    std::env::set_var("LINETAP_TEST_TOKEN", "t");
+    let vm = VictoriaMetrics::start();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let metrics_port = free_port();
+    let config = dir.path().join("line.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[line]\nid = \"cell-s\"\n\n[agent]\ndata_dir = \"{data}\"\nself_interval = \"0s\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\n\
+             [brokers.plant]\nurl = \"{}\"\n\n\
+             [sinks.vm]\ntype = \"influxdb\"\nurl = \"{}\"\napi = \"v2\"\norg = \"o\"\nbucket = \"b\"\ntoken_env = \"LINETAP_TEST_TOKEN\"\nflush_interval = \"100ms\"\n\n\
+             [[devices]]\nid = \"r7\"\nkind = \"robot\"\nprotocol = \"mqtt\"\nbroker = \"plant\"\nformat = \"sparkplug-b\"\nstale_after = \"1s\"\n\
+             sparkplug = {{ group = \"weld\", node = \"cell3-edge\", device = \"R7\" }}\n\n\
+             [[devices.points]]\nname = \"temperature\"\nmeasurement = \"joint\"\nmetric = \"Joint/1/Temperature\"\ntype = \"f64\"\n\n\
+             [[devices.points]]\nname = \"state\"\nmetric = \"State\"\ntype = \"u8\"\n\n\
+             [[devices]]\nid = \"plc\"\nkind = \"plc\"\nprotocol = \"mqtt\"\nbroker = \"plant\"\nformat = \"sparkplug-b\"\n\
+             sparkplug = {{ group = \"weld\", node = \"cell3-edge\", device = \"PLC\" }}\n",
+            broker.url, vm.url
+        ),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(&config);
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+    let connected = wait_for(Duration::from_secs(20), || {
+        (metric(&metrics_url, "linetap_mqtt_connected{broker=\"plant\"}") == Some(1.0))
+            .then_some(())
+    });
+    assert!(connected.is_some(), "log:\n{}", agent.stderr());
+    let pool = {
+        let fds = protox::compile(["sparkplug_b/sparkplug_b.proto"], ["proto"]).unwrap();
+        prost_reflect::DescriptorPool::from_file_descriptor_set(fds).unwrap()
+    };
+    let mut edge = Client::connect(broker.port, "test-edge", &["spBv1.0/weld/NCMD/#"]);
+    use serde_json::json;
+    // The subscription follows the CONNACK: send births until the device is up.
+    let births = |edge: &mut Client| {
+        edge.publish(
+            "spBv1.0/weld/NBIRTH/cell3-edge",
+            sparkplug_payload(
+                &pool,
+                Some(0),
+                &[
+                    (Some("bdSeq"), None, Some(4), json!(5)),
+                    (Some("Node Control/Rebirth"), None, Some(11), json!(false)),
+                ],
+            ),
+        );
+        edge.publish(
+            "spBv1.0/weld/DBIRTH/cell3-edge/R7",
+            sparkplug_payload(
+                &pool,
+                Some(1),
+                &[
+                    (Some("Joint/1/Temperature"), Some(10), Some(10), json!(40.5)),
+                    (Some("State"), Some(11), Some(5), json!(3)),
+                    (Some("Ignored/Metric"), Some(12), Some(3), json!(-4)),
+                ],
+            ),
+        );
+        edge.publish(
+            "spBv1.0/weld/DBIRTH/cell3-edge/PLC",
+            sparkplug_payload(
+                &pool,
+                Some(2),
+                &[
+                    (Some("Conveyor/Speed"), Some(20), Some(10), json!(1.25)),
+                    (Some("Parts"), Some(21), Some(7), json!(4000000000u64)),
+                    (Some("Offset"), Some(22), Some(2), json!(-3)),
+                ],
+            ),
+        );
+    };
+    let up = wait_for(Duration::from_secs(20), || {
+        births(&mut edge);
+        (!series_values(&vm, "{__name__=\"plc_Conveyor/Speed\",device=\"plc\"}").is_empty()
+            || !series_values(&vm, "{__name__=\"joint_temperature\",device=\"r7\"}").is_empty())
+        .then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "births did not land; log:\n{}",
+        agent.stderr()
+    );
+    // Data by alias, with a metric timestamp; seq continues from the last birth (2).
+    let t1 = now_ms() - 3_000;
+    let ddata = |edge: &mut Client, seq: u64, temp: f64| {
+        let pool = &pool;
+        let bytes = {
+            use prost_reflect::{DynamicMessage, Value as V};
+            let payload = pool
+                .get_message_by_name("org.eclipse.tahu.protobuf.Payload")
+                .unwrap();
+            let metric = pool
+                .get_message_by_name("org.eclipse.tahu.protobuf.Payload.Metric")
+                .unwrap();
+            let mut p = DynamicMessage::new(payload);
+            p.set_field_by_name("seq", V::U64(seq));
+            let mut m = DynamicMessage::new(metric);
+            m.set_field_by_name("alias", V::U64(10));
+            m.set_field_by_name("timestamp", V::U64(t1 as u64 + seq));
+            m.set_field_by_name("double_value", V::F64(temp));
+            p.set_field_by_name("metrics", V::List(vec![V::Message(m)]));
+            prost::Message::encode_to_vec(&p)
+        };
+        edge.publish("spBv1.0/weld/DDATA/cell3-edge/R7", bytes);
+    };
+    ddata(&mut edge, 3, 41.0);
+    let landed = wait_for(Duration::from_secs(10), || {
+        series_values(&vm, "{__name__=\"joint_temperature\",device=\"r7\"}")
+            .into_iter()
+            .find(|x| x.0 == t1 + 3)
+    });
+    assert_eq!(landed, Some((t1 + 3, 41.0)), "log:\n{}", agent.stderr());
+    // The PLC took every metric of its birth, with the birth's datatypes.
+    let plc_parts = wait_for(Duration::from_secs(10), || {
+        let v = series_values(&vm, "{__name__=\"plc_Parts\",device=\"plc\"}");
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(plc_parts.map(|v| v[0].1), Some(4_000_000_000.0));
+    let offset = series_values(&vm, "{__name__=\"plc_Offset\",device=\"plc\"}");
+    assert_eq!(
+        offset.first().map(|x| x.1),
+        Some(-3.0),
+        "Int16 sign-extended in int_value"
+    );
+    // A seq gap (5 after 3): a rebirth request on NCMD; the value is still taken.
+    let before = edge.received().len();
+    ddata(&mut edge, 5, 42.0);
+    let ncmd = wait_for(Duration::from_secs(10), || {
+        edge.received()
+            .into_iter()
+            .skip(before)
+            .find(|(t, _)| t == "spBv1.0/weld/NCMD/cell3-edge")
+    })
+    .unwrap_or_else(|| panic!("no rebirth request; log:\n{}", agent.stderr()));
+    let desc = pool
+        .get_message_by_name("org.eclipse.tahu.protobuf.Payload")
+        .unwrap();
+    let ncmd = prost_reflect::DynamicMessage::decode(desc, ncmd.1.as_slice()).unwrap();
+    let ncmd: serde_json::Value = serde_json::to_value(&ncmd).unwrap();
+    assert_eq!(ncmd["metrics"][0]["name"], "Node Control/Rebirth");
+    assert_eq!(ncmd["metrics"][0]["booleanValue"], true);
+    let continued = wait_for(Duration::from_secs(10), || {
+        series_values(&vm, "{__name__=\"joint_temperature\",device=\"r7\"}")
+            .into_iter()
+            .find(|x| x.0 == t1 + 5)
+    });
+    assert_eq!(continued, Some((t1 + 5, 42.0)));
+    // An NDEATH of another session (bdSeq 4) is ignored; the matching one (5) marks both down.
+    edge.publish(
+        "spBv1.0/weld/NDEATH/cell3-edge",
+        sparkplug_payload(&pool, None, &[(Some("bdSeq"), None, Some(4), json!(4))]),
+    );
+    edge.publish(
+        "spBv1.0/weld/NDEATH/cell3-edge",
+        sparkplug_payload(&pool, None, &[(Some("bdSeq"), None, Some(4), json!(5))]),
+    );
+    let down = wait_for(Duration::from_secs(10), || {
+        let r = series_values(&vm, "{__name__=\"linetap_device_up\",device=\"r7\"}");
+        let p = series_values(&vm, "{__name__=\"linetap_device_up\",device=\"plc\"}");
+        (r.last().is_some_and(|x| x.1 == 0.0) && p.last().is_some_and(|x| x.1 == 0.0)).then_some(())
+    });
+    let (code, log) = agent.stop();
+    assert!(down.is_some(), "devices not down after NDEATH; log:\n{log}");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("seq gap: 5 where 4 was due"), "{log}");
+}

@@ -141,12 +141,15 @@ pub struct MqttDevice {
     pub timestamp_format: TimestampFormat,
     /// Nothing for this long: the device is down.
     pub stale_after: Duration,
+    /// sparkplug-b: (group, edge node, device under it or none for the node's own metrics).
+    pub sparkplug: Option<(String, String, Option<String>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MqttFormat {
     Json,
     Value,
+    SparkplugB,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +250,8 @@ pub struct PointConfig {
     pub json: Option<String>,
     /// MQTT: the point's own topic (expanded).
     pub topic: Option<String>,
+    /// MQTT sparkplug-b: the birth metric it reads.
+    pub metric: Option<String>,
 }
 
 /// How a derived point is computed.

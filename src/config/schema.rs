@@ -296,6 +296,8 @@ pub struct DeviceSection {
     pub timestamp_format: Option<Spanned<String>>,
     /// MQTT: nothing for this long and the device is down.
     pub stale_after: Option<Spanned<ConfDuration>>,
+    /// MQTT sparkplug-b: the edge node (and device) this device is.
+    pub sparkplug: Option<Spanned<SparkplugSection>>,
     #[serde(default)]
     pub tags: Tags,
     #[serde(default)]
@@ -512,4 +514,6 @@ pub struct PointSection {
     pub json: Option<Spanned<String>>,
     /// MQTT: the point's own topic (required with format = "value").
     pub topic: Option<Spanned<String>>,
+    /// MQTT sparkplug-b: the birth metric this point reads.
+    pub metric: Option<Spanned<String>>,
 }

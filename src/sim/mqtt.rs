@@ -9,6 +9,8 @@ use super::server::lock;
 use super::signal::Wave;
 use crate::config::{DeviceConfig, MqttFormat, PointType, TimestampFormat};
 use crate::mqtt::connection::BrokerConfig;
+use crate::mqtt::sparkplug as sp;
+use prost::Message;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::Value as J;
 use std::sync::{Arc, Mutex};
@@ -95,6 +97,9 @@ pub async fn run(broker: BrokerConfig, devices: Vec<Publisher>, started: Instant
         })
         .collect();
     let mut next: Vec<Instant> = plans.iter().map(|_| Instant::now()).collect();
+    // Sparkplug: per edge node its seq, and the nodes and devices born so far.
+    let mut seqs: std::collections::HashMap<(String, String), u8> = Default::default();
+    let mut born: std::collections::HashSet<String> = Default::default();
     loop {
         let Some((i, at)) = next.iter().copied().enumerate().min_by_key(|(_, t)| *t) else {
             return;
@@ -147,6 +152,71 @@ pub async fn run(broker: BrokerConfig, devices: Vec<Publisher>, started: Instant
                 };
                 let _ = client.publish(m.topic.clone(), qos, false, payload).await;
             }
+            MqttFormat::SparkplugB => {
+                let Some((g, n, dev)) = &m.sparkplug else {
+                    continue;
+                };
+                let key = (g.clone(), n.clone());
+                let node_born = born.contains(&format!("{g}/{n}"));
+                let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+                if !node_born {
+                    seqs.insert(key.clone(), 0);
+                    let p = sp::Payload {
+                        timestamp: Some(crate::model::now_ns() as u64 / 1_000_000),
+                        seq: Some(0),
+                        metrics: vec![sp::bd_seq(0)],
+                        ..Default::default()
+                    };
+                    out.push((sp::topic(g, "NBIRTH", n, None), p.encode_to_vec()));
+                    born.insert(format!("{g}/{n}"));
+                }
+                let device_key = format!("{g}/{n}/{}", dev.as_deref().unwrap_or(""));
+                let birth = !born.contains(&device_key);
+                let metrics: Vec<sp::Metric> = points
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, p)| {
+                        let name = p.point.metric.clone()?;
+                        let dt = sim_datatype(p.point.kind);
+                        let value = sp::metric_value(dt, &typed(&p.point, p.waves[0].value(t)))?;
+                        Some(sp::Metric {
+                            name: birth.then_some(name),
+                            alias: Some(k as u64 + 1),
+                            datatype: birth.then_some(dt),
+                            timestamp: Some(crate::model::now_ns() as u64 / 1_000_000),
+                            value: Some(value),
+                            ..Default::default()
+                        })
+                    })
+                    .collect();
+                let seq = seqs.entry(key).or_insert(0);
+                *seq = seq.wrapping_add(1);
+                let p = sp::Payload {
+                    timestamp: Some(crate::model::now_ns() as u64 / 1_000_000),
+                    seq: Some(*seq as u64),
+                    metrics,
+                    ..Default::default()
+                };
+                let kind = match (birth, dev.is_some()) {
+                    (true, true) => "DBIRTH",
+                    (false, true) => "DDATA",
+                    (_, false) => "NDATA",
+                };
+                if fault == Fault::Garbage {
+                    out.push((
+                        sp::topic(g, kind, n, dev.as_deref()),
+                        b"\x08\xff\xff".to_vec(),
+                    ));
+                } else {
+                    out.push((sp::topic(g, kind, n, dev.as_deref()), p.encode_to_vec()));
+                }
+                if dev.is_some() {
+                    born.insert(device_key);
+                }
+                for (topic, payload) in out {
+                    let _ = client.publish(topic, QoS::AtMostOnce, false, payload).await;
+                }
+            }
             MqttFormat::Value => {
                 for p in points.iter() {
                     let Some(topic) = &p.point.topic else {
@@ -164,6 +234,40 @@ pub async fn run(broker: BrokerConfig, devices: Vec<Publisher>, started: Instant
                 }
             }
         }
+    }
+}
+
+/// The Sparkplug datatype a simulated point is published as.
+fn sim_datatype(kind: PointType) -> u32 {
+    use sp::datatype::*;
+    match kind {
+        PointType::Bool => BOOLEAN,
+        PointType::U8 => UINT8,
+        PointType::I8 => INT8,
+        PointType::U16 => UINT16,
+        PointType::I16 => INT16,
+        PointType::U32 => UINT32,
+        PointType::I32 => INT32,
+        PointType::U64 => UINT64,
+        PointType::I64 => INT64,
+        PointType::F16 | PointType::F32 => FLOAT,
+        PointType::F64 => DOUBLE,
+        PointType::String => STRING,
+    }
+}
+
+/// A simulated engineering value as a model value of the point's type.
+fn typed(p: &crate::config::PointConfig, v: f64) -> crate::model::Value {
+    use crate::model::Value;
+    match json_value(p, v) {
+        J::Bool(b) => Value::BoolValue(b),
+        J::String(s) => Value::StringValue(s),
+        J::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::IntValue(i),
+            (None, Some(x)) => Value::DoubleValue(x),
+            _ => Value::DoubleValue(0.0),
+        },
+        _ => Value::DoubleValue(0.0),
     }
 }
 

@@ -233,7 +233,11 @@ fn device(
         &pc,
     );
     check_points(cx, &checked, profile_at, &id, mqtt.is_none());
-    if d.points.is_empty() && d.profile.is_none() {
+    // A sparkplug-b device without points takes every metric of its birth.
+    let takes_births = mqtt
+        .as_ref()
+        .is_some_and(|m| m.format == MqttFormat::SparkplugB);
+    if d.points.is_empty() && d.profile.is_none() && !takes_births {
         cx.err(span, format!("device {id:?} has no points"));
     }
     let points = checked.into_iter().map(|c| c.config).collect();
@@ -498,6 +502,7 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
         for (at, key) in [
             (p.json.as_ref().map(|v| v.span()), "json"),
             (p.topic.as_ref().map(|v| v.span()), "topic"),
+            (p.metric.as_ref().map(|v| v.span()), "metric"),
         ] {
             if let Some(at) = at {
                 cx.err(
@@ -896,8 +901,38 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
         }
         None => None,
     };
+    let metric = match (mqtt, &p.metric) {
+        (Some(m), Some(v)) if m.format == MqttFormat::SparkplugB => {
+            if v.get_ref().is_empty() {
+                cx.err(v.span(), "metric must not be empty");
+            }
+            Some(v.get_ref().clone())
+        }
+        (Some(_), Some(v)) => {
+            cx.err(v.span(), "`metric` applies to format = \"sparkplug-b\"");
+            None
+        }
+        _ => None,
+    };
     let (json, topic) = match mqtt {
         None => (None, None),
+        Some(m) if m.format == MqttFormat::SparkplugB => {
+            for (at, key) in [
+                (p.json.as_ref().map(|v| v.span()), "json"),
+                (p.topic.as_ref().map(|v| v.span()), "topic"),
+            ] {
+                if let Some(at) = at {
+                    cx.err(at, format!("`{key}` does not apply to a sparkplug-b point: it reads a birth `metric`"));
+                }
+            }
+            if !derived && metric.is_none() {
+                cx.err(
+                    span.clone(),
+                    format!("point {name:?} needs `metric`, the name of a metric in the device's birth (e.g. \"Joint/1/Temperature\")"),
+                );
+            }
+            (None, None)
+        }
         Some(m) => {
             let topic = p
                 .topic
@@ -974,6 +1009,7 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
         simulate,
         json,
         topic,
+        metric,
     })
 }
 

@@ -251,6 +251,7 @@ fn inherit(own: &Spanned<PointSection>, base: &PointSection) -> Spanned<PointSec
         simulate: d.simulate.clone().or_else(|| re(&at, &base.simulate)),
         json: d.json.clone().or_else(|| re(&at, &base.json)),
         topic: d.topic.clone().or_else(|| re(&at, &base.topic)),
+        metric: d.metric.clone().or_else(|| re(&at, &base.metric)),
     };
     Spanned::new(own.span(), merged)
 }

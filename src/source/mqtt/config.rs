@@ -165,10 +165,7 @@ pub(crate) fn device(
         Some(f) => match f.get_ref().as_str() {
             "json" => MqttFormat::Json,
             "value" => MqttFormat::Value,
-            "sparkplug-b" => {
-                cx.err(f.span(), "format \"sparkplug-b\" devices are not available in this version yet (supported: json, value)");
-                MqttFormat::Json
-            }
+            "sparkplug-b" => MqttFormat::SparkplugB,
             other => {
                 cx.err(
                     f.span(),
@@ -179,7 +176,56 @@ pub(crate) fn device(
         },
     };
     let cell = d.cell.as_ref().map(|c| c.get_ref().as_str()).unwrap_or("");
+    let sparkplug = match (&d.sparkplug, format) {
+        (Some(sp), MqttFormat::SparkplugB) => {
+            let r = sp.get_ref();
+            let mut part = |v: &Option<Spanned<String>>, what: &str| -> Option<String> {
+                let v = v.as_ref()?;
+                if v.get_ref().is_empty() || v.get_ref().contains(['+', '/', '#']) {
+                    cx.err(
+                        v.span(),
+                        format!(
+                            "Sparkplug {what} {:?}: not empty, and without +, / or #",
+                            v.get_ref()
+                        ),
+                    );
+                }
+                Some(v.get_ref().clone())
+            };
+            let group = part(&r.group, "group");
+            let node = part(&r.node, "node");
+            let device = part(&r.device, "device");
+            match (group, node) {
+                (Some(g), Some(n)) => Some((g, n, device)),
+                _ => {
+                    cx.err(sp.span(), "sparkplug needs `group` and `node` (and `device` for a device under the node)");
+                    None
+                }
+            }
+        }
+        (None, MqttFormat::SparkplugB) => {
+            cx.err(
+                span.clone(),
+                format!("sparkplug-b device {id:?} needs `sparkplug = {{ group = \"...\", node = \"...\", device = \"...\" }}`"),
+            );
+            None
+        }
+        (Some(sp), _) => {
+            cx.err(sp.span(), "`sparkplug` applies to format = \"sparkplug-b\"");
+            None
+        }
+        (None, _) => None,
+    };
+    if format == MqttFormat::SparkplugB {
+        if let Some(t) = &d.topic {
+            cx.err(
+                t.span(),
+                "a sparkplug-b device's topics are Sparkplug's (spBv1.0/GROUP/...): remove `topic`",
+            );
+        }
+    }
     let topic = match &d.topic {
+        _ if format == MqttFormat::SparkplugB => String::new(),
         Some(t) => topic(cx, t, line, cell, id),
         None if format == MqttFormat::Value => String::new(),
         None => {
@@ -258,6 +304,7 @@ pub(crate) fn device(
         timestamp,
         timestamp_format,
         stale_after,
+        sparkplug,
     }
 }
 
@@ -274,6 +321,7 @@ pub(crate) fn reject_on_modbus(cx: &mut Ctx, d: &DeviceSection) {
             "timestamp_format",
         ),
         (d.stale_after.as_ref().map(|v| v.span()), "stale_after"),
+        (d.sparkplug.as_ref().map(|v| v.span()), "sparkplug"),
     ];
     for (at, key) in mqtt_only {
         if let Some(at) = at {

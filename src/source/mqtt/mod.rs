@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod payload;
+pub mod sparkplug;
 
 use super::{describe, Source, SourceContext};
 use crate::backoff::Backoff;
@@ -41,12 +42,18 @@ pub struct DevicePlan {
     stale_after: Duration,
     health: HealthIds,
     topics: Vec<(String, Decode)>,
+    /// sparkplug-b: the node and device it is, and its points by metric.
+    sp: Option<sparkplug::SpDevice>,
 }
 
 impl DevicePlan {
     /// The topics the device is subscribed to.
-    pub fn topics(&self) -> impl Iterator<Item = &str> {
-        self.topics.iter().map(|(t, _)| t.as_str())
+    pub fn topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.topics.iter().map(|(t, _)| t.clone()).collect();
+        if let Some(sp) = &self.sp {
+            t.extend(sp.subscriptions());
+        }
+        t
     }
 }
 
@@ -61,6 +68,7 @@ pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan>
     // Each point's elements in turn, as `describe::points` lists them.
     let mut next = ids.points.iter().copied();
     let mut by_topic: Vec<(String, Decode)> = Vec::new();
+    let mut sp_points: HashMap<String, PointRead> = HashMap::new();
     for p in &d.points {
         let elements: Vec<u32> = next.by_ref().take(p.count as usize).collect();
         if !p.is_read() {
@@ -75,6 +83,11 @@ pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan>
         };
         let topic = p.topic.clone().unwrap_or_else(|| m.topic.clone());
         match m.format {
+            MqttFormat::SparkplugB => {
+                if let Some(metric) = &p.metric {
+                    sp_points.insert(metric.clone(), read);
+                }
+            }
             MqttFormat::Value => by_topic.push((topic, Decode::Value(read))),
             MqttFormat::Json => match by_topic.iter_mut().find(|(t, _)| *t == topic) {
                 Some((_, Decode::Json(plan))) => plan.points.push(read),
@@ -100,6 +113,14 @@ pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan>
             last_error: h[3],
         },
         topics: by_topic,
+        sp: m.sparkplug.as_ref().map(|(g, n, dev)| sparkplug::SpDevice {
+            group: g.clone(),
+            node: n.clone(),
+            device: dev.clone(),
+            measurement: d.kind.as_str().to_string(),
+            auto: sp_points.is_empty(),
+            by_name: sp_points,
+        }),
     })
 }
 
@@ -149,6 +170,7 @@ impl Source for Broker {
             metrics,
             broker,
             beat,
+            ctx.catalogs.clone(),
             ctx.shutdown,
         ))
     }
@@ -207,13 +229,15 @@ struct DeviceState {
 /// How often a malformed message of one device is logged.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     config: BrokerConfig,
-    plans: Vec<DevicePlan>,
+    mut plans: Vec<DevicePlan>,
     mut outputs: Vec<DeviceOutput>,
     metrics: Vec<Arc<DeviceMetrics>>,
     broker: Arc<BrokerMetrics>,
     beat: crate::observe::liveness::Beat,
+    catalogs: Arc<super::catalogs::Catalogs>,
     mut shutdown: Shutdown,
 ) {
     let Some(input) = outputs.first().map(|o| o.input()) else {
@@ -237,6 +261,11 @@ async fn run(
     };
     let mut options = options;
     options.set_manual_acks(true);
+    // A Sparkplug host connects with a clean session (Sparkplug 3.0): rebirths, not the
+    // session, recover what it missed.
+    if plans.iter().any(|p| p.sp.is_some()) {
+        options.set_clean_session(true);
+    }
     let (client, mut events) = AsyncClient::new(options, 1024);
     // The event loop runs in its own task and is never cancelled mid-packet; its events come
     // through a bounded channel (back-pressure: while the handler is busy, nothing more is
@@ -275,7 +304,7 @@ async fn run(
     let subscriptions: Vec<rumqttc::SubscribeFilter> = {
         let mut v: Vec<(String, u8)> = Vec::new();
         for plan in &plans {
-            for (t, _) in &plan.topics {
+            for t in &plan.topics() {
                 match v.iter_mut().find(|(x, _)| x == t) {
                     Some((_, q)) => *q = (*q).max(plan.qos),
                     None => v.push((t.clone(), plan.qos)),
@@ -301,6 +330,8 @@ async fn run(
         }
     });
 
+    let mut sp_states: Vec<sparkplug::SpState> = plans.iter().map(|_| Default::default()).collect();
+    let mut nodes: HashMap<(String, String), sparkplug::NodeState> = HashMap::new();
     let mut state: Vec<DeviceState> = plans
         .iter()
         .map(|_| DeviceState {
@@ -336,13 +367,20 @@ async fn run(
                 let now = Instant::now();
                 for (d, plan) in plans.iter().enumerate() {
                     let st = &mut state[d];
-                    let fresh = st.last_message.is_some_and(|t| now.duration_since(t) < plan.stale_after);
+                    // Sparkplug devices report by exception: alive from birth to death.
+                    let fresh = match &plan.sp {
+                        Some(_) => sp_states[d].online,
+                        None => st.last_message.is_some_and(|t| now.duration_since(t) < plan.stale_after),
+                    };
                     let due = st.last_health.is_none_or(|t| now.duration_since(t) >= plan.stale_after);
                     // The first record once a device had its chance to publish.
                     let first_due = st.up.is_none() && now.duration_since(started) >= plan.stale_after;
                     if st.up.is_some_and(|u| u != fresh) || (st.up.is_some() && due) || first_due {
                         if !fresh && st.up != Some(false) {
-                            st.last_error = format!("no message for {:?} on {}", plan.stale_after, plan.topics().collect::<Vec<_>>().join(", "));
+                            st.last_error = match &plan.sp {
+                                Some(_) => "no birth from the edge node yet".to_string(),
+                                None => format!("no message for {:?} on {}", plan.stale_after, plan.topics().join(", ")),
+                            };
                             tracing::warn!(device = %plan.name, "{}", st.last_error);
                         }
                         health(plan, st, &metrics[d], fresh, &mut outputs[d]).await;
@@ -378,6 +416,123 @@ async fn run(
                         let topic = subscriptions.get(i).map(|s| s.path.as_str()).unwrap_or("?");
                         tracing::error!(broker = %config.name, topic, "the broker refused the subscription (check its ACL)");
                     }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic.starts_with("spBv1.0/") => {
+                let arrival = now_ns();
+                let mut accepted = true;
+                if let Some((g, kind, n, dev_id)) = sparkplug::parse_topic(&p.topic) {
+                    for d in 0..plans.len() {
+                        let Some(sp) = &plans[d].sp else { continue };
+                        let node_message = matches!(kind, "NBIRTH" | "NDEATH");
+                        let mine = sp.group == g
+                            && sp.node == n
+                            && (node_message
+                                || (dev_id.is_some() && sp.device.as_deref() == dev_id)
+                                || (kind == "NDATA" && sp.device.is_none()));
+                        if !mine {
+                            continue;
+                        }
+                        let node = nodes.entry((g.to_string(), n.to_string())).or_default();
+                        let result = sparkplug::handle(
+                            sp,
+                            &mut sp_states[d],
+                            node,
+                            kind,
+                            &p.payload,
+                            arrival,
+                        );
+                        let dm = metrics[d].clone();
+                        let mut out = match result {
+                            Ok(o) => o,
+                            Err(e) => {
+                                dm.mqtt_malformed.fetch_add(1, Relaxed);
+                                note(
+                                    &plans[d],
+                                    &mut state[d],
+                                    format!("malformed message on {}: {e}", p.topic),
+                                );
+                                continue;
+                            }
+                        };
+                        if out.rebirth && sparkplug::may_ask(node, plans[d].stale_after) {
+                            let (t, payload) = sparkplug::rebirth_request(g, n);
+                            if client
+                                .try_publish(t, QoS::AtMostOnce, false, payload)
+                                .is_ok()
+                            {
+                                tracing::info!(device = %plans[d].name, node = n, "Sparkplug: asked the edge node for a rebirth");
+                            }
+                        }
+                        if out.rejected > 0 {
+                            dm.mqtt_rejected_values.fetch_add(1, Relaxed);
+                        } else {
+                            dm.mqtt_ok.fetch_add(1, Relaxed);
+                        }
+                        if let Some(problem) = out.problem.take() {
+                            note(&plans[d], &mut state[d], problem);
+                        }
+                        // Metrics a birth brought: new points of the device's catalog.
+                        if !out.new_points.is_empty() {
+                            let descriptors: Vec<crate::model::PointDescriptor> =
+                                out.new_points.iter().map(|p| p.1.clone()).collect();
+                            if let Some((ids, version)) =
+                                catalogs.add_points(&plans[d].name, descriptors).await
+                            {
+                                outputs[d].catalog_changed(&version);
+                                if let Some(sp) = plans[d].sp.as_mut() {
+                                    for ((name, _, kind), id) in out.new_points.iter().zip(ids) {
+                                        sp.by_name.insert(
+                                            name.clone(),
+                                            PointRead {
+                                                ids: vec![id],
+                                                pointer: name.clone(),
+                                                kind: *kind,
+                                                scale: 1.0,
+                                                offset: 0.0,
+                                            },
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                        if let Some(sp) = &plans[d].sp {
+                            for (name, ts, value) in out.pending.drain(..) {
+                                if let Some(id) = sp.by_name.get(&name).and_then(|r| r.ids.first())
+                                {
+                                    out.samples.push(Sample {
+                                        point: *id,
+                                        timestamp_ns: ts,
+                                        quality: Quality::Good as i32,
+                                        value: Some(value),
+                                    });
+                                }
+                            }
+                        }
+                        state[d].last_message = Some(Instant::now());
+                        if let Some(up) = out.up {
+                            health(&plans[d], &mut state[d], &dm, up, &mut outputs[d]).await;
+                        }
+                        if !out.samples.is_empty() {
+                            let st = &mut state[d];
+                            st.seq += 1;
+                            dm.samples.fetch_add(out.samples.len() as u64, Relaxed);
+                            let batch = SampleBatch {
+                                device: plans[d].device,
+                                seq: st.seq,
+                                timestamp_ns: 0,
+                                samples: out.samples,
+                            };
+                            if !outputs[d].publish(batch).await {
+                                dm.mqtt_dropped.fetch_add(1, Relaxed);
+                                accepted = false;
+                            }
+                        }
+                    }
+                }
+                if p.qos == QoS::AtLeastOnce && accepted {
+                    let ticket = outputs.first().map(|o| o.ticket()).unwrap_or(0);
+                    let _ = ack_tx.send((ticket, p));
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -484,6 +639,16 @@ async fn run(
     {
         pump.abort();
     }
+}
+
+/// Keeps a problem for the health record, logged at most once a minute per device.
+fn note(plan: &DevicePlan, st: &mut DeviceState, problem: String) {
+    st.errors += 1;
+    if st.logged_at.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+        tracing::warn!(device = %plan.name, "{problem} (logged at most once a minute per device)");
+        st.logged_at = Some(Instant::now());
+    }
+    st.last_error = problem;
 }
 
 fn qos(q: u8) -> QoS {

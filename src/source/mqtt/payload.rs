@@ -218,6 +218,60 @@ fn number(n: Num, p: &PointRead) -> Result<Value, Reject> {
     Ok(raw)
 }
 
+/// A Sparkplug metric value (of `datatype`, Sparkplug codes) as a value of the point's type.
+/// Signed 8/16/32-bit integers are read truncated to their width (both encodings in use, sign-
+/// extended and zero-extended, read the same); UInt32 from either value field.
+pub fn from_sparkplug(
+    v: &crate::mqtt::sparkplug::metric::Value,
+    datatype: u32,
+    p: &PointRead,
+) -> Result<Value, String> {
+    use crate::mqtt::sparkplug::datatype as dt;
+    use crate::mqtt::sparkplug::metric::Value as M;
+    let n = match (v, datatype) {
+        (M::IntValue(i), dt::INT8) => Num::I(*i as i8 as i64),
+        (M::IntValue(i), dt::INT16) => Num::I(*i as i16 as i64),
+        (M::IntValue(i), dt::INT32) => Num::I(*i as i32 as i64),
+        (M::IntValue(i), _) => Num::U(*i as u64),
+        (M::LongValue(l), dt::INT64) => Num::I(*l as i64),
+        (M::LongValue(l), _) => Num::U(*l),
+        (M::FloatValue(f), _) => Num::F(*f as f64),
+        (M::DoubleValue(d), _) => Num::F(*d),
+        (M::BooleanValue(b), _) => {
+            return match p.kind {
+                PointType::Bool => Ok(Value::BoolValue(*b)),
+                PointType::String => Err("a boolean for a string point".into()),
+                _ => number(Num::U(u64::from(*b)), p).map_err(|_| "out of range".to_string()),
+            }
+        }
+        (M::StringValue(s), _) => {
+            return match p.kind {
+                PointType::String => Ok(Value::StringValue(s.clone())),
+                _ => Err(format!(
+                    "text {:?} for a {} point",
+                    truncate(s),
+                    p.kind.as_str()
+                )),
+            }
+        }
+        (M::BytesValue(_), _) => return Err("bytes values are not read".into()),
+    };
+    if !n_finite(n) {
+        return Err("not a finite number".into());
+    }
+    number(n, p).map_err(|r| match r {
+        Reject::OutOfRange => format!("out of the range of {}", p.kind.as_str()),
+        _ => format!("not a {}", p.kind.as_str()),
+    })
+}
+
+fn n_finite(n: Num) -> bool {
+    match n {
+        Num::F(x) => x.is_finite(),
+        _ => true,
+    }
+}
+
 /// One value payload (format value): a number, `true`/`false`, or text for a string point.
 pub fn decode_value(payload: &[u8], p: &PointRead) -> Result<Value, String> {
     let text = std::str::from_utf8(payload).map_err(|_| "not UTF-8 text".to_string())?;
