@@ -21,7 +21,11 @@ async fn main() {
         Some("1") => QoS::AtLeastOnce,
         _ => QoS::AtMostOnce,
     };
-    let mut o = MqttOptions::new(format!("bench-load-{}", std::process::id()), "127.0.0.1", port);
+    let mut o = MqttOptions::new(
+        format!("bench-load-{}", std::process::id()),
+        "127.0.0.1",
+        port,
+    );
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);
     o.set_inflight(1000);
@@ -58,10 +62,15 @@ async fn main() {
         let dbirth = sp::Payload {
             timestamp: Some(now_ms()),
             seq: Some(1),
-            metrics: (0..k).map(|i| birth(Some(format!("m{i}")), i as u64)).collect(),
+            metrics: (0..k)
+                .map(|i| birth(Some(format!("m{i}")), i as u64))
+                .collect(),
             ..Default::default()
         };
-        messages.push(("spBv1.0/bench/DBIRTH/edge/dev".into(), dbirth.encode_to_vec()));
+        messages.push((
+            "spBv1.0/bench/DBIRTH/edge/dev".into(),
+            dbirth.encode_to_vec(),
+        ));
         for m in 0..n {
             let p = sp::Payload {
                 timestamp: Some(base + m as u64),
@@ -80,8 +89,14 @@ async fn main() {
         }
     } else {
         for m in 0..n {
-            let values: Vec<String> = (0..k).map(|i| format!("{}", (m * k + i) as f64 * 0.5)).collect();
-            let body = format!("{{\"ts\":{},\"v\":[{}]}}", base + m as u64, values.join(","));
+            let values: Vec<String> = (0..k)
+                .map(|i| format!("{}", (m * k + i) as f64 * 0.5))
+                .collect();
+            let body = format!(
+                "{{\"ts\":{},\"v\":[{}]}}",
+                base + m as u64,
+                values.join(",")
+            );
             messages.push(("bench/dev/telemetry".into(), body.into_bytes()));
         }
     }
@@ -111,5 +126,8 @@ async fn main() {
     let secs = started.elapsed().as_secs_f64();
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
-    println!("{total} messages in {secs:.3} s: {:.0} messages/s", total as f64 / secs);
+    println!(
+        "{total} messages in {secs:.3} s: {:.0} messages/s",
+        total as f64 / secs
+    );
 }
