@@ -54,6 +54,16 @@ const DEVICE_FIELDS: &[(&str, DataType, Get<DeviceMetrics>)] = &[
         int(&d.requests_frame_error)
     }),
     ("late_replies", DataType::Int64, |d| int(&d.late_replies)),
+    ("mqtt_messages_ok", DataType::Int64, |d| int(&d.mqtt_ok)),
+    ("mqtt_messages_malformed", DataType::Int64, |d| {
+        int(&d.mqtt_malformed)
+    }),
+    ("mqtt_messages_rejected_values", DataType::Int64, |d| {
+        int(&d.mqtt_rejected_values)
+    }),
+    ("mqtt_messages_dropped", DataType::Int64, |d| {
+        int(&d.mqtt_dropped)
+    }),
     ("decode_errors", DataType::Int64, |d| int(&d.decode_errors)),
     ("samples_collected", DataType::Int64, |d| int(&d.samples)),
     ("polls", DataType::Int64, |d| int(&d.polls)),
