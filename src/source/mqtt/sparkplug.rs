@@ -398,3 +398,91 @@ pub fn may_ask(node: &mut NodeState, every: Duration) -> bool {
     node.last_rebirth = Some(now);
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn device(auto: bool) -> SpDevice {
+        SpDevice {
+            group: "g".into(),
+            node: "n".into(),
+            device: Some("d".into()),
+            measurement: "robot".into(),
+            by_name: HashMap::new(),
+            auto,
+        }
+    }
+
+    #[test]
+    fn topics() {
+        assert_eq!(
+            parse_topic("spBv1.0/g/DDATA/n/d"),
+            Some(("g", "DDATA", "n", Some("d")))
+        );
+        assert_eq!(
+            parse_topic("spBv1.0/g/NBIRTH/n"),
+            Some(("g", "NBIRTH", "n", None))
+        );
+        assert_eq!(parse_topic("spBv1.0/g/DDATA/n/d/x"), None);
+        assert_eq!(parse_topic("other/g/DDATA/n"), None);
+    }
+
+    #[test]
+    fn a_birth_then_data_by_alias_and_a_gap() {
+        let dev = device(true);
+        let (mut st, mut node) = (SpState::default(), NodeState::default());
+        let birth = Payload {
+            seq: Some(1),
+            timestamp: Some(1000),
+            metrics: vec![Metric {
+                name: Some("Temp".into()),
+                alias: Some(7),
+                datatype: Some(datatype::DOUBLE),
+                value: Some(metric::Value::DoubleValue(20.5)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        node.next_seq = Some(1);
+        let out = handle(
+            &dev,
+            &mut st,
+            &mut node,
+            "DBIRTH",
+            &birth.encode_to_vec(),
+            5,
+        )
+        .unwrap();
+        assert_eq!(out.up, Some(true));
+        assert_eq!(out.new_points.len(), 1);
+        assert_eq!(out.pending.len(), 1);
+        assert!(!out.rebirth);
+        let data = Payload {
+            seq: Some(3),
+            metrics: vec![Metric {
+                alias: Some(9),
+                value: Some(metric::Value::DoubleValue(1.0)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let out = handle(&dev, &mut st, &mut node, "DDATA", &data.encode_to_vec(), 5).unwrap();
+        // seq 3 where 2 was due, and an unknown alias.
+        assert!(out.rebirth);
+        assert_eq!(out.rejected, 1);
+    }
+
+    proptest! {
+        /// Random bytes on every Sparkplug topic: an error or an outcome, never a panic.
+        #[test]
+        fn random_payloads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let dev = device(true);
+            let (mut st, mut node) = (SpState::default(), NodeState::default());
+            for kind in ["NBIRTH", "DBIRTH", "NDATA", "DDATA", "NDEATH", "DDEATH", "NCMD"] {
+                let _ = handle(&dev, &mut st, &mut node, kind, &bytes, 1);
+            }
+        }
+    }
+}
