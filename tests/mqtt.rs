@@ -940,6 +940,17 @@ fn sparkplug_devices_births_aliases_gaps_and_deaths() {
             .find(|x| x.0 == t1 + 5)
     });
     assert_eq!(continued, Some((t1 + 5, 42.0)));
+    // DDEATH: that device is down, the other one of the node is not.
+    edge.publish(
+        "spBv1.0/weld/DDEATH/cell3-edge/R7",
+        sparkplug_payload(&pool, Some(6), &[]),
+    );
+    let r7_down = wait_for(Duration::from_secs(10), || {
+        let r = series_values(&vm, "{__name__=\"linetap_device_up\",device=\"r7\"}");
+        let p = series_values(&vm, "{__name__=\"linetap_device_up\",device=\"plc\"}");
+        (r.last().is_some_and(|x| x.1 == 0.0) && p.last().is_some_and(|x| x.1 == 1.0)).then_some(())
+    });
+    assert!(r7_down.is_some(), "DDEATH; log:\n{}", agent.stderr());
     // An NDEATH of another session (bdSeq 4) is ignored; the matching one (5) marks both down.
     edge.publish(
         "spBv1.0/weld/NDEATH/cell3-edge",
@@ -1032,4 +1043,142 @@ fn the_mqtt_sink_loses_nothing_across_sigkill_and_a_broker_restart() {
         );
     }
     assert!(written >= 60, "{written} samples written");
+}
+
+/// TLS through rustls: the broker's certificate checked against the plant CA (`ca_file`) and a
+/// client certificate (`cert_file`, `key_file`) the broker requires.
+#[test]
+fn a_tls_broker_with_a_plant_ca_and_a_client_certificate() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "plant CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params = rcgen::CertificateParams::new(vec!["gateway-7".to_string()]).unwrap();
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "gateway-7");
+    let client = client_params.signed_by(&client_key, &issuer).unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let p = certs.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let ca_file = write("ca.pem", ca_cert.pem());
+    let client_cert = write("gw.pem", client.pem());
+    let client_key = write("gw.key", client_key.serialize_pem());
+    let (server_pem, server_key_pem, ca_pem) =
+        (server.pem(), server_key.serialize_pem(), ca_cert.pem());
+    let tls_port = free_port();
+    let broker = Mosquitto::start_with(|dir, _| {
+        std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
+        std::fs::write(dir.join("server.pem"), &server_pem).unwrap();
+        std::fs::write(dir.join("server.key"), &server_key_pem).unwrap();
+        format!(
+            "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nrequire_certificate true\n",
+            d = dir.display()
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.lp");
+    let config = dir.path().join("line.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[line]\nid = \"tls\"\n\n[agent]\ndata_dir = \"{}\"\nself_interval = \"0s\"\n\n\
+             [brokers.secure]\nurl = \"mqtts://localhost:{tls_port}\"\nca_file = \"{ca_file}\"\ncert_file = \"{client_cert}\"\nkey_file = \"{client_key}\"\n\n\
+             [sinks.f]\ntype = \"file\"\npath = \"{}\"\nflush_interval = \"100ms\"\n\n\
+             [[devices]]\nid = \"scale-9\"\nkind = \"sensor\"\nprotocol = \"mqtt\"\nbroker = \"secure\"\nformat = \"value\"\n\n\
+             [[devices.points]]\nname = \"weight\"\ntopic = \"secure/scale-9/weight\"\n",
+            dir.path().join("data").display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(&config);
+    // The test publishes on the plain listener; the agent reads over TLS.
+    let mut publisher = Client::connect(broker.port, "test-plain", &[]);
+    let got = wait_for(Duration::from_secs(20), || {
+        publisher.publish("secure/scale-9/weight", "7.125");
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.lines()
+            .any(|l| l.contains("weight=7.125"))
+            .then_some(())
+    });
+    let (code, log) = agent.stop();
+    assert!(
+        got.is_some(),
+        "nothing arrived over TLS; agent log:\n{log}\nbroker log:\n{}",
+        broker.log()
+    );
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("MQTT connected"), "{log}");
+}
+
+/// A JSON device into InfluxDB 1.x (v1 write API): values, tags and the payload
+/// timestamp as they are in the message.
+#[test]
+fn mqtt_devices_arrive_in_influxdb_1x() {
+    let influx = Influx1::start();
+    let created = http::request(
+        "POST",
+        &format!("{}/query", influx.url),
+        Some("q=CREATE%20DATABASE%20mq"),
+    )
+    .unwrap();
+    assert_eq!(created.status, 200, "{}", created.body);
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("line.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[line]\nid = \"cell-i\"\n\n[agent]\ndata_dir = \"{}\"\nself_interval = \"0s\"\n\n\
+             [brokers.b]\nurl = \"{}\"\n\n\
+             [sinks.db]\ntype = \"influxdb\"\napi = \"v1\"\nurl = \"{}\"\ndatabase = \"mq\"\nflush_interval = \"100ms\"\n\n\
+             [[devices]]\nid = \"cam-2\"\nkind = \"sensor\"\nprotocol = \"mqtt\"\nbroker = \"b\"\ntopic = \"cell-i/cam-2\"\ntimestamp = \"/t\"\ntimestamp_format = \"rfc3339\"\n\n\
+             [[devices.points]]\nname = \"gap_mm\"\njson = \"/gap\"\ntype = \"f64\"\n\n\
+             [[devices.points]]\nname = \"count\"\njson = \"/n\"\ntype = \"u16\"\n",
+            dir.path().join("data").display(),
+            broker.url,
+            influx.url
+        ),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(&config);
+    let mut publisher = Client::connect(broker.port, "test-influx-pub", &[]);
+    let got = wait_for(Duration::from_secs(20), || {
+        publisher.publish(
+            "cell-i/cam-2",
+            r#"{"t": "2026-11-30T08:00:00.123456789Z", "gap": 0.35, "n": 17}"#,
+        );
+        let r = influx.query("mq", "SELECT gap_mm, \"count\", device FROM sensor");
+        r["results"][0]["series"][0]["values"]
+            .as_array()
+            .filter(|v| !v.is_empty())
+            .cloned()
+    });
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let rows = got.unwrap_or_else(|| panic!("nothing in InfluxDB 1.x; log:\n{log}"));
+    // Every message has the same payload time: one point, exactly that time.
+    let want = linetap::source::mqtt::payload::rfc3339("2026-11-30T08:00:00.123456789Z").unwrap();
+    assert_eq!(rows[0][0].as_i64(), Some(want), "{rows:?}");
+    assert_eq!(rows[0][1], 0.35);
+    assert_eq!(rows[0][2], 17);
+    assert_eq!(rows[0][3], "cam-2");
 }

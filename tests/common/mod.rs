@@ -475,8 +475,15 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Self {
+        Self::start_with(|_, _| String::new())
+    }
+
+    /// With more configuration: `extra(dir, port)` returns lines appended to the file (e.g.
+    /// a TLS listener with files written into `dir`).
+    pub fn start_with(extra: impl FnOnce(&Path, u16) -> String) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let more = extra(dir.path(), port);
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -484,7 +491,7 @@ impl Mosquitto {
                 // As root (CI), mosquitto would drop to user `mosquitto`, which cannot write the
                 // test's private directory (persistence, log): keep the test's user.
                 "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                 max_inflight_messages 1000\nmax_queued_messages 1000000\nlog_dest file {}/mosquitto.log\nlog_type all\n",
+                 max_inflight_messages 1000\nmax_queued_messages 1000000\nlog_dest file {}/mosquitto.log\nlog_type all\n{more}",
                 dir.path().display(),
                 dir.path().display()
             ),
