@@ -174,8 +174,19 @@ impl Sink for MqttSink {
             return 0;
         };
         let key = (catalog, batch.device);
-        let (index, new) = match self.by_device.get(&key) {
-            Some(&i) => (i, 0),
+        // One message per device per flush, split when it would grow past a few hundred KB
+        // (a broker's and our own packet limit).
+        let limit = match self.cfg.format {
+            MqttSinkFormat::Json => 2_000,
+            _ => 20_000,
+        };
+        let current = self
+            .by_device
+            .get(&key)
+            .copied()
+            .filter(|&i| self.pending[i].batch.samples.len() + batch.samples.len() <= limit);
+        let index = match current {
+            Some(i) => i,
             None => {
                 let topic = self
                     .cfg
@@ -194,7 +205,7 @@ impl Sink for MqttSink {
                     catalog,
                 });
                 self.by_device.insert(key, self.pending.len() - 1);
-                (self.pending.len() - 1, 1)
+                self.pending.len() - 1
             }
         };
         let out = &mut self.pending[index].batch;
@@ -206,7 +217,8 @@ impl Sink for MqttSink {
             self.pending_bytes += 24;
             out.samples.push(s);
         }
-        new
+        // Counted in samples, as every sink counts (batch_size, delivered).
+        batch.samples.len()
     }
 
     async fn flush(&mut self, retry: &mut RetryCtl) -> Outcome {

@@ -166,8 +166,9 @@ impl Sink for SparkplugSink {
             return 0;
         };
         if !node.devices.contains_key(&batch.device) {
-            // The agent's own records: not published over Sparkplug.
-            return 0;
+            // The agent's own records: not published over Sparkplug (counted as delivered:
+            // this sink's job with them is done).
+            return batch.samples.len();
         }
         let mut b = SampleBatch {
             device: batch.device,
@@ -181,8 +182,10 @@ impl Sink for SparkplugSink {
             b.samples.push(s);
         }
         self.pending_bytes += b.samples.len() * 24;
+        let n = b.samples.len();
         self.pending.push((catalog, b));
-        1
+        // Counted in samples, as every sink counts (batch_size, delivered).
+        n
     }
 
     async fn flush(&mut self, retry: &mut RetryCtl) -> Outcome {
