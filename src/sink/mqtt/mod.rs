@@ -582,6 +582,96 @@ pub fn rfc3339_ns(ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{DeviceDescriptor, PointDescriptor, Sample};
+
+    fn sink(format: MqttSinkFormat) -> MqttSink {
+        let cfg = MqttSinkConfig {
+            broker: crate::mqtt::connection::BrokerConfig {
+                name: "up".into(),
+                host: "127.0.0.1".into(),
+                port: 1883,
+                tls: false,
+                client_id: "t".into(),
+                username: None,
+                password: None,
+                ca_file: None,
+                cert_file: None,
+                key_file: None,
+                clean_session: false,
+                keep_alive: Duration::from_secs(30),
+                max_packet_size: 1 << 20,
+            },
+            format,
+            topic: "out/{line}/{device}".into(),
+            catalog_topic: "out/{line}/catalog".into(),
+            qos: 1,
+            sparkplug: (String::new(), String::new()),
+        };
+        build(
+            &cfg,
+            &super::super::BuildContext {
+                name: "up",
+                data_dir: std::path::Path::new("."),
+            },
+        )
+        .unwrap()
+    }
+
+    /// A busy device's samples of one flush: counted in samples, split into messages that stay
+    /// far below the packet limit.
+    #[test]
+    fn a_flush_counts_samples_and_splits_big_messages() {
+        for (format, per_message) in [
+            (MqttSinkFormat::Json, 2_000),
+            (MqttSinkFormat::Linetap, 20_000),
+        ] {
+            let mut s = sink(format);
+            let catalog = Catalog {
+                line: "l".into(),
+                devices: vec![DeviceDescriptor {
+                    id: 1,
+                    name: "d".into(),
+                    ..Default::default()
+                }],
+                points: vec![PointDescriptor {
+                    id: 5,
+                    device: 1,
+                    measurement: "m".into(),
+                    name: "v".into(),
+                    data_type: crate::model::DataType::Double as i32,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            s.catalog(9, &catalog);
+            let batch = |n: usize| SampleBatch {
+                device: 1,
+                seq: 1,
+                timestamp_ns: 1_000,
+                samples: (0..n)
+                    .map(|i| Sample {
+                        point: 5,
+                        timestamp_ns: 1_000 + i as i64,
+                        quality: 0,
+                        value: Some(Value::DoubleValue(i as f64)),
+                    })
+                    .collect(),
+            };
+            let mut skipped = Skipped::default();
+            let mut added = 0;
+            for _ in 0..50 {
+                added += s.add(9, &batch(1_000), &mut skipped);
+            }
+            assert_eq!(added, 50_000);
+            let messages = s.render();
+            let data: Vec<_> = messages.iter().filter(|m| !m.2).collect();
+            assert_eq!(data.len(), 50_000usize.div_ceil(per_message), "{format:?}");
+            assert!(
+                data.iter().all(|m| m.1.len() < 512 << 10),
+                "{format:?}: a message over 512 KiB"
+            );
+        }
+    }
 
     #[test]
     fn timestamps_round_trip_through_rfc3339() {
