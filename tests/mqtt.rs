@@ -1182,3 +1182,102 @@ fn mqtt_devices_arrive_in_influxdb_1x() {
     assert_eq!(rows[0][2], 17);
     assert_eq!(rows[0][3], "cam-2");
 }
+
+/// After a broker outage the Sparkplug edge node rebirths (bdSeq + 1) and sends what the buffer
+/// held meanwhile as historical metrics with their original times.
+#[test]
+fn the_sparkplug_edge_node_sends_the_backlog_as_historical_after_an_outage() {
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let host = Client::connect_persistent(broker.port, "test-host-persistent", &["spBv1.0/#"]);
+    let line = SimulatedLine::start(dir.path(), &["robot-9"], |a| {
+        format!(
+            "[line]\nid = \"weld-z\"\nsite = \"plant-z\"\n\n[agent]\ndata_dir = \"{data}\"\nself_interval = \"0s\"\n\n\
+             [sinks.scada]\ntype = \"mqtt\"\nurl = \"{}\"\nformat = \"sparkplug-b\"\nflush_interval = \"100ms\"\n\n\
+             [[devices]]\nid = \"robot-9\"\nkind = \"robot\"\naddress = \"{}\"\npoll = \"100ms\"\n\n\
+             [[devices.points]]\nname = \"temperature\"\nmeasurement = \"joint\"\naddress = 0\ntype = \"i16\"\nscale = 0.1\n",
+            broker.url, a[0]
+        )
+    });
+    let agent = AgentProcess::start(&line.config);
+    let pool = {
+        let fds = protox::compile(["sparkplug_b/sparkplug_b.proto"], ["proto"]).unwrap();
+        prost_reflect::DescriptorPool::from_file_descriptor_set(fds).unwrap()
+    };
+    let desc = pool
+        .get_message_by_name("org.eclipse.tahu.protobuf.Payload")
+        .unwrap();
+    let decode = |bytes: &[u8]| -> serde_json::Value {
+        serde_json::to_value(prost_reflect::DynamicMessage::decode(desc.clone(), bytes).unwrap())
+            .unwrap()
+    };
+    let num = |v: &serde_json::Value| -> Option<f64> {
+        v.as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    let nbirths = |host: &Client| -> Vec<serde_json::Value> {
+        host.received()
+            .iter()
+            .filter(|(t, _)| t == "spBv1.0/plant-z/NBIRTH/weld-z")
+            .map(|(_, p)| decode(p))
+            .collect()
+    };
+    let first = wait_for(Duration::from_secs(20), || {
+        let b = nbirths(&host);
+        let data = host
+            .received()
+            .iter()
+            .filter(|(t, _)| t.contains("/DDATA/"))
+            .count();
+        (b.len() == 1 && data >= 3).then_some(b)
+    })
+    .unwrap_or_else(|| panic!("no first session; log:\n{}", agent.stderr()));
+    let bd = |b: &serde_json::Value| {
+        b["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "bdSeq")
+            .and_then(|m| num(&m["longValue"]).or(Some(0.0)))
+    };
+    let bd1 = bd(&first[0]);
+    // An outage of ~1.5 s while the device is polled every 100 ms.
+    broker.stop();
+    let down_at = now_ms();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.restart();
+    let second = wait_for(Duration::from_secs(30), || {
+        let b = nbirths(&host);
+        (b.len() >= 2).then(|| b[b.len() - 1].clone())
+    })
+    .unwrap_or_else(|| panic!("no rebirth after the outage; log:\n{}", agent.stderr()));
+    assert_eq!(
+        bd(&second).map(|x| x as u64),
+        bd1.map(|x| x as u64 + 1),
+        "a new CONNECT: bdSeq + 1"
+    );
+    let birth_ms = num(&second["timestamp"]).unwrap() as i64;
+    let historical = wait_for(Duration::from_secs(20), || {
+        let h: Vec<i64> = host
+            .received()
+            .iter()
+            .filter(|(t, _)| t.contains("/DDATA/"))
+            .flat_map(|(_, p)| decode(p)["metrics"].as_array().cloned().unwrap_or_default())
+            .filter(|m| m["isHistorical"] == true)
+            .filter_map(|m| num(&m["timestamp"]).map(|t| t as i64))
+            .collect();
+        (h.len() >= 5).then_some(h)
+    });
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let historical = historical.unwrap_or_else(|| panic!("no historical metrics; log:\n{log}"));
+    assert!(
+        historical.iter().all(|t| *t < birth_ms),
+        "historical metrics are older than the new session's NBIRTH"
+    );
+    assert!(
+        historical.iter().any(|t| *t >= down_at),
+        "readings taken during the outage are among them: {historical:?} (outage from {down_at})"
+    );
+}

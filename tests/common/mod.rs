@@ -491,7 +491,7 @@ impl Mosquitto {
                 // As root (CI), mosquitto would drop to user `mosquitto`, which cannot write the
                 // test's private directory (persistence, log): keep the test's user.
                 "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-                 max_inflight_messages 1000\nmax_queued_messages 1000000\nlog_dest file {}/mosquitto.log\nlog_type all\n{more}",
+                 max_inflight_messages 1000\nmax_queued_messages 1000000\nqueue_qos0_messages true\nlog_dest file {}/mosquitto.log\nlog_type all\n{more}",
                 dir.path().display(),
                 dir.path().display()
             ),
