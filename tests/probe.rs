@@ -7,9 +7,8 @@ mod common;
 use common::*;
 use linetap::config::{self, Table};
 use linetap::sim::Simulator;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+
+use std::process::{Command, Output};
 
 fn probe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_linetap"))
@@ -119,37 +118,6 @@ fn a_profile_at_a_tcp_address_and_a_config_device() {
         stderr.contains("did not answer") && stderr.contains(&dead),
         "{stderr}"
     );
-}
-
-struct PtyPair {
-    child: Child,
-    a: PathBuf,
-    b: PathBuf,
-}
-
-impl PtyPair {
-    fn start(dir: &Path) -> PtyPair {
-        let (a, b) = (dir.join("a"), dir.join("b"));
-        let child = Command::new("/usr/bin/socat")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat is installed (/usr/bin/socat)");
-        let ready = wait_for(Duration::from_secs(10), || {
-            (a.exists() && b.exists()).then_some(())
-        });
-        assert!(ready.is_some(), "socat did not create the pty links");
-        PtyPair { child, a, b }
-    }
-}
-
-impl Drop for PtyPair {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

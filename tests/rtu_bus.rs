@@ -10,7 +10,6 @@ use common::*;
 use linetap::config::{self, Table};
 use linetap::sim::{Fault, SimHandle, Simulator};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> i64 {
@@ -18,40 +17,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// A socat pseudo-terminal pair: `a` and `b` are symlinks to the two ends.
-struct PtyPair {
-    child: Child,
-    a: PathBuf,
-    b: PathBuf,
-}
-
-impl PtyPair {
-    fn start(dir: &Path) -> PtyPair {
-        let (a, b) = (dir.join("a"), dir.join("b"));
-        let child = Command::new("/usr/bin/socat")
-            .arg("-d")
-            .arg("-d")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat is installed (/usr/bin/socat)");
-        let ready = wait_for(Duration::from_secs(10), || {
-            (a.exists() && b.exists()).then_some(())
-        });
-        assert!(ready.is_some(), "socat did not create the pty links");
-        PtyPair { child, a, b }
-    }
-}
-
-impl Drop for PtyPair {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 const UNITS: [u8; 4] = [1, 2, 3, 4];

@@ -567,3 +567,36 @@ impl Drop for Mosquitto {
         }
     }
 }
+
+/// A socat pseudo-terminal pair (an RS-485 bus without hardware): `a` and `b` are symlinks to
+/// the two ends; killed on drop.
+pub struct PtyPair {
+    child: Child,
+    pub a: PathBuf,
+    pub b: PathBuf,
+}
+
+impl PtyPair {
+    pub fn start(dir: &Path) -> PtyPair {
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        let child = Command::new("/usr/bin/socat")
+            .arg(format!("pty,raw,echo=0,link={}", a.display()))
+            .arg(format!("pty,raw,echo=0,link={}", b.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is installed (/usr/bin/socat)");
+        let ready = wait_for(Duration::from_secs(10), || {
+            (a.exists() && b.exists()).then_some(())
+        });
+        assert!(ready.is_some(), "socat did not create the pty links");
+        PtyPair { child, a, b }
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -76,8 +76,59 @@ pub struct MqttSink {
     by_device: HashMap<(u64, u32), usize>,
     pending_bytes: usize,
     connection: Option<Connection>,
+    attempts: Attempts,
+}
+
+/// What both MQTT sinks do after an attempt to deliver a flush: count it, log a failure once
+/// per kind (and the recovery), and back off before the next attempt.
+pub(crate) struct Attempts {
     backoff: Backoff,
     logged: Option<String>,
+}
+
+impl Attempts {
+    pub(crate) fn new() -> Self {
+        Attempts {
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+            logged: None,
+        }
+    }
+
+    /// `Some(outcome)` when the flush is done (delivered `bytes`, or abandoned at shutdown);
+    /// `None`: try again (the wait is over).
+    pub(crate) async fn outcome(
+        &mut self,
+        result: Result<usize, String>,
+        broker: &crate::mqtt::connection::BrokerConfig,
+        retry: &mut RetryCtl,
+    ) -> Option<Outcome> {
+        match result {
+            Ok(bytes) => {
+                self.backoff.reset();
+                if self.logged.take().is_some() {
+                    tracing::info!(sink = %broker.name, "MQTT sink delivering again");
+                }
+                retry.metrics.requests.fetch_add(1, Relaxed);
+                retry.metrics.bytes_sent.fetch_add(bytes as u64, Relaxed);
+                Some(Outcome::Delivered)
+            }
+            Err(e) => {
+                retry.metrics.errors_unavailable.fetch_add(1, Relaxed);
+                retry.metrics.retries.fetch_add(1, Relaxed);
+                if self.logged.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(sink = %broker.name, address = %broker.address(), error = %e, "MQTT sink: not delivered; retrying with backoff (the data stays in the buffer)");
+                    self.logged = Some(e);
+                }
+                if retry.wait(self.backoff.next_delay()).await {
+                    None
+                } else {
+                    Some(Outcome::Abandoned(
+                        "the broker did not take the data before the grace period ended".into(),
+                    ))
+                }
+            }
+        }
+    }
 }
 
 pub fn build(cfg: &MqttSinkConfig, _ctx: &super::BuildContext) -> Result<MqttSink, String> {
@@ -93,8 +144,7 @@ pub fn build(cfg: &MqttSinkConfig, _ctx: &super::BuildContext) -> Result<MqttSin
         by_device: HashMap::new(),
         pending_bytes: 0,
         connection: None,
-        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
-        logged: None,
+        attempts: Attempts::new(),
     })
 }
 
@@ -229,34 +279,18 @@ impl Sink for MqttSink {
         self.pending.clear();
         self.by_device.clear();
         self.pending_bytes = 0;
+        let bytes = messages.iter().map(|m| m.1.len()).sum();
         loop {
-            match self.publish(&messages).await {
-                Ok(()) => {
-                    self.backoff.reset();
-                    if self.logged.take().is_some() {
-                        tracing::info!(sink = %self.cfg.broker.name, "MQTT sink delivering again");
-                    }
-                    retry.metrics.requests.fetch_add(1, Relaxed);
-                    retry
-                        .metrics
-                        .bytes_sent
-                        .fetch_add(messages.iter().map(|m| m.1.len() as u64).sum(), Relaxed);
-                    return Outcome::Delivered;
-                }
-                Err(e) => {
-                    retry.metrics.errors_unavailable.fetch_add(1, Relaxed);
-                    retry.metrics.retries.fetch_add(1, Relaxed);
-                    self.connection = None;
-                    if self.logged.as_deref() != Some(e.as_str()) {
-                        tracing::warn!(sink = %self.cfg.broker.name, address = %self.cfg.broker.address(), error = %e, "MQTT sink: not delivered; retrying with backoff (the data stays in the buffer)");
-                        self.logged = Some(e);
-                    }
-                    if !retry.wait(self.backoff.next_delay()).await {
-                        return Outcome::Abandoned(
-                            "the broker did not take the data before the grace period ended".into(),
-                        );
-                    }
-                }
+            let result = self.publish(&messages).await;
+            if result.is_err() {
+                self.connection = None;
+            }
+            if let Some(outcome) = self
+                .attempts
+                .outcome(result.map(|()| bytes), &self.cfg.broker, retry)
+                .await
+            {
+                return outcome;
             }
         }
     }

@@ -16,7 +16,6 @@
 
 use super::config::MqttSinkConfig;
 use super::Connection;
-use crate::backoff::Backoff;
 use crate::model::catalog::HEALTH_MEASUREMENT;
 use crate::model::{Catalog, SampleBatch, Value};
 use crate::mqtt::sparkplug::{
@@ -28,9 +27,7 @@ use crate::sink::{Outcome, RetryCtl, Sink};
 use prost::Message;
 use rumqttc::{LastWill, QoS};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Label metrics take aliases above every point id.
 const LABEL_ALIAS: u64 = 1 << 32;
@@ -70,8 +67,7 @@ pub struct SparkplugSink {
     born: HashSet<u32>,
     down: HashSet<u32>,
     rebirth: bool,
-    backoff: Backoff,
-    logged: Option<String>,
+    attempts: super::Attempts,
 }
 
 pub fn build(cfg: &MqttSinkConfig) -> Result<SparkplugSink, String> {
@@ -94,8 +90,7 @@ pub fn build(cfg: &MqttSinkConfig) -> Result<SparkplugSink, String> {
         born: HashSet::new(),
         down: HashSet::new(),
         rebirth: false,
-        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
-        logged: None,
+        attempts: super::Attempts::new(),
     })
 }
 
@@ -192,30 +187,12 @@ impl Sink for SparkplugSink {
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         loop {
-            match self.deliver(&pending).await {
-                Ok(bytes) => {
-                    self.backoff.reset();
-                    if self.logged.take().is_some() {
-                        tracing::info!(sink = %self.cfg.broker.name, "Sparkplug edge node delivering again");
-                    }
-                    retry.metrics.requests.fetch_add(1, Relaxed);
-                    retry.metrics.bytes_sent.fetch_add(bytes as u64, Relaxed);
-                    return Outcome::Delivered;
-                }
-                Err(e) => {
-                    retry.metrics.errors_unavailable.fetch_add(1, Relaxed);
-                    retry.metrics.retries.fetch_add(1, Relaxed);
-                    self.connection = None;
-                    if self.logged.as_deref() != Some(e.as_str()) {
-                        tracing::warn!(sink = %self.cfg.broker.name, address = %self.cfg.broker.address(), error = %e, "Sparkplug edge node: not delivered; reconnecting with backoff (the data stays in the buffer)");
-                        self.logged = Some(e);
-                    }
-                    if !retry.wait(self.backoff.next_delay()).await {
-                        return Outcome::Abandoned(
-                            "the broker did not take the data before the grace period ended".into(),
-                        );
-                    }
-                }
+            let result = self.deliver(&pending).await;
+            if result.is_err() {
+                self.connection = None;
+            }
+            if let Some(outcome) = self.attempts.outcome(result, &self.cfg.broker, retry).await {
+                return outcome;
             }
         }
     }
