@@ -323,29 +323,24 @@ impl Metrics {
             }
         }
         let brokers = self.brokers.all();
-        o.push_str("# TYPE linetap_mqtt_connected gauge\n");
-        for b in &brokers {
-            let _ = writeln!(
-                o,
-                "linetap_mqtt_connected{{broker=\"{}\"}} {}",
-                esc(&b.name),
-                b.connected.load(Relaxed) as u8
-            );
-        }
-        o.push_str("# TYPE linetap_mqtt_connects_total counter\n");
-        for b in &brokers {
-            let _ = writeln!(
-                o,
-                "linetap_mqtt_connects_total{{broker=\"{}\"}} {}",
-                esc(&b.name),
+        // One family each, its TYPE line before its samples.
+        type Family = (&'static str, &'static str, fn(&BrokerMetrics) -> u64);
+        let broker_families: [Family; 3] = [
+            ("linetap_mqtt_connected", "gauge", |b| {
+                b.connected.load(Relaxed) as u64
+            }),
+            ("linetap_mqtt_connects_total", "counter", |b| {
                 b.connects.load(Relaxed)
-            );
-            let _ = writeln!(
-                o,
-                "linetap_mqtt_connection_errors_total{{broker=\"{}\"}} {}",
-                esc(&b.name),
+            }),
+            ("linetap_mqtt_connection_errors_total", "counter", |b| {
                 b.connection_errors.load(Relaxed)
-            );
+            }),
+        ];
+        for (family, kind, get) in broker_families {
+            let _ = writeln!(o, "# TYPE {family} {kind}");
+            for b in &brokers {
+                let _ = writeln!(o, "{family}{{broker=\"{}\"}} {}", esc(&b.name), get(b));
+            }
         }
         o.push_str("# TYPE linetap_poll_duration_seconds histogram\n");
         for d in &devices {
