@@ -414,11 +414,13 @@ impl Agent {
     }
 }
 
+/// A sink's identity: its configuration and the current content of its secrets (a token
+/// file rewritten before a SIGHUP restarts the sink with the new token).
 fn sink_id(s: &crate::config::SinkConfig) -> ComponentId {
     ComponentId {
         kind: Kind::Sink,
         name: s.name.clone(),
-        fingerprint: fingerprint(s),
+        fingerprint: fingerprint(&(s, s.secrets_digest())),
     }
 }
 

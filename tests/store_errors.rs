@@ -4,7 +4,10 @@
 //!   the data is held, `/readyz` fails and says why, the errors are counted by reason; once
 //!   both are fixed every sample arrives and none is counted as rejected;
 //! - a line the store refuses (a field type conflict, HTTP 400) is isolated: every other line
-//!   of its batches is delivered, and the refused lines are in the dead-letter file.
+//!   of its batches is delivered, and the refused lines are in the dead-letter file;
+//! - a password file rewritten while the store refuses the old password is read again before
+//!   the next retry (no signal), and at a reload (SIGHUP): the data is held while the password
+//!   is wrong and all of it arrives once it is right.
 
 mod common;
 
@@ -222,4 +225,125 @@ fn metric_from_log_or_zero(log: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+#[test]
+fn a_rewritten_password_file_is_used_without_a_restart() {
+    let influx = Influx1::start_with("auth-enabled = true");
+    influx.query(
+        "",
+        &format!(
+            "CREATE USER {} WITH PASSWORD '{}' WITH ALL PRIVILEGES",
+            ADMIN.0, ADMIN.1
+        ),
+    );
+    for q in [
+        "CREATE USER writer WITH PASSWORD 'writer-pw' WITH ALL PRIVILEGES",
+        "CREATE DATABASE late",
+    ] {
+        influx.query_as(ADMIN.0, ADMIN.1, "", q);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "wrong-1\n").unwrap();
+    let port = free_port();
+    let line = SimulatedLine::start(dir.path(), &["dev-0", "dev-1"], |a| {
+        line_text(&influx.url, &data, port, a, VALUES).replace(
+            "password_env = \"LINETAP_TEST_PW\"",
+            &format!("password_file = \"{}\"", pw.display()),
+        )
+    });
+    let metrics = format!("http://127.0.0.1:{port}");
+    let agent = AgentProcess::start(&line.config);
+    let unauthorized = || {
+        metric(
+            &metrics,
+            "linetap_sink_errors_total{sink=\"central\",reason=\"unauthorized\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let delivered = || {
+        metric(
+            &metrics,
+            "linetap_samples_delivered_total{sink=\"central\"}",
+        )
+    };
+    let held = |what: &str| {
+        let (status, body) = wait_for(Duration::from_secs(30), || {
+            let r = readyz(port);
+            (r.0 == 503 && r.1.contains("credentials")).then_some(r)
+        })
+        .unwrap_or_else(|| readyz(port));
+        assert_eq!(status, 503, "{what}: {body}\n{}", agent.stderr());
+    };
+    let ready = |what: &str| {
+        wait_for(Duration::from_secs(30), || {
+            (readyz(port).0 == 200).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{what}: {:?}\n{}", readyz(port), agent.stderr()));
+    };
+
+    // A wrong password: held.
+    wait_for(Duration::from_secs(30), || {
+        (unauthorized() >= 3.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no unauthorized errors counted:\n{}", agent.stderr()));
+    held("wrong password at start");
+    assert_eq!(delivered(), Some(0.0));
+
+    // The right one written into the file, no signal: read again before the next retry.
+    std::fs::write(&pw, "writer-pw\n").unwrap();
+    ready("right password written");
+    assert!(
+        agent.stderr().contains("the credentials changed"),
+        "{}",
+        agent.stderr()
+    );
+    let first = delivered().unwrap_or(0.0);
+    assert!(first > 0.0);
+
+    // A wrong one + SIGHUP: the sink restarts with it (its fingerprint covers the content).
+    std::fs::write(&pw, "wrong-2\n").unwrap();
+    let errors_before = unauthorized();
+    agent.signal("HUP");
+    wait_for(Duration::from_secs(30), || {
+        agent
+            .stderr()
+            .lines()
+            .any(|l| l.contains("configuration reloaded") && l.contains("restarted=sink central"))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the sink was not restarted:\n{}", agent.stderr()));
+    wait_for(Duration::from_secs(30), || {
+        (unauthorized() >= errors_before + 3.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the wrong password was not used:\n{}", agent.stderr()));
+    held("wrong password after SIGHUP");
+    let during = delivered().unwrap_or(0.0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        delivered().unwrap_or(0.0),
+        during,
+        "nothing is delivered while held"
+    );
+
+    // The right one again, no signal.
+    std::fs::write(&pw, "writer-pw\n").unwrap();
+    ready("right password again");
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let collected = stopped_field(&log, "collected");
+    let delivered = stopped_field(&log, "delivered");
+    assert_eq!(delivered, collected, "{log}");
+    assert!(!log.contains("dropped"), "{log}");
+    assert_eq!(collected % 9, 0);
+    let expected = collected / 9 * 5;
+    let stored = wait_for(Duration::from_secs(10), || {
+        let n = count(&influx, "SELECT count(value) FROM m");
+        (n == expected).then_some(n)
+    })
+    .unwrap_or_else(|| count(&influx, "SELECT count(value) FROM m"));
+    assert_eq!(stored, expected, "values in the store != values collected");
+    println!("collected {collected}, delivered {delivered}, values stored {stored} of {expected}");
 }

@@ -78,7 +78,8 @@ pub enum Secret {
 }
 
 impl Secret {
-    /// Reads the secret now (at start-up), trimming a trailing newline.
+    /// Reads the secret now (at start-up, at a reload, after a 401/403), trimming a trailing
+    /// newline.
     pub fn resolve(&self) -> Result<String, String> {
         match self {
             Secret::File(p) => std::fs::read_to_string(p)
@@ -88,6 +89,31 @@ impl Secret {
                 std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
             }
         }
+    }
+}
+
+impl Secret {
+    /// A digest of the secret's current content (or of why it cannot be read), for the
+    /// sink's fingerprint: a reload restarts a sink whose token or password changed. Keyed
+    /// with a per-process random key, so the fingerprints in the log reveal nothing of it.
+    /// Reads a small local file or an environment variable, as building the sink does.
+    pub fn digest(&self) -> u64 {
+        use std::hash::BuildHasher;
+        static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        KEY.get_or_init(Default::default).hash_one(self.resolve())
+    }
+}
+
+impl SinkConfig {
+    /// The digest of every secret the sink uses (see `Secret::digest`).
+    pub fn secrets_digest(&self) -> u64 {
+        let secrets: Vec<&Secret> = match &self.kind {
+            SinkKind::Influx(c) => c.token.iter().chain(c.password.iter()).collect(),
+            SinkKind::Mqtt(c) => c.broker.password.iter().collect(),
+            SinkKind::File(_) => Vec::new(),
+        };
+        crate::component::fingerprint(&secrets.iter().map(|s| s.digest()).collect::<Vec<_>>())
     }
 }
 
@@ -369,4 +395,25 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// built-in ones, and files in `[agent] profiles_dir` when it is set.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     validate::parse(file, text, None)
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_follows_the_content_not_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "one\n").unwrap();
+        let s = Secret::File(path.clone());
+        let first = s.digest();
+        assert_eq!(s.digest(), first);
+        assert_eq!(s.resolve().unwrap(), "one");
+        std::fs::write(&path, "two\n").unwrap();
+        assert_ne!(s.digest(), first);
+        std::fs::remove_file(&path).unwrap();
+        assert!(s.resolve().is_err());
+        assert_ne!(s.digest(), first);
+    }
 }

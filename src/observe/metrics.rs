@@ -159,6 +159,8 @@ pub struct SinkMetrics {
     pub name: String,
     pub delivered: AtomicU64,
     pub requests: AtomicU64,
+    /// HTTP write requests (InfluxDB sinks): retries and isolation requests included.
+    pub write_requests: AtomicU64,
     pub retries: AtomicU64,
     pub write_micros: AtomicU64,
     pub dropped_queue_full: AtomicU64,
@@ -419,6 +421,15 @@ impl Metrics {
                 "linetap_sink_write_duration_seconds_count{{sink=\"{}\"}} {}",
                 esc(&s.name),
                 s.requests.load(Relaxed)
+            );
+        }
+        o.push_str("# TYPE linetap_sink_requests_total counter\n");
+        for s in &sinks {
+            let _ = writeln!(
+                o,
+                "linetap_sink_requests_total{{sink=\"{}\"}} {}",
+                esc(&s.name),
+                s.write_requests.load(Relaxed)
             );
         }
         o.push_str("# TYPE linetap_sink_values_clamped_total counter\n");

@@ -1,5 +1,6 @@
 //! The dead-letter file of a sink: lines the store refused for good (HTTP 400 for a line, a
-//! single line too large to send), each after a comment with the time and the server's reason,
+//! single line too large to send, lines of a series the store keeps refusing), each group
+//! after a comment with the time and the server's reason,
 //! so nothing accepted is dropped silently and a person can fix and replay them.
 //! `data_dir/dead-letter/SINK.lp`, rotated to `SINK.lp.1` at `MAX_BYTES`.
 
@@ -30,18 +31,24 @@ impl DeadLetter {
 
     /// Appends `lines` (complete lines) with `reason`, on the blocking pool.
     pub async fn write(&self, reason: &str, lines: &[u8]) -> std::io::Result<()> {
+        self.write_all(vec![(reason.to_string(), lines.to_vec())])
+            .await
+    }
+
+    /// Appends several `(reason, lines)` entries (a batch's refused lines, by reason) with
+    /// one write and one sync, on the blocking pool.
+    pub async fn write_all(&self, entries: Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
         let me = self.clone();
-        let mut entry = format!(
-            "# {} {}\n",
-            crate::model::now_ns(),
-            reason.replace('\n', " ")
-        )
-        .into_bytes();
-        entry.extend_from_slice(lines);
-        if entry.last() != Some(&b'\n') {
-            entry.push(b'\n');
+        let now = crate::model::now_ns();
+        let mut out = Vec::with_capacity(entries.iter().map(|(r, l)| r.len() + l.len() + 32).sum());
+        for (reason, lines) in entries {
+            out.extend_from_slice(format!("# {now} {}\n", reason.replace('\n', " ")).as_bytes());
+            out.extend_from_slice(&lines);
+            if out.last() != Some(&b'\n') {
+                out.push(b'\n');
+            }
         }
-        tokio::task::spawn_blocking(move || me.append(&entry))
+        tokio::task::spawn_blocking(move || me.append(&out))
             .await
             .map_err(std::io::Error::other)?
     }
@@ -80,5 +87,18 @@ mod tests {
         d.write("again", &[b'x'; 90]).await.unwrap();
         assert!(d.path().with_extension("lp.1").exists());
         assert!(std::fs::read_to_string(d.path()).unwrap().contains("again"));
+        d.max_bytes = MAX_BYTES;
+        d.write_all(vec![
+            ("first".into(), b"a f=1 1\n".to_vec()),
+            ("second".into(), b"b f=1 1".to_vec()),
+        ])
+        .await
+        .unwrap();
+        let text = std::fs::read_to_string(d.path()).unwrap();
+        let tail: Vec<&str> = text.lines().rev().take(4).collect();
+        assert_eq!(tail[0], "b f=1 1");
+        assert!(tail[1].ends_with(" second"), "{text}");
+        assert_eq!(tail[2], "a f=1 1");
+        assert!(tail[3].ends_with(" first"), "{text}");
     }
 }

@@ -1,7 +1,9 @@
 //! The InfluxDB sink: line protocol over the v1 or v2 write API (`writer.rs`: HTTP, gzip,
-//! retries, Retry-After, 413 splitting).
+//! retries, Retry-After, credentials read again after a 401/403, 413 splitting, refused-line
+//! isolation; `isolate.rs`: the pure line, series and refusal logic it uses).
 
 pub mod config;
+mod isolate;
 mod writer;
 
 pub use writer::InfluxWriter;

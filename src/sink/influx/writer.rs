@@ -6,17 +6,31 @@
 //! - 401, 403, 404 and other 4xx about the request rather than the data (a revoked token, a
 //!   bucket or database not created yet, a wrong URL): errors a person can fix; the data is
 //!   held (it stays in the buffer), retried with backoff, logged once with what to fix, and
-//!   `/readyz` fails until it is delivered;
-//! - 400 and 422 (the store refuses a line): the batch is split until the refused lines are
-//!   isolated; every other line is delivered, the refused ones go to the dead-letter file with
-//!   the server's reason;
-//! - 413 (body too large): split the batch in two at a line boundary and write each half; a
-//!   single line that is still too large goes to the dead-letter file.
+//!   `/readyz` fails until it is delivered. After a 401/403 the token or password is read
+//!   again (on the blocking pool) before each retry, so a rotated `token_file` /
+//!   `password_file` is used without a signal;
+//! - 400 and 422 (the store refuses lines): the refused lines are isolated and go to the
+//!   dead-letter file with the server's reason; every other line is sent again until it is
+//!   delivered (correct whether the store wrote the good lines of a partial write, as
+//!   InfluxDB 1.x/2.x/3 do, or nothing: a line carries its timestamp, so sending it twice
+//!   stores it once). What the refusal names is used first (`isolate.rs`: the measurement
+//!   and field of a type conflict, InfluxDB 3's line numbers): the named lines are sent
+//!   alone, the others apart. Otherwise, or when the named lines are not all refused, the
+//!   series (measurement + tag set) are halved; within one refused series the lines carrying
+//!   the named field are refused and the others sent again, and without a field its lines
+//!   are bisected. There is no cap: isolation costs requests, never good lines. A (series,
+//!   field) found refused is remembered: in later batches its lines go to the dead-letter
+//!   file (counted as rejected) without a request, and one of its lines is sent alone every
+//!   30 s until the store accepts it again;
+//! - 413 (body too large): split the batch in two and write each half; a single line that is
+//!   still too large goes to the dead-letter file.
 //!
-//! A body is compressed once per piece, on the blocking pool, not on every retry.
+//! A body is compressed once per piece, on the blocking pool, not on every retry. Every HTTP
+//! request is counted (`linetap_sink_requests_total`).
 
+use super::isolate::{self, FieldHint, Hint, Refusals, Span};
 use crate::backoff::Backoff;
-use crate::config::{InfluxApi, InfluxConfig};
+use crate::config::{InfluxApi, InfluxConfig, Secret};
 use crate::sink::deadletter::DeadLetter;
 use crate::sink::lines::LineWriter;
 use crate::sink::{Outcome, RetryCtl};
@@ -28,13 +42,11 @@ use reqwest::StatusCode;
 use std::io::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+use tokio::time::Instant;
 
-/// Most splits spent isolating refused lines in one batch: a batch where many lines are
-/// refused (a field type conflict on every poll) would otherwise cost thousands of requests;
-/// the pieces still refused then go to the dead-letter file whole.
-const MAX_SPLITS: usize = 256;
-
-/// Most bytes of an error response read (a misbehaving server cannot make us buffer more).
+/// Most bytes of an error response read (a misbehaving server cannot make us buffer more);
+/// all of it is searched for what the refusal names, the first 300 characters are kept as
+/// the reason.
 const MAX_ERROR_BODY: usize = 4096;
 
 /// The longest `Retry-After` we honour; a longer one is capped.
@@ -44,11 +56,53 @@ pub struct InfluxWriter {
     client: reqwest::Client,
     url: reqwest::Url,
     auth: Option<HeaderValue>,
+    /// Where the credentials come from, to read them again after a 401/403.
+    creds: Option<Credentials>,
     gzip: bool,
     backoff: Backoff,
     dead_letter: DeadLetter,
     /// The v2 API has an unsigned integer type; 1.x has none.
     unsigned: bool,
+    /// The (series, field) pairs the store keeps refusing.
+    refusals: Refusals,
+}
+
+/// How a secret becomes the Authorization header.
+#[derive(Debug, Clone)]
+enum Scheme {
+    /// v2: `Token <token>`.
+    Token,
+    /// v1: basic auth with this username and the secret as password.
+    Basic(String),
+}
+
+#[derive(Debug)]
+struct Credentials {
+    scheme: Scheme,
+    secret: Secret,
+    /// The value the header was built from.
+    value: String,
+    /// A failed re-read was logged (logged once until one succeeds).
+    read_failed: bool,
+}
+
+impl Scheme {
+    fn header(&self, secret: &str) -> Result<HeaderValue, String> {
+        let text = match self {
+            Scheme::Token => format!("Token {secret}"),
+            Scheme::Basic(user) => {
+                format!("Basic {}", base64(format!("{user}:{secret}").as_bytes()))
+            }
+        };
+        HeaderValue::from_str(&text)
+            .map(|mut h| {
+                h.set_sensitive(true);
+                h
+            })
+            .map_err(|_| {
+                "the credentials contain characters not allowed in an HTTP header".to_string()
+            })
+    }
 }
 
 /// Why the store holds the data back: something a person has to fix.
@@ -75,23 +129,67 @@ enum Attempt {
     },
     /// 413.
     TooLarge,
-    /// 400 / 422: some line of the body is refused for good.
-    BadData(String),
+    /// 400 / 422: some line of the body is refused for good; what the body names.
+    BadData {
+        reason: String,
+        hint: Option<Hint>,
+    },
 }
 
 /// How one piece of a body ended.
 enum Piece {
     Delivered,
     TooLarge,
-    BadData(String),
+    BadData(String, Option<Hint>),
     Abandoned(String),
+}
+
+/// Lines of a batch still to be sent together, and what is known of them.
+struct Task {
+    spans: Vec<Span>,
+    /// The field a refusal of an ancestor named.
+    field: Option<FieldHint>,
+    /// The store named these lines (InfluxDB 3's line numbers) and they are sent alone.
+    named: bool,
+}
+
+impl Task {
+    fn new(spans: Vec<Span>, field: Option<FieldHint>) -> Self {
+        Task {
+            spans,
+            field,
+            named: false,
+        }
+    }
+}
+
+/// Lines of a batch bound for the dead-letter file, by reason.
+#[derive(Default)]
+struct Dead {
+    entries: Vec<(String, Vec<Span>)>,
+}
+
+impl Dead {
+    fn add(&mut self, reason: String, spans: Vec<Span>) {
+        if spans.is_empty() {
+            return;
+        }
+        match self.entries.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, v)) => v.extend(spans),
+            None => self.entries.push((reason, spans)),
+        }
+    }
+
+    fn lines(&self) -> usize {
+        self.entries.iter().map(|(_, v)| v.len()).sum()
+    }
 }
 
 /// Sorts a status that is not a success.
 fn classify(status: StatusCode, reason: String, after: Option<Duration>) -> Attempt {
     match status.as_u16() {
         413 => Attempt::TooLarge,
-        400 | 422 => Attempt::BadData(reason),
+        400 | 422 => Attempt::BadData { reason, hint: None },
         401 | 403 => Attempt::Held {
             why: Held::Unauthorized,
             reason,
@@ -117,16 +215,13 @@ impl InfluxWriter {
             InfluxApi::V1 => reqwest::Url::parse(&format!("{}/write", cfg.url)),
         }
         .map_err(|e| format!("invalid url {:?}: {e}", cfg.url))?;
-        let auth = match cfg.api {
+        let source = match cfg.api {
             InfluxApi::V2 => {
                 url.query_pairs_mut()
                     .append_pair("org", &cfg.org)
                     .append_pair("bucket", &cfg.bucket)
                     .append_pair("precision", "ns");
-                match &cfg.token {
-                    Some(t) => Some(format!("Token {}", t.resolve()?)),
-                    None => None,
-                }
+                cfg.token.as_ref().map(|t| (Scheme::Token, t.clone()))
             }
             InfluxApi::V1 => {
                 {
@@ -138,25 +233,27 @@ impl InfluxWriter {
                     }
                 }
                 match (&cfg.username, &cfg.password) {
-                    (Some(u), Some(p)) => {
-                        let creds = format!("{u}:{}", p.resolve()?);
-                        Some(format!("Basic {}", base64(creds.as_bytes())))
-                    }
+                    (Some(u), Some(p)) => Some((Scheme::Basic(u.clone()), p.clone())),
                     _ => None,
                 }
             }
         };
-        let auth = auth
-            .map(|a| {
-                HeaderValue::from_str(&a).map(|mut h| {
-                    h.set_sensitive(true);
-                    h
-                })
-            })
-            .transpose()
-            .map_err(|_| {
-                "the credentials contain characters not allowed in an HTTP header".to_string()
-            })?;
+        let (auth, creds) = match source {
+            Some((scheme, secret)) => {
+                let value = secret.resolve()?;
+                let header = scheme.header(&value)?;
+                (
+                    Some(header),
+                    Some(Credentials {
+                        scheme,
+                        secret,
+                        value,
+                        read_failed: false,
+                    }),
+                )
+            }
+            None => (None, None),
+        };
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
@@ -168,30 +265,76 @@ impl InfluxWriter {
             client,
             url,
             auth,
+            creds,
             gzip: cfg.gzip,
             // A store that comes back is found within 5 s; the backlog then drains at full speed.
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             dead_letter,
             unsigned: cfg.api == InfluxApi::V2,
+            refusals: Refusals::default(),
         })
+    }
+
+    /// Reads the token or password again (after a 401/403) on the blocking pool; a changed
+    /// value replaces the Authorization header. A file that cannot be read keeps the current
+    /// credentials (logged once).
+    async fn reread_credentials(&mut self) {
+        let Some(creds) = &mut self.creds else {
+            return;
+        };
+        let secret = creds.secret.clone();
+        let read = tokio::task::spawn_blocking(move || secret.resolve())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        let value = match read {
+            Ok(v) => {
+                creds.read_failed = false;
+                v
+            }
+            Err(e) => {
+                if !creds.read_failed {
+                    tracing::warn!(url = %self.url.path(), error = %e, "cannot read the credentials again; retrying with the ones read before");
+                    creds.read_failed = true;
+                }
+                return;
+            }
+        };
+        if value == creds.value {
+            return;
+        }
+        match creds.scheme.header(&value) {
+            Ok(h) => {
+                tracing::info!(url = %self.url.path(), "the credentials changed; retrying with the new ones");
+                self.auth = Some(h);
+                creds.value = value;
+            }
+            Err(e) => {
+                if !creds.read_failed {
+                    tracing::warn!(url = %self.url.path(), error = %e, "the new credentials cannot be used; retrying with the ones read before");
+                    creds.read_failed = true;
+                }
+            }
+        }
     }
 
     /// The request body of one piece: compressed once (on the blocking pool), reused by
     /// every retry.
-    async fn prepare(&self, piece: &[u8]) -> Bytes {
+    async fn prepare(&self, piece: Vec<u8>) -> Bytes {
+        let raw = Bytes::from(piece);
         if !self.gzip {
-            return Bytes::copy_from_slice(piece);
+            return raw;
         }
-        let raw = piece.to_vec();
+        let input = raw.clone();
         let gz = tokio::task::spawn_blocking(move || {
-            let mut enc = GzEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::fast());
-            enc.write_all(&raw).and_then(|_| enc.finish())
+            let mut enc = GzEncoder::new(Vec::with_capacity(input.len() / 4), Compression::fast());
+            enc.write_all(&input).and_then(|_| enc.finish())
         })
         .await;
         match gz {
             Ok(Ok(gz)) => Bytes::from(gz),
             // Compression cannot fail on a Vec; if it did, send the body as it is.
-            _ => Bytes::copy_from_slice(piece),
+            _ => raw,
         }
     }
 
@@ -230,16 +373,31 @@ impl InfluxWriter {
             "HTTP {status}: {}",
             text.trim().chars().take(300).collect::<String>()
         );
-        classify(status, reason, after)
+        match classify(status, reason, after) {
+            Attempt::BadData { reason, .. } => Attempt::BadData {
+                reason,
+                hint: isolate::parse_hint(&text),
+            },
+            other => other,
+        }
     }
 
     /// Writes one piece, retrying while the store is unreachable or holds it back, until it
     /// is delivered, refused, or shutdown gives up.
-    async fn write_piece(&mut self, piece: &[u8], retry: &mut RetryCtl) -> Piece {
+    async fn write_piece(&mut self, piece: Vec<u8>, retry: &mut RetryCtl) -> Piece {
+        if piece.is_empty() {
+            return Piece::Delivered;
+        }
         let body = self.prepare(piece).await;
         let mut logged: Option<Held> = None;
         let mut logged_retry = false;
+        let mut reread = false;
         loop {
+            // After a 401/403, the credentials are read again before each retry.
+            if reread {
+                self.reread_credentials().await;
+            }
+            retry.metrics.write_requests.fetch_add(1, Relaxed);
             let attempt = self.attempt(body.clone()).await;
             let m = &retry.metrics;
             let delay = match attempt {
@@ -252,13 +410,13 @@ impl InfluxWriter {
                     return Piece::Delivered;
                 }
                 Attempt::TooLarge => return Piece::TooLarge,
-                Attempt::BadData(reason) => {
+                Attempt::BadData { reason, hint } => {
                     m.errors_bad_request.fetch_add(1, Relaxed);
-                    return Piece::BadData(reason);
+                    return Piece::BadData(reason, hint);
                 }
                 Attempt::Held { why, reason } => {
                     let (counter, fix) = match why {
-                        Held::Unauthorized => (&m.errors_unauthorized, "the store refuses the credentials: check the token or username/password (token_file, password_file) and the user's write permission"),
+                        Held::Unauthorized => (&m.errors_unauthorized, "the store refuses the credentials: check the token or username/password (token_file, password_file: read again before each retry) and the user's write permission"),
                         Held::NotFound => (&m.errors_not_found, "the store has no such bucket, org or database: create it, or fix the sink's bucket/org/database"),
                         Held::Refused => (&m.errors_bad_request, "the store refuses the request itself: check the sink's url and api"),
                     };
@@ -268,6 +426,7 @@ impl InfluxWriter {
                         logged = Some(why);
                     }
                     m.set_held(&format!("{reason} ({fix})"));
+                    reread = why == Held::Unauthorized;
                     self.backoff.next_delay()
                 }
                 Attempt::Retry { reason, after } => {
@@ -285,11 +444,150 @@ impl InfluxWriter {
         }
     }
 
-    /// Sends lines the store refused for good to the dead-letter file.
-    async fn dead_letter(&self, reason: &str, lines: &[u8]) {
-        if let Err(e) = self.dead_letter.write(reason, lines).await {
-            tracing::error!(file = %self.dead_letter.path().display(), error = %e, "cannot write the dead-letter file; the refused lines are lost");
+    /// Remembers that the store refused `field` of `line`'s series (unless the refusal is
+    /// about the line's time, not its series).
+    fn remember(&mut self, line: &[u8], field: &[u8], reason: &str) {
+        if isolate::about_time(reason) {
+            return;
         }
+        let series = isolate::series_key(line);
+        let now_ns = crate::model::now_ns();
+        if self
+            .refusals
+            .remember(series, field, reason, Instant::now(), now_ns)
+        {
+            tracing::warn!(
+                url = %self.url.path(),
+                series = %String::from_utf8_lossy(series),
+                field = %String::from_utf8_lossy(field),
+                %reason,
+                remembered = self.refusals.len(),
+                "the store refuses this field of this series: its lines go to the dead-letter file without a request, and one is sent again every {} s",
+                isolate::PROBE_EVERY.as_secs()
+            );
+        }
+    }
+
+    /// A refused group of lines: what to send next (`stack`) and what is refused (`dead`).
+    fn refused(
+        &mut self,
+        body: &[u8],
+        task: Task,
+        reason: String,
+        hint: Option<Hint>,
+        stack: &mut Vec<Task>,
+        dead: &mut Dead,
+    ) {
+        let spans = task.spans;
+        let field = match &hint {
+            Some(Hint::Field(f)) => Some(f.clone()),
+            _ => task.field,
+        };
+        if let [one] = spans.as_slice() {
+            let line = &body[one.clone()];
+            let key = match &field {
+                Some(f) if f.names(line) => f.field.as_bytes().to_vec(),
+                _ => isolate::field_keys(line)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default(),
+            };
+            self.remember(line, &key, &reason);
+            dead.add(reason, spans);
+            return;
+        }
+        if let Some(h) = &hint {
+            let (named, rest) = isolate::split_by_hint(body, &spans, h);
+            if !named.is_empty() && !rest.is_empty() {
+                // Verify the hint: the named lines alone, the others apart.
+                stack.push(Task::new(rest, None));
+                stack.push(Task {
+                    spans: named,
+                    field: field.clone(),
+                    named: matches!(h, Hint::Lines(_)),
+                });
+                return;
+            }
+            if matches!(h, Hint::Lines(_)) && task.named && rest.is_empty() {
+                // Named twice, the second time alone: each of them is refused.
+                for s in &named {
+                    let line = &body[s.clone()];
+                    let key = isolate::field_keys(line)
+                        .into_iter()
+                        .next()
+                        .unwrap_or_default();
+                    self.remember(line, &key, &reason);
+                }
+                dead.add(reason, named);
+                return;
+            }
+        }
+        let groups = isolate::by_series(body, &spans);
+        if groups.len() > 1 {
+            let (a, b) = isolate::halve(groups);
+            stack.push(Task::new(b.concat(), field.clone()));
+            stack.push(Task::new(a.concat(), field));
+            return;
+        }
+        // One series: with a field named, its lines carrying that field are the refused ones.
+        if let Some(f) = &field {
+            let (carrying, others): (Vec<Span>, Vec<Span>) = spans
+                .iter()
+                .cloned()
+                .partition(|s| f.names(&body[s.clone()]));
+            if !carrying.is_empty() {
+                self.remember(&body[carrying[0].clone()], f.field.as_bytes(), &reason);
+                dead.add(reason, carrying);
+                if !others.is_empty() {
+                    stack.push(Task::new(others, None));
+                }
+                return;
+            }
+        }
+        let (a, b) = isolate::halve(spans);
+        stack.push(Task::new(b, field.clone()));
+        stack.push(Task::new(a, field));
+    }
+
+    /// Sends the lines of remembered refusals due for a probe, one line each, alone; returns
+    /// the lines probed, or why the batch was abandoned.
+    async fn probe(
+        &mut self,
+        body: &[u8],
+        spans: &[Span],
+        retry: &mut RetryCtl,
+        dead: &mut Dead,
+    ) -> Result<Vec<Span>, String> {
+        let due = self.refusals.due(body, spans, Instant::now());
+        let mut probed = Vec::with_capacity(due.len());
+        for (series, field, span) in due {
+            probed.push(span.clone());
+            match self
+                .write_piece(isolate::join(body, std::slice::from_ref(&span)), retry)
+                .await
+            {
+                Piece::Delivered => {
+                    if let Some(r) = self.refusals.forget(&series, &field) {
+                        tracing::info!(
+                            url = %self.url.path(),
+                            series = %String::from_utf8_lossy(&series),
+                            field = %String::from_utf8_lossy(&field),
+                            refused_since_ns = r.since_ns,
+                            "the store accepts this field of this series again; its lines are sent again"
+                        );
+                    }
+                }
+                Piece::Abandoned(r) => return Err(r),
+                Piece::TooLarge => {
+                    dead.add("HTTP 413: larger than the store accepts".into(), vec![span])
+                }
+                Piece::BadData(reason, _) => {
+                    self.remember(&body[span.clone()], &field, &reason);
+                    dead.add(reason, vec![span]);
+                }
+            }
+        }
+        Ok(probed)
     }
 }
 
@@ -299,49 +597,71 @@ impl LineWriter for InfluxWriter {
     }
 
     async fn write(&mut self, body: &[u8], _lines: usize, retry: &mut RetryCtl) -> Outcome {
-        // Pieces still to write, as byte ranges of `body`; a refused piece is split in two
-        // until the refused lines are isolated.
-        let mut pending = vec![(0usize, body.len())];
-        let mut rejected = 0usize;
-        let mut last_reason = String::new();
-        let mut splits = 0usize;
-        while let Some((start, end)) = pending.pop() {
-            let piece = &body[start..end];
-            let refused = match self.write_piece(piece, retry).await {
-                Piece::Delivered => continue,
+        let mut dead = Dead::default();
+        let all = isolate::lines(body);
+        let probed = match self.probe(body, &all, retry, &mut dead).await {
+            Ok(p) => p,
+            Err(r) => return Outcome::Abandoned(r),
+        };
+        let rest: Vec<Span> = if probed.is_empty() {
+            all
+        } else {
+            all.into_iter().filter(|s| !probed.contains(s)).collect()
+        };
+        // Groups of lines still to send; a refused group is divided until the refused lines
+        // are isolated. Lines of remembered refusals are taken out before each request.
+        let mut stack = vec![Task::new(rest, None)];
+        while let Some(mut task) = stack.pop() {
+            let (send, known) = self.refusals.sort(body, std::mem::take(&mut task.spans));
+            for (reason, spans) in known {
+                dead.add(reason, spans);
+            }
+            if send.is_empty() {
+                continue;
+            }
+            task.spans = send;
+            match self
+                .write_piece(isolate::join(body, &task.spans), retry)
+                .await
+            {
+                Piece::Delivered => {}
                 Piece::Abandoned(r) => return Outcome::Abandoned(r),
-                Piece::TooLarge => "HTTP 413: larger than the store accepts".to_string(),
-                Piece::BadData(r) => r,
-            };
-            match split_point(piece) {
-                Some(mid) if splits < MAX_SPLITS => {
-                    splits += 1;
-                    pending.push((start + mid, end));
-                    pending.push((start, start + mid));
+                Piece::TooLarge if task.spans.len() == 1 => {
+                    dead.add("HTTP 413: larger than the store accepts".into(), task.spans)
                 }
-                _ => {
-                    let lines = piece.iter().filter(|&&b| b == b'\n').count().max(1);
-                    rejected += lines;
-                    let reason = if lines > 1 {
-                        format!("{refused} (not isolated further: the batch used its {MAX_SPLITS} splits)")
-                    } else {
-                        refused
-                    };
-                    self.dead_letter(&reason, piece).await;
-                    last_reason = reason;
+                Piece::TooLarge => {
+                    let (a, b) = isolate::halve(task.spans);
+                    stack.push(Task::new(b, task.field.clone()));
+                    stack.push(Task::new(a, task.field));
+                }
+                Piece::BadData(reason, hint) => {
+                    self.refused(body, task, reason, hint, &mut stack, &mut dead)
                 }
             }
         }
+        let rejected = dead.lines();
         if rejected == 0 {
-            Outcome::Delivered
-        } else {
-            Outcome::Rejected {
-                lines: rejected,
-                reason: format!(
-                    "{last_reason} (written to {})",
-                    self.dead_letter.path().display()
-                ),
-            }
+            return Outcome::Delivered;
+        }
+        let last_reason = dead
+            .entries
+            .last()
+            .map(|(r, _)| r.clone())
+            .unwrap_or_default();
+        let entries: Vec<(String, Vec<u8>)> = dead
+            .entries
+            .into_iter()
+            .map(|(reason, spans)| (reason, isolate::join(body, &spans)))
+            .collect();
+        if let Err(e) = self.dead_letter.write_all(entries).await {
+            tracing::error!(file = %self.dead_letter.path().display(), error = %e, "cannot write the dead-letter file; the refused lines are lost");
+        }
+        Outcome::Rejected {
+            lines: rejected,
+            reason: format!(
+                "{last_reason} (written to {})",
+                self.dead_letter.path().display()
+            ),
         }
     }
 }
@@ -356,20 +676,6 @@ async fn read_capped(mut resp: reqwest::Response, max: usize) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Where to cut a body of several lines into two halves at a line boundary.
-fn split_point(body: &[u8]) -> Option<usize> {
-    let mid = body.len() / 2;
-    let after = body[mid..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|i| mid + i + 1);
-    let before = body[..mid].iter().rposition(|&b| b == b'\n').map(|i| i + 1);
-    [after, before]
-        .into_iter()
-        .flatten()
-        .find(|&p| p > 0 && p < body.len())
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -449,19 +755,10 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(c(400), Attempt::BadData("r".into()));
-        assert_eq!(c(422), Attempt::BadData("r".into()));
+        assert!(matches!(c(400), Attempt::BadData { .. }));
+        assert!(matches!(c(422), Attempt::BadData { .. }));
         assert_eq!(c(413), Attempt::TooLarge);
         assert!(matches!(c(429), Attempt::Retry { .. }));
         assert!(matches!(c(503), Attempt::Retry { .. }));
-    }
-
-    #[test]
-    fn splits_at_line_boundaries() {
-        let body = b"a 1\nbb 2\nccc 3\n";
-        let p = split_point(body).unwrap();
-        assert_eq!(body[p - 1], b'\n');
-        assert!(p < body.len());
-        assert_eq!(split_point(b"single 1\n"), None);
     }
 }
