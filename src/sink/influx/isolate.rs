@@ -326,7 +326,18 @@ pub fn halve<T>(mut v: Vec<T>) -> (Vec<T>, Vec<T>) {
 /// is refused for itself, not for its series, so its series is not remembered.
 pub fn about_time(reason: &str) -> bool {
     let r = reason.to_ascii_lowercase();
-    r.contains("retention") || r.contains("too old") || r.contains("timestamp")
+    // A type conflict names a field, which may well be called `timestamp`.
+    !r.contains("type conflict")
+        && [
+            "beyond retention",
+            "outside the retention",
+            "retention period",
+            "too old",
+            "timestamp value",
+            "timestamp out of",
+        ]
+        .iter()
+        .any(|p| r.contains(p))
 }
 
 /// A (series, field) the store refused.
@@ -342,10 +353,22 @@ pub struct Refused {
 }
 
 /// The (series, field) pairs the store keeps refusing.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Refusals {
     by_series: HashMap<Vec<u8>, Vec<Refused>>,
     len: usize,
+    /// `PROBE_EVERY` (shorter in tests).
+    pub probe_every: Duration,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Refusals {
+            by_series: HashMap::new(),
+            len: 0,
+            probe_every: PROBE_EVERY,
+        }
+    }
 }
 
 impl Refusals {
@@ -372,7 +395,7 @@ impl Refusals {
             .get_mut(series)
             .and_then(|v| v.iter_mut().find(|r| r.field == field))
         {
-            r.next_probe = now + PROBE_EVERY;
+            r.next_probe = now + self.probe_every;
             r.last = now;
             reason.clone_into(&mut r.reason);
             return false;
@@ -387,7 +410,7 @@ impl Refusals {
                 field: field.to_vec(),
                 reason: reason.to_string(),
                 since_ns: now_ns,
-                next_probe: now + PROBE_EVERY,
+                next_probe: now + self.probe_every,
                 last: now,
             });
         self.len += 1;
@@ -467,7 +490,7 @@ impl Refusals {
                         "{} (refused since {}; sent here without a request, tried again every {} s)",
                         r.reason,
                         r.since_ns,
-                        PROBE_EVERY.as_secs()
+                        self.probe_every.as_secs()
                     );
                     match dead.iter_mut().find(|(why, _)| *why == reason) {
                         Some((_, v)) => v.push(s),
@@ -580,6 +603,12 @@ m,device=dev4,i=1 value=3,value_label=\"x\" 10\n";
             "partial write: points beyond retention policy dropped=1"
         ));
         assert!(!about_time("partial write: field type conflict"));
+        assert!(!about_time(
+            r#"field type conflict: input field "timestamp" on measurement "retention period""#
+        ));
+        assert!(about_time(
+            "error parsing line 4 (1-based): Unable to parse timestamp value '1'"
+        ));
     }
 
     #[test]

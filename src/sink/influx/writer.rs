@@ -463,7 +463,7 @@ impl InfluxWriter {
                 %reason,
                 remembered = self.refusals.len(),
                 "the store refuses this field of this series: its lines go to the dead-letter file without a request, and one is sent again every {} s",
-                isolate::PROBE_EVERY.as_secs()
+                self.refusals.probe_every.as_secs()
             );
         }
     }
@@ -760,5 +760,220 @@ mod tests {
         assert_eq!(c(413), Attempt::TooLarge);
         assert!(matches!(c(429), Attempt::Retry { .. }));
         assert!(matches!(c(503), Attempt::Retry { .. }));
+    }
+
+    /// A scripted store on loopback: `answer(lines of the request)` returns the status and
+    /// body; the lines it calls good are recorded as stored.
+    struct Store {
+        url: String,
+        stored: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    type Answer = fn(&[String]) -> (u16, String, Vec<String>);
+
+    async fn store(answer: Answer) -> Store {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stored = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (st, rq) = (stored.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (st, rq) = (st.clone(), rq.clone());
+                tokio::spawn(async move {
+                    let (r, mut w) = conn.into_split();
+                    let mut r = BufReader::new(r);
+                    loop {
+                        let mut len = 0usize;
+                        let mut first = true;
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if h == "\r\n" && !first {
+                                break;
+                            }
+                            first = false;
+                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        rq.fetch_add(1, Relaxed);
+                        let lines: Vec<String> = String::from_utf8_lossy(&body)
+                            .lines()
+                            .map(str::to_string)
+                            .collect();
+                        let (status, text, good) = answer(&lines);
+                        st.lock().unwrap().extend(good);
+                        let head = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{text}",
+                            text.len()
+                        );
+                        if w.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Store {
+            url,
+            stored,
+            requests,
+        }
+    }
+
+    fn writer(url: &str, dir: &std::path::Path) -> InfluxWriter {
+        let cfg = InfluxConfig {
+            url: url.to_string(),
+            api: InfluxApi::V1,
+            org: String::new(),
+            bucket: String::new(),
+            token: None,
+            database: "db".into(),
+            retention_policy: None,
+            username: None,
+            password: None,
+            timeout: Duration::from_secs(5),
+            gzip: false,
+        };
+        InfluxWriter::new(&cfg, DeadLetter::new(dir, "s")).unwrap()
+    }
+
+    fn retry_ctl() -> (crate::shutdown::Trigger, RetryCtl) {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let ctl = RetryCtl::new(
+            shutdown,
+            Duration::from_secs(1),
+            Default::default(),
+            crate::observe::liveness::Beat::unwatched(),
+        );
+        (trigger, ctl)
+    }
+
+    /// Five devices × 5 series, one poll each at `t`.
+    fn batch(t: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        for d in 0..5 {
+            for i in 0..5 {
+                b.extend_from_slice(format!("m,device=dev{d},i={i} value=1.5 {t}\n").as_bytes());
+            }
+        }
+        b
+    }
+
+    /// Refuses any request with a line of dev4 and stores nothing of it; while `ACCEPT_DEV4`
+    /// is set, accepts everything.
+    static ACCEPT_DEV4: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    fn whole(lines: &[String]) -> (u16, String, Vec<String>) {
+        if !ACCEPT_DEV4.load(Relaxed) && lines.iter().any(|l| l.contains("device=dev4,")) {
+            let body = r#"{"error":"partial write: field type conflict: input field \"value\" on measurement \"m\" is type float, already exists as type integer dropped=1"}"#;
+            return (400, body.into(), Vec::new());
+        }
+        (204, String::new(), lines.to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_hint_naming_a_shared_field_costs_no_good_line_and_the_series_is_remembered() {
+        let s = store(whole).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(&s.url, dir.path());
+        w.refusals.probe_every = Duration::from_millis(300);
+        let (_t, mut retry) = retry_ctl();
+        let first = batch(1);
+        let out = w.write(&first, 25, &mut retry).await;
+        assert!(matches!(out, Outcome::Rejected { lines: 5, .. }), "{out:?}");
+        let stored = s.stored.lock().unwrap().clone();
+        assert_eq!(stored.len(), 20);
+        assert!(stored.iter().all(|l| !l.contains("dev4")));
+        let isolating = s.requests.load(Relaxed);
+        assert_eq!(w.refusals.len(), 5);
+        // Later batches: one request, dev4's lines dead-lettered without one.
+        let out = w.write(&batch(2), 25, &mut retry).await;
+        assert!(matches!(out, Outcome::Rejected { lines: 5, .. }), "{out:?}");
+        assert_eq!(s.requests.load(Relaxed), isolating + 1);
+        assert_eq!(
+            retry.metrics.write_requests.load(Relaxed) as usize,
+            isolating + 1
+        );
+        let dead = std::fs::read_to_string(dir.path().join("dead-letter/s.lp")).unwrap();
+        assert_eq!(dead.lines().filter(|l| !l.starts_with('#')).count(), 10);
+        assert!(dead.contains("sent here without a request"), "{dead}");
+        // The store accepts dev4 again: after the probe interval one line of each series is
+        // probed alone, the pairs are forgotten and the rest goes in one request.
+        ACCEPT_DEV4.store(true, Relaxed);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let before = s.requests.load(Relaxed);
+        assert_eq!(w.write(&batch(3), 25, &mut retry).await, Outcome::Delivered);
+        assert_eq!(s.requests.load(Relaxed), before + 5 + 1);
+        assert!(w.refusals.is_empty());
+        ACCEPT_DEV4.store(false, Relaxed);
+    }
+
+    /// InfluxDB 3: writes the good lines, names the refused ones by 1-based line number.
+    fn numbered(lines: &[String]) -> (u16, String, Vec<String>) {
+        let bad: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("value=\"x\""))
+            .map(|(i, _)| i + 1)
+            .collect();
+        let good = lines
+            .iter()
+            .filter(|l| !l.contains("value=\"x\""))
+            .cloned()
+            .collect();
+        if bad.is_empty() {
+            return (204, String::new(), good);
+        }
+        let data: Vec<String> = bad
+            .iter()
+            .map(|n| format!(r#"{{"original_line":"…","line_number":{n},"error_message":"invalid column type"}}"#))
+            .collect();
+        (
+            400,
+            format!(
+                r#"{{"error":"partial write of line protocol occurred","data":[{}]}}"#,
+                data.join(",")
+            ),
+            good,
+        )
+    }
+
+    #[tokio::test]
+    async fn influxdb3_line_numbers_name_the_refused_lines() {
+        let s = store(numbered).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(&s.url, dir.path());
+        let (_t, mut retry) = retry_ctl();
+        // One series with a good and a bad field, others good.
+        let body =
+            b"m,d=a v=1 1\nm,d=b value=\"x\" 1\nm,d=b v=2 1\nm,d=c v=3 1\nm,d=b value=\"x\" 2\n";
+        let out = w.write(body, 5, &mut retry).await;
+        assert!(matches!(out, Outcome::Rejected { lines: 2, .. }), "{out:?}");
+        // Refused, then the named lines alone (refused again), the rest once more.
+        assert_eq!(s.requests.load(Relaxed), 3);
+        let stored = s.stored.lock().unwrap().clone();
+        for good in ["m,d=a v=1 1", "m,d=b v=2 1", "m,d=c v=3 1"] {
+            assert!(stored.iter().any(|l| l == good), "{good}: {stored:?}");
+        }
+        // The refused field of that series is remembered, its other field is not.
+        assert_eq!(w.refusals.len(), 1);
+        let out = w
+            .write(b"m,d=b value=\"x\" 3\nm,d=b v=4 3\n", 2, &mut retry)
+            .await;
+        assert!(matches!(out, Outcome::Rejected { lines: 1, .. }), "{out:?}");
+        assert_eq!(s.requests.load(Relaxed), 4);
     }
 }
