@@ -982,3 +982,18 @@ fn a_profile_device_is_planned_in_the_fewest_requests() {
         assert!(ur.contains(shown), "{shown:?} not in:\n{ur}");
     }
 }
+
+#[test]
+fn sink_names_that_share_a_file_name() {
+    // `local.b` (a quoted key) and `local_b` map to one cursor and dead-letter file name.
+    let text = format!(
+        "{BASE}\n[sinks.\"local.b\"]\ntype = \"file\"\npath = \"./b.lp\"\n\n[sinks.local_b]\ntype = \"file\"\npath = \"./c.lp\"\n"
+    );
+    let at = spot(&text, "[sinks.local_b]", 1, "local_b");
+    expect_error(
+        "sink_names_that_share_a_file_name",
+        &text,
+        at,
+        "would share their buffer position and dead-letter file (local_b)",
+    );
+}

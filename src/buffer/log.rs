@@ -101,12 +101,20 @@ impl LogWriter {
     /// Starts a new segment at `base`.
     pub fn create(dir: &Path, base: u64, catalog: u64) -> io::Result<LogWriter> {
         let path = segment_path(dir, base);
-        let mut file = OpenOptions::new()
+        let opened = OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
-            .open(&path)?;
-        file.write_all(&record::segment_header(catalog))?;
+            .open(&path)
+            .and_then(|mut f| f.write_all(&record::segment_header(catalog)).map(|_| f));
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                // A full disk: do not leave a header-less file for recovery to quarantine.
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         sync_dir(dir);
         Ok(LogWriter {
             dir: dir.to_path_buf(),
@@ -134,6 +142,16 @@ impl LogWriter {
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// Gives the disk space of everything appended so far back to the file system, keeping the
+    /// file's length (and so every position): only for data every reader has passed. The
+    /// segment becomes a hole that reads as zeros, which recovery and readers skip.
+    pub fn release_delivered(&mut self) -> io::Result<()> {
+        self.file.set_len(SEGMENT_HEADER_LEN)?;
+        self.file.set_len(self.segment.len)?;
+        self.file.seek(SeekFrom::Start(self.segment.len))?;
+        Ok(())
     }
 
     /// Seals this segment (synced) and starts the next one.

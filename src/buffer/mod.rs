@@ -28,7 +28,7 @@ mod reader;
 pub mod record;
 mod writer;
 
-pub use input::BufferInput;
+pub use input::{BufferInput, Durability};
 pub use reader::SinkReader;
 
 use crate::config::{BufferConfig, WhenFull};
@@ -148,14 +148,66 @@ struct Shared {
     writer: std::sync::OnceLock<std::thread::Thread>,
     /// Batches accepted into the queue so far: a publisher's ticket.
     enqueued: std::sync::atomic::AtomicU64,
-    /// Batches the writer has taken from the queue and made durable (synced), in queue order.
-    durable: watch::Sender<u64>,
+    /// Batches the writer has settled, in queue order: each one up to here is either durable
+    /// (appended and synced without error) or refused (listed in `refused`).
+    settled: watch::Sender<u64>,
+    /// Which settled tickets were refused (dropped by `when_full`, or lost to a failed write
+    /// or sync).
+    refused: Mutex<Refused>,
+    /// A catalog version waits for room in the queue: a writer holding the sources back
+    /// (`when_full = "block"`) takes the queue up to it (a reload must not wait for the store).
+    catalog_waiting: std::sync::atomic::AtomicBool,
     /// Publishers waiting for durability: the writer syncs at once rather than every
     /// `sync_interval`.
     waiting: std::sync::atomic::AtomicUsize,
 }
 
+/// Tickets the writer refused, as merged inclusive ranges (newest last). Old ranges are
+/// forgotten beyond `MAX_RANGES`; a ticket at or below `forgotten` is then reported refused
+/// (its publisher long stopped waiting; refusing again only means a redelivery).
+#[derive(Default)]
+struct Refused {
+    ranges: VecDeque<(u64, u64)>,
+    forgotten: u64,
+}
+
+impl Refused {
+    const MAX_RANGES: usize = 4096;
+
+    fn add(&mut self, lo: u64, hi: u64) {
+        if lo > hi {
+            return;
+        }
+        if let Some(last) = self.ranges.back_mut() {
+            if lo <= last.1.saturating_add(1) && hi >= last.0 {
+                last.0 = last.0.min(lo);
+                last.1 = last.1.max(hi);
+                return;
+            }
+        }
+        self.ranges.push_back((lo, hi));
+        while self.ranges.len() > Self::MAX_RANGES {
+            if let Some((_, h)) = self.ranges.pop_front() {
+                self.forgotten = self.forgotten.max(h);
+            }
+        }
+    }
+
+    /// Whether any ticket in `(from, to]` was refused.
+    fn any(&self, from: u64, to: u64) -> bool {
+        from < self.forgotten || self.ranges.iter().any(|&(lo, hi)| lo <= to && hi > from)
+    }
+}
+
 impl Shared {
+    /// Marks tickets `lo..=hi` as refused (the writer settles them in order with the rest).
+    fn refuse(&self, lo: u64, hi: u64) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(lo, hi);
+    }
+
     /// Wakes the writer thread before its tick.
     fn wake_writer(&self) {
         if let Some(t) = self.writer.get() {
@@ -285,8 +337,10 @@ impl Buffer {
             queued: 0.into(),
             writer: std::sync::OnceLock::new(),
             enqueued: 0.into(),
-            durable: watch::channel(0).0,
+            settled: watch::channel(0).0,
+            refused: Mutex::new(Refused::default()),
             waiting: 0.into(),
+            catalog_waiting: false.into(),
         });
         cursors::persist(&shared);
         writer::update_gauges(&shared);

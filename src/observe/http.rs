@@ -86,7 +86,8 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
                 .iter()
                 .filter_map(|s| s.held().map(|why| format!("sink {}: {why}", s.name)))
                 .collect();
-            if waiting.is_empty() && held.is_empty() {
+            let disk = metrics.disk_error();
+            if waiting.is_empty() && held.is_empty() && disk.is_none() {
                 ("200 OK", "ready\n".to_string())
             } else {
                 let mut body = String::new();
@@ -96,6 +97,9 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
                 for h in held {
                     body.push_str(&h);
                     body.push('\n');
+                }
+                if let Some(why) = disk {
+                    body.push_str(&format!("buffer: {why}\n"));
                 }
                 ("503 Service Unavailable", body)
             }

@@ -29,6 +29,10 @@ impl Beat {
     pub fn idle(&self) {
         self.0.store(0, Relaxed);
     }
+
+    pub fn is_busy(&self) -> bool {
+        self.0.load(Relaxed) != 0
+    }
 }
 
 #[derive(Debug)]

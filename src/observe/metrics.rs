@@ -99,6 +99,9 @@ pub struct BrokerMetrics {
     pub connected: AtomicBool,
     pub connects: AtomicU64,
     pub connection_errors: AtomicU64,
+    /// QoS 1 messages left unacknowledged because the buffer refused their data (the
+    /// connection is then renewed, so the broker delivers them again).
+    pub unacked_refused: AtomicU64,
 }
 
 impl Named for BrokerMetrics {
@@ -243,6 +246,9 @@ pub struct Metrics {
     pub buffer_corrupt_bytes: AtomicU64,
     /// Segments set aside because their header was damaged.
     pub buffer_quarantined: AtomicU64,
+    /// Why the buffer cannot write or sync its log now (empty: it can). Set and cleared by the
+    /// writer thread; `/readyz` fails while it is set.
+    pub buffer_disk_error: std::sync::Mutex<String>,
     /// Configuration reloads applied, and refused (invalid file, a sink that cannot start).
     pub config_reloads_ok: AtomicU64,
     pub config_reloads_error: AtomicU64,
@@ -267,6 +273,26 @@ impl Metrics {
             .map(|d| d.samples.load(Relaxed))
             .sum::<u64>()
             + self.self_samples.load(Relaxed)
+    }
+
+    /// Records why the buffer cannot write now, or (with `""`) that it can again.
+    pub fn set_disk_error(&self, why: &str) {
+        let mut e = self
+            .buffer_disk_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if e.as_str() != why {
+            e.clear();
+            e.push_str(why);
+        }
+    }
+
+    pub fn disk_error(&self) -> Option<String> {
+        let e = self
+            .buffer_disk_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (!e.is_empty()).then(|| e.clone())
     }
 
     /// The Prometheus text exposition of every counter.
@@ -327,7 +353,7 @@ impl Metrics {
         let brokers = self.brokers.all();
         // One family each, its TYPE line before its samples.
         type Family = (&'static str, &'static str, fn(&BrokerMetrics) -> u64);
-        let broker_families: [Family; 3] = [
+        let broker_families: [Family; 4] = [
             ("linetap_mqtt_connected", "gauge", |b| {
                 b.connected.load(Relaxed) as u64
             }),
@@ -336,6 +362,9 @@ impl Metrics {
             }),
             ("linetap_mqtt_connection_errors_total", "counter", |b| {
                 b.connection_errors.load(Relaxed)
+            }),
+            ("linetap_mqtt_unacked_refused_total", "counter", |b| {
+                b.unacked_refused.load(Relaxed)
             }),
         ];
         for (family, kind, get) in broker_families {
@@ -513,6 +542,11 @@ impl Metrics {
             self.config_reloads_error.load(Relaxed)
         );
         let _ = writeln!(o, "# TYPE linetap_buffer_quarantined_segments_total counter\nlinetap_buffer_quarantined_segments_total {}", self.buffer_quarantined.load(Relaxed));
+        let _ = writeln!(
+            o,
+            "# TYPE linetap_buffer_disk_error gauge\nlinetap_buffer_disk_error {}",
+            self.disk_error().is_some() as u8
+        );
         o
     }
 }

@@ -277,6 +277,25 @@ fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> Config 
         live_share,
     };
 
+    // A sink's buffer cursor and dead-letter file are named after it with every character but
+    // letters, digits, '-' and '_' replaced: two names must not meet there.
+    let mut files: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for name in raw.sinks.keys() {
+        let file = crate::buffer::cursors::file_name(name.get_ref());
+        match files.get(&file) {
+            Some(other) => cx.err(
+                name.span(),
+                format!(
+                    "sinks {other:?} and {:?} would share their buffer position and dead-letter file ({file}); rename one (letters, digits, '-' and '_' keep a name distinct)",
+                    name.get_ref()
+                ),
+            ),
+            None => {
+                files.insert(file, name.get_ref());
+            }
+        }
+    }
+
     let sinks = raw
         .sinks
         .iter()

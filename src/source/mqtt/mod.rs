@@ -12,6 +12,7 @@ pub mod sparkplug;
 
 use super::{describe, Source, SourceContext};
 use crate::backoff::Backoff;
+use crate::buffer::Durability;
 use crate::component::{fingerprint, ComponentId, Kind};
 use crate::config::{Config, DeviceConfig, MqttFormat, Protocol};
 use crate::model::catalog::{health_points, HealthIds, Registry};
@@ -148,10 +149,14 @@ impl Source for Broker {
     }
 
     fn start(self: Box<Self>, ctx: SourceContext) -> JoinHandle<()> {
+        let beat = ctx
+            .metrics
+            .liveness
+            .register(&format!("broker {}", self.config.name));
         let outputs = self
             .plans
             .iter()
-            .map(|p| ctx.output(&p.name, p.device))
+            .map(|p| ctx.output_watched(&p.name, p.device, &beat))
             .collect();
         let metrics = self
             .plans
@@ -159,10 +164,6 @@ impl Source for Broker {
             .map(|p| ctx.metrics.devices.add(&p.name))
             .collect();
         let broker = ctx.metrics.brokers.add(&self.config.name);
-        let beat = ctx
-            .metrics
-            .liveness
-            .register(&format!("broker {}", self.config.name));
         tokio::spawn(run(
             self.config,
             self.plans,
@@ -271,13 +272,34 @@ async fn run(
     // through a bounded channel (back-pressure: while the handler is busy, nothing more is
     // read from the socket).
     let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel::<Result<Event, String>>(256);
+    // The connection's generation (one more at every CONNACK), and a request to renew it: a
+    // QoS 1 message the buffer refused is delivered again by the broker only on a new
+    // connection (persistent session).
+    let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let renew = Arc::new(tokio::sync::Notify::new());
+    let pump_generation = generation.clone();
+    let pump_renew = renew.clone();
     let pump = tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
-            match events.poll().await {
+            // Cancelling a poll is safe here: the connection it was reading is dropped.
+            let polled = tokio::select! {
+                p = events.poll() => p,
+                _ = pump_renew.notified() => {
+                    events.clean();
+                    let e = "renewing the connection: the buffer refused a QoS 1 message".to_string();
+                    if ev_tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            match polled {
                 Ok(e) => {
                     if matches!(e, Event::Incoming(Packet::ConnAck(_))) {
                         backoff.reset();
+                        pump_generation.fetch_add(1, Relaxed);
                     }
                     let done = matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect));
                     if ev_tx.send(Ok(e)).await.is_err() || done {
@@ -316,16 +338,38 @@ async fn run(
             .collect()
     };
 
-    // Acknowledgements: in arrival order, each once everything published before it is durable.
-    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, rumqttc::Publish)>();
+    // Acknowledgements: in arrival order, each once what it carried is durable. A message the
+    // buffer refused stays unacknowledged, and so does every later one of the same connection
+    // (acknowledgements go in order); the connection is renewed so the broker delivers them
+    // again. An acknowledgement that cannot be sent is left to the broker's redelivery too.
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<Ack>();
     let ack_client = client.clone();
+    let ack_generation = generation.clone();
+    let ack_broker = broker.clone();
+    let ack_renew = renew.clone();
+    let ack_name = config.name.clone();
     let ack_task = tokio::spawn(async move {
-        while let Some((ticket, p)) = ack_rx.recv().await {
-            if !input.durable(ticket).await {
+        let mut refused_in: Option<u64> = None;
+        while let Some(a) = ack_rx.recv().await {
+            let durability = match a.accepted {
+                true => input.durability(a.from, a.to).await,
+                false => Durability::Refused,
+            };
+            if durability == Durability::Stopped {
                 return;
             }
-            if ack_client.ack(&p).await.is_err() {
-                return;
+            if refused_in == Some(a.generation) || ack_generation.load(Relaxed) != a.generation {
+                continue;
+            }
+            if durability == Durability::Refused {
+                ack_broker.unacked_refused.fetch_add(1, Relaxed);
+                tracing::warn!(broker = %ack_name, "the buffer refused a QoS 1 message: left unacknowledged, and the connection renewed so the broker delivers it again");
+                refused_in = Some(a.generation);
+                ack_renew.notify_one();
+                continue;
+            }
+            if let Err(e) = ack_client.ack(&a.publish).await {
+                tracing::debug!(broker = %ack_name, error = %e, "cannot acknowledge; the broker delivers the message again");
             }
         }
     });
@@ -420,6 +464,7 @@ async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic.starts_with("spBv1.0/") => {
                 let arrival = now_ns();
+                let from = input_ticket(&outputs);
                 let mut accepted = true;
                 if let Some((g, kind, n, dev_id)) = sparkplug::parse_topic(&p.topic) {
                     for d in 0..plans.len() {
@@ -530,13 +575,13 @@ async fn run(
                         }
                     }
                 }
-                if p.qos == QoS::AtLeastOnce && accepted {
-                    let ticket = outputs.first().map(|o| o.ticket()).unwrap_or(0);
-                    let _ = ack_tx.send((ticket, p));
+                if p.qos == QoS::AtLeastOnce {
+                    let _ = ack_tx.send(Ack::new(from, accepted, &outputs, &generation, p));
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let arrival = now_ns();
+                let from = input_ticket(&outputs);
                 let mut accepted = true;
                 if let Some(targets) = routes.get(&p.topic) {
                     for &(d, k) in targets {
@@ -606,14 +651,8 @@ async fn run(
                     }
                 }
                 if p.qos == QoS::AtLeastOnce {
-                    if accepted {
-                        let ticket = outputs.first().map(|o| o.ticket()).unwrap_or(0);
-                        let _ = ack_tx.send((ticket, p));
-                    } else {
-                        // The buffer refused it: unacknowledged, the broker delivers it again
-                        // after the next reconnect.
-                        tracing::warn!(broker = %config.name, "a QoS 1 message was not accepted by the buffer and is left unacknowledged");
-                    }
+                    // Accepted or not, in order: a refused message renews the connection.
+                    let _ = ack_tx.send(Ack::new(from, accepted, &outputs, &generation, p));
                 }
             }
             Ok(_) => {}
@@ -639,6 +678,40 @@ async fn run(
     {
         pump.abort();
     }
+}
+
+/// A QoS 1 message waiting for its acknowledgement: the buffer tickets of what it carried, and
+/// the connection it came on.
+struct Ack {
+    /// False when the buffer refused it at once (its queue was full).
+    accepted: bool,
+    from: u64,
+    to: u64,
+    generation: u64,
+    publish: rumqttc::Publish,
+}
+
+impl Ack {
+    fn new(
+        from: u64,
+        accepted: bool,
+        outputs: &[DeviceOutput],
+        generation: &std::sync::atomic::AtomicU64,
+        publish: rumqttc::Publish,
+    ) -> Ack {
+        Ack {
+            accepted,
+            from,
+            to: input_ticket(outputs),
+            generation: generation.load(Relaxed),
+            publish,
+        }
+    }
+}
+
+/// The buffer's ticket now (every output shares one buffer input).
+fn input_ticket(outputs: &[DeviceOutput]) -> u64 {
+    outputs.first().map(|o| o.ticket()).unwrap_or(0)
 }
 
 /// Keeps a problem for the health record, logged at most once a minute per device.
