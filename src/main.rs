@@ -478,7 +478,16 @@ async fn run_agent(path: &std::path::Path, cfg: config::Config) -> i32 {
                 }
             } => {
                 notifier.notify("RELOADING=1\nSTATUS=reloading the configuration");
-                reload(&mut agent, path).await;
+                // A stop request ends a reload that waits (for a component to stop): what the
+                // reload had stopped stays stopped, the agent then stops the rest.
+                let stopped = tokio::select! {
+                    _ = reload(&mut agent, path) => false,
+                    _ = &mut stop => true,
+                };
+                if stopped {
+                    tracing::warn!("stop requested during a reload; stopping");
+                    break;
+                }
                 notifier.notify(&format!("READY=1\nSTATUS={}", systemd::status(&agent.metrics)));
             }
         }

@@ -287,7 +287,10 @@ impl Agent {
         self.sources = keep;
         for r in stop {
             r.trigger.fire();
-            let _ = r.task.await;
+            // A source ends within a poll or a request timeout (a publish held back by
+            // `when_full = "block"` ends with it); one that does not is aborted, so the reload
+            // (and a SIGTERM behind it) never waits for ever.
+            stop_within(r.task, self.grace, "source", &r.id.name).await;
             if new_ids
                 .iter()
                 .any(|n| n.kind == r.id.kind && n.name == r.id.name)
@@ -330,10 +333,14 @@ impl Agent {
         self.sinks = keep;
         for r in stop {
             r.trigger.fire();
-            let deadline = self.grace + Duration::from_secs(2);
-            if tokio::time::timeout(deadline, r.task).await.is_err() {
-                tracing::warn!(sink = %r.id.name, "the sink did not stop within the grace period; what it had not delivered stays buffered");
-            }
+            // Aborted if it overstays: never two sinks on one cursor.
+            stop_within(
+                r.task,
+                self.grace + Duration::from_secs(2),
+                "sink",
+                &r.id.name,
+            )
+            .await;
             if new.sinks.iter().any(|s| s.name == r.id.name) {
                 report.restarted.push(r.id);
             } else {
@@ -411,6 +418,19 @@ impl Agent {
             .map(|s| s.buffer_bytes.load(std::sync::atomic::Ordering::Relaxed))
             .max()
             .unwrap_or(0)
+    }
+}
+
+/// Waits up to `limit` for a stopped component's task to end, then aborts it (and waits for
+/// the abort): whatever it had not delivered stays buffered.
+async fn stop_within(mut task: JoinHandle<()>, limit: Duration, what: &str, name: &str) {
+    if tokio::time::timeout(limit, &mut task).await.is_err() {
+        tracing::warn!(
+            component = name,
+            "the {what} did not stop within {limit:?}; aborted (what it had not delivered stays buffered)"
+        );
+        task.abort();
+        let _ = task.await;
     }
 }
 

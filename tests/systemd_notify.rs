@@ -158,3 +158,90 @@ fn ready_watchdog_only_while_making_progress_and_stopping() {
             .collect::<Vec<_>>()
     );
 }
+
+/// `when_full = "block"` with the store down holds the pollers back. A reload that restarts a
+/// device (and changes the catalog) must not wait for the store: it finishes within 5 s, the
+/// watchdog keeps being fed (a held poller is waiting, not stuck), and a SIGTERM right behind a
+/// second reload stops the agent within its grace period.
+#[test]
+fn a_reload_and_a_stop_while_the_buffer_holds_the_sources_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify.sock");
+    let got = listen(&socket);
+    let data = dir.path().join("data").display().to_string();
+    // A store that is down: nothing listens there.
+    let store = format!("http://127.0.0.1:{}", free_port());
+    let text = |a: &[String], extra: &str| {
+        format!(
+            "[line]\nid = \"held\"\n\n[agent]\ndata_dir = \"{data}\"\nstuck_after = \"2s\"\nshutdown_grace = \"2s\"\n\n\
+             [buffer]\nmax_bytes = \"1MiB\"\nwhen_full = \"block\"\n\n\
+             [sinks.central]\ntype = \"influxdb\"\nurl = \"{store}\"\napi = \"v1\"\ndatabase = \"x\"\n\n\
+             [[devices]]\nid = \"a\"\naddress = \"{}\"\npoll = \"10ms\"\n\n\
+             [[devices.points]]\nname = \"value\"\naddress = 0\ntype = \"u16\"\ncount = 100\nindex_tag = \"i\"\n\n\
+             [[devices]]\nid = \"b\"\naddress = \"{}\"\npoll = \"10ms\"\n\n\
+             [[devices.points]]\nname = \"value\"\naddress = 0\ntype = \"u16\"\ncount = 100\nindex_tag = \"i\"\n{extra}",
+            a[0], a[1]
+        )
+    };
+    let line = SimulatedLine::start(dir.path(), &["a", "b"], |a| text(a, ""));
+    let socket_env = socket.display().to_string();
+    let agent = AgentProcess::start_with_env(
+        &line.config,
+        &[("NOTIFY_SOCKET", &socket_env), ("WATCHDOG_USEC", "1000000")],
+    );
+    wait_for(Duration::from_secs(60), || {
+        agent
+            .stderr()
+            .contains("holding the sources back")
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the buffer never held the sources back:\n{}",
+            agent.stderr()
+        )
+    });
+
+    // Device b gets a new point: its poller restarts and the catalog changes.
+    let extra = "\n[[devices.points]]\nname = \"extra\"\naddress = 100\ntype = \"u16\"\n";
+    std::fs::write(&line.config, text(&line.addresses, extra)).unwrap();
+    let hup = Instant::now();
+    agent.signal("HUP");
+    wait_for(Duration::from_secs(5), || {
+        agent
+            .stderr()
+            .contains("configuration reloaded")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the reload did not finish within 5 s:\n{}", agent.stderr()));
+    eprintln!("reload finished in {:?}", hup.elapsed());
+    // The watchdog is fed on: the held pollers are waiting, not stuck.
+    let after = Instant::now() + Duration::from_secs(3);
+    wait_for(Duration::from_secs(10), || {
+        last(&got, "WATCHDOG=1").filter(|t| *t > after)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the watchdog was not fed after the reload:\n{}",
+            agent.stderr()
+        )
+    });
+    assert!(
+        !agent.stderr().contains("the pipeline is stuck"),
+        "{}",
+        agent.stderr()
+    );
+
+    // A second reload, and a SIGTERM right behind it.
+    std::fs::write(&line.config, text(&line.addresses, "")).unwrap();
+    agent.signal("HUP");
+    let term = Instant::now();
+    let (code, log) = agent.stop();
+    let took = term.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        took < Duration::from_secs(2 + 4),
+        "stopping took {took:?}:\n{log}"
+    );
+}

@@ -13,6 +13,7 @@ pub mod mqtt;
 use crate::component::ComponentId;
 use crate::config::Config;
 use crate::model::catalog::{Registry, Version};
+use crate::observe::liveness::Beat;
 use crate::observe::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::transform::{self, DeviceOutput};
@@ -41,13 +42,28 @@ pub struct SourceContext {
 }
 
 impl SourceContext {
-    /// Where the source hands the batches of device `device` (its name and catalog id).
+    /// Where the source hands the batches of device `device` (its name and catalog id). A
+    /// publish held back by `when_full = "block"` ends when the source is stopped.
     pub fn output(&self, name: &str, device: u32) -> DeviceOutput {
         DeviceOutput::new(
             device,
             self.transforms.chain(name),
             &self.version,
-            self.input.clone(),
+            self.input.clone().until(self.shutdown.clone()),
+        )
+    }
+
+    /// As `output`, for a source that does its work while its beat reads busy: the beat reads
+    /// idle while a publish is held back (waiting for the buffer is not being stuck).
+    pub fn output_watched(&self, name: &str, device: u32, beat: &Beat) -> DeviceOutput {
+        DeviceOutput::new(
+            device,
+            self.transforms.chain(name),
+            &self.version,
+            self.input
+                .clone()
+                .until(self.shutdown.clone())
+                .watched_by(beat.clone()),
         )
     }
 }
