@@ -81,8 +81,8 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
             addr += n;
         }
     }
-    // A u64 above i64::MAX: InfluxDB 1.x has no unsigned type; written as i64::MAX (clamped and
-    // counted), not skipped.
+    // A u64 above i64::MAX: InfluxDB 1.x has no unsigned type, and a clamped value would be
+    // one the device never had: not written, counted as out of range (decision 0016).
     let big: u64 = u64::MAX - 5;
     points.push_str(&format!(
         "[[devices.points]]\nname = \"u64_big\"\naddress = {addr}\ntype = \"u64\"\n\n"
@@ -90,8 +90,14 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
     let words = regs(&big.to_be_bytes(), ORDERS[0].0);
     let n = words.len() as u16;
     writes.push((Table::Holding, addr, words));
-    expected.insert("u64_big".into(), J::from(i64::MAX));
     addr += n;
+    // A half float, one of Telegraf's FLOAT16 cases: stored exactly, -0.509765625.
+    points.push_str(&format!(
+        "[[devices.points]]\nname = \"f16\"\naddress = {addr}\ntype = \"f16\"\n\n"
+    ));
+    writes.push((Table::Holding, addr, vec![0xB814]));
+    expected.insert("f16".into(), J::from(-0.509765625f64));
+    addr += 1;
     // 16-bit types, a string, scale/offset, an enum and bits.
     points.push_str(&format!(
         "[[devices.points]]\nname = \"u16\"\naddress = {a0}\ntype = \"u16\"\n\n\
@@ -205,10 +211,13 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
     std::thread::sleep(Duration::from_millis(800));
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "agent exit status; log:\n{log}");
-    assert!(log.contains("everything delivered"), "agent log:\n{log}");
     assert!(
-        log.contains("was written as 9223372036854775807"),
-        "the clamped u64 is logged; agent log:\n{log}"
+        log.contains("cannot be written to this store"),
+        "the u64 out of range is logged; agent log:\n{log}"
+    );
+    assert!(
+        log.contains("out_of_range=") && !log.contains("out_of_range=0"),
+        "counted as out of range; agent log:\n{log}"
     );
 
     // Values: the last value of every field of measurement plc.
@@ -226,6 +235,11 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
         .zip(row)
         .map(|(c, v)| (c.trim_start_matches("last_"), v))
         .collect();
+    assert!(
+        !got.contains_key("u64_big"),
+        "a u64 above i64::MAX was written: {:?}",
+        got.get("u64_big")
+    );
     for (field, want) in &expected {
         let have = got
             .get(field.as_str())
@@ -256,7 +270,7 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
         ("i16", "integer"),
         ("u32_abcd", "integer"),
         ("u64_dcba", "integer"),
-        ("u64_big", "integer"),
+        ("f16", "float"),
         ("i64_cdab", "integer"),
         ("f32_badc", "float"),
         ("f64_abcd", "float"),

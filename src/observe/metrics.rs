@@ -169,8 +169,6 @@ pub struct SinkMetrics {
     pub dropped_queue_full: AtomicU64,
     pub dropped_not_finite: AtomicU64,
     pub dropped_out_of_range: AtomicU64,
-    /// u64 values above i64::MAX written as i64::MAX (a store without unsigned integers).
-    pub clamped: AtomicU64,
     pub dropped_rejected: AtomicU64,
     pub dropped_shutdown: AtomicU64,
     /// Dropped by the disk budget (`buffer.max_bytes` with drop_oldest or drop_newest).
@@ -459,15 +457,6 @@ impl Metrics {
                 "linetap_sink_requests_total{{sink=\"{}\"}} {}",
                 esc(&s.name),
                 s.write_requests.load(Relaxed)
-            );
-        }
-        o.push_str("# TYPE linetap_sink_values_clamped_total counter\n");
-        for s in &sinks {
-            let _ = writeln!(
-                o,
-                "linetap_sink_values_clamped_total{{sink=\"{}\"}} {}",
-                esc(&s.name),
-                s.clamped.load(Relaxed)
             );
         }
         o.push_str("# TYPE linetap_samples_dropped_total counter\n");

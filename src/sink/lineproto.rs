@@ -10,12 +10,9 @@ use crate::model::{Catalog, DataType, SampleBatch, Value};
 pub struct Skipped {
     /// NaN or ±Inf: line protocol cannot carry them.
     pub not_finite: u64,
-    /// Not encodable in the store's types (kept for counters; u64 values are clamped, see
-    /// `clamped`).
+    /// Not encodable in the store's types: a u64 above i64::MAX for a store without an
+    /// unsigned type (InfluxDB 1.x, files; decision 0016). Never written as another value.
     pub out_of_range: u64,
-    /// A u64 above i64::MAX written as i64::MAX to a store without an unsigned type
-    /// (InfluxDB 1.x, files). Written, so not part of `total`.
-    pub clamped: u64,
     /// A sample whose point id is not in the catalog.
     pub unknown_point: u64,
 }
@@ -248,8 +245,11 @@ impl LineEncoder {
                     // An f32 reading widened to f64 prints as 12.869999885559082; the shortest
                     // text that reads back as the same f32 is 12.87, which is what the device
                     // holds, and a third shorter on the wire.
+                    // A value a half float holds (an f16 register) is written exactly
+                    // (-0.509765625, not -0.5097656): its exact text is short, and it reads
+                    // back as the same f32 too.
                     let narrow = *x as f32;
-                    if p.data_type == DataType::Float && narrow as f64 == *x {
+                    if p.data_type == DataType::Float && narrow as f64 == *x && !is_half(narrow) {
                         out.extend_from_slice(fbuf.format_finite(narrow).as_bytes());
                     } else {
                         out.extend_from_slice(fbuf.format_finite(*x).as_bytes());
@@ -274,12 +274,13 @@ impl LineEncoder {
                     }
                 }
                 Value::UintValue(u) => {
-                    // No unsigned type: a value above i64::MAX is written as i64::MAX (as
-                    // Telegraf does without uint support) and counted, rather than lost.
-                    let i = i64::try_from(*u).unwrap_or_else(|_| {
-                        skipped.clamped += 1;
-                        i64::MAX
-                    });
+                    // No unsigned type: a value above i64::MAX has no exact text here, and a
+                    // clamped one would be a value the device never had.
+                    let Ok(i) = i64::try_from(*u) else {
+                        out.truncate(mark);
+                        skipped.out_of_range += 1;
+                        continue;
+                    };
                     out.extend_from_slice(ibuf.format(i).as_bytes());
                     out.push(b'i');
                     if let Some(l) = &p.labels {
@@ -296,6 +297,14 @@ impl LineEncoder {
         }
         written
     }
+}
+
+/// Whether an f32 is exactly a normal IEEE 754 half float (its 13 lowest mantissa bits are zero
+/// and its exponent is within binary16's), or zero.
+fn is_half(x: f32) -> bool {
+    let b = x.to_bits();
+    let exp = ((b >> 23) & 0xFF) as i32 - 127;
+    b & 0x1FFF == 0 && (-14..=15).contains(&exp)
 }
 
 #[cfg(test)]
@@ -401,13 +410,13 @@ mod tests {
             Skipped {
                 not_finite: 1,
                 out_of_range: 0,
-                clamped: 0,
                 unknown_point: 1
             }
         );
     }
 
-    /// u64 values: unsigned where the store has the type, else clamped to i64::MAX and counted.
+    /// u64 values: unsigned where the store has the type; else a value above i64::MAX is not
+    /// written (no exact text for it) and counted as out of range.
     #[test]
     fn u64_values_over_the_whole_range() {
         let mut c = catalog();
@@ -432,13 +441,14 @@ mod tests {
             let enc = LineEncoder::new(&c).with_unsigned(unsigned);
             let mut out = Vec::new();
             let mut skipped = Skipped::default();
-            assert_eq!(enc.encode(&batch, &mut out, &mut skipped), 2);
+            let written = enc.encode(&batch, &mut out, &mut skipped);
             let text = String::from_utf8(out).unwrap();
             let values: Vec<String> = text
                 .lines()
                 .map(|l| l.rsplit(' ').nth(1).unwrap_or("").to_string())
                 .collect();
-            (values, skipped.clamped, skipped.total())
+            assert_eq!(written, values.len());
+            (values, skipped.out_of_range, skipped.total())
         };
         assert_eq!(
             fields(true),
@@ -451,17 +461,50 @@ mod tests {
                 0
             )
         );
-        assert_eq!(
-            fields(false),
-            (
-                vec![
-                    "energy_wh=5i".into(),
-                    "energy_wh=9223372036854775807i".into()
-                ],
-                1,
-                0
-            )
-        );
+        assert_eq!(fields(false), (vec!["energy_wh=5i".into()], 1, 1));
+    }
+
+    /// Half floats (f16 registers, Telegraf's FLOAT16 cases) are written as their exact value;
+    /// other f32 readings as the shortest text that reads back as the same f32.
+    #[test]
+    fn half_floats_are_written_exactly() {
+        let mut c = catalog();
+        c.points.push(PointDescriptor {
+            id: 3,
+            device: 0,
+            measurement: "drive".into(),
+            name: "v".into(),
+            data_type: DataType::Float as i32,
+            ..Default::default()
+        });
+        let enc = LineEncoder::new(&c);
+        let text = |x: f64| {
+            let batch = SampleBatch {
+                device: 0,
+                seq: 1,
+                timestamp_ns: 0,
+                samples: vec![sample(3, Value::DoubleValue(x))],
+            };
+            let mut out = Vec::new();
+            enc.encode(&batch, &mut out, &mut Skipped::default());
+            let line = String::from_utf8(out).unwrap();
+            line.rsplit(' ')
+                .nth(1)
+                .unwrap()
+                .trim_start_matches("v=")
+                .to_string()
+        };
+        let half = |bits: u16| half::f16::from_bits(bits).to_f64();
+        assert_eq!(text(half(0xB814)), "-0.509765625");
+        // Every normal half float (both signs) reads back as exactly itself.
+        for bits in (0x0400u16..0x7C00).flat_map(|b| [b, b | 0x8000]) {
+            let x = half(bits);
+            assert_eq!(text(x).parse::<f64>().unwrap(), x, "{bits:#06x}");
+        }
+        assert_eq!(text(12.87f32 as f64), "12.87");
+        assert_eq!(text(0.1f32 as f64), "0.1");
+        assert_eq!(text(1.5), "1.5");
+        assert_eq!(text(-0.0), "-0.0");
     }
 
     #[test]

@@ -285,11 +285,8 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
 }
 
 fn account_skipped(m: &SinkMetrics, skipped: &mut Skipped) {
-    if skipped.clamped > 0 {
-        if m.clamped.fetch_add(skipped.clamped, Relaxed) == 0 {
-            tracing::warn!(sink = %m.name, "a u64 value above 9223372036854775807 was written as 9223372036854775807: this store has no unsigned integer type (linetap_sink_values_clamped_total counts them)");
-        }
-        skipped.clamped = 0;
+    if skipped.out_of_range > 0 && m.dropped_out_of_range.load(Relaxed) == 0 {
+        tracing::warn!(sink = %m.name, "a u64 value above 9223372036854775807 cannot be written to this store (it has no unsigned integer type): such values are not written and are counted in linetap_samples_dropped_total{{reason=\"out_of_range\"}}");
     }
     if skipped.total() > 0 {
         m.dropped_not_finite.fetch_add(skipped.not_finite, Relaxed);
