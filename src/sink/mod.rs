@@ -50,6 +50,8 @@ pub struct RetryCtl {
     pub metrics: Arc<SinkMetrics>,
     /// Idle while waiting between attempts (the watchdog).
     beat: Beat,
+    /// When refused lines were last logged, and how many were refused since.
+    rejected_log: (Option<Instant>, u64),
 }
 
 impl RetryCtl {
@@ -60,7 +62,20 @@ impl RetryCtl {
             give_up_at: None,
             metrics,
             beat,
+            rejected_log: (None, 0),
         }
+    }
+
+    /// Whether to log `lines` refused now: at most once a minute (a series the store keeps
+    /// refusing is refused at every flush); returns the count since the last log.
+    fn log_rejected(&mut self, lines: u64) -> Option<u64> {
+        let (at, since) = &mut self.rejected_log;
+        *since += lines;
+        if at.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            return None;
+        }
+        *at = Some(Instant::now());
+        Some(std::mem::take(since))
     }
 
     /// Waits `delay` before the next attempt; returns false when the writer must give up
@@ -327,7 +342,9 @@ async fn flush<S: Sink>(
             m.delivered.fetch_add((*lines - rejected) as u64, Relaxed);
             m.bytes_sent.fetch_add(bytes as u64, Relaxed);
             m.dropped_rejected.fetch_add(rejected as u64, Relaxed);
-            tracing::error!(sink = %m.name, lines = *lines, rejected, %reason, "the store refused some lines for good; they are in the dead-letter file, the rest was delivered");
+            if let Some(since) = retry.log_rejected(rejected as u64) {
+                tracing::error!(sink = %m.name, lines = *lines, rejected, rejected_since_last_log = since, %reason, "the store refused some lines for good; they are in the dead-letter file, the rest was delivered (logged at most once a minute; counted in linetap_samples_dropped_total{{reason=\"rejected\"}})");
+            }
             true
         }
         Outcome::Abandoned(reason) => {
