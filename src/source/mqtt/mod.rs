@@ -279,8 +279,12 @@ async fn run(
     let renew = Arc::new(tokio::sync::Notify::new());
     let pump_generation = generation.clone();
     let pump_renew = renew.clone();
+    // Set by the acknowledgements: renewals back off while the buffer keeps refusing.
+    let acked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pump_acked = acked.clone();
     let pump = tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut renew_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             // Cancelling a poll is safe here: the connection it was reading is dropped.
             let polled = tokio::select! {
@@ -291,7 +295,10 @@ async fn run(
                     if ev_tx.send(Err(e)).await.is_err() {
                         return;
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    if pump_acked.swap(false, Relaxed) {
+                        renew_backoff.reset();
+                    }
+                    tokio::time::sleep(renew_backoff.next_delay()).await;
                     continue;
                 }
             };
@@ -350,6 +357,7 @@ async fn run(
     let ack_name = config.name.clone();
     let ack_task = tokio::spawn(async move {
         let mut refused_in: Option<u64> = None;
+        let mut logged: Option<Instant> = None;
         while let Some(a) = ack_rx.recv().await {
             let durability = match a.accepted {
                 true => input.durability(a.from, a.to).await,
@@ -358,18 +366,28 @@ async fn run(
             if durability == Durability::Stopped {
                 return;
             }
-            if refused_in == Some(a.generation) || ack_generation.load(Relaxed) != a.generation {
+            if refused_in == Some(a.generation) {
+                ack_broker.unacked_refused.fetch_add(1, Relaxed);
+                continue;
+            }
+            if ack_generation.load(Relaxed) != a.generation {
                 continue;
             }
             if durability == Durability::Refused {
                 ack_broker.unacked_refused.fetch_add(1, Relaxed);
-                tracing::warn!(broker = %ack_name, "the buffer refused a QoS 1 message: left unacknowledged, and the connection renewed so the broker delivers it again");
+                if logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                    tracing::warn!(broker = %ack_name, "the buffer refused a QoS 1 message: left unacknowledged, and the connection renewed so the broker delivers it again (logged at most once a minute; counted in linetap_mqtt_unacked_refused_total)");
+                    logged = Some(Instant::now());
+                }
                 refused_in = Some(a.generation);
                 ack_renew.notify_one();
                 continue;
             }
-            if let Err(e) = ack_client.ack(&a.publish).await {
-                tracing::debug!(broker = %ack_name, error = %e, "cannot acknowledge; the broker delivers the message again");
+            match ack_client.ack(&a.publish).await {
+                Ok(()) => acked.store(true, Relaxed),
+                Err(e) => {
+                    tracing::debug!(broker = %ack_name, error = %e, "cannot acknowledge; the broker delivers the message again")
+                }
             }
         }
     });
