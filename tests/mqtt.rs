@@ -6,8 +6,8 @@
 
 mod common;
 
+use common::mqtt_client::Client;
 use common::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,114 +16,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// Messages a test client received: (topic, payload).
-type Inbox = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// A test publisher / subscriber on its own runtime.
-struct Client {
-    rt: tokio::runtime::Runtime,
-    client: AsyncClient,
-    received: Inbox,
-    /// PUBACKs the broker sent for this client's publishes.
-    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    published: usize,
-}
-
-impl Client {
-    fn connect(port: u16, id: &str, subscribe: &[&str]) -> Client {
-        Self::connect_with(port, id, subscribe, true)
-    }
-
-    /// A persistent session: the broker keeps the subscriptions and queues QoS 1 messages for
-    /// it across a broker restart.
-    fn connect_persistent(port: u16, id: &str, subscribe: &[&str]) -> Client {
-        Self::connect_with(port, id, subscribe, false)
-    }
-
-    fn connect_with(port: u16, id: &str, subscribe: &[&str], clean: bool) -> Client {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_clean_session(clean);
-        o.set_keep_alive(Duration::from_secs(30));
-        o.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut events) = AsyncClient::new(o, 10_000);
-        let received: Inbox = Default::default();
-        let got = received.clone();
-        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let acks = acked.clone();
-        let subs: Vec<String> = subscribe.iter().map(|s| s.to_string()).collect();
-        let sub_client = client.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        rt.spawn(async move {
-            let mut ready = Some(ready_tx);
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        for s in &subs {
-                            let _ = sub_client.subscribe(s.clone(), QoS::AtLeastOnce).await;
-                        }
-                        if subs.is_empty() {
-                            if let Some(r) = ready.take() {
-                                let _ = r.send(());
-                            }
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        got.lock()
-                            .unwrap()
-                            .push((p.topic.clone(), p.payload.to_vec()));
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("test client connected");
-        Client {
-            rt,
-            client,
-            received,
-            acked,
-            published: 0,
-        }
-    }
-
-    /// Waits until the broker acknowledged everything this client published.
-    fn wait_acked(&self) {
-        let done = wait_for(Duration::from_secs(30), || {
-            (self.acked.load(std::sync::atomic::Ordering::SeqCst) >= self.published).then_some(())
-        });
-        assert!(
-            done.is_some(),
-            "the broker did not acknowledge the test's publishes"
-        );
-    }
-
-    fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.published += 1;
-        let c = self.client.clone();
-        let topic = topic.to_string();
-        let payload = payload.into();
-        self.rt
-            .block_on(async move { c.publish(topic, QoS::AtLeastOnce, false, payload).await })
-            .expect("publish");
-    }
-
-    fn received(&self) -> Vec<(String, Vec<u8>)> {
-        self.received.lock().unwrap().clone()
-    }
 }
 
 fn devices_config(vm: &str, broker: &str, data: &str, metrics_port: u16) -> String {

@@ -600,3 +600,32 @@ impl Drop for PtyPair {
         let _ = self.child.wait();
     }
 }
+
+pub mod mqtt_client;
+
+/// A tmpfs mounted for one test (a small disk that fills up), unmounted on drop. Needs root,
+/// as CI runs the tests.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("create the mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "mount -t tmpfs failed: these tests need root (CI runs them as root)"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
