@@ -198,6 +198,8 @@ pub struct SinkSection {
     pub catalog_topic: Option<Spanned<String>>,
     /// MQTT sink, format sparkplug-b: the edge node's group and node ids.
     pub sparkplug: Option<Spanned<SparkplugSection>>,
+    /// MQTT sink, format sparkplug-b: the host application whose online STATE births wait for.
+    pub primary_host: Option<Spanned<String>>,
     pub client_id: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub cert_file: Option<Spanned<String>>,

@@ -277,6 +277,7 @@ impl Registry {
                 .iter()
                 .flat_map(|d| d.points.iter().cloned())
                 .collect(),
+            parts: 0,
         };
         let (id, _) = catalog_id(&catalog);
         self.current = Some(id);
@@ -305,6 +306,7 @@ impl Registry {
             tags: self.line_tags,
             devices,
             points,
+            parts: 0,
         };
         let (id, _) = catalog_id(&catalog);
         (

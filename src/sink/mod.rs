@@ -122,6 +122,11 @@ pub trait Sink: Send + 'static {
     fn flush(&mut self, retry: &mut RetryCtl) -> impl std::future::Future<Output = Outcome> + Send;
     /// Bytes pending delivery (for `linetap_sink_bytes_sent`).
     fn pending_bytes(&self) -> usize;
+    /// The loop ends (a stop, or a reload that stops this sink): say goodbye where the
+    /// destination expects it (a Sparkplug NDEATH). Bounded by the loop (2 s).
+    fn close(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Builds the sink a configuration names: the one place that knows every sink kind.
@@ -134,7 +139,7 @@ pub fn build(cfg: &SinkConfig, data_dir: &std::path::Path) -> Result<Box<dyn Sta
         SinkKind::Influx(c) => Box::new(influx::build(c, &ctx)?),
         SinkKind::File(c) => Box::new(file::build(c, &ctx)?),
         SinkKind::Mqtt(c) if c.format == mqtt::config::MqttSinkFormat::SparkplugB => {
-            Box::new(mqtt::sparkplug::build(c)?)
+            Box::new(mqtt::sparkplug::build(c, &ctx)?)
         }
         SinkKind::Mqtt(c) => Box::new(mqtt::build(c, &ctx)?),
     };
@@ -273,6 +278,12 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
         {
             break;
         }
+    }
+    if tokio::time::timeout(Duration::from_secs(2), sink.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(sink = %m.name, "the sink's goodbye (close) took longer than 2 s; given up");
     }
     beat.idle();
     reader.observe();

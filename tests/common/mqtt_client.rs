@@ -108,6 +108,17 @@ impl Client {
             .expect("publish");
     }
 
+    /// Publishes a retained QoS 1 message (e.g. a Sparkplug host's STATE).
+    pub fn publish_retained(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.published += 1;
+        let c = self.client.clone();
+        let topic = topic.to_string();
+        let payload = payload.into();
+        self.rt
+            .block_on(async move { c.publish(topic, QoS::AtLeastOnce, true, payload).await })
+            .expect("publish");
+    }
+
     pub fn received(&self) -> Vec<(String, Vec<u8>)> {
         self.received.lock().unwrap().clone()
     }

@@ -28,6 +28,9 @@ pub struct MqttSinkConfig {
     pub qos: u8,
     /// sparkplug-b: (group id, edge node id).
     pub sparkplug: (String, String),
+    /// sparkplug-b: the primary host application's id: births wait for its online STATE, and
+    /// its offline STATE ends the session (NDEATH) until it is back.
+    pub primary_host: Option<String>,
 }
 
 pub(crate) fn validate(
@@ -177,6 +180,26 @@ pub(crate) fn validate(
             }
         }
     }
+    let primary_host = match (&s.primary_host, format) {
+        (Some(h), MqttSinkFormat::SparkplugB) => {
+            let text = h.get_ref().clone();
+            if text.is_empty() || text.contains(['+', '/', '#']) {
+                cx.err(
+                    h.span(),
+                    format!("primary_host {text:?}: the host application's id, not empty, and without +, / or #"),
+                );
+            }
+            Some(text)
+        }
+        (Some(h), _) => {
+            cx.err(
+                h.span(),
+                "`primary_host` applies to format = \"sparkplug-b\"",
+            );
+            None
+        }
+        (None, _) => None,
+    };
     let qos = match &s.qos {
         Some(q) if !(0..=1).contains(q.get_ref()) => {
             cx.err(q.span(), "qos must be 0 or 1");
@@ -192,5 +215,6 @@ pub(crate) fn validate(
         catalog_topic,
         qos,
         sparkplug,
+        primary_host,
     }
 }

@@ -56,11 +56,16 @@ pub(crate) struct Connection {
     pub(crate) client: AsyncClient,
     events: tokio::sync::mpsc::Receiver<Result<Event, String>>,
     pump: tokio::task::JoinHandle<()>,
+    /// It has a will: dropped without a DISCONNECT, so the broker publishes it (a clean
+    /// DISCONNECT discards the will; `publish_and_close` says goodbye itself).
+    will: bool,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let _ = self.client.try_disconnect();
+        if !self.will {
+            let _ = self.client.try_disconnect();
+        }
         self.pump.abort();
     }
 }
@@ -224,8 +229,8 @@ impl Sink for MqttSink {
             return 0;
         };
         let key = (catalog, batch.device);
-        // One message per device per flush, split when it would grow past a few hundred KB
-        // (a broker's and our own packet limit).
+        // One message per device per flush, started anew past this many samples; `render`
+        // then splits any message still larger than `max_packet_size`.
         let limit = match self.cfg.format {
             MqttSinkFormat::Json => 2_000,
             _ => 20_000,
@@ -301,7 +306,19 @@ impl Sink for MqttSink {
 }
 
 impl MqttSink {
-    /// The flush's messages: (topic, payload, retained).
+    /// The most bytes a payload may have: the connection's `max_packet_size` less the
+    /// packet's own header and topic.
+    fn payload_limit(&self, topic: &str) -> usize {
+        self.cfg
+            .broker
+            .max_packet_size
+            .saturating_sub(topic.len() + 16)
+            .max(256)
+    }
+
+    /// The flush's messages: (topic, payload, retained). None is larger than
+    /// `max_packet_size`: a device's message is split by bytes, and a catalog that does not
+    /// fit is published in parts.
     fn render(&mut self) -> Vec<(String, Vec<u8>, bool)> {
         let mut out = Vec::with_capacity(self.pending.len() + 1);
         if self.cfg.format == MqttSinkFormat::Linetap {
@@ -316,22 +333,30 @@ impl MqttSink {
                             .catalog_topic
                             .replace("{site}", &names.site)
                             .replace("{line}", &names.line);
-                        out.push((topic, bytes.clone(), true));
+                        let limit = self.payload_limit(&topic) - 16;
+                        if bytes.len() <= limit {
+                            out.push((topic, bytes.clone(), true));
+                        } else {
+                            catalog_parts(&topic, bytes, limit, &mut out);
+                        }
                     }
                 }
             }
         }
         for p in &self.pending {
-            let payload = match self.cfg.format {
-                MqttSinkFormat::Linetap => p.batch.encode_to_vec(),
-                MqttSinkFormat::Json => match self.names.get(&p.catalog) {
-                    Some(names) => json(names, &p.batch).into_bytes(),
-                    None => continue,
-                },
-                // Built as a `sparkplug::SparkplugSink`.
-                MqttSinkFormat::SparkplugB => continue,
+            let limit = self.payload_limit(&p.topic);
+            let names = self.names.get(&p.catalog).cloned();
+            let encode = |batch: &SampleBatch| -> Option<Vec<u8>> {
+                match self.cfg.format {
+                    MqttSinkFormat::Linetap => Some(batch.encode_to_vec()),
+                    MqttSinkFormat::Json => names.as_ref().map(|n| json(n, batch).into_bytes()),
+                    // Built as a `sparkplug::SparkplugSink`.
+                    MqttSinkFormat::SparkplugB => None,
+                }
             };
-            out.push((p.topic.clone(), payload, false));
+            split_by_bytes(&p.batch, limit, &encode, &mut |payload| {
+                out.push((p.topic.clone(), payload, false))
+            });
         }
         if self.cfg.format == MqttSinkFormat::Linetap {
             if let Some(newest) = self.pending.last().map(|p| p.catalog) {
@@ -377,6 +402,7 @@ impl Connection {
             tokio::task::spawn_blocking(move || crate::mqtt::connection::options(&cfg))
                 .await
                 .map_err(|e| e.to_string())??;
+        let has_will = will.is_some();
         if let Some(w) = will {
             options.set_last_will(w);
         }
@@ -408,6 +434,7 @@ impl Connection {
             client,
             events: rx,
             pump,
+            will: has_will,
         };
         connected??;
         Ok(conn)
@@ -450,6 +477,35 @@ impl Connection {
         Ok(())
     }
 
+    /// Publishes one last message (e.g. a Sparkplug NDEATH), waits for it to be written (QoS 0)
+    /// or acknowledged (QoS 1), then disconnects cleanly.
+    pub(crate) async fn publish_and_close(
+        mut self,
+        message: (String, Vec<u8>),
+        qos: QoS,
+    ) -> Result<(), String> {
+        let (topic, payload) = message;
+        let result = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.publish_all(&[(topic, payload, false)], qos, &mut |_| {}),
+        )
+        .await
+        .map_err(|_| "not acknowledged within 2 s".to_string())
+        .and_then(|r| r);
+        let _ = self.client.try_disconnect();
+        // The disconnect goes out on the event loop: give it a moment before the pump ends.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(e) = self.events.recv().await {
+                if matches!(e, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        self.will = false;
+        result
+    }
+
     /// Messages that arrived while no flush ran (commands), without waiting.
     pub(crate) fn drain(
         &mut self,
@@ -467,6 +523,107 @@ impl Connection {
             }
         }
     }
+}
+
+/// Encodes `batch` as one payload, or, when that is larger than `limit`, its samples in halves
+/// (recursively); a single sample still too large is left out (logged).
+fn split_by_bytes(
+    batch: &SampleBatch,
+    limit: usize,
+    encode: &dyn Fn(&SampleBatch) -> Option<Vec<u8>>,
+    out: &mut dyn FnMut(Vec<u8>),
+) {
+    let Some(payload) = encode(batch) else {
+        return;
+    };
+    if payload.len() <= limit {
+        out(payload);
+        return;
+    }
+    if batch.samples.len() < 2 {
+        tracing::error!(
+            bytes = payload.len(),
+            limit,
+            "MQTT sink: one sample is larger than max_packet_size; not published"
+        );
+        return;
+    }
+    let mid = batch.samples.len() / 2;
+    for half in [&batch.samples[..mid], &batch.samples[mid..]] {
+        let part = SampleBatch {
+            device: batch.device,
+            seq: batch.seq,
+            timestamp_ns: batch.timestamp_ns,
+            samples: half.to_vec(),
+        };
+        split_by_bytes(&part, limit, encode, out);
+    }
+}
+
+/// A catalog larger than one message: a header on `topic` (no devices, `parts = n`) and the
+/// catalog's devices and points in `n` retained parts on `topic/0` … `topic/(n-1)`, each at
+/// most `limit` bytes (a device's descriptor repeats in each part that holds its points).
+fn catalog_parts(topic: &str, bytes: &[u8], limit: usize, out: &mut Vec<(String, Vec<u8>, bool)>) {
+    let Ok(catalog) = Catalog::decode(bytes) else {
+        return;
+    };
+    let empty = Catalog {
+        line: catalog.line.clone(),
+        site: catalog.site.clone(),
+        tags: catalog.tags.clone(),
+        ..Default::default()
+    };
+    // Each element costs its encoding plus a tag byte and a length of at most 5 bytes.
+    let cost = |len: usize| len + 6;
+    let mut parts: Vec<Catalog> = Vec::new();
+    let mut current = empty.clone();
+    let mut size = empty.encoded_len();
+    let mut points_of: BTreeMap<u32, Vec<&crate::model::PointDescriptor>> = BTreeMap::new();
+    for p in &catalog.points {
+        points_of.entry(p.device).or_default().push(p);
+    }
+    for d in &catalog.devices {
+        let dcost = cost(d.encoded_len());
+        let mut device_in_part = false;
+        for p in points_of.get(&d.id).map(|v| v.as_slice()).unwrap_or(&[]) {
+            let pcost = cost(p.encoded_len());
+            let need = pcost + if device_in_part { 0 } else { dcost };
+            if size + need > limit && (!current.devices.is_empty() || !current.points.is_empty()) {
+                parts.push(std::mem::replace(&mut current, empty.clone()));
+                size = empty.encoded_len();
+                device_in_part = false;
+            }
+            if !device_in_part {
+                current.devices.push(d.clone());
+                size += dcost;
+                device_in_part = true;
+            }
+            current.points.push((*p).clone());
+            size += pcost;
+        }
+        if !device_in_part {
+            if size + dcost > limit && !current.devices.is_empty() {
+                parts.push(std::mem::replace(&mut current, empty.clone()));
+                size = empty.encoded_len();
+            }
+            current.devices.push(d.clone());
+            size += dcost;
+        }
+    }
+    if !current.devices.is_empty() || !current.points.is_empty() {
+        parts.push(current);
+    }
+    // The parts first, then the header that names them: a reader that sees the header finds
+    // every part already retained.
+    let n = parts.len();
+    for (k, part) in parts.into_iter().enumerate() {
+        out.push((format!("{topic}/{k}"), part.encode_to_vec(), true));
+    }
+    let header = Catalog {
+        parts: n as u32,
+        ..empty
+    };
+    out.push((topic.to_string(), header.encode_to_vec(), true));
 }
 
 /// One event of the connection during a flush: counts publishes written and PUBACKs received.

@@ -13,6 +13,14 @@
 //! is back. An NCMD `Node Control/Rebirth` = true republishes every birth. `seq` runs 0–255
 //! across the node's messages. Births and data go at QoS 0: a flush is delivered once every
 //! message was written to the connected session.
+//!
+//! The next `bdSeq` is kept in `data_dir/sparkplug/SINK.bdseq`, so it goes on across restarts
+//! (as Tahu's edge nodes do). A clean stop (or a reload that stops the sink) publishes the
+//! NDEATH itself before disconnecting: a clean DISCONNECT discards the will. With
+//! `primary_host`, the node subscribes to `spBv1.0/STATE/HOST` and births only once that host
+//! says it is online; when it goes offline, the node publishes its NDEATH and disconnects, and
+//! the data stays in the buffer until the host is back (then a rebirth, with a new bdSeq, and
+//! the backlog as historical).
 
 use super::config::MqttSinkConfig;
 use super::Connection;
@@ -26,8 +34,16 @@ use crate::sink::lineproto::Skipped;
 use crate::sink::{Outcome, RetryCtl, Sink};
 use prost::Message;
 use rumqttc::{LastWill, QoS};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Catalog versions kept (the sink loop hands an older one again when needed).
+const CATALOGS_KEPT: usize = 8;
+
+/// How long a flush waits for the primary host's online STATE before it is retried.
+const HOST_WAIT: Duration = Duration::from_secs(5);
 
 /// Label metrics take aliases above every point id.
 const LABEL_ALIAS: u64 = 1 << 32;
@@ -50,6 +66,16 @@ struct Node {
 pub struct SparkplugSink {
     cfg: MqttSinkConfig,
     catalogs: HashMap<u64, Arc<Node>>,
+    /// Catalog ids in the order they came (the oldest are let go).
+    catalog_order: VecDeque<u64>,
+    /// Where the next bdSeq is kept.
+    bd_file: PathBuf,
+    /// The primary host's last STATE on this connection (true without a primary host).
+    host_online: bool,
+    /// An NBIRTH went out on this connection.
+    birthed: bool,
+    /// The flush failed only because the primary host is offline: keep the connection.
+    waiting_for_host: bool,
     /// The newest catalog version seen (births describe it).
     newest: Option<u64>,
     pending: Vec<(u64, SampleBatch)>,
@@ -70,20 +96,38 @@ pub struct SparkplugSink {
     attempts: super::Attempts,
 }
 
-pub fn build(cfg: &MqttSinkConfig) -> Result<SparkplugSink, String> {
+pub fn build(
+    cfg: &MqttSinkConfig,
+    ctx: &crate::sink::BuildContext,
+) -> Result<SparkplugSink, String> {
     crate::mqtt::connection::options(&cfg.broker)?;
     let mut cfg = cfg.clone();
     // Sparkplug 3.0: an edge node connects with a clean session.
     cfg.broker.clean_session = true;
+    let bd_file = ctx.data_dir.join("sparkplug").join(format!(
+        "{}.bdseq",
+        crate::buffer::cursors::file_name(ctx.name)
+    ));
+    // A small file read once at start-up (as the credentials are).
+    let next_bd = std::fs::read_to_string(&bd_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .map(|b| b % 256)
+        .unwrap_or(0);
     Ok(SparkplugSink {
+        host_online: cfg.primary_host.is_none(),
         cfg,
         catalogs: HashMap::new(),
+        catalog_order: VecDeque::new(),
+        bd_file,
+        birthed: false,
+        waiting_for_host: false,
         newest: None,
         pending: Vec::new(),
         pending_bytes: 0,
         last: HashMap::new(),
         connection: None,
-        next_bd: 0,
+        next_bd,
         current_bd: 0,
         seq: 0,
         session_ns: 0,
@@ -148,6 +192,13 @@ impl Sink for SparkplugSink {
             .collect();
         self.catalogs
             .insert(id, Arc::new(Node { devices, metrics }));
+        self.catalog_order.retain(|c| *c != id);
+        self.catalog_order.push_back(id);
+        while self.catalog_order.len() > CATALOGS_KEPT {
+            if let Some(old) = self.catalog_order.pop_front() {
+                self.catalogs.remove(&old);
+            }
+        }
         self.newest = Some(id);
         if self.connection.is_some() {
             // New devices or metrics: births again (a DBIRTH carries every metric).
@@ -187,8 +238,9 @@ impl Sink for SparkplugSink {
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         loop {
+            self.waiting_for_host = false;
             let result = self.deliver(&pending).await;
-            if result.is_err() {
+            if result.is_err() && !self.waiting_for_host {
                 self.connection = None;
             }
             if let Some(outcome) = self.attempts.outcome(result, &self.cfg.broker, retry).await {
@@ -200,9 +252,85 @@ impl Sink for SparkplugSink {
     fn pending_bytes(&self) -> usize {
         self.pending_bytes
     }
+
+    /// A clean stop: the NDEATH, published by the node itself (a clean DISCONNECT discards
+    /// the will), then the disconnect.
+    async fn close(&mut self) {
+        if let Some(conn) = self.connection.take() {
+            if self.birthed {
+                let ndeath = self.ndeath();
+                if let Err(e) = conn.publish_and_close(ndeath, QoS::AtLeastOnce).await {
+                    tracing::warn!(sink = %self.cfg.broker.name, error = %e, "Sparkplug: NDEATH not confirmed at the stop (the will stands in)");
+                } else {
+                    tracing::info!(sink = %self.cfg.broker.name, bd_seq = self.current_bd, "Sparkplug: NDEATH published at the stop");
+                }
+            }
+        }
+    }
 }
 
 impl SparkplugSink {
+    /// The NDEATH of the current connection: topic and payload (its bdSeq).
+    fn ndeath(&self) -> (String, Vec<u8>) {
+        let payload = Payload {
+            timestamp: Some(crate::model::now_ns() as u64 / 1_000_000),
+            metrics: vec![bd_seq(self.current_bd)],
+            ..Default::default()
+        };
+        (
+            topic(self.group(), "NDEATH", self.node(), None),
+            payload.encode_to_vec(),
+        )
+    }
+
+    fn state_topic(&self) -> Option<String> {
+        self.cfg
+            .primary_host
+            .as_ref()
+            .map(|h| format!("spBv1.0/STATE/{h}"))
+    }
+
+    /// Looks at a message from the broker: a rebirth command, or the primary host's STATE.
+    fn incoming(&mut self, p: &rumqttc::Publish) -> bool {
+        if Some(p.topic.as_str()) == self.state_topic().as_deref() {
+            match host_state(&p.payload) {
+                Some(online) => {
+                    if online != self.host_online {
+                        tracing::info!(sink = %self.cfg.broker.name, host = self.cfg.primary_host.as_deref().unwrap_or(""), online, "Sparkplug: the primary host's STATE changed");
+                    }
+                    self.host_online = online;
+                }
+                None => {
+                    tracing::warn!(sink = %self.cfg.broker.name, topic = %p.topic, "Sparkplug: an unreadable STATE message, ignored")
+                }
+            }
+            return false;
+        }
+        is_rebirth(p)
+    }
+
+    /// Keeps the next bdSeq on disk (on the blocking pool); a failure is logged, not fatal.
+    async fn persist_bd(&self) {
+        let (path, next) = (self.bd_file.clone(), self.next_bd);
+        let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("bdseq.tmp");
+            {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(format!("{next}\n").as_bytes())?;
+                f.sync_data()?;
+            }
+            std::fs::rename(&tmp, &path)
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = r.map_err(std::io::Error::other) {
+            tracing::warn!(sink = %self.cfg.broker.name, file = %self.bd_file.display(), error = %e, "Sparkplug: cannot keep the next bdSeq; after a restart it may repeat");
+        }
+    }
+
     fn next_seq(&mut self) -> u64 {
         let s = self.seq;
         self.seq = self.seq.wrapping_add(1);
@@ -236,6 +364,7 @@ impl SparkplugSink {
         );
         let conn = Connection::open(&self.cfg.broker, Some(will)).await?;
         self.next_bd = (bd + 1) % 256;
+        self.persist_bd().await;
         conn.client
             .subscribe(
                 topic(self.group(), "NCMD", self.node(), None),
@@ -243,6 +372,14 @@ impl SparkplugSink {
             )
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(state) = self.state_topic() {
+            conn.client
+                .subscribe(state, QoS::AtLeastOnce)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.host_online = self.cfg.primary_host.is_none();
+        self.birthed = false;
         tracing::info!(sink = %self.cfg.broker.name, address = %self.cfg.broker.address(), group = self.group(), node = self.node(), bd_seq = bd, "Sparkplug edge node connected");
         self.connection = Some(conn);
         self.current_bd = bd;
@@ -254,10 +391,17 @@ impl SparkplugSink {
     /// One flush: births where needed, then the data; returns the bytes written.
     async fn deliver(&mut self, pending: &[(u64, SampleBatch)]) -> Result<usize, String> {
         self.connect().await?;
-        // Commands that arrived since the last flush.
-        let mut rebirth = false;
+        // Commands (and the primary host's STATE) that arrived since the last flush.
+        let mut seen: Vec<rumqttc::Publish> = Vec::new();
         if let Some(c) = self.connection.as_mut() {
-            c.drain(&mut |p| rebirth |= is_rebirth(&p))?;
+            c.drain(&mut |p| seen.push(p))?;
+        }
+        let mut rebirth = false;
+        for p in &seen {
+            rebirth |= self.incoming(p);
+        }
+        if !self.host_online {
+            self.wait_for_host().await?;
         }
         if rebirth {
             tracing::info!(sink = %self.cfg.broker.name, "Sparkplug: rebirth requested (NCMD Node Control/Rebirth)");
@@ -349,21 +493,63 @@ impl SparkplugSink {
         let Some(conn) = self.connection.as_mut() else {
             return Err("not connected".into());
         };
-        let mut rebirth = false;
-        conn.publish_all(&messages, QoS::AtMostOnce, &mut |p| {
-            rebirth |= is_rebirth(&p)
-        })
-        .await?;
-        if rebirth {
-            self.rebirth = true;
+        let mut seen: Vec<rumqttc::Publish> = Vec::new();
+        conn.publish_all(&messages, QoS::AtMostOnce, &mut |p| seen.push(p))
+            .await?;
+        for p in &seen {
+            if self.incoming(p) {
+                self.rebirth = true;
+            }
         }
         Ok(bytes)
+    }
+
+    /// The primary host is not online: after births on this connection, the NDEATH and a
+    /// disconnect (the data stays in the buffer); before, wait a little for its online STATE
+    /// (a retained one comes at once). An error either way unless it came online.
+    async fn wait_for_host(&mut self) -> Result<(), String> {
+        let host = self.cfg.primary_host.clone().unwrap_or_default();
+        if self.birthed {
+            let ndeath = self.ndeath();
+            if let Some(conn) = self.connection.take() {
+                let _ = conn.publish_and_close(ndeath, QoS::AtLeastOnce).await;
+            }
+            tracing::warn!(sink = %self.cfg.broker.name, host = %host, bd_seq = self.current_bd, "Sparkplug: the primary host went offline: NDEATH published and disconnected; the data stays in the buffer until it is back");
+            return Err(format!("primary host {host} is offline"));
+        }
+        let deadline = tokio::time::Instant::now() + HOST_WAIT;
+        while !self.host_online {
+            let Some(conn) = self.connection.as_mut() else {
+                return Err("not connected".into());
+            };
+            let event = match tokio::time::timeout_at(deadline, conn.events.recv()).await {
+                Ok(e) => e,
+                Err(_) => {
+                    self.waiting_for_host = true;
+                    return Err(format!("waiting for the primary host {host} to be online"));
+                }
+            };
+            match event {
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                    if self.incoming(&p) {
+                        self.rebirth = true;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Err("the connection closed".into()),
+            }
+        }
+        // Online: births first.
+        self.rebirth = true;
+        Ok(())
     }
 
     /// NBIRTH (seq 0, bdSeq, Node Control/Rebirth) and a DBIRTH for every device not down.
     fn births(&mut self, out: &mut Vec<(String, Vec<u8>, bool)>) {
         let now_ms = crate::model::now_ns() as u64 / 1_000_000;
         self.session_ns = crate::model::now_ns();
+        self.birthed = true;
         self.seq = 0;
         let nbirth = Payload {
             timestamp: Some(now_ms),
@@ -474,6 +660,18 @@ fn label(labels: &[(i64, String)], code: i64) -> String {
         .find(|(c, _)| *c == code)
         .map(|(_, l)| l.clone())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// A STATE payload: Sparkplug 3.0 JSON (`{"online": true, "timestamp": …}`), or 2.2's plain
+/// `ONLINE` / `OFFLINE`.
+fn host_state(payload: &[u8]) -> Option<bool> {
+    match payload {
+        b"ONLINE" => return Some(true),
+        b"OFFLINE" => return Some(false),
+        _ => {}
+    }
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    v.get("online")?.as_bool()
 }
 
 /// An NCMD asking for `Node Control/Rebirth` = true.
