@@ -367,6 +367,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            parts: 0,
         }
     }
 

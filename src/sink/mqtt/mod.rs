@@ -797,6 +797,7 @@ mod tests {
             catalog_topic: "out/{line}/catalog".into(),
             qos: 1,
             sparkplug: (String::new(), String::new()),
+            primary_host: None,
         };
         build(
             &cfg,
