@@ -26,6 +26,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// MQTT connections devices are read through.
     pub brokers: Vec<crate::mqtt::connection::BrokerConfig>,
+    /// Per broker name: the Sparkplug host id of linetap's STATE there.
+    pub sparkplug_host_ids: std::collections::BTreeMap<String, String>,
     pub devices: Vec<DeviceConfig>,
 }
 
@@ -169,6 +171,8 @@ pub struct MqttDevice {
     pub stale_after: Duration,
     /// sparkplug-b: (group, edge node, device under it or none for the node's own metrics).
     pub sparkplug: Option<(String, String, Option<String>)>,
+    /// sparkplug-b: the most metrics the device's births may bring (default 2,000).
+    pub max_metrics: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,6 +282,8 @@ pub struct PointConfig {
     pub topic: Option<String>,
     /// MQTT sparkplug-b: the birth metric it reads.
     pub metric: Option<String>,
+    /// MQTT sparkplug-b, no `type` given: the birth's datatype decides what it is written as.
+    pub kind_from_birth: bool,
 }
 
 /// How a derived point is computed.

@@ -44,6 +44,8 @@ pub struct BrokerSection {
     pub clean_session: Option<Spanned<bool>>,
     pub keep_alive: Option<Spanned<ConfDuration>>,
     pub max_packet_size: Option<Spanned<ConfSize>>,
+    /// The Sparkplug host id of linetap's STATE on this broker (brokers of sparkplug-b devices).
+    pub sparkplug_host_id: Option<Spanned<String>>,
 }
 
 /// `sparkplug = { group, node, device }`: a Sparkplug B edge node (and a device under it).
@@ -300,6 +302,8 @@ pub struct DeviceSection {
     pub stale_after: Option<Spanned<ConfDuration>>,
     /// MQTT sparkplug-b: the edge node (and device) this device is.
     pub sparkplug: Option<Spanned<SparkplugSection>>,
+    /// MQTT sparkplug-b: the most metrics the device's births may bring.
+    pub max_metrics: Option<Spanned<i64>>,
     #[serde(default)]
     pub tags: Tags,
     #[serde(default)]

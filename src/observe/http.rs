@@ -77,7 +77,7 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
             let devices = metrics.devices.all();
             let waiting: Vec<&str> = devices
                 .iter()
-                .filter(|d| d.polls.load(Relaxed) == 0)
+                .filter(|d| d.polls.load(Relaxed) == 0 && !d.mqtt_ready.load(Relaxed))
                 .map(|d| d.name.as_str())
                 .collect();
             let held: Vec<String> = metrics

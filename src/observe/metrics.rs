@@ -90,6 +90,10 @@ pub struct DeviceMetrics {
     pub mqtt_rejected_values: AtomicU64,
     /// Accepted but the buffer refused them (queue full): not acknowledged.
     pub mqtt_dropped: AtomicU64,
+    /// MQTT devices: a message arrived (Sparkplug: a birth), so the device counts as ready.
+    pub mqtt_ready: AtomicBool,
+    /// Sparkplug devices: birth metrics beyond `max_metrics`, not taken.
+    pub sparkplug_metrics_over_limit: AtomicU64,
 }
 
 /// One MQTT connection (a broker of devices, or an MQTT sink).
@@ -347,6 +351,18 @@ impl Metrics {
                     v.load(Relaxed)
                 );
             }
+        }
+        o.push_str("# TYPE linetap_sparkplug_metrics_over_limit_total counter\n");
+        for d in devices
+            .iter()
+            .filter(|d| d.sparkplug_metrics_over_limit.load(Relaxed) > 0)
+        {
+            let _ = writeln!(
+                o,
+                "linetap_sparkplug_metrics_over_limit_total{{device=\"{}\"}} {}",
+                esc(&d.name),
+                d.sparkplug_metrics_over_limit.load(Relaxed)
+            );
         }
         let brokers = self.brokers.all();
         // One family each, its TYPE line before its samples.

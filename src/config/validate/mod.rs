@@ -306,6 +306,8 @@ fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> Config 
 
     let line_report = report(cx, &raw.report, Report::default());
     let brokers = crate::source::mqtt::config::brokers(cx, &raw.brokers, &line.id);
+    let sparkplug_host_ids =
+        crate::source::mqtt::config::sparkplug_host_ids(cx, &raw.brokers, &line.id);
     let devices =
         crate::source::modbus::config::devices(cx, &raw.devices, line_report, &brokers, &line);
     if raw.devices.is_empty() {
@@ -317,6 +319,7 @@ fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> Config 
         buffer,
         sinks,
         brokers,
+        sparkplug_host_ids,
         devices,
     }
 }

@@ -1009,6 +1009,7 @@ pub(crate) fn point(cx: &mut Ctx, p: &Spanned<PointSection>, pc: &PointCtx) -> O
         simulate,
         json,
         topic,
+        kind_from_birth: metric.is_some() && p.kind.is_none() && !derived,
         metric,
     })
 }

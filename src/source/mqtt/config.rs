@@ -53,6 +53,35 @@ pub(crate) fn brokers(
         .collect()
 }
 
+/// Per broker: the Sparkplug host id of linetap's STATE (`sparkplug_host_id`, default
+/// `linetap-{line}`; one topic level, so without `+`, `/` or `#`). Only a broker of sparkplug-b
+/// devices uses it.
+pub(crate) fn sparkplug_host_ids(
+    cx: &mut Ctx,
+    raw: &BTreeMap<Spanned<String>, Spanned<BrokerSection>>,
+    line: &str,
+) -> BTreeMap<String, String> {
+    raw.iter()
+        .map(|(name, b)| {
+            let id = match &b.get_ref().sparkplug_host_id {
+                Some(h) => {
+                    let v = h.get_ref();
+                    if v.is_empty() || v.contains(['+', '/', '#', '\0']) || v.len() > 1024 {
+                        cx.err(
+                            h.span(),
+                            format!("sparkplug_host_id {v:?}: not empty, and without +, / or # (it is one topic level: spBv1.0/STATE/HOST_ID)"),
+                        );
+                    }
+                    v.clone()
+                }
+                // A line id may hold characters a topic level cannot.
+                None => format!("linetap-{line}").replace(['+', '/', '#', '\0'], "_"),
+            };
+            (name.get_ref().clone(), id)
+        })
+        .collect()
+}
+
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.chars()
@@ -91,6 +120,9 @@ pub(crate) fn topic(
     }
     t
 }
+
+/// Metrics a Sparkplug device's births may bring unless `max_metrics` says otherwise.
+pub const DEFAULT_MAX_METRICS: usize = 2_000;
 
 /// The MQTT part of a device: its broker, topic, format and the rest. Modbus keys are errors.
 pub(crate) fn device(
@@ -296,6 +328,21 @@ pub(crate) fn device(
         Some(s) => s.get_ref().0,
         None => Duration::from_secs(10),
     };
+    let max_metrics = match (&d.max_metrics, format) {
+        (Some(m), MqttFormat::SparkplugB) if !(1..=1_000_000).contains(m.get_ref()) => {
+            cx.err(m.span(), "max_metrics must be between 1 and 1000000");
+            DEFAULT_MAX_METRICS
+        }
+        (Some(m), MqttFormat::SparkplugB) => *m.get_ref() as usize,
+        (Some(m), _) => {
+            cx.err(
+                m.span(),
+                "`max_metrics` applies to format = \"sparkplug-b\"",
+            );
+            DEFAULT_MAX_METRICS
+        }
+        (None, _) => DEFAULT_MAX_METRICS,
+    };
     MqttDevice {
         broker,
         topic,
@@ -305,6 +352,7 @@ pub(crate) fn device(
         timestamp_format,
         stale_after,
         sparkplug,
+        max_metrics,
     }
 }
 
@@ -322,6 +370,7 @@ pub(crate) fn reject_on_modbus(cx: &mut Ctx, d: &DeviceSection) {
         ),
         (d.stale_after.as_ref().map(|v| v.span()), "stale_after"),
         (d.sparkplug.as_ref().map(|v| v.span()), "sparkplug"),
+        (d.max_metrics.as_ref().map(|v| v.span()), "max_metrics"),
     ];
     for (at, key) in mqtt_only {
         if let Some(at) = at {

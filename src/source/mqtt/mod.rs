@@ -70,6 +70,7 @@ pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan>
     let mut next = ids.points.iter().copied();
     let mut by_topic: Vec<(String, Decode)> = Vec::new();
     let mut sp_points: HashMap<String, PointRead> = HashMap::new();
+    let mut from_birth: HashMap<String, sparkplug::FromBirth> = HashMap::new();
     for p in &d.points {
         let elements: Vec<u32> = next.by_ref().take(p.count as usize).collect();
         if !p.is_read() {
@@ -86,6 +87,15 @@ pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan>
         match m.format {
             MqttFormat::SparkplugB => {
                 if let Some(metric) = &p.metric {
+                    if p.kind_from_birth {
+                        from_birth.insert(
+                            metric.clone(),
+                            sparkplug::FromBirth {
+                                descriptors: describe::elements(p),
+                                scaled: p.is_scaled(),
+                            },
+                        );
+                    }
                     sp_points.insert(metric.clone(), read);
                 }
             }
@@ -121,6 +131,8 @@ pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan>
             measurement: d.kind.as_str().to_string(),
             auto: sp_points.is_empty(),
             by_name: sp_points,
+            from_birth,
+            max_metrics: m.max_metrics,
         }),
     })
 }
@@ -130,6 +142,8 @@ pub struct Broker {
     id: ComponentId,
     devices: Vec<ComponentId>,
     config: BrokerConfig,
+    /// The Sparkplug host id of linetap's STATE on this broker (used with Sparkplug devices).
+    host_id: String,
     plans: Vec<DevicePlan>,
 }
 
@@ -166,6 +180,7 @@ impl Source for Broker {
         let broker = ctx.metrics.brokers.add(&self.config.name);
         tokio::spawn(run(
             self.config,
+            self.host_id,
             self.plans,
             outputs,
             metrics,
@@ -194,11 +209,16 @@ pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
             .iter()
             .filter_map(|d| register(d, registry))
             .collect();
+        let host_id = config
+            .sparkplug_host_ids
+            .get(&b.name)
+            .cloned()
+            .unwrap_or_else(|| format!("linetap-{}", config.line.id));
         out.push(Box::new(Broker {
             id: ComponentId {
                 kind: Kind::Bus,
                 name: format!("mqtt {}", b.name),
-                fingerprint: fingerprint(&(b, &devices)),
+                fingerprint: fingerprint(&(b, &devices, &host_id)),
             },
             devices: devices
                 .iter()
@@ -209,6 +229,7 @@ pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
                 })
                 .collect(),
             config: b.clone(),
+            host_id,
             plans,
         }));
     }
@@ -233,6 +254,7 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 #[allow(clippy::too_many_arguments)]
 async fn run(
     config: BrokerConfig,
+    host_id: String,
     mut plans: Vec<DevicePlan>,
     mut outputs: Vec<DeviceOutput>,
     metrics: Vec<Arc<DeviceMetrics>>,
@@ -267,6 +289,16 @@ async fn run(
     if plans.iter().any(|p| p.sp.is_some()) {
         options.set_clean_session(true);
     }
+    // As a Sparkplug host: the STATE death is the connection's will, with the timestamp of
+    // each CONNECT (renewed before every reconnect).
+    let mut host = sparkplug::Host::new(&host_id, &plans);
+    let state_will = host.as_ref().map(|h| h.state.clone());
+    let will = |w: &sparkplug::HostState| {
+        rumqttc::LastWill::new(w.topic.clone(), w.will(), QoS::AtLeastOnce, true)
+    };
+    if let Some(w) = &state_will {
+        options.set_last_will(will(w));
+    }
     let (client, mut events) = AsyncClient::new(options, 1024);
     // The event loop runs in its own task and is never cancelled mid-packet; its events come
     // through a bounded channel (back-pressure: while the handler is busy, nothing more is
@@ -291,6 +323,9 @@ async fn run(
                 p = events.poll() => p,
                 _ = pump_renew.notified() => {
                     events.clean();
+                    if let Some(w) = &state_will {
+                        events.mqtt_options.set_last_will(will(w));
+                    }
                     let e = "renewing the connection: the buffer refused a QoS 1 message".to_string();
                     if ev_tx.send(Err(e)).await.is_err() {
                         return;
@@ -317,6 +352,9 @@ async fn run(
                     if ev_tx.send(Err(e.to_string())).await.is_err() {
                         return;
                     }
+                    if let Some(w) = &state_will {
+                        events.mqtt_options.set_last_will(will(w));
+                    }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
@@ -332,6 +370,10 @@ async fn run(
     }
     let subscriptions: Vec<rumqttc::SubscribeFilter> = {
         let mut v: Vec<(String, u8)> = Vec::new();
+        // The host's own STATE (a late will of an older connection is answered).
+        if let Some(h) = &host {
+            v.extend(h.subscriptions().into_iter().map(|t| (t, 1)));
+        }
         for plan in &plans {
             for t in &plan.topics() {
                 match v.iter_mut().find(|(x, _)| x == t) {
@@ -392,8 +434,6 @@ async fn run(
         }
     });
 
-    let mut sp_states: Vec<sparkplug::SpState> = plans.iter().map(|_| Default::default()).collect();
-    let mut nodes: HashMap<(String, String), sparkplug::NodeState> = HashMap::new();
     let mut state: Vec<DeviceState> = plans
         .iter()
         .map(|_| DeviceState {
@@ -415,8 +455,10 @@ async fn run(
     let mut tick = tokio::time::interval(check_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut logged_error: Option<String> = None;
-    // Subscriptions still to send (the request queue was full at the CONNACK).
+    // Subscriptions still to send (the request queue was full at the CONNACK), and the STATE
+    // birth that follows them.
     let mut resubscribe = false;
+    let mut state_due = false;
     let started = Instant::now();
     loop {
         beat.idle();
@@ -426,12 +468,15 @@ async fn run(
                 if resubscribe {
                     resubscribe = client.try_subscribe_many(subscriptions.clone()).is_err();
                 }
+                if state_due && !resubscribe {
+                    state_due = host.as_ref().is_some_and(|h| !publish(&client, h.birth()));
+                }
                 let now = Instant::now();
                 for (d, plan) in plans.iter().enumerate() {
                     let st = &mut state[d];
                     // Sparkplug devices report by exception: alive from birth to death.
                     let fresh = match &plan.sp {
-                        Some(_) => sp_states[d].online,
+                        Some(_) => host.as_ref().is_some_and(|h| h.online(d)),
                         None => st.last_message.is_some_and(|t| now.duration_since(t) < plan.stale_after),
                     };
                     let due = st.last_health.is_none_or(|t| now.duration_since(t) >= plan.stale_after);
@@ -471,6 +516,11 @@ async fn run(
                 resubscribe = !subscriptions.is_empty();
                 resubscribe =
                     resubscribe && client.try_subscribe_many(subscriptions.clone()).is_err();
+                // The STATE birth, after the subscriptions (Sparkplug 3.0).
+                state_due = host.is_some();
+                if !resubscribe {
+                    state_due = host.as_ref().is_some_and(|h| !publish(&client, h.birth()));
+                }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 for (i, code) in ack.return_codes.iter().enumerate() {
@@ -481,116 +531,25 @@ async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic.starts_with("spBv1.0/") => {
-                let arrival = now_ns();
                 let from = input_ticket(&outputs);
                 let mut accepted = true;
-                if let Some((g, kind, n, dev_id)) = sparkplug::parse_topic(&p.topic) {
-                    for d in 0..plans.len() {
-                        let Some(sp) = &plans[d].sp else { continue };
-                        let node_message = matches!(kind, "NBIRTH" | "NDEATH");
-                        let mine = sp.group == g
-                            && sp.node == n
-                            && (node_message
-                                || (dev_id.is_some() && sp.device.as_deref() == dev_id)
-                                || (kind == "NDATA" && sp.device.is_none()));
-                        if !mine {
-                            continue;
-                        }
-                        let node = nodes.entry((g.to_string(), n.to_string())).or_default();
-                        let result = sparkplug::handle(
-                            sp,
-                            &mut sp_states[d],
-                            node,
-                            kind,
+                if let Some(h) = host.as_mut() {
+                    let (ok, sends) = h
+                        .message(
+                            &p.topic,
                             &p.payload,
-                            arrival,
-                        );
-                        let dm = metrics[d].clone();
-                        let mut out = match result {
-                            Ok(o) => o,
-                            Err(e) => {
-                                dm.mqtt_malformed.fetch_add(1, Relaxed);
-                                note(
-                                    &plans[d],
-                                    &mut state[d],
-                                    format!("malformed message on {}: {e}", p.topic),
-                                );
-                                continue;
-                            }
-                        };
-                        if out.rebirth && sparkplug::may_ask(node, plans[d].stale_after) {
-                            let (t, payload) = sparkplug::rebirth_request(g, n);
-                            if client
-                                .try_publish(t, QoS::AtMostOnce, false, payload)
-                                .is_ok()
-                            {
-                                tracing::info!(device = %plans[d].name, node = n, "Sparkplug: asked the edge node for a rebirth");
-                            }
-                        }
-                        if out.rejected > 0 {
-                            dm.mqtt_rejected_values.fetch_add(1, Relaxed);
-                        } else {
-                            dm.mqtt_ok.fetch_add(1, Relaxed);
-                        }
-                        if let Some(problem) = out.problem.take() {
-                            note(&plans[d], &mut state[d], problem);
-                        }
-                        // Metrics a birth brought: new points of the device's catalog.
-                        if !out.new_points.is_empty() {
-                            let descriptors: Vec<crate::model::PointDescriptor> =
-                                out.new_points.iter().map(|p| p.1.clone()).collect();
-                            if let Some((ids, version)) =
-                                catalogs.add_points(&plans[d].name, descriptors).await
-                            {
-                                outputs[d].catalog_changed(&version);
-                                if let Some(sp) = plans[d].sp.as_mut() {
-                                    for ((name, _, kind), id) in out.new_points.iter().zip(ids) {
-                                        sp.by_name.insert(
-                                            name.clone(),
-                                            PointRead {
-                                                ids: vec![id],
-                                                pointer: name.clone(),
-                                                kind: *kind,
-                                                scale: 1.0,
-                                                offset: 0.0,
-                                            },
-                                        );
-                                    }
-                                }
-                            }
-                        }
-                        if let Some(sp) = &plans[d].sp {
-                            for (name, ts, value) in out.pending.drain(..) {
-                                if let Some(id) = sp.by_name.get(&name).and_then(|r| r.ids.first())
-                                {
-                                    out.samples.push(Sample {
-                                        point: *id,
-                                        timestamp_ns: ts,
-                                        quality: Quality::Good as i32,
-                                        value: Some(value),
-                                    });
-                                }
-                            }
-                        }
-                        state[d].last_message = Some(Instant::now());
-                        if let Some(up) = out.up {
-                            health(&plans[d], &mut state[d], &dm, up, &mut outputs[d]).await;
-                        }
-                        if !out.samples.is_empty() {
-                            let st = &mut state[d];
-                            st.seq += 1;
-                            dm.samples.fetch_add(out.samples.len() as u64, Relaxed);
-                            let batch = SampleBatch {
-                                device: plans[d].device,
-                                seq: st.seq,
-                                timestamp_ns: 0,
-                                samples: out.samples,
-                            };
-                            if !outputs[d].publish(batch).await {
-                                dm.mqtt_dropped.fetch_add(1, Relaxed);
-                                accepted = false;
-                            }
-                        }
+                            p.retain,
+                            now_ns(),
+                            &mut plans,
+                            &mut state,
+                            &metrics,
+                            &mut outputs,
+                            &catalogs,
+                        )
+                        .await;
+                    accepted = ok;
+                    for s in sends {
+                        publish(&client, s);
                     }
                 }
                 if p.qos == QoS::AtLeastOnce {
@@ -656,6 +615,7 @@ async fn run(
                             st.last_error = problem;
                         }
                         st.last_message = Some(Instant::now());
+                        dm.mqtt_ready.store(true, Relaxed);
                         if st.up != Some(true) {
                             health(plan, st, dm, true, &mut outputs[d]).await;
                         }
@@ -686,8 +646,15 @@ async fn run(
     }
     broker.connected.store(false, Relaxed);
     ack_task.abort();
+    // As a Sparkplug host: the STATE death first (a clean disconnect suppresses the will).
+    if let Some(h) = &host {
+        publish(&client, h.death());
+    }
     // A clean disconnect (a persistent session, with its subscriptions, stays at the broker).
     let _ = client.try_disconnect();
+    // Until the event loop has sent what was queued and the DISCONNECT (it ends then).
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, ev_rx.recv()).await {}
     drop(ev_rx);
     let mut pump = pump;
     if tokio::time::timeout(Duration::from_millis(500), &mut pump)
@@ -740,6 +707,16 @@ fn note(plan: &DevicePlan, st: &mut DeviceState, problem: String) {
         st.logged_at = Some(Instant::now());
     }
     st.last_error = problem;
+}
+
+/// Queues a message the Sparkplug host publishes; false when the request queue is full.
+fn publish(client: &AsyncClient, m: sparkplug::Publish) -> bool {
+    let q = if m.qos1 {
+        QoS::AtLeastOnce
+    } else {
+        QoS::AtMostOnce
+    };
+    client.try_publish(m.topic, q, m.retain, m.payload).is_ok()
 }
 
 fn qos(q: u8) -> QoS {
