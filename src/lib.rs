@@ -2,6 +2,7 @@
 pub mod backoff;
 pub mod buffer;
 pub mod check;
+pub mod check_addresses;
 pub mod component;
 pub mod config;
 pub mod model;

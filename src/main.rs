@@ -14,7 +14,7 @@ use std::time::Duration;
     about = "Telemetry edge agent for robot production lines"
 )]
 struct Cli {
-    /// Log format.
+    /// Log format: text, or json (one JSON object a line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -33,15 +33,20 @@ enum Command {
     /// reloads the file (only what changed restarts; an invalid file keeps the running
     /// configuration).
     Run {
+        /// The line's configuration file (e.g. /etc/linetap/weld-a.toml).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Validate a configuration and print the plan (devices, points, requests per cycle).
+    /// Exit 0 when valid (warnings on stderr), 2 with every error as FILE:LINE:COLUMN.
     Check {
+        /// The line's configuration file (e.g. /etc/linetap/weld-a.toml).
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// The embedded demo: a simulated robot cell, the agent, and a local line-protocol file.
+    /// The embedded demo: a simulated robot cell, the agent, and a local line-protocol file
+    /// (./linetap-out/demo.lp, buffered in ./linetap-data, both in the current directory),
+    /// with a live view of the devices' states, alarm episodes and availability.
     Demo {
         /// Stop after this long (e.g. "30s") instead of waiting for Ctrl-C.
         #[arg(long)]
@@ -52,17 +57,25 @@ enum Command {
     /// commands on stdin:
     /// `fault DEVICE none|silent|drop|slow 300ms|exception 4|badcrc|garbage|chunked 16ms`.
     Simulate {
+        /// The configuration whose devices to serve.
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Read every point of one device once and print a table (point, raw registers, value,
-    /// unit, label): a config's device (`--config FILE --device ID`) or a profile at an
-    /// address (`--profile NAME --address HOST:PORT`, or `--serial PORT --baud N` for RTU).
-    /// Exit 0 when the device answered, 1 with the Modbus error when it did not.
+    /// Read every point of one device once and print a table (point, raw registers, value as
+    /// the sinks write it, unit, label): a config's device (`--config FILE --device ID`) or a
+    /// profile at an address (`--profile NAME --address HOST:PORT`, or `--serial PORT --baud N`
+    /// for RTU). Or, with `--read TABLE START COUNT`, read registers with no point at all and
+    /// print each in the common decodings. Exit 0 when every point (or the read) answered, 1
+    /// when any did not (the Modbus error on stderr), 2 for a usage error.
     Probe {
-        /// Modbus TCP address HOST:PORT (overrides the config's).
+        /// Modbus TCP address HOST:PORT (overrides the config's); with
+        /// `--protocol modbus-rtu-over-tcp`, a serial device server's.
         #[arg(long)]
         address: Option<String>,
+        /// modbus-tcp (default with --address) or modbus-rtu-over-tcp (RTU frames to a serial
+        /// device server at --address); --serial means modbus-rtu.
+        #[arg(long, conflicts_with_all = ["config", "device"])]
+        protocol: Option<String>,
         /// Unit id (overrides the config's; default 1).
         #[arg(long)]
         unit: Option<u8>,
@@ -78,21 +91,28 @@ enum Command {
         /// The device of --config to read.
         #[arg(long, requires = "config")]
         device: Option<String>,
-        /// Serial port for Modbus RTU (with --profile).
-        #[arg(long)]
+        /// Serial port for Modbus RTU (e.g. /dev/ttyRS485-1).
+        #[arg(long, conflicts_with_all = ["config", "device"])]
         serial: Option<String>,
+        /// Baud rate of --serial.
         #[arg(long, default_value_t = 19200)]
         baud: u32,
-        /// none | even | odd
+        /// Parity of --serial: none, even or odd.
         #[arg(long, default_value = "even")]
         parity: String,
-        /// Response timeout (e.g. "1s").
+        /// Response timeout (e.g. "1s"; default 1s).
         #[arg(long)]
         timeout: Option<String>,
         /// NAME=ADDRESS: the address of a profile point the device gives (with --profile),
         /// e.g. --point statusword=0x6041 for cia402-statusword.
         #[arg(long = "point", requires = "profile")]
         points: Vec<String>,
+        /// Read COUNT registers (or bits) of TABLE (holding, input, coils, discrete) from the
+        /// 0-based address START, once, and print each register as u16, i16, hex and ASCII
+        /// and each pair as f32, u32 and i32 in the four word orders; no profile or point
+        /// needed (e.g. --read holding 0 18).
+        #[arg(long, num_args = 3, value_names = ["TABLE", "START", "COUNT"], conflicts_with = "profile")]
+        read: Option<Vec<String>>,
     },
     /// List the device profiles (built in and in the profiles directory) with their sources,
     /// or print one profile's file (`--show NAME`) to copy and adapt.
@@ -107,7 +127,10 @@ enum Command {
     /// Write the man pages (roff) generated from these definitions into DIR: linetap.1 and
     /// one linetap-COMMAND.1 per command (used to package them).
     #[command(hide = true)]
-    Man { dir: PathBuf },
+    Man {
+        /// Where to write the pages.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -147,6 +170,7 @@ fn main() -> ExitCode {
         Command::Profiles { config, show } => profiles(config.as_deref(), show.as_deref()),
         Command::Probe {
             address,
+            protocol,
             unit,
             profile,
             profiles_dir,
@@ -157,24 +181,27 @@ fn main() -> ExitCode {
             parity,
             timeout,
             points,
+            read,
         } => {
+            let link = LinkArgs {
+                address: address.as_deref(),
+                protocol: protocol.as_deref(),
+                serial: serial.as_deref(),
+                baud,
+                parity: &parity,
+                unit,
+                timeout: timeout.as_deref(),
+            };
+            if let Some(read) = read {
+                return ExitCode::from(probe_read(&runtime, &read, config, device, &link) as u8);
+            }
             let target = match (profile, config, device) {
-                (Some(p), _, _) => probe_profile(
-                    &p,
-                    profiles_dir.as_deref(),
-                    address.as_deref(),
-                    serial.as_deref(),
-                    baud,
-                    &parity,
-                    unit,
-                    timeout.as_deref(),
-                    &points,
-                ),
+                (Some(p), _, _) => probe_profile(&p, profiles_dir.as_deref(), &link, &points),
                 (None, Some(c), Some(d)) => {
                     probe_config(&c, &d, address.as_deref(), unit, timeout.as_deref())
                 }
                 _ => Err(
-                    "give --profile NAME with --address or --serial, or --config FILE --device ID"
+                    "give --profile NAME with --address or --serial, --config FILE --device ID, or --read TABLE START COUNT with --address or --serial"
                         .to_string(),
                 ),
             };
@@ -184,9 +211,27 @@ fn main() -> ExitCode {
                     2
                 }
                 Ok(d) => match runtime.block_on(linetap::probe::probe(&d)) {
-                    Ok(table) => {
-                        out(&table);
-                        0
+                    Ok(p) => {
+                        out(&p.table);
+                        if p.failed.is_empty() {
+                            0
+                        } else {
+                            eprintln!(
+                                "linetap probe: {} of {} point{} without a value ({} of {} request{} answered): {}",
+                                p.failed.len(),
+                                p.points,
+                                if p.points == 1 { "" } else { "s" },
+                                p.answered,
+                                p.requests,
+                                if p.requests == 1 { "" } else { "s" },
+                                p.failed
+                                    .iter()
+                                    .map(|(name, why)| format!("{name}: {why}"))
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            );
+                            1
+                        }
                     }
                     Err(e) => {
                         eprintln!("linetap probe: device {:?} did not answer: {e}", d.id);
@@ -309,27 +354,105 @@ fn probe_config(
     Ok(d)
 }
 
+/// How probe reaches a device given on the command line.
+struct LinkArgs<'a> {
+    address: Option<&'a str>,
+    protocol: Option<&'a str>,
+    serial: Option<&'a str>,
+    baud: u32,
+    parity: &'a str,
+    unit: Option<u8>,
+    timeout: Option<&'a str>,
+}
+
+impl LinkArgs<'_> {
+    /// The `[[devices]]` keys that reach the device: `address` (and `protocol`), or `serial`.
+    fn device_keys(&self) -> Result<String, String> {
+        let mut keys = match (self.address, self.serial) {
+            (Some(a), None) => match self.protocol {
+                None | Some("modbus-tcp") => format!("address = {a:?}\n"),
+                Some("modbus-rtu-over-tcp") => {
+                    format!("protocol = \"modbus-rtu-over-tcp\"\naddress = {a:?}\n")
+                }
+                Some(p) => {
+                    return Err(format!(
+                        "--protocol {p:?}: with --address it is modbus-tcp or modbus-rtu-over-tcp (for a serial port use --serial)"
+                    ))
+                }
+            },
+            (None, Some(port)) => {
+                if self.protocol.is_some_and(|p| p != "modbus-rtu") {
+                    return Err("--serial is Modbus RTU: leave out --protocol".into());
+                }
+                if !["none", "even", "odd"].contains(&self.parity) {
+                    return Err(format!(
+                        "--parity {:?}: none, even or odd",
+                        self.parity
+                    ));
+                }
+                format!(
+                    "protocol = \"modbus-rtu\"\nserial = {{ port = {port:?}, baud = {}, parity = {:?} }}\n",
+                    self.baud, self.parity
+                )
+            }
+            (Some(_), Some(_)) => return Err("give either --address HOST:PORT or --serial PORT, not both".into()),
+            (None, None) => return Err("give either --address HOST:PORT or --serial PORT".into()),
+        };
+        keys.push_str(&format!("unit = {}\n", self.unit.unwrap_or(1)));
+        if let Some(t) = self.timeout {
+            if let Err(e) = config::units::parse_duration(t) {
+                return Err(format!("--timeout {t:?}: {e}"));
+            }
+            keys.push_str(&format!("timeout = {t:?}\n"));
+        }
+        Ok(keys)
+    }
+}
+
+/// A configuration probe wrote from its flags, validated; its errors in terms of the command
+/// line (the file and its locations are probe's own, so they are left out).
+fn probe_device(text: &str, profile: Option<&str>) -> Result<config::DeviceConfig, String> {
+    let cfg = config::parse("(probe)", text).map_err(|errors| {
+        errors
+            .0
+            .iter()
+            .map(|e| command_line_error(&e.message, profile))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    cfg.devices
+        .into_iter()
+        .next()
+        .ok_or_else(|| "no device".to_string())
+}
+
+/// A validation message of probe's own configuration, said in terms of its flags.
+fn command_line_error(message: &str, profile: Option<&str>) -> String {
+    // `profile "P" leaves the address of point "NAME" to the device: add [[devices.points]] …`
+    if let (Some(profile), Some(rest)) = (
+        profile,
+        message
+            .split_once("leaves the address of point \"")
+            .map(|(_, r)| r),
+    ) {
+        if let Some((name, _)) = rest.split_once('"') {
+            return format!(
+                "profile {profile:?} leaves the address of point {name:?} to the device: give it with --point {name}=ADDRESS (its 0-based register address in the device's manual, decimal or 0x hex)"
+            );
+        }
+    }
+    message.to_string()
+}
+
 /// A device of profile `name` at the address or serial port given, validated as a
 /// configuration would be.
-#[allow(clippy::too_many_arguments)]
 fn probe_profile(
     name: &str,
     dir: Option<&std::path::Path>,
-    address: Option<&str>,
-    serial: Option<&str>,
-    baud: u32,
-    parity: &str,
-    unit: Option<u8>,
-    timeout: Option<&str>,
+    link: &LinkArgs<'_>,
     points: &[String],
 ) -> Result<config::DeviceConfig, String> {
-    let target = match (address, serial) {
-        (Some(a), None) => format!("address = {a:?}"),
-        (None, Some(port)) => format!(
-            "protocol = \"modbus-rtu\"\nserial = {{ port = {port:?}, baud = {baud}, parity = {parity:?} }}"
-        ),
-        _ => return Err("give either --address HOST:PORT or --serial PORT".into()),
-    };
+    let target = link.device_keys()?;
     let mut text = String::from("[line]\nid = \"probe\"\n");
     if let Some(d) = dir {
         text.push_str(&format!(
@@ -338,12 +461,8 @@ fn probe_profile(
         ));
     }
     text.push_str(&format!(
-        "[[devices]]\nid = \"probe\"\nprofile = {name:?}\n{target}\nunit = {}\n",
-        unit.unwrap_or(1)
+        "[[devices]]\nid = \"probe\"\nprofile = {name:?}\n{target}"
     ));
-    if let Some(t) = timeout {
-        text.push_str(&format!("timeout = {t:?}\n"));
-    }
     for p in points {
         let Some((name, address)) = p.split_once('=') else {
             return Err(format!(
@@ -356,11 +475,54 @@ fn probe_profile(
             address.trim()
         ));
     }
-    let cfg = config::parse("(probe)", &text).map_err(|e| e.to_string())?;
-    cfg.devices
-        .into_iter()
-        .next()
-        .ok_or_else(|| "no device".to_string())
+    probe_device(&text, Some(name))
+}
+
+/// `linetap probe --read TABLE START COUNT`: raw registers of a device at an address or
+/// serial port, or of a config's device. Returns the exit code.
+fn probe_read(
+    runtime: &tokio::runtime::Runtime,
+    read: &[String],
+    config: Option<PathBuf>,
+    device: Option<String>,
+    link: &LinkArgs<'_>,
+) -> i32 {
+    let target = (|| {
+        let [table, start, count] = read else {
+            return Err("--read takes TABLE START COUNT, e.g. --read holding 0 18".to_string());
+        };
+        let table = linetap::probe::parse_table(table)?;
+        let (start, count) = linetap::probe::read_range(table, start, count)?;
+        let d = match (config, device) {
+            (Some(c), Some(d)) => probe_config(&c, &d, link.address, link.unit, link.timeout)?,
+            _ => probe_device(
+                &format!(
+                    "[line]\nid = \"probe\"\n[[devices]]\nid = \"probe\"\n{}[[devices.points]]\nname = \"raw\"\naddress = 0\n",
+                    link.device_keys()?
+                ),
+                None,
+            )?,
+        };
+        Ok((d, table, start, count))
+    })();
+    match target {
+        Err(e) => {
+            eprintln!("linetap probe: {e}");
+            2
+        }
+        Ok((d, table, start, count)) => {
+            match runtime.block_on(linetap::probe::read_raw(&d, table, start, count)) {
+                Ok(text) => {
+                    out(&text);
+                    0
+                }
+                Err(e) => {
+                    eprintln!("linetap probe: device {:?} did not answer: {e}", d.id);
+                    1
+                }
+            }
+        }
+    }
 }
 
 async fn simulate(cfg: config::Config) -> i32 {

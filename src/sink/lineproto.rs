@@ -226,7 +226,6 @@ impl LineEncoder {
     pub fn encode(&self, batch: &SampleBatch, out: &mut Vec<u8>, skipped: &mut Skipped) -> usize {
         let mut written = 0;
         let mut ibuf = itoa::Buffer::new();
-        let mut fbuf = ryu::Buffer::new();
         for s in &batch.samples {
             let Some(Some(p)) = self.points.get(s.point as usize) else {
                 skipped.unknown_point += 1;
@@ -235,60 +234,23 @@ impl LineEncoder {
             let Some(value) = &s.value else { continue };
             let mark = out.len();
             out.extend_from_slice(self.prefix(p));
-            match value {
-                Value::DoubleValue(x) => {
-                    if !x.is_finite() {
-                        out.truncate(mark);
-                        skipped.not_finite += 1;
-                        continue;
-                    }
-                    // An f32 reading widened to f64 prints as 12.869999885559082; the shortest
-                    // text that reads back as the same f32 is 12.87, which is what the device
-                    // holds, and a third shorter on the wire.
-                    // A value a half float holds (an f16 register) is written exactly
-                    // (-0.509765625, not -0.5097656): its exact text is short, and it reads
-                    // back as the same f32 too.
-                    let narrow = *x as f32;
-                    if p.data_type == DataType::Float && narrow as f64 == *x && !is_half(narrow) {
-                        out.extend_from_slice(fbuf.format_finite(narrow).as_bytes());
-                    } else {
-                        out.extend_from_slice(fbuf.format_finite(*x).as_bytes());
-                    }
+            let unsigned = self.unsigned && p.data_type == DataType::Uint64;
+            if let Err(why) = write_field_value(value, p.data_type, unsigned, out) {
+                out.truncate(mark);
+                match why {
+                    Unwritable::NotFinite => skipped.not_finite += 1,
+                    Unwritable::OutOfRange => skipped.out_of_range += 1,
                 }
-                Value::IntValue(i) => {
-                    if p.data_type == DataType::Double || p.data_type == DataType::Float {
-                        out.extend_from_slice(fbuf.format_finite(*i as f64).as_bytes());
-                    } else {
-                        out.extend_from_slice(ibuf.format(*i).as_bytes());
-                        out.push(b'i');
+                continue;
+            }
+            if let Some(l) = &p.labels {
+                match value {
+                    Value::IntValue(i) => l.write_label(*i, out),
+                    Value::UintValue(u) => {
+                        l.write_label(i64::try_from(*u).unwrap_or(i64::MAX), out)
                     }
-                    if let Some(l) = &p.labels {
-                        l.write_label(*i, out);
-                    }
+                    _ => {}
                 }
-                Value::UintValue(u) if self.unsigned && p.data_type == DataType::Uint64 => {
-                    out.extend_from_slice(ibuf.format(*u).as_bytes());
-                    out.push(b'u');
-                    if let Some(l) = &p.labels {
-                        l.write_label(i64::try_from(*u).unwrap_or(i64::MAX), out);
-                    }
-                }
-                Value::UintValue(u) => {
-                    // No unsigned type: a value above i64::MAX has no exact text here, and a
-                    // clamped one would be a value the device never had.
-                    let Ok(i) = i64::try_from(*u) else {
-                        out.truncate(mark);
-                        skipped.out_of_range += 1;
-                        continue;
-                    };
-                    out.extend_from_slice(ibuf.format(i).as_bytes());
-                    out.push(b'i');
-                    if let Some(l) = &p.labels {
-                        l.write_label(i, out);
-                    }
-                }
-                Value::BoolValue(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-                Value::StringValue(v) => write_string_value(v, out),
             }
             out.push(b' ');
             out.extend_from_slice(ibuf.format(batch.time_of(s)).as_bytes());
@@ -297,6 +259,70 @@ impl LineEncoder {
         }
         written
     }
+}
+
+/// Why a value has no line-protocol text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwritable {
+    /// NaN or ±Inf.
+    NotFinite,
+    /// A u64 above i64::MAX where the store has no unsigned integer type.
+    OutOfRange,
+}
+
+/// Appends the field value of `value` for a point of `data_type` exactly as the line-protocol
+/// sinks write it: `562.3`, `41i`, `7u` (`unsigned`: a u64 point on a store with an unsigned
+/// type), `true`, `"text"`. `linetap probe` prints the same text (without the integer suffix),
+/// so what it shows is what the store holds.
+pub fn write_field_value(
+    value: &Value,
+    data_type: DataType,
+    unsigned: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), Unwritable> {
+    let mut ibuf = itoa::Buffer::new();
+    let mut fbuf = ryu::Buffer::new();
+    match value {
+        Value::DoubleValue(x) => {
+            if !x.is_finite() {
+                return Err(Unwritable::NotFinite);
+            }
+            // An f32 reading widened to f64 prints as 12.869999885559082; the shortest
+            // text that reads back as the same f32 is 12.87, which is what the device
+            // holds, and a third shorter on the wire.
+            // A value a half float holds (an f16 register) is written exactly
+            // (-0.509765625, not -0.5097656): its exact text is short, and it reads
+            // back as the same f32 too.
+            let narrow = *x as f32;
+            if data_type == DataType::Float && narrow as f64 == *x && !is_half(narrow) {
+                out.extend_from_slice(fbuf.format_finite(narrow).as_bytes());
+            } else {
+                out.extend_from_slice(fbuf.format_finite(*x).as_bytes());
+            }
+        }
+        Value::IntValue(i) => {
+            if data_type == DataType::Double || data_type == DataType::Float {
+                out.extend_from_slice(fbuf.format_finite(*i as f64).as_bytes());
+            } else {
+                out.extend_from_slice(ibuf.format(*i).as_bytes());
+                out.push(b'i');
+            }
+        }
+        Value::UintValue(u) if unsigned => {
+            out.extend_from_slice(ibuf.format(*u).as_bytes());
+            out.push(b'u');
+        }
+        Value::UintValue(u) => {
+            // No unsigned type: a value above i64::MAX has no exact text here, and a
+            // clamped one would be a value the device never had.
+            let i = i64::try_from(*u).map_err(|_| Unwritable::OutOfRange)?;
+            out.extend_from_slice(ibuf.format(i).as_bytes());
+            out.push(b'i');
+        }
+        Value::BoolValue(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::StringValue(v) => write_string_value(v, out),
+    }
+    Ok(())
 }
 
 /// Whether an f32 is exactly a normal IEEE 754 half float (its 13 lowest mantissa bits are zero
