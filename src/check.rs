@@ -85,7 +85,7 @@ pub fn render_plan(config: &Config) -> String {
         let values: u32 = d.points.iter().map(|p| p.count as u32).sum();
         let _ = writeln!(
             o,
-            "\ndevice {:?} ({}{}, {} {} unit {}): {} points, {} values, timeout {:?}",
+            "\ndevice {:?} ({}{}, {} {} unit {}): {} point{}, {} value{}, timeout {:?}",
             d.id,
             d.kind.as_str(),
             d.profile
@@ -99,7 +99,9 @@ pub fn render_plan(config: &Config) -> String {
                 .unwrap_or_else(|| d.address.clone()),
             d.unit,
             d.points.len(),
+            plural(d.points.len()),
             values,
+            plural(values as usize),
             d.timeout
         );
         for p in &d.points {
@@ -254,8 +256,9 @@ pub fn render_plan(config: &Config) -> String {
     }
     let _ = writeln!(
         o,
-        "\ntotal: {} devices, {:.1} requests/s, {:.0} values/s (+ {} health records/s){}",
+        "\ntotal: {} device{}, {:.1} requests/s, {:.0} values/s (+ {} health records/s){}",
         config.devices.len(),
+        plural(config.devices.len()),
         total_requests_per_s,
         total_values_per_s,
         plans
@@ -270,7 +273,10 @@ pub fn render_plan(config: &Config) -> String {
                 .fold(0.0, f64::max))
             .fold(0.0, |a, b| a + b),
         if back_to_back > 0 {
-            format!(", plus {back_to_back} group(s) polled back to back")
+            format!(
+                ", plus {back_to_back} group{} polled back to back",
+                plural(back_to_back)
+            )
         } else {
             String::new()
         }
@@ -358,6 +364,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
             }
         }
     }
+    w.extend(crate::check_addresses::warnings(config));
     if config.sinks.is_empty() {
         w.push("no [sinks]: readings would be polled but delivered nowhere".to_string());
     }

@@ -670,6 +670,71 @@ fn an_overloaded_bus_is_a_warning() {
     );
 }
 
+/// A device whose manual lists registers by reference number.
+const REFERENCE_NUMBERS: &str = r#"
+[[devices]]
+id = "drive-7"
+address = "10.0.3.17:502"
+
+[[devices.points]]
+name = "speed"
+address = 40011
+
+[[devices.points]]
+name = "temperature"
+table = "input"
+address = 30005
+
+[[devices.points]]
+name = "current"
+address = 1011
+"#;
+
+#[test]
+fn reference_numbers_as_addresses_are_warnings() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = write_config(&dir, "refs", &format!("{BASE}{REFERENCE_NUMBERS}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_linetap"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("INFLUX_TOKEN", "t")
+        .output()
+        .expect("run linetap check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(
+        warnings[0].starts_with("warning: device \"drive-7\" point \"speed\": address = 40011 on the holding table looks like a 4xxxx reference number: holding register 10 is address = 10"),
+        "{stderr}"
+    );
+    assert!(
+        warnings[1].starts_with("warning: device \"drive-7\" point \"temperature\": address = 30005 on the input table looks like a 3xxxx reference number: input register 4 is address = 4"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("1011"), "{stderr}");
+    // The plan counts naturally.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("): 3 points, 3 values,"), "{stdout}");
+    assert!(stdout.contains("\ntotal: 2 devices,"), "{stdout}");
+    let one = write_config(&dir, "one", BASE);
+    let out = check(&one);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\ntotal: 1 device,"), "{stdout}");
+}
+
+// A six-digit reference number does not fit an address (0..=65535): an error that says what
+// it stands for.
+broken!(
+    six_digit_reference_number,
+    format!("{BASE}{}", edit(REFERENCE_NUMBERS, "address = 40011", "address = 400011")),
+    at: ("address = 400011", 1, "400011"),
+    says: "400011 looks like a 4xxxxx reference number: holding register 10 is table = \"holding\", address = 10",
+);
+
 broken!(
     rtu_without_serial,
     format!("{BASE}{}", edit(RTU_DRIVE, "serial = { port = \"/dev/ttyRS485-1\", baud = 115200, parity = \"even\", data_bits = 8, stop_bits = 1 }\n", "")),

@@ -454,8 +454,13 @@ impl<'de> Deserialize<'de> for RegAddress {
                 if (0..=65535).contains(&v) {
                     Ok(RegAddress(v as u32))
                 } else {
+                    let hint = u32::try_from(v)
+                        .ok()
+                        .and_then(crate::check_addresses::reference_hint)
+                        .map(|h| format!("; {h}"))
+                        .unwrap_or_default();
                     Err(E::custom(format!(
-                        "address {v} is out of range: a 0-based PDU address is 0..=65535"
+                        "address {v} is out of range: a 0-based PDU address is 0..=65535{hint}"
                     )))
                 }
             }
