@@ -549,3 +549,30 @@ fn an_nbirth_that_changes_aliases_is_followed_and_uint32_stays_an_integer() {
     assert_eq!(ncmds, 0, "no rebirth request; log:\n{log}");
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// A reload that stops the broker component (here: a new `sparkplug_host_id` restarts it)
+/// publishes the old host's death before its clean disconnect; the new host id is online.
+#[test]
+fn a_reload_that_stops_the_broker_publishes_the_state_death() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &broker.url, free_port(), A_ONLY);
+    let agent = AgentProcess::start(&cfg);
+    let t1 = wait_state(broker.port, "spBv1.0/STATE/linetap-cell-h", true)
+        .unwrap_or_else(|| panic!("no online STATE; log:\n{}", agent.stderr()));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "keep_alive = \"5s\"\n",
+        "keep_alive = \"5s\"\nsparkplug_host_id = \"scada-2\"\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    agent.signal("HUP");
+    let old = wait_state(broker.port, "spBv1.0/STATE/linetap-cell-h", false);
+    let new = wait_state(broker.port, "spBv1.0/STATE/scada-2", true);
+    let (code, log) = agent.stop();
+    assert!(
+        old.is_some_and(|t| t >= t1),
+        "the old host id is not offline after the reload; log:\n{log}"
+    );
+    assert!(new.is_some(), "the new host id is not online; log:\n{log}");
+    assert_eq!(code, Some(0), "{log}");
+}
