@@ -1062,3 +1062,36 @@ fn sink_names_that_share_a_file_name() {
         "would share their buffer position and dead-letter file (local_b)",
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sparkplug host keys
+// ---------------------------------------------------------------------------------------------
+
+const SPARKPLUG_DEVICE: &str = "\n[brokers.plant]\nurl = \"mqtt://127.0.0.1:1883\"\n\n\
+     [[devices]]\nid = \"r7\"\nprotocol = \"mqtt\"\nbroker = \"plant\"\nformat = \"sparkplug-b\"\n\
+     sparkplug = { group = \"weld\", node = \"edge\", device = \"R7\" }\n";
+
+broken!(
+    sparkplug_host_id_with_a_slash,
+    edit(
+        &format!("{BASE}{SPARKPLUG_DEVICE}"),
+        "url = \"mqtt://127.0.0.1:1883\"\n",
+        "url = \"mqtt://127.0.0.1:1883\"\nsparkplug_host_id = \"scada/1\"\n"
+    ),
+    at: ("sparkplug_host_id = \"scada/1\"", 1, "\"scada/1\""),
+    says: "sparkplug_host_id \"scada/1\": not empty, and without +, / or #",
+);
+
+broken!(
+    max_metrics_zero,
+    format!("{BASE}{SPARKPLUG_DEVICE}max_metrics = 0\n"),
+    at: ("max_metrics = 0", 1, "0"),
+    says: "max_metrics must be between 1 and 1000000",
+);
+
+broken!(
+    max_metrics_on_a_modbus_device,
+    edit(BASE, "poll = \"100ms\"\n", "poll = \"100ms\"\nmax_metrics = 10\n"),
+    at: ("max_metrics = 10", 1, "10"),
+    says: "`max_metrics` belongs to MQTT devices",
+);
