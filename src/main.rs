@@ -662,32 +662,40 @@ async fn run_agent(path: &std::path::Path, cfg: config::Config) -> i32 {
     let undelivered = agent.stop().await;
     let collected = metrics.collected();
     let sinks = metrics.sinks.all();
-    let sum = |f: fn(&linetap::observe::metrics::SinkMetrics) -> u64| -> u64 {
-        sinks.iter().map(|s| f(s)).sum()
+    // Per sink: each sink delivers every sample once, so a sum would count them twice.
+    let per_sink = |f: fn(&linetap::observe::metrics::SinkMetrics) -> u64| -> String {
+        sinks
+            .iter()
+            .map(|s| format!("{}={}", s.name, f(s)))
+            .collect::<Vec<_>>()
+            .join(" ")
     };
-    let delivered = sum(|s| s.delivered.load(Relaxed));
-    let dropped = sum(|s| s.dropped_total());
-    let buffer_full = sum(|s| s.dropped_buffer_full.load(Relaxed));
-    let corrupt = sum(|s| s.dropped_corrupt.load(Relaxed));
-    if undelivered > 0 {
-        tracing::warn!(
-            collected,
-            delivered,
-            dropped,
-            buffer_full,
-            corrupt,
-            kept_bytes = undelivered,
-            "stopped; undelivered data is kept in the buffer for the next start"
-        );
-    } else if dropped > 0 {
-        tracing::warn!(
-            collected,
-            delivered,
-            dropped,
-            buffer_full,
-            corrupt,
-            "stopped; samples were dropped during the run (see the sink messages above)"
-        );
+    let delivered = per_sink(|s| s.delivered.load(Relaxed));
+    let dropped: u64 = sinks.iter().map(|s| s.dropped_total()).sum();
+    if undelivered > 0 || dropped > 0 {
+        let dropped = per_sink(|s| s.dropped_total());
+        let buffer_full = per_sink(|s| s.dropped_buffer_full.load(Relaxed));
+        let corrupt = per_sink(|s| s.dropped_corrupt.load(Relaxed));
+        if undelivered > 0 {
+            tracing::warn!(
+                collected,
+                delivered,
+                dropped,
+                buffer_full,
+                corrupt,
+                kept_bytes = undelivered,
+                "stopped; undelivered data is kept in the buffer for the next start"
+            );
+        } else {
+            tracing::warn!(
+                collected,
+                delivered,
+                dropped,
+                buffer_full,
+                corrupt,
+                "stopped; samples were dropped during the run (see the sink messages above)"
+            );
+        }
     } else {
         tracing::info!(
             collected,

@@ -1,7 +1,10 @@
 //! `linetap demo`: the simulator, the agent and a local line-protocol file in one process,
-//! with a live one-line summary. Adds an InfluxDB sink when `INFLUX_URL` is set
+//! with a live view (`view.rs`: each device's state, the latest alarm episodes and
+//! availability, read back from the file the agent writes): redrawn in place on a terminal,
+//! one line a second into a pipe. Adds an InfluxDB sink when `INFLUX_URL` is set
 //! (v2: `INFLUX_ORG`, `INFLUX_BUCKET`, `INFLUX_TOKEN`; v1: `INFLUX_DATABASE`).
 
+use super::view::View;
 use super::Simulator;
 use crate::config::{self, Config, InfluxApi, InfluxConfig, Secret, SinkConfig, SinkKind};
 use crate::run::{stop_signal, Agent};
@@ -102,30 +105,54 @@ pub async fn run(duration: Option<Duration>) -> i32 {
             SinkKind::Mqtt(m) => format!("mqtt {}", m.broker.address()),
         })
         .collect();
-    eprintln!(
-        "linetap demo: simulating {} devices of line {:?} on loopback; writing to {}. Ctrl-C stops.",
-        cfg.devices.len(),
+    let file = cfg.sinks.iter().find_map(|s| match &s.kind {
+        SinkKind::File(f) => Some(f.path.clone()),
+        _ => None,
+    });
+    let devices = cfg.devices.len();
+    println!(
+        "linetap demo: simulating {devices} device{} of line {:?} on loopback; writing to {} (buffered in {}). Ctrl-C stops.",
+        if devices == 1 { "" } else { "s" },
         cfg.line.id,
-        targets.join(" and ")
+        targets.join(" and "),
+        cfg.agent.data_dir.display()
     );
     let metrics = agent.metrics.clone();
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let summary = async {
         let mut last = 0u64;
+        let mut view = View::default();
+        view.stateless = cfg
+            .devices
+            .iter()
+            .filter(|d| !d.points.iter().any(|p| p.name == "state"))
+            .map(|d| d.id.clone())
+            .collect();
+        let mut tail = file.map(Tail::new);
+        let mut drawn = 0usize;
+        let started = std::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         loop {
             tick.tick().await;
+            if let Some(t) = tail.as_mut() {
+                view.feed(&t.read_new());
+            }
             let collected = metrics.collected();
-            let up = metrics
+            let all = metrics.devices.all();
+            // In the configuration's order.
+            let up: Vec<(String, bool)> = cfg
                 .devices
-                .all()
                 .iter()
-                .filter(|d| d.up.load(Relaxed))
-                .count();
-            let errors: u64 = metrics
-                .devices
-                .all()
+                .map(|c| {
+                    let up = all
+                        .iter()
+                        .find(|d| d.name == c.id)
+                        .is_some_and(|d| d.up.load(Relaxed));
+                    (c.id.clone(), up)
+                })
+                .collect();
+            let errors: u64 = all
                 .iter()
                 .map(|d| {
                     d.requests_timeout.load(Relaxed)
@@ -134,30 +161,31 @@ pub async fn run(duration: Option<Duration>) -> i32 {
                         + d.requests_link_error.load(Relaxed)
                 })
                 .sum();
-            let delivered: u64 = metrics
-                .sinks
-                .all()
-                .iter()
-                .map(|s| s.delivered.load(Relaxed))
-                .sum();
             let dropped: u64 = metrics.sinks.all().iter().map(|s| s.dropped_total()).sum();
-            let line = format!(
-                "{} samples/s | devices up {}/{} | errors {} | delivered {} dropped {} -> {}",
+            let figures = format!(
+                "{} s | {} samples/s | devices up {}/{} | errors {} | delivered: {} | dropped {}",
+                started.elapsed().as_secs(),
                 collected - last,
-                up,
-                metrics.devices.len(),
+                up.iter().filter(|(_, u)| *u).count(),
+                up.len(),
                 errors,
-                delivered,
+                per_sink(&metrics),
                 dropped,
-                targets.join(", ")
             );
             last = collected;
+            let mut stdout = std::io::stdout().lock();
             if tty {
-                eprint!("\r\x1b[2K{line}");
+                let text = format!("{figures}\n\n{}", view.screen(&up, crate::model::now_ns()));
+                // Back over what was drawn last time, then clear to the end of the screen.
+                if drawn > 0 {
+                    let _ = write!(stdout, "\x1b[{drawn}A\r\x1b[J");
+                }
+                let _ = write!(stdout, "{text}");
+                drawn = text.lines().count();
             } else {
-                eprintln!("{line}");
+                let _ = writeln!(stdout, "{figures} | {}", view.line(&up));
             }
-            let _ = std::io::stderr().flush();
+            let _ = stdout.flush();
         }
     };
     let stop = async {
@@ -170,21 +198,61 @@ pub async fn run(duration: Option<Duration>) -> i32 {
         _ = summary => {}
         _ = stop => {}
     }
-    if tty {
-        eprintln!();
-    }
     let undelivered = agent.stop().await;
     sim.stop();
-    let delivered: u64 = metrics
+    if undelivered > 0 {
+        println!(
+            "linetap demo: stopped; delivered: {}; {undelivered} bytes kept in the buffer for the next run",
+            per_sink(&metrics)
+        );
+    } else {
+        println!(
+            "linetap demo: stopped; delivered: {}; nothing left undelivered",
+            per_sink(&metrics)
+        );
+    }
+    0
+}
+
+/// Samples delivered, per sink: `local=2679 influx=2679`.
+fn per_sink(metrics: &crate::observe::metrics::Metrics) -> String {
+    metrics
         .sinks
         .all()
         .iter()
-        .map(|s| s.delivered.load(Relaxed))
-        .sum();
-    if undelivered > 0 {
-        eprintln!("linetap demo: stopped; {delivered} samples delivered, {undelivered} bytes kept in the buffer for the next run");
-    } else {
-        eprintln!("linetap demo: stopped; {delivered} samples delivered, nothing left undelivered");
+        .map(|s| format!("{}={}", s.name, s.delivered.load(Relaxed)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What was appended to a file since the last read (from the start again when the file was
+/// replaced by a shorter one).
+struct Tail {
+    path: std::path::PathBuf,
+    offset: u64,
+}
+
+impl Tail {
+    fn new(path: std::path::PathBuf) -> Tail {
+        Tail { path, offset: 0 }
     }
-    0
+
+    fn read_new(&mut self) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return String::new();
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            self.offset = 0;
+        }
+        let mut bytes = Vec::new();
+        if f.seek(SeekFrom::Start(self.offset)).is_err()
+            || f.take(len - self.offset).read_to_end(&mut bytes).is_err()
+        {
+            return String::new();
+        }
+        self.offset += bytes.len() as u64;
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
 }

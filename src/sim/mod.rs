@@ -16,6 +16,7 @@ pub mod mqtt;
 pub mod rtu;
 pub mod server;
 pub mod signal;
+pub mod view;
 
 pub use bank::Fault;
 pub use server::{SimHandle, Simulator};

@@ -397,17 +397,49 @@ pub fn metric(url: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// A `key=value` field of the agent's last "stopped" log line.
+/// A `key=value` field of the agent's last "stopped" log line; for a per-sink field
+/// (`delivered="central=10 local=10"`), the sum over the sinks (with one sink: its value).
 pub fn stopped_field(log: &str, key: &str) -> u64 {
-    let line = log
-        .lines()
+    let line = stop_line(log);
+    match quoted_field(line, key) {
+        Some(per_sink) => per_sink_values(per_sink).values().sum(),
+        None => line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}= in {line:?}")),
+    }
+}
+
+/// A per-sink field of the agent's last "stopped" log line: sink name -> value.
+pub fn stopped_per_sink(log: &str, key: &str) -> std::collections::BTreeMap<String, u64> {
+    let line = stop_line(log);
+    per_sink_values(
+        quoted_field(line, key).unwrap_or_else(|| panic!("no {key}=\"...\" in {line:?}")),
+    )
+}
+
+fn stop_line(log: &str) -> &str {
+    log.lines()
         .rev()
         .find(|l| l.contains("stopped"))
-        .unwrap_or_else(|| panic!("no stop line in:\n{log}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .unwrap_or_else(|| panic!("no stop line in:\n{log}"))
+}
+
+/// The text of `key="..."` in `line`.
+fn quoted_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {key}=\""))? + key.len() + 3;
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+fn per_sink_values(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.
