@@ -100,12 +100,12 @@ enum Command {
         /// Parity of --serial: none, even or odd.
         #[arg(long, default_value = "even")]
         parity: String,
-        /// Response timeout (e.g. "1s"; default 1s).
+        /// Response timeout (e.g. "1s"; default the config's, or 500ms).
         #[arg(long)]
         timeout: Option<String>,
         /// NAME=ADDRESS: the address of a profile point the device gives (with --profile),
         /// e.g. --point statusword=0x6041 for cia402-statusword.
-        #[arg(long = "point", requires = "profile")]
+        #[arg(long = "point", value_name = "NAME=ADDRESS", requires = "profile")]
         points: Vec<String>,
         /// Read COUNT registers (or bits) of TABLE (holding, input, coils, discrete) from the
         /// 0-based address START, once, and print each register as u16, i16, hex and ASCII
@@ -121,7 +121,7 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Print this profile's TOML.
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         show: Option<String>,
     },
     /// Write the man pages (roff) generated from these definitions into DIR: linetap.1 and
@@ -774,4 +774,29 @@ fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
         std::fs::write(dir.join(format!("{name}.1")), out)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// `linetap COMMAND --help` (and the man pages) describe every option.
+    #[test]
+    fn every_option_of_every_command_has_a_description() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for cmd in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && !["help", "version"].contains(&arg.get_id().as_str())
+                {
+                    missing.push(format!("{} {}", cmd.get_name(), arg.get_id()));
+                }
+            }
+            if cmd.get_about().is_none() {
+                missing.push(format!("{} (the command)", cmd.get_name()));
+            }
+        }
+        assert!(missing.is_empty(), "no description: {missing:?}");
+    }
 }
