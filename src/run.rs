@@ -191,6 +191,7 @@ impl Agent {
             version: version.clone(),
             metrics: self.metrics.clone(),
             shutdown: trigger.subscribe(),
+            data_dir: self.config.agent.data_dir.clone(),
             input,
             transforms: self.transforms.clone(),
         });

@@ -459,7 +459,7 @@ fn the_sparkplug_edge_node_births_data_rebirth_and_death() {
     let line = SimulatedLine::start(dir.path(), &["robot-9"], |a| {
         format!(
             "[line]\nid = \"weld-z\"\nsite = \"plant-z\"\n\n[agent]\ndata_dir = \"{data}\"\nself_interval = \"0s\"\n\n\
-             [sinks.scada]\ntype = \"mqtt\"\nurl = \"{}\"\nformat = \"sparkplug-b\"\nsparkplug = {{ group = \"plant-z\", node = \"weld-z\" }}\nkeep_alive = \"1s\"\nflush_interval = \"200ms\"\n\n\
+             [sinks.scada]\ntype = \"mqtt\"\nurl = \"{}\"\nformat = \"sparkplug-b\"\nsparkplug = {{ group = \"plant-z\", node = \"weld-z\" }}\nkeep_alive = \"5s\"\nflush_interval = \"200ms\"\n\n\
              [[devices]]\nid = \"robot-9\"\nkind = \"robot\"\naddress = \"{}\"\npoll = \"100ms\"\n\n\
              [[devices.points]]\nname = \"temperature\"\nmeasurement = \"joint\"\naddress = 0\ntype = \"i16\"\ncount = 2\nindex_tag = \"axis\"\nscale = 0.1\nunit = \"degC\"\n\n\
              [[devices.points]]\nname = \"state\"\naddress = 2\nenum = {{ 3 = \"running\" }}\n",

@@ -44,6 +44,8 @@ pub struct BrokerSection {
     pub clean_session: Option<Spanned<bool>>,
     pub keep_alive: Option<Spanned<ConfDuration>>,
     pub max_packet_size: Option<Spanned<ConfSize>>,
+    /// "5" (default) or "3.1.1".
+    pub mqtt_version: Option<Spanned<String>>,
     /// The Sparkplug host id of linetap's STATE on this broker (brokers of sparkplug-b devices).
     pub sparkplug_host_id: Option<Spanned<String>>,
 }
@@ -209,6 +211,8 @@ pub struct SinkSection {
     pub clean_session: Option<Spanned<bool>>,
     pub keep_alive: Option<Spanned<ConfDuration>>,
     pub max_packet_size: Option<Spanned<ConfSize>>,
+    /// MQTT sink: "5" (default) or "3.1.1".
+    pub mqtt_version: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
     pub max_file_bytes: Option<Spanned<ConfSize>>,
     pub max_files: Option<Spanned<i64>>,

@@ -30,6 +30,16 @@ pub struct BrokerConfig {
     pub clean_session: bool,
     pub keep_alive: Duration,
     pub max_packet_size: usize,
+    pub mqtt_version: MqttVersion,
+}
+
+/// `mqtt_version`: MQTT 5 (default) announces `max_packet_size` to the broker; 3.1.1 for a
+/// broker that has no MQTT 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MqttVersion {
+    #[default]
+    V5,
+    V311,
 }
 
 impl BrokerConfig {
@@ -53,6 +63,7 @@ pub(crate) struct Keys<'a> {
     pub clean_session: &'a Option<Spanned<bool>>,
     pub keep_alive: &'a Option<Spanned<ConfDuration>>,
     pub max_packet_size: &'a Option<Spanned<ConfSize>>,
+    pub mqtt_version: &'a Option<Spanned<String>>,
 }
 
 /// Validates the connection keys of `[brokers.NAME]` or an MQTT sink; `table` spans the table
@@ -159,6 +170,30 @@ pub(crate) fn validate(
         Some(m) => m.get_ref().0 as usize,
         None => 1 << 20,
     };
+    let mqtt_version = match keys
+        .mqtt_version
+        .as_ref()
+        .map(|v| (v, v.get_ref().as_str()))
+    {
+        None | Some((_, "5")) => MqttVersion::V5,
+        Some((_, "3.1.1")) => MqttVersion::V311,
+        Some((v, other)) => {
+            cx.err(
+                v.span(),
+                format!("mqtt_version {other:?}: use \"5\" (the default) or \"3.1.1\""),
+            );
+            MqttVersion::V5
+        }
+    };
+    if let (MqttVersion::V5, Some(k)) = (mqtt_version, keys.keep_alive) {
+        let d = k.get_ref().0;
+        if !d.is_zero() && d < Duration::from_secs(5) {
+            cx.err(
+                k.span(),
+                "with MQTT 5 keep_alive is at least 5s (or 0s); mqtt_version = \"3.1.1\" allows 1s",
+            );
+        }
+    }
     BrokerConfig {
         name: name.to_string(),
         host,
@@ -177,6 +212,7 @@ pub(crate) fn validate(
             .unwrap_or(false),
         keep_alive,
         max_packet_size,
+        mqtt_version,
     }
 }
 
@@ -244,7 +280,7 @@ pub fn options(cfg: &BrokerConfig) -> Result<rumqttc::MqttOptions, String> {
     Ok(o)
 }
 
-fn tls_config(cfg: &BrokerConfig) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn tls_config(cfg: &BrokerConfig) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();

@@ -90,6 +90,8 @@ pub struct DeviceMetrics {
     pub mqtt_rejected_values: AtomicU64,
     /// Accepted but the buffer refused them (queue full): not acknowledged.
     pub mqtt_dropped: AtomicU64,
+    /// Larger than the connection's `max_packet_size` (3.1.1; on MQTT 5 the broker drops them).
+    pub mqtt_oversized: AtomicU64,
     /// MQTT devices: a message arrived (Sparkplug: a birth), so the device counts as ready.
     pub mqtt_ready: AtomicBool,
     /// Sparkplug devices: birth metrics beyond `max_metrics`, not taken.
@@ -336,6 +338,7 @@ impl Metrics {
                 + d.mqtt_malformed.load(Relaxed)
                 + d.mqtt_rejected_values.load(Relaxed)
                 + d.mqtt_dropped.load(Relaxed)
+                + d.mqtt_oversized.load(Relaxed)
                 > 0
         }) {
             for (result, v) in [
@@ -343,6 +346,7 @@ impl Metrics {
                 ("malformed", &d.mqtt_malformed),
                 ("rejected_values", &d.mqtt_rejected_values),
                 ("dropped", &d.mqtt_dropped),
+                ("oversized", &d.mqtt_oversized),
             ] {
                 let _ = writeln!(
                     o,

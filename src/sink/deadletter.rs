@@ -25,6 +25,18 @@ impl DeadLetter {
         }
     }
 
+    /// The dead-letter file of an MQTT device: messages it sent that could not be used
+    /// (malformed, oversized, no usable value), `data_dir/dead-letter/mqtt-DEVICE.log`.
+    pub fn for_mqtt_device(data_dir: &Path, device: &str) -> Self {
+        let safe = crate::buffer::cursors::file_name(device);
+        DeadLetter {
+            path: data_dir
+                .join("dead-letter")
+                .join(format!("mqtt-{safe}.log")),
+            max_bytes: MAX_BYTES,
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -59,7 +71,12 @@ impl DeadLetter {
         }
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         if len > 0 && len + entry.len() as u64 > self.max_bytes {
-            std::fs::rename(&self.path, self.path.with_extension("lp.1"))?;
+            let ext = self
+                .path
+                .extension()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            std::fs::rename(&self.path, self.path.with_extension(format!("{ext}.1")))?;
         }
         let mut f = std::fs::OpenOptions::new()
             .create(true)

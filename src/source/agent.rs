@@ -64,6 +64,9 @@ const DEVICE_FIELDS: &[(&str, DataType, Get<DeviceMetrics>)] = &[
     ("mqtt_messages_dropped", DataType::Int64, |d| {
         int(&d.mqtt_dropped)
     }),
+    ("mqtt_messages_oversized", DataType::Int64, |d| {
+        int(&d.mqtt_oversized)
+    }),
     ("decode_errors", DataType::Int64, |d| int(&d.decode_errors)),
     ("samples_collected", DataType::Int64, |d| int(&d.samples)),
     ("polls", DataType::Int64, |d| int(&d.polls)),

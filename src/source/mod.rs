@@ -37,6 +37,8 @@ pub struct SourceContext {
     pub version: Version,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
+    /// The agent's data directory (a source's own files, e.g. dead-letter files).
+    pub data_dir: std::path::PathBuf,
     pub(crate) input: crate::buffer::BufferInput,
     pub(crate) transforms: transform::Plan,
 }

@@ -34,7 +34,8 @@ impl Client {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_clean_session(clean);
         o.set_keep_alive(Duration::from_secs(30));
-        o.set_max_packet_size(1 << 20, 1 << 20);
+        // Large enough for the poison tests (a 2 MB message).
+        o.set_max_packet_size(16 << 20, 16 << 20);
         let (client, mut events) = AsyncClient::new(o, 10_000);
         let received: Inbox = Default::default();
         let got = received.clone();

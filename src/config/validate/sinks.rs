@@ -19,7 +19,7 @@ pub(super) fn sink(
     let s = s.get_ref();
     let kind = *s.kind.get_ref();
     // Which keys belong to which sink type; a key of another type is an error at its location.
-    let present: [(&str, Option<Range<usize>>); 34] = [
+    let present: [(&str, Option<Range<usize>>); 35] = [
         ("url", s.url.as_ref().map(|v| v.span())),
         ("api", s.api.as_ref().map(|v| v.span())),
         ("org", s.org.as_ref().map(|v| v.span())),
@@ -46,6 +46,7 @@ pub(super) fn sink(
         ("catalog_topic", s.catalog_topic.as_ref().map(|v| v.span())),
         ("sparkplug", s.sparkplug.as_ref().map(|v| v.span())),
         ("primary_host", s.primary_host.as_ref().map(|v| v.span())),
+        ("mqtt_version", s.mqtt_version.as_ref().map(|v| v.span())),
         ("client_id", s.client_id.as_ref().map(|v| v.span())),
         ("ca_file", s.ca_file.as_ref().map(|v| v.span())),
         ("cert_file", s.cert_file.as_ref().map(|v| v.span())),
@@ -91,6 +92,7 @@ pub(super) fn sink(
             "catalog_topic",
             "sparkplug",
             "primary_host",
+            "mqtt_version",
             "qos",
             "client_id",
             "username",

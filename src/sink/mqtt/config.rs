@@ -57,6 +57,7 @@ pub(crate) fn validate(
             clean_session: &s.clean_session,
             keep_alive: &s.keep_alive,
             max_packet_size: &s.max_packet_size,
+            mqtt_version: &s.mqtt_version,
         },
         name.get_ref(),
         span.clone(),

@@ -12,9 +12,9 @@ use super::lineproto::Skipped;
 use super::{Outcome, RetryCtl, Sink};
 use crate::backoff::Backoff;
 use crate::model::{Catalog, SampleBatch, Value};
+use crate::mqtt::client::{self, Client, Event, Publish};
 use config::{MqttSinkConfig, MqttSinkFormat};
 use prost::Message;
-use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
@@ -53,7 +53,7 @@ struct Pending {
 
 /// The connection: a client and the events of its loop (run in its own task).
 pub(crate) struct Connection {
-    pub(crate) client: AsyncClient,
+    pub(crate) client: Client,
     events: tokio::sync::mpsc::Receiver<Result<Event, String>>,
     pump: tokio::task::JoinHandle<()>,
     /// It has a will: dropped without a DISCONNECT, so the broker publishes it (a clean
@@ -378,11 +378,7 @@ impl MqttSink {
     /// Publishes every message; with QoS 1 returns once each has its PUBACK.
     async fn publish(&mut self, messages: &[(String, Vec<u8>, bool)]) -> Result<(), String> {
         self.connect().await?;
-        let qos = if self.cfg.qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
+        let qos = self.cfg.qos;
         let Some(conn) = self.connection.as_mut() else {
             return Err("not connected".into());
         };
@@ -395,22 +391,22 @@ impl Connection {
     /// last will for this connection (a Sparkplug NDEATH).
     pub(crate) async fn open(
         broker: &crate::mqtt::connection::BrokerConfig,
-        will: Option<rumqttc::LastWill>,
+        will: Option<(String, Vec<u8>, u8, bool)>,
     ) -> Result<Connection, String> {
         let cfg = broker.clone();
-        let mut options =
-            tokio::task::spawn_blocking(move || crate::mqtt::connection::options(&cfg))
+        let has_will = will.is_some();
+        let open = client::Open {
+            will,
+            ..Default::default()
+        };
+        let (client, mut events) =
+            tokio::task::spawn_blocking(move || client::new(&cfg, open, 1024))
                 .await
                 .map_err(|e| e.to_string())??;
-        let has_will = will.is_some();
-        if let Some(w) = will {
-            options.set_last_will(w);
-        }
-        let (client, mut events) = AsyncClient::new(options, 1024);
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let pump = tokio::spawn(async move {
             loop {
-                let e = events.poll().await.map_err(|e| e.to_string());
+                let e = events.poll().await;
                 let failed = e.is_err();
                 if tx.send(e).await.is_err() || failed {
                     return;
@@ -421,7 +417,7 @@ impl Connection {
         let connected = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(e) = rx.recv().await {
                 match e {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(Event::ConnAck) => return Ok(()),
                     Ok(_) => {}
                     Err(e) => return Err(e),
                 }
@@ -446,8 +442,8 @@ impl Connection {
     pub(crate) async fn publish_all(
         &mut self,
         messages: &[(String, Vec<u8>, bool)],
-        qos: QoS,
-        incoming: &mut (dyn FnMut(rumqttc::Publish) + Send),
+        qos: u8,
+        incoming: &mut (dyn FnMut(Publish) + Send),
     ) -> Result<(), String> {
         let mut sent = 0usize;
         let mut waiting: HashSet<u16> = HashSet::new();
@@ -459,7 +455,7 @@ impl Connection {
                 let (topic, payload, retain) = &messages[next];
                 tokio::select! {
                     r = self.client.publish(topic.clone(), qos, *retain, payload.clone()) => {
-                        r.map_err(|e| e.to_string())?;
+                        r?;
                         next += 1;
                         continue;
                     }
@@ -482,7 +478,7 @@ impl Connection {
     pub(crate) async fn publish_and_close(
         mut self,
         message: (String, Vec<u8>),
-        qos: QoS,
+        qos: u8,
     ) -> Result<(), String> {
         let (topic, payload) = message;
         let result = tokio::time::timeout(
@@ -496,7 +492,7 @@ impl Connection {
         // The disconnect goes out on the event loop: give it a moment before the pump ends.
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
             while let Some(e) = self.events.recv().await {
-                if matches!(e, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {
+                if matches!(e, Ok(Event::Disconnected) | Err(_)) {
                     break;
                 }
             }
@@ -509,11 +505,11 @@ impl Connection {
     /// Messages that arrived while no flush ran (commands), without waiting.
     pub(crate) fn drain(
         &mut self,
-        incoming: &mut (dyn FnMut(rumqttc::Publish) + Send),
+        incoming: &mut (dyn FnMut(Publish) + Send),
     ) -> Result<(), String> {
         loop {
             match self.events.try_recv() {
-                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => incoming(p),
+                Ok(Ok(Event::Publish(p))) => incoming(p),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return Ok(()),
@@ -629,18 +625,18 @@ fn catalog_parts(topic: &str, bytes: &[u8], limit: usize, out: &mut Vec<(String,
 /// One event of the connection during a flush: counts publishes written and PUBACKs received.
 fn account(
     e: Option<Result<Event, String>>,
-    qos: QoS,
+    qos: u8,
     sent: &mut usize,
     waiting: &mut HashSet<u16>,
     acked: &mut usize,
-    incoming: &mut (dyn FnMut(rumqttc::Publish) + Send),
+    incoming: &mut (dyn FnMut(Publish) + Send),
 ) -> Result<(), String> {
     match e {
         None => Err("the connection closed".into()),
         Some(Err(e)) => Err(e),
-        Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+        Some(Ok(Event::Sent(pkid))) => {
             *sent += 1;
-            if qos == QoS::AtMostOnce {
+            if qos == 0 {
                 // QoS 0: delivered once written.
                 *acked += 1;
             } else {
@@ -648,14 +644,14 @@ fn account(
             }
             Ok(())
         }
-        Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-            if waiting.remove(&ack.pkid) {
+        Some(Ok(Event::PubAck(pkid))) => {
+            if waiting.remove(&pkid) {
                 *acked += 1;
             }
             Ok(())
         }
-        Some(Ok(Event::Incoming(Packet::Disconnect))) => Err("the broker disconnected".into()),
-        Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
+        Some(Ok(Event::BrokerDisconnected)) => Err("the broker disconnected".into()),
+        Some(Ok(Event::Publish(p))) => {
             incoming(p);
             Ok(())
         }
@@ -791,6 +787,7 @@ mod tests {
                 clean_session: false,
                 keep_alive: Duration::from_secs(30),
                 max_packet_size: 1 << 20,
+                mqtt_version: Default::default(),
             },
             format,
             topic: "out/{line}/{device}".into(),

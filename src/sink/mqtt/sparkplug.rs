@@ -26,6 +26,7 @@ use super::config::MqttSinkConfig;
 use super::Connection;
 use crate::model::catalog::HEALTH_MEASUREMENT;
 use crate::model::{Catalog, SampleBatch, Value};
+use crate::mqtt::client::{Event, Publish};
 use crate::mqtt::sparkplug::{
     bd_seq, datatype, metric, metric_value, property_value, topic, Metric, Payload, PropertySet,
     PropertyValue,
@@ -33,7 +34,6 @@ use crate::mqtt::sparkplug::{
 use crate::sink::lineproto::Skipped;
 use crate::sink::{Outcome, RetryCtl, Sink};
 use prost::Message;
-use rumqttc::{LastWill, QoS};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -259,7 +259,7 @@ impl Sink for SparkplugSink {
         if let Some(conn) = self.connection.take() {
             if self.birthed {
                 let ndeath = self.ndeath();
-                if let Err(e) = conn.publish_and_close(ndeath, QoS::AtLeastOnce).await {
+                if let Err(e) = conn.publish_and_close(ndeath, 1).await {
                     tracing::warn!(sink = %self.cfg.broker.name, error = %e, "Sparkplug: NDEATH not confirmed at the stop (the will stands in)");
                 } else {
                     tracing::info!(sink = %self.cfg.broker.name, bd_seq = self.current_bd, "Sparkplug: NDEATH published at the stop");
@@ -291,7 +291,7 @@ impl SparkplugSink {
     }
 
     /// Looks at a message from the broker: a rebirth command, or the primary host's STATE.
-    fn incoming(&mut self, p: &rumqttc::Publish) -> bool {
+    fn incoming(&mut self, p: &Publish) -> bool {
         if Some(p.topic.as_str()) == self.state_topic().as_deref() {
             match host_state(&p.payload) {
                 Some(online) => {
@@ -356,25 +356,22 @@ impl SparkplugSink {
             metrics: vec![bd_seq(bd)],
             ..Default::default()
         };
-        let will = LastWill::new(
+        let will = (
             topic(self.group(), "NDEATH", self.node(), None),
             will.encode_to_vec(),
-            QoS::AtLeastOnce,
+            1,
             false,
         );
         let conn = Connection::open(&self.cfg.broker, Some(will)).await?;
         self.next_bd = (bd + 1) % 256;
         self.persist_bd().await;
         conn.client
-            .subscribe(
-                topic(self.group(), "NCMD", self.node(), None),
-                QoS::AtLeastOnce,
-            )
+            .subscribe(topic(self.group(), "NCMD", self.node(), None), 1)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(state) = self.state_topic() {
             conn.client
-                .subscribe(state, QoS::AtLeastOnce)
+                .subscribe(state, 1)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -392,7 +389,7 @@ impl SparkplugSink {
     async fn deliver(&mut self, pending: &[(u64, SampleBatch)]) -> Result<usize, String> {
         self.connect().await?;
         // Commands (and the primary host's STATE) that arrived since the last flush.
-        let mut seen: Vec<rumqttc::Publish> = Vec::new();
+        let mut seen: Vec<Publish> = Vec::new();
         if let Some(c) = self.connection.as_mut() {
             c.drain(&mut |p| seen.push(p))?;
         }
@@ -493,8 +490,8 @@ impl SparkplugSink {
         let Some(conn) = self.connection.as_mut() else {
             return Err("not connected".into());
         };
-        let mut seen: Vec<rumqttc::Publish> = Vec::new();
-        conn.publish_all(&messages, QoS::AtMostOnce, &mut |p| seen.push(p))
+        let mut seen: Vec<Publish> = Vec::new();
+        conn.publish_all(&messages, 0, &mut |p| seen.push(p))
             .await?;
         for p in &seen {
             if self.incoming(p) {
@@ -512,7 +509,7 @@ impl SparkplugSink {
         if self.birthed {
             let ndeath = self.ndeath();
             if let Some(conn) = self.connection.take() {
-                let _ = conn.publish_and_close(ndeath, QoS::AtLeastOnce).await;
+                let _ = conn.publish_and_close(ndeath, 1).await;
             }
             tracing::warn!(sink = %self.cfg.broker.name, host = %host, bd_seq = self.current_bd, "Sparkplug: the primary host went offline: NDEATH published and disconnected; the data stays in the buffer until it is back");
             return Err(format!("primary host {host} is offline"));
@@ -530,7 +527,7 @@ impl SparkplugSink {
                 }
             };
             match event {
-                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                Some(Ok(Event::Publish(p))) => {
                     if self.incoming(&p) {
                         self.rebirth = true;
                     }
@@ -675,7 +672,7 @@ fn host_state(payload: &[u8]) -> Option<bool> {
 }
 
 /// An NCMD asking for `Node Control/Rebirth` = true.
-fn is_rebirth(p: &rumqttc::Publish) -> bool {
+fn is_rebirth(p: &Publish) -> bool {
     if !p.topic.contains("/NCMD/") {
         return false;
     }

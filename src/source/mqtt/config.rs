@@ -44,6 +44,7 @@ pub(crate) fn brokers(
                     clean_session: &r.clean_session,
                     keep_alive: &r.keep_alive,
                     max_packet_size: &r.max_packet_size,
+                    mqtt_version: &r.mqtt_version,
                 },
                 name.get_ref(),
                 b.span(),

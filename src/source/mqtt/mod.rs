@@ -7,6 +7,7 @@
 //! messages stop for `stale_after` is down.
 
 pub mod config;
+mod deadletter;
 pub mod payload;
 pub mod sparkplug;
 
@@ -17,12 +18,12 @@ use crate::component::{fingerprint, ComponentId, Kind};
 use crate::config::{Config, DeviceConfig, MqttFormat, Protocol};
 use crate::model::catalog::{health_points, HealthIds, Registry};
 use crate::model::{now_ns, Quality, Sample, SampleBatch, Value};
+use crate::mqtt::client::{self, Client, Event};
 use crate::mqtt::connection::BrokerConfig;
 use crate::observe::metrics::{BrokerMetrics, DeviceMetrics};
 use crate::shutdown::Shutdown;
 use crate::transform::DeviceOutput;
 use payload::{decode_json, decode_value, JsonPlan, PointRead, Rejected};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -178,7 +179,12 @@ impl Source for Broker {
             .map(|p| ctx.metrics.devices.add(&p.name))
             .collect();
         let broker = ctx.metrics.brokers.add(&self.config.name);
+        let dead = deadletter::DeadLetters::start(
+            ctx.data_dir.clone(),
+            self.plans.iter().map(|p| p.name.clone()).collect(),
+        );
         tokio::spawn(run(
+            dead,
             self.config,
             self.host_id,
             self.plans,
@@ -253,6 +259,7 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[allow(clippy::too_many_arguments)]
 async fn run(
+    dead: deadletter::DeadLetters,
     config: BrokerConfig,
     host_id: String,
     mut plans: Vec<DevicePlan>,
@@ -266,12 +273,24 @@ async fn run(
     let Some(input) = outputs.first().map(|o| o.input()) else {
         return;
     };
-    // The options read files (password, certificates): on the blocking pool, retried while a
+    // As a Sparkplug host: the STATE death is the connection's will, with the timestamp of
+    // each CONNECT (renewed before every reconnect).
+    let mut host = sparkplug::Host::new(&host_id, &plans);
+    let state_will = host.as_ref().map(|h| h.state.clone());
+    let will = |w: &sparkplug::HostState| (w.topic.clone(), w.will(), 1u8, true);
+    // The client reads files (password, certificates): on the blocking pool, retried while a
     // person fixes them.
-    let options = loop {
+    let (client, mut events) = loop {
         let cfg = config.clone();
-        match tokio::task::spawn_blocking(move || crate::mqtt::connection::options(&cfg)).await {
-            Ok(Ok(o)) => break o,
+        let open = client::Open {
+            will: state_will.as_ref().map(will),
+            manual_acks: true,
+            // A Sparkplug host connects with a clean session (Sparkplug 3.0): rebirths, not
+            // the session, recover what it missed.
+            clean_session: plans.iter().any(|p| p.sp.is_some()).then_some(true),
+        };
+        match tokio::task::spawn_blocking(move || client::new(&cfg, open, 1024)).await {
+            Ok(Ok(c)) => break c,
             Ok(Err(e)) => {
                 tracing::error!(broker = %config.name, error = %e, "cannot set up the MQTT connection; retrying");
             }
@@ -282,24 +301,6 @@ async fn run(
             _ = shutdown.recv() => return,
         }
     };
-    let mut options = options;
-    options.set_manual_acks(true);
-    // A Sparkplug host connects with a clean session (Sparkplug 3.0): rebirths, not the
-    // session, recover what it missed.
-    if plans.iter().any(|p| p.sp.is_some()) {
-        options.set_clean_session(true);
-    }
-    // As a Sparkplug host: the STATE death is the connection's will, with the timestamp of
-    // each CONNECT (renewed before every reconnect).
-    let mut host = sparkplug::Host::new(&host_id, &plans);
-    let state_will = host.as_ref().map(|h| h.state.clone());
-    let will = |w: &sparkplug::HostState| {
-        rumqttc::LastWill::new(w.topic.clone(), w.will(), QoS::AtLeastOnce, true)
-    };
-    if let Some(w) = &state_will {
-        options.set_last_will(will(w));
-    }
-    let (client, mut events) = AsyncClient::new(options, 1024);
     // The event loop runs in its own task and is never cancelled mid-packet; its events come
     // through a bounded channel (back-pressure: while the handler is busy, nothing more is
     // read from the socket).
@@ -324,7 +325,8 @@ async fn run(
                 _ = pump_renew.notified() => {
                     events.clean();
                     if let Some(w) = &state_will {
-                        events.mqtt_options.set_last_will(will(w));
+                        let (t, p, q, r) = will(w);
+                        events.set_will(t, p, q, r);
                     }
                     let e = "renewing the connection: the buffer refused a QoS 1 message".to_string();
                     if ev_tx.send(Err(e)).await.is_err() {
@@ -339,21 +341,22 @@ async fn run(
             };
             match polled {
                 Ok(e) => {
-                    if matches!(e, Event::Incoming(Packet::ConnAck(_))) {
+                    if matches!(e, Event::ConnAck) {
                         backoff.reset();
                         pump_generation.fetch_add(1, Relaxed);
                     }
-                    let done = matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect));
+                    let done = matches!(e, Event::Disconnected);
                     if ev_tx.send(Ok(e)).await.is_err() || done {
                         return;
                     }
                 }
                 Err(e) => {
-                    if ev_tx.send(Err(e.to_string())).await.is_err() {
+                    if ev_tx.send(Err(e)).await.is_err() {
                         return;
                     }
                     if let Some(w) = &state_will {
-                        events.mqtt_options.set_last_will(will(w));
+                        let (t, p, q, r) = will(w);
+                        events.set_will(t, p, q, r);
                     }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
@@ -368,7 +371,7 @@ async fn run(
             routes.entry(topic.clone()).or_default().push((d, k));
         }
     }
-    let subscriptions: Vec<rumqttc::SubscribeFilter> = {
+    let subscriptions: Vec<(String, u8)> = {
         let mut v: Vec<(String, u8)> = Vec::new();
         // The host's own STATE (a late will of an older connection is answered).
         if let Some(h) = &host {
@@ -382,9 +385,7 @@ async fn run(
                 }
             }
         }
-        v.into_iter()
-            .map(|(t, q)| rumqttc::SubscribeFilter::new(t, qos(q)))
-            .collect()
+        v
     };
 
     // Acknowledgements: in arrival order, each once what it carried is durable. A message the
@@ -466,7 +467,7 @@ async fn run(
             _ = shutdown.recv() => break,
             _ = tick.tick() => {
                 if resubscribe {
-                    resubscribe = client.try_subscribe_many(subscriptions.clone()).is_err();
+                    resubscribe = client.try_subscribe_many(&subscriptions).is_err();
                 }
                 if state_due && !resubscribe {
                     state_due = host.as_ref().is_some_and(|h| !publish(&client, h.birth()));
@@ -502,7 +503,7 @@ async fn run(
         };
         beat.busy();
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::ConnAck) => {
                 broker.connected.store(true, Relaxed);
                 broker.connects.fetch_add(1, Relaxed);
                 if logged_error.take().is_some() {
@@ -514,23 +515,37 @@ async fn run(
                 // Never waiting on the client's request queue here: the event loop that
                 // drains it may itself be waiting for this handler.
                 resubscribe = !subscriptions.is_empty();
-                resubscribe =
-                    resubscribe && client.try_subscribe_many(subscriptions.clone()).is_err();
+                resubscribe = resubscribe && client.try_subscribe_many(&subscriptions).is_err();
                 // The STATE birth, after the subscriptions (Sparkplug 3.0).
                 state_due = host.is_some();
                 if !resubscribe {
                     state_due = host.as_ref().is_some_and(|h| !publish(&client, h.birth()));
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                for (i, code) in ack.return_codes.iter().enumerate() {
-                    if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
-                        let topic = subscriptions.get(i).map(|s| s.path.as_str()).unwrap_or("?");
-                        tracing::error!(broker = %config.name, topic, "the broker refused the subscription (check its ACL)");
-                    }
+            Ok(Event::SubAck { refused }) => {
+                for i in refused {
+                    let topic = subscriptions.get(i).map(|s| s.0.as_str()).unwrap_or("?");
+                    tracing::error!(broker = %config.name, topic, "the broker refused the subscription (check its ACL)");
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic.starts_with("spBv1.0/") => {
+            // Larger than `max_packet_size` (MQTT 3.1.1: the broker could not be told): a
+            // message that can never be used. Acknowledged, counted, kept.
+            Ok(Event::Publish(p)) if p.size > config.max_packet_size => {
+                let from = input_ticket(&outputs);
+                let why = format!(
+                    "a message of {} bytes on {}: larger than max_packet_size ({} bytes); not read",
+                    p.size, p.topic, config.max_packet_size
+                );
+                for d in targets_of(&p.topic, &routes, &plans) {
+                    metrics[d].mqtt_oversized.fetch_add(1, Relaxed);
+                    dead.keep(d, &p.topic, &p.payload, "oversized");
+                    note(&plans[d], &mut state[d], why.clone());
+                }
+                if p.qos >= 1 {
+                    let _ = ack_tx.send(Ack::new(from, true, &outputs, &generation, p));
+                }
+            }
+            Ok(Event::Publish(p)) if p.topic.starts_with("spBv1.0/") => {
                 let from = input_ticket(&outputs);
                 let mut accepted = true;
                 if let Some(h) = host.as_mut() {
@@ -552,11 +567,11 @@ async fn run(
                         publish(&client, s);
                     }
                 }
-                if p.qos == QoS::AtLeastOnce {
+                if p.qos >= 1 {
                     let _ = ack_tx.send(Ack::new(from, accepted, &outputs, &generation, p));
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
+            Ok(Event::Publish(p)) => {
                 let arrival = now_ns();
                 let from = input_ticket(&outputs);
                 let mut accepted = true;
@@ -592,14 +607,24 @@ async fn run(
                         let problem = match result {
                             Err(e) => {
                                 dm.mqtt_malformed.fetch_add(1, Relaxed);
+                                dead.keep(d, &p.topic, &p.payload, &format!("malformed: {e}"));
                                 Some(format!("malformed message on {}: {e}", p.topic))
                             }
                             Ok(()) if rejected.total() > 0 => {
                                 dm.mqtt_rejected_values.fetch_add(1, Relaxed);
-                                Some(format!(
-                                    "values not written from {}: {} of the wrong type, {} out of range, {} bad timestamps",
-                                    p.topic, rejected.wrong_type, rejected.out_of_range, rejected.bad_timestamp
-                                ))
+                                let why = format!(
+                                    "{} of the wrong type, {} out of range, {} bad timestamps",
+                                    rejected.wrong_type,
+                                    rejected.out_of_range,
+                                    rejected.bad_timestamp
+                                );
+                                dead.keep(
+                                    d,
+                                    &p.topic,
+                                    &p.payload,
+                                    &format!("rejected values: {why}"),
+                                );
+                                Some(format!("values not written from {}: {why}", p.topic))
                             }
                             Ok(()) => {
                                 dm.mqtt_ok.fetch_add(1, Relaxed);
@@ -628,7 +653,7 @@ async fn run(
                         }
                     }
                 }
-                if p.qos == QoS::AtLeastOnce {
+                if p.qos >= 1 {
                     // Accepted or not, in order: a refused message renews the connection.
                     let _ = ack_tx.send(Ack::new(from, accepted, &outputs, &generation, p));
                 }
@@ -673,7 +698,7 @@ struct Ack {
     from: u64,
     to: u64,
     generation: u64,
-    publish: rumqttc::Publish,
+    publish: client::Publish,
 }
 
 impl Ack {
@@ -682,7 +707,7 @@ impl Ack {
         accepted: bool,
         outputs: &[DeviceOutput],
         generation: &std::sync::atomic::AtomicU64,
-        publish: rumqttc::Publish,
+        publish: client::Publish,
     ) -> Ack {
         Ack {
             accepted,
@@ -710,20 +735,35 @@ fn note(plan: &DevicePlan, st: &mut DeviceState, problem: String) {
 }
 
 /// Queues a message the Sparkplug host publishes; false when the request queue is full.
-fn publish(client: &AsyncClient, m: sparkplug::Publish) -> bool {
-    let q = if m.qos1 {
-        QoS::AtLeastOnce
-    } else {
-        QoS::AtMostOnce
-    };
-    client.try_publish(m.topic, q, m.retain, m.payload).is_ok()
+fn publish(client: &Client, m: sparkplug::Publish) -> bool {
+    client
+        .try_publish(m.topic, m.qos1 as u8, m.retain, m.payload)
+        .is_ok()
 }
 
-fn qos(q: u8) -> QoS {
-    if q == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
+/// The devices a message on `topic` is for: those that subscribed to it, or, on a Sparkplug
+/// topic, the devices of that edge node.
+fn targets_of(
+    topic: &str,
+    routes: &HashMap<String, Vec<(usize, usize)>>,
+    plans: &[DevicePlan],
+) -> Vec<usize> {
+    if let Some(t) = routes.get(topic) {
+        let mut v: Vec<usize> = t.iter().map(|(d, _)| *d).collect();
+        v.dedup();
+        return v;
+    }
+    match sparkplug::parse_topic(topic) {
+        Some((g, _, n, _)) => plans
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                p.sp.as_ref()
+                    .is_some_and(|sp| sp.group == g && sp.node == n)
+            })
+            .map(|(d, _)| d)
+            .collect(),
+        None => Vec::new(),
     }
 }
 
