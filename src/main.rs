@@ -27,6 +27,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once per process: the size of the largest variant (probe's options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: poll, normalize, deliver. Stops cleanly on SIGTERM/SIGINT; SIGHUP
@@ -517,7 +519,7 @@ fn probe_read(
                     0
                 }
                 Err(e) => {
-                    eprintln!("linetap probe: device {:?} did not answer: {e}", d.id);
+                    eprintln!("linetap probe: read failed: {e}");
                     1
                 }
             }

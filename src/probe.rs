@@ -10,7 +10,7 @@ use crate::model::catalog::Registry;
 use crate::model::{DataType, SampleBatch, Value};
 use crate::sink::lineproto::{write_field_value, Unwritable};
 use crate::source::modbus::decode::combine;
-use crate::source::modbus::link::{ReadSpec, Words};
+use crate::source::modbus::link::{ReadError, ReadSpec, Words};
 use crate::source::modbus::{link_for, poller::decode_into, register};
 use crate::transform::{DeviceView, Transform};
 use std::collections::HashMap;
@@ -325,8 +325,18 @@ pub async fn read_raw(
     };
     let started = Instant::now();
     let words = link.read(&spec).await.map_err(|e| {
+        let hint = match &e {
+            ReadError::Exception(c) if u8::from(*c) == 2 => {
+                " (the device has no such registers: fewer, another START or another table)"
+            }
+            ReadError::Exception(c) if u8::from(*c) == 0x0B => {
+                " (a gateway found no device at this --unit)"
+            }
+            ReadError::Timeout => " (wrong --unit, or on RS-485 wrong --baud or --parity?)",
+            _ => "",
+        };
         format!(
-            "{} unit {} {} {start}+{count}: {e}",
+            "{} unit {} {} {start}+{count}: {e}{hint}",
             link.address(),
             d.unit,
             table.as_str()

@@ -216,7 +216,7 @@ impl View {
     /// The full view, one device a row (`up`: device → up, from the agent's metrics).
     pub fn screen(&self, up: &[(String, bool)], now_ns: i64) -> String {
         let mut o = String::new();
-        let mut rows = vec![["device", "", "state", "since", "availability"].map(String::from)];
+        let mut rows = vec![["device", "link", "state", "since", "availability"].map(String::from)];
         for (name, is_up) in up {
             let d = self.devices.get(name).cloned().unwrap_or_default();
             rows.push([
