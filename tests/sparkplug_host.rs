@@ -13,12 +13,11 @@
 
 mod common;
 
+use common::mqtt_client::Client;
 use common::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> u64 {
@@ -26,81 +25,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-/// A received message: (topic, payload, retain flag).
-type Inbox = Arc<Mutex<Vec<(String, Vec<u8>, bool)>>>;
-
-/// A test MQTT client (an edge node or an observer) on its own runtime.
-struct Peer {
-    rt: tokio::runtime::Runtime,
-    client: AsyncClient,
-    received: Inbox,
-}
-
-impl Peer {
-    /// Connected, and subscribed to `subscribe` (QoS 1) before it returns.
-    fn connect(port: u16, id: &str, subscribe: &[&str]) -> Peer {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_clean_session(true);
-        o.set_keep_alive(Duration::from_secs(30));
-        let (client, mut events) = AsyncClient::new(o, 10_000);
-        let received: Inbox = Default::default();
-        let got = received.clone();
-        let subs: Vec<String> = subscribe.iter().map(|s| s.to_string()).collect();
-        let sub_client = client.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        rt.spawn(async move {
-            let mut ready = Some(ready_tx);
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        for s in &subs {
-                            let _ = sub_client.subscribe(s.clone(), QoS::AtLeastOnce).await;
-                        }
-                        if subs.is_empty() {
-                            if let Some(r) = ready.take() {
-                                let _ = r.send(());
-                            }
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        got.lock()
-                            .unwrap()
-                            .push((p.topic.clone(), p.payload.to_vec(), p.retain));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("test client connected");
-        Peer {
-            rt,
-            client,
-            received,
-        }
-    }
-
-    fn publish(&self, topic: &str, payload: Vec<u8>) {
-        let c = self.client.clone();
-        let topic = topic.to_string();
-        self.rt
-            .block_on(async move { c.publish(topic, QoS::AtLeastOnce, false, payload).await })
-            .expect("publish");
-    }
-
-    fn received(&self) -> Vec<(String, Vec<u8>, bool)> {
-        self.received.lock().unwrap().clone()
-    }
 }
 
 /// The Sparkplug schema, compiled here from `proto/` (independent of linetap's generated code).
@@ -234,10 +158,10 @@ fn config(dir: &Path, broker: &str, metrics_port: u16, devices: &str) -> std::pa
 
 /// linetap's retained STATE as a new subscriber reads it: (online, timestamp).
 fn retained_state(port: u16, topic: &str) -> Option<(bool, u64)> {
-    let observer = Peer::connect(port, &format!("observer-{}", now_ms()), &[topic]);
+    let observer = Client::connect(port, &format!("observer-{}", now_ms()), &[topic]);
     let got = wait_for(Duration::from_secs(5), || {
         observer
-            .received()
+            .received_retained()
             .into_iter()
             .find(|(t, _, retain)| t == topic && *retain)
     })?;
@@ -279,7 +203,7 @@ fn an_unconfigured_device_costs_no_rebirth_request() {
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(ready.body.contains("not polled yet: a"), "{}", ready.body);
     let pool = pool();
-    let edge = Peer::connect(
+    let mut edge = Client::connect(
         broker.port,
         "edge1",
         &["spBv1.0/weld/NCMD/#", "spBv1.0/weld/DCMD/#"],
@@ -365,7 +289,7 @@ fn an_unconfigured_device_costs_no_rebirth_request() {
             .then_some((temp, count))
     });
     let ncmds: Vec<String> = edge
-        .received()
+        .received_retained()
         .into_iter()
         .filter(|(t, _, _)| t.contains("CMD"))
         .map(|(t, _, _)| t)
@@ -456,10 +380,10 @@ fn an_nbirth_that_changes_aliases_is_followed_and_uint32_stays_an_integer() {
         agent.stderr()
     );
     let pool = pool();
-    let edge = Peer::connect(broker.port, "edge2", &["spBv1.0/weld/NCMD/#"]);
+    let mut edge = Client::connect(broker.port, "edge2", &["spBv1.0/weld/NCMD/#"]);
     let t0 = now_ms() - 60_000;
     // Session 1: X = alias 1, Y = alias 2.
-    let session = |bd: u64, x: u64, y: u64, base: u64| {
+    let mut session = |bd: u64, x: u64, y: u64, base: u64| {
         edge.publish(
             "spBv1.0/weld/NBIRTH/edge2",
             payload(&pool, Some(0), &[m("bdSeq", 0, 4, json!(bd))]),
@@ -517,7 +441,7 @@ fn an_nbirth_that_changes_aliases_is_followed_and_uint32_stays_an_integer() {
             && (0..5).all(|i| parts.contains_key(&ns(t0 + 100 + i))))
         .then_some(())
     });
-    let ncmds = edge.received().len();
+    let ncmds = edge.received_retained().len();
     // P may have one metric: Rate, in both births, is over the limit.
     let over = metric(
         &format!("http://127.0.0.1:{metrics_port}"),

@@ -5,8 +5,8 @@ use super::wait_for;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::Duration;
 
-/// Messages a test client received: (topic, payload).
-pub type Inbox = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+/// Messages a test client received: (topic, payload, retain flag).
+pub type Inbox = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>, bool)>>>;
 
 /// A test publisher / subscriber on its own runtime.
 pub struct Client {
@@ -66,7 +66,7 @@ impl Client {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         got.lock()
                             .unwrap()
-                            .push((p.topic.clone(), p.payload.to_vec()));
+                            .push((p.topic.clone(), p.payload.to_vec(), p.retain));
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -121,6 +121,16 @@ impl Client {
     }
 
     pub fn received(&self) -> Vec<(String, Vec<u8>)> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, p, _)| (t.clone(), p.clone()))
+            .collect()
+    }
+
+    /// As `received`, with each message's retain flag.
+    pub fn received_retained(&self) -> Vec<(String, Vec<u8>, bool)> {
         self.received.lock().unwrap().clone()
     }
 }
