@@ -194,10 +194,14 @@ pub fn render_plan(config: &Config) -> String {
                 .count();
             let _ = writeln!(
                 o,
-                "  {:?}: {}://{} client id {:?}, {} session, keep-alive {:?}, {} device{}",
+                "  {:?}: {}://{} MQTT {}, client id {:?}, {} session, keep-alive {:?}, max packet {} bytes, {} device{}",
                 b.name,
                 if b.tls { "mqtts" } else { "mqtt" },
                 b.address(),
+                match b.mqtt_version {
+                    crate::mqtt::connection::MqttVersion::V5 => "5",
+                    crate::mqtt::connection::MqttVersion::V311 => "3.1.1",
+                },
                 b.client_id,
                 if b.clean_session {
                     "clean"
@@ -205,6 +209,7 @@ pub fn render_plan(config: &Config) -> String {
                     "persistent"
                 },
                 b.keep_alive,
+                b.max_packet_size,
                 users,
                 plural(users)
             );
