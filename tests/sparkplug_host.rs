@@ -294,7 +294,21 @@ fn an_unconfigured_device_costs_no_rebirth_request() {
         .filter(|(t, _, _)| t.contains("CMD"))
         .map(|(t, _, _)| t)
         .collect();
+    // After the window: a payload that is not Sparkplug on A's topic is counted and kept in
+    // A's dead-letter file.
+    edge.publish(
+        "spBv1.0/weld/DDATA/edge1/A",
+        b"not a sparkplug payload".to_vec(),
+    );
+    let dead_letter = dir.path().join("data/dead-letter/mqtt-a.log");
+    let kept = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&dead_letter)
+            .ok()
+            .filter(|t| t.contains("not a sparkplug payload"))
+    });
     let (code, log) = agent.stop();
+    let kept = kept.unwrap_or_else(|| panic!("the malformed payload was not kept; log:\n{log}"));
+    assert!(kept.contains("malformed"), "{kept}");
     let (temp, count) =
         arrived.unwrap_or_else(|| panic!("A's values did not all arrive; log:\n{log}"));
     for i in 0..rounds {

@@ -560,6 +560,7 @@ async fn run(
                             &metrics,
                             &mut outputs,
                             &catalogs,
+                            &dead,
                         )
                         .await;
                     accepted = ok;

@@ -746,6 +746,7 @@ impl Host {
         metrics: &[Arc<DeviceMetrics>],
         outputs: &mut [DeviceOutput],
         catalogs: &Catalogs,
+        dead: &super::deadletter::DeadLetters,
     ) -> (bool, Vec<Publish>) {
         let mut sends = Vec::new();
         if topic == self.state.topic {
@@ -788,6 +789,7 @@ impl Host {
                 let problem = format!("malformed message on {topic}: {e}");
                 for &d in &targets {
                     metrics[d].mqtt_malformed.fetch_add(1, Relaxed);
+                    dead.keep(d, topic, bytes, &format!("malformed: {e}"));
                     note(&plans[d], &mut state[d], problem.clone());
                 }
                 if targets.is_empty() {
@@ -821,6 +823,8 @@ impl Host {
                 rebirth |= out.rebirth;
                 if out.rejected > 0 {
                     dm.mqtt_rejected_values.fetch_add(1, Relaxed);
+                    let why = format!("rejected values: {} metrics", out.rejected);
+                    dead.keep(d, topic, bytes, &why);
                 } else {
                     dm.mqtt_ok.fetch_add(1, Relaxed);
                 }
