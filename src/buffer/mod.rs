@@ -193,8 +193,11 @@ impl Refused {
         }
     }
 
-    /// Whether any ticket in `(from, to]` was refused.
+    /// Whether any ticket in `(from, to]` was refused (none in an empty range).
     fn any(&self, from: u64, to: u64) -> bool {
+        if to <= from {
+            return false;
+        }
         from < self.forgotten || self.ranges.iter().any(|&(lo, hi)| lo <= to && hi > from)
     }
 }
@@ -496,5 +499,33 @@ fn new_cursor(
         oldest_ms: log::written_at(seg_dir, segments, acked).unwrap_or(0),
         persisted: u64::MAX,
         active: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refused;
+
+    #[test]
+    fn refused_tickets_by_range() {
+        let mut r = Refused::default();
+        r.add(7, 7);
+        r.add(8, 9);
+        r.add(12, 12);
+        assert_eq!(r.ranges.len(), 2, "adjacent ranges merge: {:?}", r.ranges);
+        // (from, to]: a message's tickets.
+        assert!(r.any(6, 7));
+        assert!(!r.any(9, 11));
+        assert!(r.any(9, 12));
+        assert!(!r.any(0, 6));
+        // A message that queued nothing is never refused.
+        assert!(!r.any(7, 7));
+        assert!(!r.any(8, 8));
+        // Beyond the kept ranges: refused, to be safe (only a redelivery).
+        for k in 0..(Refused::MAX_RANGES as u64 + 10) {
+            r.add(100 + 2 * k, 100 + 2 * k);
+        }
+        assert!(r.any(99, 100));
+        assert!(!r.any(101, 101));
     }
 }
