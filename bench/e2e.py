@@ -7,6 +7,7 @@ Reports the agent's CPU seconds per million values delivered and its peak RSS.
     cargo build --release
     python3 bench/e2e.py --devices 20 --seconds 60
     python3 bench/e2e.py --devices 200 --seconds 60
+    python3 bench/e2e.py --devices 200 --poll 1s --listed --seconds 65   # 20,000 listed points
     python3 bench/e2e.py --devices 20 --seconds 90 --outage 30   # drain rate after an outage
     LINETAP_BIN=/path/to/other/linetap python3 bench/e2e.py ...  # compare another build
 
@@ -24,12 +25,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("LINETAP_BIN") or os.path.join(ROOT, "target", "release", "linetap")
 
 
+TAKEN = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A free loopback port, never one handed out before in this run (the kernel may hand a
+    just-closed port out again: a simulated device on the metrics port hangs the run)."""
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        if p not in TAKEN:
+            TAKEN.add(p)
+            return p
 
 
 def http(url, data=None):
@@ -127,7 +136,17 @@ def run_floor(tmp, ports, poll, seconds):
     return r
 
 
-def config(n, ports, vm_url, poll):
+def points(listed):
+    """One array of 100 f32 per device, or (--listed) 100 individually named f32 points v0..v99,
+    one per register pair, as register maps are usually written."""
+    if not listed:
+        return ('[[devices.points]]\nname = "value"\nmeasurement = "bench"\naddress = 0\ntype = "f32"\n'
+                'count = 100\nindex_tag = "i"\n')
+    return "".join(f'[[devices.points]]\nname = "v{j}"\nmeasurement = "bench"\naddress = {2 * j}\ntype = "f32"\n'
+                   for j in range(100))
+
+
+def config(n, ports, vm_url, poll, listed=False):
     out = [
         '[line]\nid = "bench"\nsite = "lab"\n',
         f'[agent]\ndata_dir = "{DATA_DIR}"\nmetrics_listen = "127.0.0.1:{METRICS_PORT}"\n' + AGENT_EXTRA,
@@ -137,9 +156,7 @@ def config(n, ports, vm_url, poll):
     for i in range(n):
         out.append(
             f'[[devices]]\nid = "dev-{i:03}"\nkind = "robot"\naddress = "127.0.0.1:{ports[i]}"\nunit = 1\n'
-            f'poll = "{poll}"\ntimeout = "1s"\n'
-            '[[devices.points]]\nname = "value"\nmeasurement = "bench"\naddress = 0\ntype = "f32"\n'
-            'count = 100\nindex_tag = "i"\n'
+            f'poll = "{poll}"\ntimeout = "1s"\n' + points(listed)
         )
     return "\n".join(out)
 
@@ -158,6 +175,9 @@ def main():
                     help="compress the writes to the store (off by default for a loopback store)")
     ap.add_argument("--outage", type=float, default=0,
                     help="stop VictoriaMetrics this many seconds in the middle and measure the drain rate")
+    ap.add_argument("--listed", action="store_true",
+                    help="write each device's 100 values as individually listed points v0..v99 "
+                         "(one [[devices.points]] each) instead of one array point")
     a = ap.parse_args()
     global EXTRA
     if a.gzip:
@@ -181,7 +201,8 @@ def main():
         ports = [free_port() for _ in range(a.devices)]
         cfg_path = os.path.join(tmp, "bench.toml")
         with open(cfg_path, "w") as f:
-            f.write(config(a.devices, ports, vm_url, a.poll))
+            f.write(config(a.devices, ports, vm_url, a.poll, a.listed))
+        cfg_bytes = os.path.getsize(cfg_path)
         sim = subprocess.Popen([BIN, "simulate", "--config", cfg_path], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(sim)
@@ -193,7 +214,17 @@ def main():
         agent = subprocess.Popen([BIN, "run", "--config", cfg_path], env=env,
                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "agent.log"), "w"))
         procs.append(agent)
-        time.sleep(a.warmup)
+        started = time.time()
+        startup = None
+        while time.time() - started < a.warmup:
+            try:
+                if metric(METRICS_PORT, "linetap_samples_collected_total") > 0:
+                    startup = time.time() - started
+                    break
+            except Exception:
+                pass
+            time.sleep(0.02)
+        time.sleep(max(0.0, a.warmup - (time.time() - started)))
         cpu0 = proc_cpu_seconds(agent.pid)
         polls0 = metric(METRICS_PORT, "linetap_poll_duration_seconds_count")
         collected0 = metric(METRICS_PORT, "linetap_samples_collected_total")
@@ -253,7 +284,8 @@ def main():
         http(vm_url + "/internal/force_flush")
         time.sleep(1)
         # Values delivered with timestamps inside the measured window.
-        q = f'sum(count_over_time(bench_value[{int(t1 - t0)}s]))'
+        series = '{__name__=~"bench_v[0-9]+"}' if a.listed else "bench_value"
+        q = f'sum(count_over_time({series}[{int(t1 - t0)}s]))'
         r = json.loads(http(vm_url + "/api/v1/query?" + urllib.parse.urlencode({"query": q, "time": f"{t1:.3f}"})))
         res = r["data"]["result"]
         delivered = float(res[0]["value"][1]) if res else 0.0
@@ -265,6 +297,8 @@ def main():
             "devices": a.devices, "seconds": round(t1 - t0, 1), "values_delivered": int(delivered),
             "values_expected": int(expected), "delivery_ratio": round(delivered / expected, 4) if expected else None,
             "agent_cpu_seconds": round(cpu, 3), "cpu_seconds_per_million_values": round(per_million, 3),
+            "startup_s_to_first_sample": round(startup, 2) if startup is not None else None,
+            "config_bytes": cfg_bytes,
             "agent_peak_rss_mb": round(rss, 1), "agent_rss_mb_at_end": round(steady_rss, 1), "cpu_percent_of_one_core": round(100 * cpu / (t1 - t0), 2),
             "drain": drain,
             "buffer_bytes_written_per_million_samples": round(written / (collected_total / 1e6)) if written and collected_total else None,

@@ -41,7 +41,7 @@ pub struct Agent {
     pub catalogs: Arc<Catalogs>,
     /// Every running component (buses, devices, sinks) with its configuration fingerprint.
     pub components: Vec<ComponentId>,
-    /// The configuration running now.
+    /// The configuration running now, without its devices (`Config::without_devices`).
     config: Config,
     sources: Vec<Running>,
     sinks: Vec<Running>,
@@ -120,7 +120,7 @@ impl Agent {
             metrics,
             catalogs,
             components: Vec::new(),
-            config: config.clone(),
+            config: config.without_devices(),
             sources: Vec::new(),
             sinks: Vec::new(),
             buffer,
@@ -366,6 +366,7 @@ impl Agent {
             self.start_sink(s, started, index);
         }
         self.update_components();
+        new.devices = Vec::new();
         self.config = new;
         // The old components and catalog are gone: give their memory back.
         let _ = tokio::task::spawn_blocking(crate::observe::memory::trim).await;

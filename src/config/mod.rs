@@ -31,6 +31,23 @@ pub struct Config {
     pub devices: Vec<DeviceConfig>,
 }
 
+impl Config {
+    /// Everything but the devices: what a running agent keeps for its next reload (a reload
+    /// compares devices and buses by their components' fingerprints, taken from the new
+    /// file, so the running devices' point configurations need not stay in memory).
+    pub fn without_devices(&self) -> Config {
+        Config {
+            line: self.line.clone(),
+            agent: self.agent.clone(),
+            buffer: self.buffer.clone(),
+            sinks: self.sinks.clone(),
+            brokers: self.brokers.clone(),
+            sparkplug_host_ids: self.sparkplug_host_ids.clone(),
+            devices: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LineConfig {
     pub id: String,

@@ -130,15 +130,18 @@ pub struct Derivations {
 }
 
 impl Derivations {
+    /// Whether a device needs this step: alarm points, cycle counters or a state point.
+    pub fn applies(config: &DeviceConfig) -> bool {
+        config.points.iter().any(|p| p.alarm || p.cycles) || describe::state_point(config).is_some()
+    }
+
     /// `None` when the device has nothing to derive. `dir`: where active alarms are kept.
     pub fn for_device(
         config: Arc<DeviceConfig>,
         dir: Option<PathBuf>,
         window: Duration,
     ) -> Option<Derivations> {
-        let wanted = config.points.iter().any(|p| p.alarm || p.cycles)
-            || describe::state_point(&config).is_some();
-        if !wanted {
+        if !Self::applies(&config) {
             return None;
         }
         let file = dir.map(|d| AlarmFile {

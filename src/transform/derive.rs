@@ -44,9 +44,14 @@ pub struct Derived {
 }
 
 impl Derived {
+    /// Whether a device needs this step: it has derived or hidden points.
+    pub fn applies(config: &DeviceConfig) -> bool {
+        config.points.iter().any(|p| p.hidden || p.derive.is_some())
+    }
+
     /// `None` when the device has neither derived nor hidden points.
     pub fn for_device(config: Arc<DeviceConfig>) -> Option<Derived> {
-        if !config.points.iter().any(|p| p.hidden || p.derive.is_some()) {
+        if !Self::applies(&config) {
             return None;
         }
         Some(Derived {

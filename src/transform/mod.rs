@@ -168,7 +168,8 @@ impl DeviceOutput {
     }
 }
 
-/// Builds each device's chain from its configuration.
+/// Builds each device's chain from its configuration. Keeps the configuration only of the
+/// devices that have a step (a plain device's chain is empty, so its points are not held).
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     devices: Arc<HashMap<String, Arc<DeviceConfig>>>,
@@ -184,6 +185,11 @@ impl Plan {
                 config
                     .devices
                     .iter()
+                    .filter(|d| {
+                        derive::Derived::applies(d)
+                            || derivations::Derivations::applies(d)
+                            || report::ReportByException::applies(d)
+                    })
                     .map(|d| (d.id.clone(), Arc::new(d.clone())))
                     .collect(),
             ),

@@ -30,9 +30,14 @@ pub struct ReportByException {
 }
 
 impl ReportByException {
+    /// Whether a device needs this step: a visible point reported by exception.
+    pub fn applies(config: &DeviceConfig) -> bool {
+        config.points.iter().any(|p| p.report.active && !p.hidden)
+    }
+
     /// `None` when no point of the device has a report setting.
     pub fn for_device(config: Arc<DeviceConfig>) -> Option<ReportByException> {
-        if !config.points.iter().any(|p| p.report.active && !p.hidden) {
+        if !Self::applies(&config) {
             return None;
         }
         Some(ReportByException {

@@ -6,6 +6,10 @@
 //! spaces as there are bytes before it, so every span (and every error's line and column) is
 //! exactly what the whole document gives. Anything unusual (another table after the devices,
 //! a multi-line string, a header-like line inside an array) falls back to the whole document.
+//!
+//! The blocks are parsed lazily, as validation asks for the next device (`split`, then
+//! `parse_block`): the raw structures of a 20,000-point file (~1 KB a point, 20 MB) never
+//! exist at once, only one device's, beside the validated configuration.
 
 use super::super::schema::{DeviceSection, RawConfig};
 use serde::Deserialize;
@@ -23,28 +27,45 @@ struct Devices {
 }
 
 /// The file's raw structures, parsed whole or a device at a time (same result, same errors).
+#[cfg(test)]
 pub(super) fn parse_raw(text: &str) -> Result<RawConfig, toml::de::Error> {
-    if text.len() < CHUNK_ABOVE {
-        return toml::from_str(text);
-    }
-    let Some(blocks) = device_blocks(text) else {
-        return toml::from_str(text);
-    };
-    let head_end = blocks.first().map(|b| b.start).unwrap_or(text.len());
-    let mut raw: RawConfig = toml::from_str(&text[..head_end])?;
-    if !raw.devices.is_empty() {
-        // `devices = [...]` in the head: only the whole document says what that means.
-        return toml::from_str(text);
-    }
-    let mut padded = String::with_capacity(text.len());
+    let (mut raw, blocks) = split(text)?;
+    let mut padded = String::new();
     for b in blocks {
-        padded.clear();
-        padded.extend(std::iter::repeat_n(' ', b.start));
-        padded.push_str(&text[b]);
-        let part: Devices = toml::from_str(&padded)?;
-        raw.devices.extend(part.devices);
+        raw.devices.extend(parse_block(text, b, &mut padded)?);
     }
     Ok(raw)
+}
+
+/// The file parsed whole (small or unusual: the blocks are empty), or its head parsed and the
+/// byte ranges of its `[[devices]]` blocks, for `parse_block`.
+pub(super) fn split(text: &str) -> Result<(RawConfig, Vec<Range<usize>>), toml::de::Error> {
+    if text.len() < CHUNK_ABOVE {
+        return Ok((toml::from_str(text)?, Vec::new()));
+    }
+    let Some(blocks) = device_blocks(text) else {
+        return Ok((toml::from_str(text)?, Vec::new()));
+    };
+    let head_end = blocks.first().map(|b| b.start).unwrap_or(text.len());
+    let raw: RawConfig = toml::from_str(&text[..head_end])?;
+    if !raw.devices.is_empty() {
+        // `devices = [...]` in the head: only the whole document says what that means.
+        return Ok((toml::from_str(text)?, Vec::new()));
+    }
+    Ok((raw, blocks))
+}
+
+/// The devices of one block of `split` (`padded` is reused from block to block).
+pub(super) fn parse_block(
+    text: &str,
+    block: Range<usize>,
+    padded: &mut String,
+) -> Result<Vec<Spanned<DeviceSection>>, toml::de::Error> {
+    padded.clear();
+    padded.extend(std::iter::repeat_n(' ', block.start));
+    padded.push_str(&text[block]);
+    let part: Devices = toml::from_str(padded)?;
+    Ok(part.devices)
 }
 
 /// The byte ranges of the `[[devices]]` blocks, or `None` when the file is not simply a head

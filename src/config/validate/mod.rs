@@ -129,16 +129,33 @@ pub(super) fn parse(
     text: &str,
     dir: Option<&std::path::Path>,
 ) -> Result<Config, ConfigErrors> {
-    let mut cx = Ctx::new(file, text);
-    let raw: RawConfig = match chunked::parse_raw(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let at = e.span().unwrap_or(0..0);
-            cx.err(at, e.message().trim().to_string());
-            return Err(cx.finish());
-        }
+    let syntax = |e: toml::de::Error| {
+        let mut cx = Ctx::new(file, text);
+        let at = e.span().unwrap_or(0..0);
+        cx.err(at, e.message().trim().to_string());
+        cx.finish()
     };
-    let config = build(&mut cx, raw, dir);
+    let (raw, blocks) = chunked::split(text).map_err(syntax)?;
+    // A large file's devices: each block parsed when validation reaches it and dropped once
+    // validated. A syntax error stops there and is the only error reported (as a whole parse
+    // reports it).
+    let mut failed = None;
+    let mut padded = String::new();
+    let lazy = blocks
+        .into_iter()
+        .map_while(|b| match chunked::parse_block(text, b, &mut padded) {
+            Ok(devices) => Some(devices),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        })
+        .flatten();
+    let mut cx = Ctx::new(file, text);
+    let config = build(&mut cx, raw, lazy, dir);
+    if let Some(e) = failed {
+        return Err(syntax(e));
+    }
     if !cx.failed() {
         Ok(config)
     } else {
@@ -146,7 +163,13 @@ pub(super) fn parse(
     }
 }
 
-fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> Config {
+/// Validates `raw`, whose devices are `raw.devices` followed by `more` (taken one at a time).
+fn build(
+    cx: &mut Ctx,
+    mut raw: RawConfig,
+    more: impl Iterator<Item = Spanned<DeviceSection>>,
+    dir: Option<&std::path::Path>,
+) -> Config {
     let line = match &raw.line {
         Some(l) => {
             let span = l.span();
@@ -308,9 +331,14 @@ fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> Config 
     let brokers = crate::source::mqtt::config::brokers(cx, &raw.brokers, &line.id);
     let sparkplug_host_ids =
         crate::source::mqtt::config::sparkplug_host_ids(cx, &raw.brokers, &line.id);
+    let mut seen = 0usize;
+    let raw_devices = std::mem::take(&mut raw.devices)
+        .into_iter()
+        .chain(more)
+        .inspect(|_| seen += 1);
     let devices =
-        crate::source::modbus::config::devices(cx, &raw.devices, line_report, &brokers, &line);
-    if raw.devices.is_empty() {
+        crate::source::modbus::config::devices(cx, raw_devices, line_report, &brokers, &line);
+    if seen == 0 {
         cx.err(0..0, "no [[devices]]: the configuration polls nothing");
     }
     Config {
