@@ -44,10 +44,10 @@ fn a_full_file_system_costs_only_what_could_not_be_written_and_collection_resume
     let mut vm = VictoriaMetrics::start();
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
-    let _fs = Tmpfs::mount(&mnt, "3m");
+    let _fs = Tmpfs::mount(&mnt, "4m");
     // Ballast: the disk fills sooner; deleting it later is "space freed".
     let ballast = mnt.join("ballast");
-    std::fs::write(&ballast, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&ballast, vec![0u8; 2 << 20]).unwrap();
     let data_dir = mnt.join("data");
     let port = free_port();
     let names: Vec<String> = (0..5).map(|i| format!("dev-{i}")).collect();
@@ -103,7 +103,7 @@ fn a_full_file_system_costs_only_what_could_not_be_written_and_collection_resume
     let written = |u: &str| metric(u, "linetap_buffer_written_bytes_total");
     let written_then = written(&url).unwrap_or(0.0);
     wait_for(Duration::from_secs(120), || {
-        written(&url).filter(|n| *n - written_then > 4.0 * 1024.0 * 1024.0)
+        written(&url).filter(|n| *n - written_then > 5.0 * 1024.0 * 1024.0)
     })
     .unwrap_or_else(|| panic!("delivery stalled after recovery:\n{}", agent.stderr()));
     assert_eq!(
