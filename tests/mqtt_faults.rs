@@ -89,25 +89,37 @@ fn count_stored(vm: &VictoriaMetrics) -> usize {
     stored(vm, VALUES).len()
 }
 
-/// The buffer refuses (a full budget with `drop_newest` and the store down), then accepts
-/// again: the refused messages are delivered again by the broker and arrive, with those
-/// published after them, soon after the buffer has room.
-#[test]
-fn refused_qos1_messages_arrive_once_the_buffer_takes_data_again() {
-    let mut vm = VictoriaMetrics::start();
+/// A running line: the store, the broker, the agent (connected) and a publisher whose first
+/// message is stored (so the agent's persistent session exists).
+struct Setup {
+    vm: VictoriaMetrics,
+    broker: Mosquitto,
+    /// Unmounted before `dir` is removed (fields drop in order).
+    fs: Option<Tmpfs>,
+    dir: tempfile::TempDir,
+    config_path: std::path::PathBuf,
+    url: String,
+    agent: AgentProcess,
+    publisher: Client,
+    t0: i64,
+}
+
+/// `buffer`: the `[buffer]` keys; `tmpfs`: `data_dir` on a tmpfs of that size.
+fn setup(buffer: &str, tmpfs: Option<&str>) -> Setup {
+    let vm = VictoriaMetrics::start();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let fs = tmpfs.map(|size| Tmpfs::mount(&mnt, size));
+    let data = match fs {
+        Some(_) => mnt.join("data"),
+        None => dir.path().join("data"),
+    };
     let port = free_port();
     let config_path = dir.path().join("line.toml");
     std::fs::write(
         &config_path,
-        config(
-            &vm.url,
-            &broker.url,
-            &dir.path().join("data"),
-            port,
-            "max_bytes = \"1MiB\"\nwhen_full = \"drop_newest\"",
-        ),
+        config(&vm.url, &broker.url, &data, port, buffer),
     )
     .unwrap();
     let url = format!("http://127.0.0.1:{port}");
@@ -118,12 +130,40 @@ fn refused_qos1_messages_arrive_once_the_buffer_takes_data_again() {
     .unwrap_or_else(|| panic!("not connected:\n{}", agent.stderr()));
     let t0 = now_ms() - 3_600_000;
     let mut publisher = Client::connect(broker.port, "press-01-pub", &[]);
-    // The agent's persistent session exists once it has stored a first message.
     publisher.publish("cell/press-01/data", message(t0, 0));
     wait_for(Duration::from_secs(20), || {
         (count_stored(&vm) == 1).then_some(())
     })
     .unwrap_or_else(|| panic!("the first message did not arrive:\n{}", agent.stderr()));
+    Setup {
+        vm,
+        broker,
+        fs,
+        dir,
+        config_path,
+        url,
+        agent,
+        publisher,
+        t0,
+    }
+}
+
+/// The buffer refuses (a full budget with `drop_newest` and the store down), then accepts
+/// again: the refused messages are delivered again by the broker and arrive, with those
+/// published after them, soon after the buffer has room.
+#[test]
+fn refused_qos1_messages_arrive_once_the_buffer_takes_data_again() {
+    let Setup {
+        mut vm,
+        broker: _broker,
+        fs: _fs,
+        dir: _dir,
+        config_path: _config,
+        url,
+        agent,
+        mut publisher,
+        t0,
+    } = setup("max_bytes = \"1MiB\"\nwhen_full = \"drop_newest\"", None);
 
     // The store goes down; messages fill the buffer's budget until it refuses.
     vm.stop();
@@ -190,37 +230,17 @@ fn refused_qos1_messages_arrive_once_the_buffer_takes_data_again() {
 /// accepted is in the store exactly once.
 #[test]
 fn a_full_file_system_loses_no_acknowledged_qos1_message() {
-    let mut vm = VictoriaMetrics::start();
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    let _fs = Tmpfs::mount(&mnt, "3m");
-    let port = free_port();
-    let config_path = dir.path().join("line.toml");
-    std::fs::write(
-        &config_path,
-        config(
-            &vm.url,
-            &broker.url,
-            &mnt.join("data"),
-            port,
-            "max_bytes = \"64MiB\"",
-        ),
-    )
-    .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let agent = AgentProcess::start(&config_path);
-    wait_for(Duration::from_secs(20), || {
-        (metric(&url, "linetap_mqtt_connected{broker=\"b\"}") == Some(1.0)).then_some(())
-    })
-    .unwrap_or_else(|| panic!("not connected:\n{}", agent.stderr()));
-    let t0 = now_ms() - 3_600_000;
-    let mut publisher = Client::connect(broker.port, "press-01-pub", &[]);
-    publisher.publish("cell/press-01/data", message(t0, 0));
-    wait_for(Duration::from_secs(20), || {
-        (count_stored(&vm) == 1).then_some(())
-    })
-    .unwrap_or_else(|| panic!("the first message did not arrive:\n{}", agent.stderr()));
+    let Setup {
+        mut vm,
+        broker: _broker,
+        fs: _fs,
+        dir: _dir,
+        config_path,
+        url,
+        agent,
+        mut publisher,
+        t0,
+    } = setup("max_bytes = \"64MiB\"", Some("3m"));
 
     vm.stop();
     let disk_error = |u: &str| {
