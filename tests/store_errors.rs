@@ -84,7 +84,15 @@ fn a_missing_user_and_database_hold_the_data_until_fixed() {
         "{}",
         agent.stderr()
     );
-    std::thread::sleep(Duration::from_secs(15));
+    // Held through several retries (the backoff grows to seconds), not for a fixed time.
+    wait_for(Duration::from_secs(60), || {
+        metric(
+            &metrics,
+            "linetap_sink_errors_total{sink=\"central\",reason=\"unauthorized\"}",
+        )
+        .filter(|n| *n >= 6.0)
+    })
+    .unwrap_or_else(|| panic!("no more retries:\n{}", agent.stderr()));
 
     // 404: the user exists now, the database does not.
     influx.query_as(
@@ -102,7 +110,15 @@ fn a_missing_user_and_database_hold_the_data_until_fixed() {
     })
     .unwrap_or_else(|| panic!("no not_found errors counted:\n{}", agent.stderr()));
     assert!(readyz(port).1.contains("database"), "{}", readyz(port).1);
-    std::thread::sleep(Duration::from_secs(15));
+    // Held through several retries, then the backlog is checked.
+    wait_for(Duration::from_secs(60), || {
+        metric(
+            &metrics,
+            "linetap_sink_errors_total{sink=\"central\",reason=\"not_found\"}",
+        )
+        .filter(|n| *n >= 4.0)
+    })
+    .unwrap_or_else(|| panic!("no more retries:\n{}", agent.stderr()));
     let held = metric(&metrics, "linetap_buffer_bytes{sink=\"central\"}").unwrap_or(0.0);
     assert!(held > 0.0, "nothing was held");
 
