@@ -23,6 +23,19 @@ fn probe(args: &[&str]) -> Output {
         .expect("run linetap probe")
 }
 
+/// Runs `linetap probe` expecting exit 0 (every point answered); its stdout.
+fn probe_ok(args: &[&str]) -> String {
+    let out = probe(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// The table's row of `point`: its columns (point, raw, value, unit, label).
 fn row(stdout: &str, point: &str) -> Vec<String> {
     stdout
@@ -57,14 +70,7 @@ fn a_profile_at_a_tcp_address_and_a_config_device() {
         .unwrap();
 
     let address = line.addresses[0].clone();
-    let out = probe(&["--profile", "ur", "--address", &address]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = probe_ok(&["--profile", "ur", "--address", &address]);
     assert!(stdout.contains("2 of 2 requests answered"), "{stdout}");
     assert_eq!(
         row(&stdout, "robot.vendor_mode"),
@@ -92,19 +98,12 @@ fn a_profile_at_a_tcp_address_and_a_config_device() {
     assert_eq!(row(&stdout, "tcp.x"), ["tcp.x", "CFC7", "-1.2345", "m"]);
 
     // The same device from a configuration file.
-    let out = probe(&[
+    let stdout = probe_ok(&[
         "--config",
         line.config.to_str().unwrap(),
         "--device",
         "ur-3",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         stdout.starts_with("device \"ur-3\" at 127.0.0.1:"),
         "{stdout}"
@@ -144,7 +143,7 @@ fn a_profile_on_an_rs485_bus() {
     )
     .unwrap();
     let port = pty.b.display().to_string();
-    let out = probe(&[
+    let stdout = probe_ok(&[
         "--profile",
         "leadshine-eld2",
         "--serial",
@@ -154,13 +153,6 @@ fn a_profile_on_an_rs485_bus() {
         "--unit",
         "5",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
         row(&stdout, "drive.alarm_code"),
         ["drive.alarm_code", "0100", "256", "overload"]
@@ -174,16 +166,9 @@ fn a_profile_on_an_rs485_bus() {
         ["drive.dc_bus_voltage", "12D9", "48.25", "V"]
     );
     // Raw registers over the same bus.
-    let out = probe(&[
+    let stdout = probe_ok(&[
         "--read", "holding", "498", "3", "--serial", &port, "--baud", "115200", "--unit", "5",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
         read_row(&stdout, 0, 0x1F3),
         ["499", "64636", "-900", "FC7C", "\".|\""]
@@ -287,14 +272,7 @@ fn probe_prints_what_the_sinks_write_and_exits_by_what_answered() {
     let config = line.config.to_str().unwrap().to_string();
 
     // Every point answered: exit 0.
-    let probed = probe(&["--config", &config, "--device", "drv"]);
-    let stdout = String::from_utf8_lossy(&probed.stdout).to_string();
-    assert_eq!(
-        probed.status.code(),
-        Some(0),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&probed.stderr)
-    );
+    let stdout = probe_ok(&["--config", &config, "--device", "drv"]);
     assert_eq!(row(&stdout, "drive.voltage")[2], "562.3", "{stdout}");
 
     // The agent writes the same device into a file.
@@ -482,7 +460,7 @@ fn read_raw_registers_over_tcp_and_rtu_over_tcp() {
         assert_eq!(read_row(stdout, 3, 2)[2], "123456789", "i32 CDAB of 2, 3");
         assert_eq!(read_row(stdout, 2, 0)[1], 0x440C9333u32.to_string());
     };
-    let probed = probe(&[
+    let stdout = probe_ok(&[
         "--read",
         "holding",
         "0",
@@ -490,17 +468,10 @@ fn read_raw_registers_over_tcp_and_rtu_over_tcp() {
         "--address",
         &line.addresses[0],
     ]);
-    let stdout = String::from_utf8_lossy(&probed.stdout);
-    assert_eq!(
-        probed.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&probed.stderr)
-    );
     assert!(stdout.starts_with("holding 0+5 at 127.0.0.1:"), "{stdout}");
     check(&stdout);
 
-    let probed = probe(&[
+    let stdout = probe_ok(&[
         "--read",
         "input",
         "0",
@@ -512,17 +483,10 @@ fn read_raw_registers_over_tcp_and_rtu_over_tcp() {
         "--unit",
         "7",
     ]);
-    let stdout = String::from_utf8_lossy(&probed.stdout);
-    assert_eq!(
-        probed.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&probed.stderr)
-    );
     check(&stdout);
 
     // Bits, and a config's device.
-    let probed = probe(&[
+    let stdout = probe_ok(&[
         "--read",
         "coils",
         "0",
@@ -532,13 +496,6 @@ fn read_raw_registers_over_tcp_and_rtu_over_tcp() {
         "--device",
         "drv",
     ]);
-    let stdout = String::from_utf8_lossy(&probed.stdout);
-    assert_eq!(
-        probed.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&probed.stderr)
-    );
     let bits: Vec<String> = stdout
         .lines()
         .skip(2)
