@@ -28,7 +28,8 @@ fn workload() -> (config::Config, Vec<u16>) {
 fn hot_path(c: &mut Criterion) {
     let (cfg, regs) = workload();
     let mut registry = Registry::new("bench", "lab", tags(&cfg.line.tags), None);
-    let plan = modbus::register(&cfg.devices[0], &mut registry);
+    let (device, bus) = modbus::devices(&cfg).next().expect("the workload's device");
+    let plan = modbus::register(device, bus, &mut registry);
     let groups = plan.groups;
     let encoder = LineEncoder::new(&registry.version().catalog);
     let values: usize = groups

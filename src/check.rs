@@ -12,15 +12,12 @@ use std::fmt::Write;
 struct Bus<'a> {
     name: String,
     serial: Option<&'a SerialConfig>,
-    devices: Vec<(&'a crate::config::DeviceConfig, &'a DevicePlan)>,
+    devices: Vec<(&'a crate::config::ModbusDevice, &'a DevicePlan)>,
 }
 
 fn buses<'a>(config: &'a Config, plans: &'a [DevicePlan]) -> Vec<Bus<'a>> {
     let mut by: BTreeMap<String, Bus<'a>> = BTreeMap::new();
-    let modbus = config
-        .devices
-        .iter()
-        .filter(|d| crate::source::modbus::reads(d.protocol));
+    let modbus = crate::source::modbus::devices(config).map(|(_, m)| m);
     for (d, p) in modbus.zip(plans) {
         by.entry(d.bus())
             .or_insert_with(|| Bus {
@@ -77,11 +74,7 @@ pub fn render_plan(config: &Config) -> String {
     let mut total_requests_per_s = 0.0;
     let mut back_to_back = 0usize;
     let mut total_values_per_s = 0.0;
-    let modbus = config
-        .devices
-        .iter()
-        .filter(|d| crate::source::modbus::reads(d.protocol));
-    for (d, plan) in modbus.zip(&plans) {
+    for ((d, m), plan) in crate::source::modbus::devices(config).zip(&plans) {
         let values: u32 = d.points.iter().map(|p| p.count as u32).sum();
         let _ = writeln!(
             o,
@@ -92,17 +85,17 @@ pub fn render_plan(config: &Config) -> String {
                 .as_ref()
                 .map(|p| format!(", profile {p}"))
                 .unwrap_or_default(),
-            d.protocol.as_str(),
-            d.serial
+            d.protocol,
+            m.serial
                 .as_ref()
                 .map(|s| format!("{} {}", s.port, line_settings(s)))
-                .unwrap_or_else(|| d.address.clone()),
-            d.unit,
+                .unwrap_or_else(|| m.address.clone()),
+            m.unit,
             d.points.len(),
             plural(d.points.len()),
             values,
             plural(values as usize),
-            d.timeout
+            m.timeout
         );
         for p in &d.points {
             let _ = writeln!(o, "  point {:<24} {}", p.name, describe_point(p));
@@ -181,7 +174,11 @@ pub fn render_plan(config: &Config) -> String {
             }
         }
     }
-    for d in config.devices.iter().filter(|d| d.mqtt.is_some()) {
+    for d in config
+        .devices
+        .iter()
+        .filter(|d| d.settings::<crate::config::MqttDevice>().is_some())
+    {
         render_mqtt_device(&mut o, d);
     }
     if !config.brokers.is_empty() {
@@ -190,7 +187,10 @@ pub fn render_plan(config: &Config) -> String {
             let users = config
                 .devices
                 .iter()
-                .filter(|d| d.mqtt.as_ref().is_some_and(|m| m.broker == b.name))
+                .filter(|d| {
+                    d.settings::<crate::config::MqttDevice>()
+                        .is_some_and(|m| m.broker == b.name)
+                })
                 .count();
             let _ = writeln!(
                 o,
@@ -291,7 +291,9 @@ pub fn render_plan(config: &Config) -> String {
 
 /// An MQTT device: its broker, subscriptions and points.
 fn render_mqtt_device(o: &mut String, d: &crate::config::DeviceConfig) {
-    let Some(m) = &d.mqtt else { return };
+    let Some(m) = d.settings::<crate::config::MqttDevice>() else {
+        return;
+    };
     let mut topics: Vec<String> = Vec::new();
     if !m.topic.is_empty() {
         topics.push(m.topic.clone());

@@ -90,11 +90,7 @@ pub fn address_warning(table: Table, address: u32) -> Option<String> {
 /// reference number.
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut w = Vec::new();
-    for d in config
-        .devices
-        .iter()
-        .filter(|d| crate::source::modbus::reads(d.protocol))
-    {
+    for (d, _) in crate::source::modbus::devices(config) {
         for p in d.points.iter().filter(|p| p.is_read()) {
             if let Some(text) = address_warning(p.table, p.address as u32) {
                 w.push(format!("device {:?} point {:?}: {text}", d.id, p.name));

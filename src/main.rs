@@ -344,15 +344,20 @@ fn probe_config(
         .into_iter()
         .find(|d| d.id == id)
         .ok_or_else(|| format!("{} has no device {id:?}", path.display()))?;
+    let Some(m) = d.settings::<config::ModbusDevice>() else {
+        return Ok(d);
+    };
+    let mut m = m.clone();
     if let Some(a) = address {
-        d.address = a.to_string();
+        m.address = a.to_string();
     }
     if let Some(u) = unit {
-        d.unit = u;
+        m.unit = u;
     }
     if let Some(t) = timeout {
-        d.timeout = config::units::parse_duration(t)?;
+        m.timeout = config::units::parse_duration(t)?;
     }
+    d.settings = config::Settings::new(m);
     Ok(d)
 }
 
@@ -541,7 +546,7 @@ async fn simulate(cfg: config::Config) -> i32 {
         println!("serving {device} on {addr}");
     }
     for d in &cfg.devices {
-        if let Some(m) = &d.mqtt {
+        if let Some(m) = d.settings::<config::MqttDevice>() {
             let broker = cfg
                 .brokers
                 .iter()

@@ -31,14 +31,25 @@ pub struct Probed {
     pub failed: Vec<(String, String)>,
 }
 
+/// The Modbus settings of `d`, or why it cannot be probed.
+fn modbus(d: &DeviceConfig) -> Result<&crate::config::ModbusDevice, String> {
+    d.settings().ok_or_else(|| {
+        format!(
+            "device {:?} is read over {}: probe reads Modbus devices",
+            d.id, d.protocol
+        )
+    })
+}
+
 /// Reads `d` once. `Ok` when the device answered at least one request (`Probed::failed` lists
 /// the points it did not give); `Err` with the Modbus error when it answered none.
 pub async fn probe(d: &DeviceConfig) -> Result<Probed, String> {
+    let m = modbus(d)?;
     let mut registry = Registry::new("probe", "", Vec::new(), None);
-    let plan = register(d, &mut registry);
+    let plan = register(d, m, &mut registry);
     let version = registry.version();
     let view = DeviceView::of(&version, plan.device);
-    let mut link = link_for(d, d.timeout);
+    let mut link = link_for(m, m.timeout);
     let started = Instant::now();
     let mut batch = SampleBatch {
         device: plan.device,
@@ -54,12 +65,12 @@ pub async fn probe(d: &DeviceConfig) -> Result<Probed, String> {
         for req in &group.requests {
             requests += 1;
             let spec = ReadSpec {
-                unit: d.unit,
+                unit: m.unit,
                 table: req.table,
                 start: req.start,
                 count: req.count,
-                timeout: d.timeout,
-                turnaround: d.turnaround,
+                timeout: m.timeout,
+                turnaround: m.turnaround,
             };
             match link.read(&spec).await {
                 Ok(words) => {
@@ -94,7 +105,7 @@ pub async fn probe(d: &DeviceConfig) -> Result<Probed, String> {
                     let reason = format!(
                         "{} unit {} {} {}+{}: {e}",
                         link.address(),
-                        d.unit,
+                        m.unit,
                         req.table.as_str(),
                         req.start,
                         req.count
@@ -186,7 +197,7 @@ pub async fn probe(d: &DeviceConfig) -> Result<Probed, String> {
         "device {:?} at {} unit {}{}: {} of {} request{} answered in {} ms",
         d.id,
         link.address(),
-        d.unit,
+        m.unit,
         d.profile
             .as_ref()
             .map(|p| format!(" (profile {p})"))
@@ -314,14 +325,15 @@ pub async fn read_raw(
     start: u16,
     count: u16,
 ) -> Result<String, String> {
-    let mut link = link_for(d, d.timeout);
+    let m = modbus(d)?;
+    let mut link = link_for(m, m.timeout);
     let spec = ReadSpec {
-        unit: d.unit,
+        unit: m.unit,
         table,
         start,
         count,
-        timeout: d.timeout,
-        turnaround: d.turnaround,
+        timeout: m.timeout,
+        turnaround: m.turnaround,
     };
     let started = Instant::now();
     let words = link.read(&spec).await.map_err(|e| {
@@ -338,7 +350,7 @@ pub async fn read_raw(
         format!(
             "{} unit {} {} {start}+{count}: {e}{hint}",
             link.address(),
-            d.unit,
+            m.unit,
             table.as_str()
         )
     })?;
@@ -348,7 +360,7 @@ pub async fn read_raw(
         "{} {start}+{count} at {} unit {}: answered in {} ms",
         table.as_str(),
         link.address(),
-        d.unit,
+        m.unit,
         started.elapsed().as_millis()
     );
     match words {

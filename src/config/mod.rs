@@ -4,18 +4,20 @@
 
 pub mod profiles;
 pub mod schema;
+pub mod table;
 pub mod units;
-pub(crate) mod validate;
+pub mod validate;
 pub use crate::sink::file::config::FileSinkConfig;
 pub use crate::sink::influx::config::InfluxConfig;
 pub(crate) use validate::is_loopback_url;
 
-pub use schema::{
-    ByteHalf, DeviceKind, InfluxApi, PointType, Protocol, Table, WhenFull, WordOrder,
-};
+pub use crate::source::modbus::config::{ModbusDevice, Parity, SerialConfig, Transport};
+pub use crate::source::mqtt::config::{MqttDevice, MqttFormat, TimestampFormat};
+pub use schema::{ByteHalf, DeviceKind, InfluxApi, PointType, Table, WhenFull, WordOrder};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub use table::Settings;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -150,112 +152,20 @@ pub struct DeviceConfig {
     pub cell: Option<String>,
     /// The profile its points come from (with the device's own points added).
     pub profile: Option<String>,
-    pub protocol: Protocol,
-    /// `host:port` for the TCP variants (empty for `modbus-rtu`).
-    pub address: String,
-    /// The serial line, for `modbus-rtu`.
-    pub serial: Option<SerialConfig>,
-    pub unit: u8,
+    /// The `protocol` it is read with, as the file names it (its source kind's).
+    pub protocol: &'static str,
+    /// How often it is read (sources that poll).
     pub poll: Duration,
-    pub timeout: Duration,
-    pub max_registers: u16,
-    pub max_gap: u16,
-    /// Extra silence before and after each frame to this unit (default 0).
-    pub turnaround: Duration,
-    /// Further attempts after a timeout, CRC or framing error, within one cycle.
-    pub retries: u8,
-    /// On a shared bus, a unit that failed `DEGRADE_AFTER_CYCLES` cycles is only probed this often.
-    pub probe_interval: Duration,
     pub tags: Vec<(String, String)>,
     pub points: Vec<PointConfig>,
-    /// `protocol = "mqtt"`: how its messages arrive.
-    pub mqtt: Option<MqttDevice>,
-}
-
-/// A device that publishes to a broker.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MqttDevice {
-    /// The `[brokers.NAME]` it is read through.
-    pub broker: String,
-    /// The device's topic, expanded (empty with format value, where each point has a topic).
-    pub topic: String,
-    pub format: MqttFormat,
-    pub qos: u8,
-    /// json: a pointer to the sample time in the payload.
-    pub timestamp: Option<String>,
-    pub timestamp_format: TimestampFormat,
-    /// Nothing for this long: the device is down.
-    pub stale_after: Duration,
-    /// sparkplug-b: (group, edge node, device under it or none for the node's own metrics).
-    pub sparkplug: Option<(String, String, Option<String>)>,
-    /// sparkplug-b: the most metrics the device's births may bring (default 2,000).
-    pub max_metrics: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MqttFormat {
-    Json,
-    Value,
-    SparkplugB,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimestampFormat {
-    Unix,
-    UnixMs,
-    UnixUs,
-    UnixNs,
-    Rfc3339,
+    /// What its source kind read from its own keys (address, serial line, broker, ...).
+    pub settings: Settings,
 }
 
 impl DeviceConfig {
-    /// The physical bus this device is on: its serial port, or its TCP address. Devices with
-    /// the same bus share one connection and one scheduler.
-    pub fn bus(&self) -> String {
-        match (&self.protocol, &self.serial) {
-            (Protocol::ModbusRtu, Some(s)) => format!("serial {}", s.port),
-            (Protocol::ModbusRtuOverTcp, _) => format!("rtu-over-tcp {}", self.address),
-            (Protocol::Mqtt, _) => format!(
-                "mqtt {}",
-                self.mqtt.as_ref().map(|m| m.broker.as_str()).unwrap_or("")
-            ),
-            _ => format!("tcp {}", self.address),
-        }
-    }
-}
-
-/// Serial line parity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parity {
-    None,
-    Even,
-    Odd,
-}
-
-impl Parity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Parity::None => "none",
-            Parity::Even => "even",
-            Parity::Odd => "odd",
-        }
-    }
-}
-
-/// One serial line (`serial = { port, baud, parity, data_bits, stop_bits }`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SerialConfig {
-    pub port: String,
-    pub baud: u32,
-    pub parity: Parity,
-    pub data_bits: u8,
-    pub stop_bits: u8,
-}
-
-impl SerialConfig {
-    /// Bits on the wire per character: start + data + parity + stop.
-    pub fn bits_per_char(&self) -> u32 {
-        1 + self.data_bits as u32 + u32::from(self.parity != Parity::None) + self.stop_bits as u32
+    /// The source kind's own settings, when the device is of that kind.
+    pub fn settings<T: std::any::Any>(&self) -> Option<&T> {
+        self.settings.get()
     }
 }
 
@@ -411,13 +321,40 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             p
         }
     });
-    validate::parse(&name, &text, dir)
+    validate::parse(&name, &text, dir, crate::source::KINDS)
+}
+
+/// As `load`, with the source kinds to read devices with (the built-in `source::KINDS` and
+/// more: a kind outside the crate, e.g. a test's).
+pub fn load_with(
+    path: &Path,
+    kinds: &[&dyn crate::source::SourceKind],
+) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    validate::parse(&name, &text, path.parent(), kinds)
 }
 
 /// Parses and validates configuration text; `file` names it in errors. Profiles: the
 /// built-in ones, and files in `[agent] profiles_dir` when it is set.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
-    validate::parse(file, text, None)
+    validate::parse(file, text, None, crate::source::KINDS)
+}
+
+/// As `parse`, with the source kinds to read devices with (see `load_with`).
+pub fn parse_with(
+    file: &str,
+    text: &str,
+    kinds: &[&dyn crate::source::SourceKind],
+) -> Result<Config, ConfigErrors> {
+    validate::parse(file, text, None, kinds)
 }
 
 #[cfg(test)]

@@ -24,8 +24,7 @@ pub struct RawConfig {
     pub brokers: BTreeMap<Spanned<String>, Spanned<BrokerSection>>,
     /// Line-wide report-by-exception defaults.
     pub report: Option<Spanned<ReportSection>>,
-    #[serde(default)]
-    pub devices: Vec<Spanned<DeviceSection>>,
+    // `[[devices]]` are taken out of the document before it is read (`DeviceCommon`).
 }
 
 /// `[brokers.NAME]`: one MQTT connection. The same keys are valid on an MQTT sink.
@@ -240,74 +239,19 @@ impl DeviceKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Protocol {
-    ModbusTcp,
-    ModbusRtu,
-    ModbusRtuOverTcp,
-    Mqtt,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::ModbusTcp => "modbus-tcp",
-            Protocol::ModbusRtu => "modbus-rtu",
-            Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
-            Protocol::Mqtt => "mqtt",
-        }
-    }
-}
-
+/// The keys every `[[devices]]` table has, whatever its `protocol`. The other keys belong to
+/// the device's source kind, which reads them with its own struct (`source::SourceKind`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SerialSection {
-    pub port: Spanned<String>,
-    pub baud: Option<Spanned<i64>>,
-    pub parity: Option<Spanned<String>>,
-    pub data_bits: Option<Spanned<i64>>,
-    pub stop_bits: Option<Spanned<i64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceSection {
+pub struct DeviceCommon {
     pub id: Option<Spanned<String>>,
     pub kind: Option<Spanned<DeviceKind>>,
     pub cell: Option<Spanned<String>>,
     pub profile: Option<Spanned<String>>,
-    pub protocol: Option<Spanned<Protocol>>,
-    pub address: Option<Spanned<String>>,
-    pub serial: Option<Spanned<SerialSection>>,
-    pub unit: Option<Spanned<i64>>,
-    pub poll: Option<ConfInterval>,
-    pub timeout: Option<ConfDuration>,
-    pub max_registers: Option<Spanned<i64>>,
-    pub max_gap: Option<Spanned<i64>>,
-    /// Extra silence before and after each frame to this unit (RTU drives that need it).
-    pub turnaround: Option<ConfDuration>,
-    /// Further attempts after a timeout, CRC or framing error, within the same cycle.
-    pub retries: Option<Spanned<i64>>,
-    /// How often a unit that stopped answering is probed on a shared bus.
-    pub probe_interval: Option<ConfDuration>,
+    /// Which source kind reads the device (default "modbus-tcp").
+    pub protocol: Option<Spanned<String>>,
+    pub poll: Option<Spanned<ConfInterval>>,
     pub report: Option<Spanned<ReportSection>>,
-    /// MQTT: the `[brokers.NAME]` it is read through.
-    pub broker: Option<Spanned<String>>,
-    /// MQTT: the topic its messages arrive on ({site} {line} {cell} {device} expand).
-    pub topic: Option<Spanned<String>>,
-    /// MQTT: json | value | sparkplug-b.
-    pub format: Option<Spanned<String>>,
-    pub qos: Option<Spanned<i64>>,
-    /// MQTT json: a JSON pointer to the sample time.
-    pub timestamp: Option<Spanned<String>>,
-    pub timestamp_format: Option<Spanned<String>>,
-    /// MQTT: nothing for this long and the device is down.
-    pub stale_after: Option<Spanned<ConfDuration>>,
-    /// MQTT sparkplug-b: the edge node (and device) this device is.
-    pub sparkplug: Option<Spanned<SparkplugSection>>,
-    /// MQTT sparkplug-b: the most metrics the device's births may bring.
-    pub max_metrics: Option<Spanned<i64>>,
     #[serde(default)]
     pub tags: Tags,
     #[serde(default)]

@@ -63,8 +63,7 @@ pub async fn run(broker: BrokerConfig, devices: Vec<Publisher>, started: Instant
         .into_iter()
         .map(|(d, bank)| {
             let every = d
-                .mqtt
-                .as_ref()
+                .settings::<crate::config::MqttDevice>()
                 .map(|m| m.stale_after / 4)
                 .unwrap_or(Duration::from_secs(1))
                 .clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -112,7 +111,9 @@ pub async fn run(broker: BrokerConfig, devices: Vec<Publisher>, started: Instant
             every,
         } = &plans[i];
         next[i] = at + *every;
-        let Some(m) = &d.mqtt else { continue };
+        let Some(m) = d.settings::<crate::config::MqttDevice>() else {
+            continue;
+        };
         let fault = lock(bank).fault.clone();
         if fault == Fault::Silent {
             continue;

@@ -4,7 +4,7 @@
 
 use super::bank::{Bank, Fault};
 use super::rtu;
-use crate::config::{Config, Protocol, SerialConfig, Table};
+use crate::config::{Config, MqttDevice, SerialConfig, Table, Transport};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -56,14 +56,10 @@ impl Simulator {
         let mut tasks = Vec::new();
         // MQTT devices publish to their broker (sim/mqtt.rs); their bank holds the fault.
         let mut publishers: HashMap<String, Vec<super::mqtt::Publisher>> = HashMap::new();
-        for d in config
-            .devices
-            .iter()
-            .filter(|d| d.protocol == Protocol::Mqtt)
-        {
-            let bank = Arc::new(Mutex::new(Bank::for_device(d)));
-            devices.insert(d.id.clone(), bank.clone());
-            if let Some(m) = &d.mqtt {
+        for d in &config.devices {
+            if let Some(m) = d.settings::<MqttDevice>() {
+                let bank = Arc::new(Mutex::new(Bank::for_device(d)));
+                devices.insert(d.id.clone(), bank.clone());
                 publishers
                     .entry(m.broker.clone())
                     .or_default()
@@ -75,39 +71,35 @@ impl Simulator {
                 tasks.push(tokio::spawn(super::mqtt::run(b.clone(), list, started)));
             }
         }
-        for d in config
-            .devices
-            .iter()
-            .filter(|d| d.protocol != Protocol::Mqtt)
-        {
+        for (d, m) in crate::source::modbus::devices(config) {
             let bank = Arc::new(Mutex::new(Bank::for_device(d)));
             devices.insert(d.id.clone(), bank.clone());
-            match (d.protocol, &d.serial) {
-                (Protocol::ModbusRtu, Some(s)) => {
+            match (m.transport, &m.serial) {
+                (Transport::Rtu, Some(s)) => {
                     serial_ports.insert(d.id.clone(), s.port.clone());
                     by_port
                         .entry(s.port.clone())
                         .or_insert_with(|| (s.clone(), HashMap::new()))
                         .1
-                        .insert(d.unit, bank);
+                        .insert(m.unit, bank);
                     continue;
                 }
-                (Protocol::ModbusRtuOverTcp, _) => {
+                (Transport::RtuOverTcp, _) => {
                     rtu_tcp
-                        .entry(d.address.clone())
+                        .entry(m.address.clone())
                         .or_default()
-                        .insert(d.unit, bank);
+                        .insert(m.unit, bank);
                     continue;
                 }
                 _ => {}
             }
             // Port 0 asks for an ephemeral port: each such device gets a listener of its own.
-            let key = if d.address.ends_with(":0") {
-                format!("{}#{}", d.address, d.id)
+            let key = if m.address.ends_with(":0") {
+                format!("{}#{}", m.address, d.id)
             } else {
-                d.address.clone()
+                m.address.clone()
             };
-            by_address.entry(key).or_default().insert(d.unit, bank);
+            by_address.entry(key).or_default().insert(m.unit, bank);
         }
         for (_, (serial, units)) in by_port {
             tasks.push(tokio::spawn(rtu::serve_serial(
@@ -121,8 +113,8 @@ impl Simulator {
                 io::Error::new(e.kind(), format!("cannot listen on {address}: {e}"))
             })?;
             let local = listener.local_addr()?;
-            for d in &config.devices {
-                if d.protocol == Protocol::ModbusRtuOverTcp && d.address == address {
+            for (d, m) in crate::source::modbus::devices(config) {
+                if m.transport == Transport::RtuOverTcp && m.address == address {
                     addresses.insert(d.id.clone(), local);
                 }
             }
@@ -138,11 +130,11 @@ impl Simulator {
                 io::Error::new(e.kind(), format!("cannot listen on {address}: {e}"))
             })?;
             let local = listener.local_addr()?;
-            for d in &config.devices {
-                let dkey = if d.address.ends_with(":0") {
-                    format!("{}#{}", d.address, d.id)
+            for (d, m) in crate::source::modbus::devices(config) {
+                let dkey = if m.address.ends_with(":0") {
+                    format!("{}#{}", m.address, d.id)
                 } else {
-                    d.address.clone()
+                    m.address.clone()
                 };
                 if dkey == key {
                     addresses.insert(d.id.clone(), local);

@@ -28,16 +28,16 @@ pub fn data_type(p: &PointConfig) -> DataType {
 }
 
 /// The device's descriptor (its id is given by the registry).
-pub fn device(d: &DeviceConfig) -> DeviceDescriptor {
+pub fn device(d: &DeviceConfig, address: &str, unit: u32) -> DeviceDescriptor {
     DeviceDescriptor {
         id: 0,
         name: d.id.clone(),
         kind: d.kind.as_str().to_string(),
         cell: d.cell.clone().unwrap_or_default(),
         tags: tags(&d.tags),
-        protocol: d.protocol.as_str().to_string(),
-        address: d.address.clone(),
-        unit: d.unit as u32,
+        protocol: d.protocol.to_string(),
+        address: address.to_string(),
+        unit,
     }
 }
 

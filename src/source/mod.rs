@@ -11,7 +11,10 @@ pub mod modbus;
 pub mod mqtt;
 
 use crate::component::ComponentId;
-use crate::config::Config;
+use crate::config::table::RawTable;
+use crate::config::validate::devices::DeviceDraft;
+use crate::config::validate::Ctx;
+use crate::config::{Config, Settings};
 use crate::model::catalog::{Registry, Version};
 use crate::observe::liveness::Beat;
 use crate::observe::metrics::Metrics;
@@ -70,11 +73,45 @@ impl SourceContext {
     }
 }
 
+/// One source kind: the `protocol` values it reads, its own keys of a `[[devices]]` table, and
+/// how its devices run. The keys every device has (id, kind, cell, profile, poll, report, tags,
+/// points) are read by shared code (`config/validate/devices.rs`) before the kind is asked.
+pub trait SourceKind: Sync {
+    /// The `protocol` values it reads.
+    fn protocols(&self) -> &'static [&'static str];
+    /// How messages name its devices ("Modbus", "MQTT").
+    fn title(&self) -> &'static str;
+    /// The device keys it reads (`config::table::fields_of` its device struct): a key of
+    /// another kind is then reported as that kind's.
+    fn device_keys(&self) -> &'static [&'static str];
+    /// Reads and checks its keys of one device (`raw` holds only those), errors at their
+    /// locations in `cx`; the settings become `DeviceConfig::settings`.
+    fn device(&self, cx: &mut Ctx, raw: RawTable, device: &DeviceDraft) -> Option<Settings>;
+    /// Whether its devices may take their points from a profile (register maps).
+    fn takes_profiles(&self) -> bool {
+        false
+    }
+    /// Whether its points are registers, checked for overlaps.
+    fn reads_registers(&self) -> bool {
+        false
+    }
+    /// Whether a device may list no points (it learns them at run time).
+    fn points_optional(&self, _settings: &Settings) -> bool {
+        false
+    }
+    /// Registers its devices of `config` in the catalog and returns their components.
+    fn build(&self, config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>>;
+}
+
+/// Every built-in source kind: a new kind is its folder and one line here.
+pub static KINDS: &[&dyn SourceKind] = &[&modbus::config::Kind, &mqtt::config::Kind];
+
 /// Builds every source a configuration names, registering their devices and points.
 pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    sources.extend(modbus::build(config, registry));
-    sources.extend(mqtt::build(config, registry));
+    for kind in KINDS {
+        sources.extend(kind.build(config, registry));
+    }
     let sinks = config.sinks.iter().map(|s| s.name.clone()).collect();
     if let Some(a) = agent::build(config.agent.self_interval, sinks, registry) {
         sources.push(Box::new(a));

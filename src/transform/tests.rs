@@ -28,7 +28,7 @@ impl Rig {
         let mut r = Registry::new("l", "", Vec::new(), None);
         let mut points = crate::source::describe::points(&d);
         points.extend(health_points());
-        let ids = r.set_device(crate::source::describe::device(&d), points);
+        let ids = r.set_device(crate::source::describe::device(&d, "", 1), points);
         let v = r.version();
         let view = DeviceView::of(&v, ids.device);
         let mut plan = Plan::new(&cfg);

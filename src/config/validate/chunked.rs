@@ -11,61 +11,62 @@
 //! `parse_block`): the raw structures of a 20,000-point file (~1 KB a point, 20 MB) never
 //! exist at once, only one device's, beside the validated configuration.
 
-use super::super::schema::{DeviceSection, RawConfig};
-use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::ops::Range;
+use toml::de::{DeTable, DeValue};
 
 /// Smaller files are parsed whole (the tree is small).
 const CHUNK_ABOVE: usize = 256 << 10;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Devices {
-    #[serde(default)]
-    devices: Vec<Spanned<DeviceSection>>,
-}
-
-/// The file's raw structures, parsed whole or a device at a time (same result, same errors).
-#[cfg(test)]
-pub(super) fn parse_raw(text: &str) -> Result<RawConfig, toml::de::Error> {
-    let (mut raw, blocks) = split(text)?;
-    let mut padded = String::new();
-    for b in blocks {
-        raw.devices.extend(parse_block(text, b, &mut padded)?);
-    }
-    Ok(raw)
-}
-
 /// The file parsed whole (small or unusual: the blocks are empty), or its head parsed and the
 /// byte ranges of its `[[devices]]` blocks, for `parse_block`.
-pub(super) fn split(text: &str) -> Result<(RawConfig, Vec<Range<usize>>), toml::de::Error> {
+pub(super) fn split(
+    text: &str,
+) -> Result<(Spanned<DeTable<'_>>, Vec<Range<usize>>), toml::de::Error> {
     if text.len() < CHUNK_ABOVE {
-        return Ok((toml::from_str(text)?, Vec::new()));
+        return Ok((DeTable::parse(text)?, Vec::new()));
     }
     let Some(blocks) = device_blocks(text) else {
-        return Ok((toml::from_str(text)?, Vec::new()));
+        return Ok((DeTable::parse(text)?, Vec::new()));
     };
     let head_end = blocks.first().map(|b| b.start).unwrap_or(text.len());
-    let raw: RawConfig = toml::from_str(&text[..head_end])?;
-    if !raw.devices.is_empty() {
+    let head = DeTable::parse(&text[..head_end])?;
+    if head.get_ref().iter().any(|(k, _)| k.get_ref() == "devices") {
         // `devices = [...]` in the head: only the whole document says what that means.
-        return Ok((toml::from_str(text)?, Vec::new()));
+        return Ok((DeTable::parse(text)?, Vec::new()));
     }
-    Ok((raw, blocks))
+    Ok((head, blocks))
 }
 
-/// The devices of one block of `split` (`padded` is reused from block to block).
-pub(super) fn parse_block(
+/// The `[[devices]]` tables of one block of `split`, located in the whole text (`padded` is
+/// the block preceded by as many spaces as there are bytes before it).
+pub(super) fn parse_block<'p>(
     text: &str,
     block: Range<usize>,
-    padded: &mut String,
-) -> Result<Vec<Spanned<DeviceSection>>, toml::de::Error> {
+    padded: &'p mut String,
+) -> Result<Vec<Spanned<DeValue<'p>>>, toml::de::Error> {
     padded.clear();
     padded.extend(std::iter::repeat_n(' ', block.start));
     padded.push_str(&text[block]);
-    let part: Devices = toml::from_str(padded)?;
-    Ok(part.devices)
+    let mut part = DeTable::parse(padded)?.into_inner();
+    Ok(take_devices(&mut part))
+}
+
+/// Takes the `devices` array out of a document's root table.
+pub(super) fn take_devices<'i>(root: &mut DeTable<'i>) -> Vec<Spanned<DeValue<'i>>> {
+    let key = root
+        .iter()
+        .find(|(k, _)| k.get_ref() == "devices")
+        .map(|(k, _)| k.clone());
+    let Some(v) = key.and_then(|k| root.remove(&k)) else {
+        return Vec::new();
+    };
+    let span = v.span();
+    match v.into_inner() {
+        DeValue::Array(a) => a.into_iter().collect(),
+        // Not an array: handed on as it is, so validation says what it should be.
+        other => vec![Spanned::new(span, other)],
+    }
 }
 
 /// The byte ranges of the `[[devices]]` blocks, or `None` when the file is not simply a head
@@ -120,21 +121,42 @@ mod tests {
         s
     }
 
+    /// Every device of the file, parsed whole or a block at a time, as debug text.
+    fn devices(text: &str) -> Result<Vec<String>, toml::de::Error> {
+        let (mut head, blocks) = split(text)?;
+        let mut out: Vec<String> = take_devices(head.get_mut())
+            .iter()
+            .map(|d| format!("{d:?}"))
+            .collect();
+        let mut padded = String::new();
+        for b in blocks {
+            out.extend(
+                parse_block(text, b, &mut padded)?
+                    .iter()
+                    .map(|d| format!("{d:?}")),
+            );
+        }
+        Ok(out)
+    }
+
     #[test]
     fn a_large_file_parses_the_same_a_device_at_a_time() {
         let text = big(None);
         assert_eq!(device_blocks(&text).map(|b| b.len()), Some(150));
-        let whole: RawConfig = toml::from_str(&text).unwrap();
-        let chunked = parse_raw(&text).unwrap();
-        assert_eq!(format!("{whole:?}"), format!("{chunked:?}"));
+        let mut whole = DeTable::parse(&text).unwrap().into_inner();
+        let whole: Vec<String> = take_devices(&mut whole)
+            .iter()
+            .map(|d| format!("{d:?}"))
+            .collect();
+        assert_eq!(whole, devices(&text).unwrap());
     }
 
     #[test]
     fn errors_keep_their_place() {
         // A syntax error deep in the file (device 120): same message, same span.
         let text = big(Some(120 * 30 + 7));
-        let whole = toml::from_str::<RawConfig>(&text).unwrap_err();
-        let chunked = parse_raw(&text).unwrap_err();
+        let whole = DeTable::parse(&text).unwrap_err();
+        let chunked = devices(&text).unwrap_err();
         assert_eq!(whole.span(), chunked.span());
         assert_eq!(whole.message(), chunked.message());
     }
@@ -144,8 +166,7 @@ mod tests {
         let mut text = big(None);
         text.push_str("[sinks.late]\ntype = \"file\"\npath = \"y.lp\"\n");
         assert!(device_blocks(&text).is_none());
-        let raw = parse_raw(&text).unwrap();
-        assert_eq!(raw.sinks.len(), 2);
+        assert_eq!(devices(&text).unwrap().len(), 150);
         let text = big(None).replacen("id = \"dev-3\"", "id = \"\"\"dev-3\"\"\"", 1);
         assert!(device_blocks(&text).is_none());
     }

@@ -5,6 +5,7 @@
 //! (`sink/influx/config.rs`, `sink/file/config.rs`, `source/modbus/config.rs`).
 
 mod chunked;
+pub mod devices;
 mod sinks;
 
 use super::schema::*;
@@ -15,10 +16,16 @@ use std::ops::Range;
 /// Tags that linetap sets itself; user tags may not reuse them.
 pub(crate) const RESERVED_TAGS: [&str; 5] = ["site", "line", "cell", "device", "kind"];
 
-pub(crate) struct Ctx<'a> {
+/// Validation of one file: its text, and the errors found so far with their places.
+pub struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
     pub(crate) errors: Vec<(usize, String)>,
+    /// Errors in the shape of the file (an unknown key, a value of the wrong type): when there
+    /// are any, only they are reported (what follows from them would only confuse).
+    shapes: Vec<(usize, String)>,
+    /// What a kind remembers from device to device (ports, units in use, ...).
+    state: std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any>>,
     /// Errors located in other files (the profiles this file uses).
     pub(crate) extra: Vec<ConfigError>,
     /// Every profile available, and those validated so far (`None`: it has errors).
@@ -35,6 +42,8 @@ impl<'a> Ctx<'a> {
             file,
             text,
             errors: Vec::new(),
+            shapes: Vec::new(),
+            state: Default::default(),
             extra: Vec::new(),
             profiles: Default::default(),
             loaded: Default::default(),
@@ -47,16 +56,40 @@ impl<'a> Ctx<'a> {
     }
 
     /// Whether any error was found (here or in a profile).
-    pub(crate) fn failed(&self) -> bool {
-        !self.errors.is_empty() || !self.extra.is_empty()
+    pub fn failed(&self) -> bool {
+        !self.errors.is_empty() || !self.extra.is_empty() || !self.shapes.is_empty()
     }
 
-    pub(crate) fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
+    /// An error at `span` of the file.
+    pub fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
         self.errors.push((span.start, msg.into()));
+    }
+
+    /// An error in the shape of the file (what the TOML reader refused).
+    pub fn shape(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        self.shapes.push((span.start, msg.into()));
+    }
+
+    /// What a kind keeps between the devices of one file (taken out; `put` it back).
+    pub fn take_state<T: Default + 'static>(&mut self) -> T {
+        self.state
+            .remove(&std::any::TypeId::of::<T>())
+            .and_then(|b| b.downcast::<T>().ok())
+            .map(|b| *b)
+            .unwrap_or_default()
+    }
+
+    pub fn put_state<T: 'static>(&mut self, state: T) {
+        self.state
+            .insert(std::any::TypeId::of::<T>(), Box::new(state));
     }
 
     /// Every error, this file's in file order, then those of its profiles.
     pub(crate) fn finish(mut self) -> ConfigErrors {
+        if !self.shapes.is_empty() {
+            self.errors = std::mem::take(&mut self.shapes);
+            self.extra.clear();
+        }
         self.errors.sort_by_key(|(at, _)| *at);
         let mut out: Vec<ConfigError> = self
             .errors
@@ -75,7 +108,7 @@ impl<'a> Ctx<'a> {
         ConfigErrors(out)
     }
 
-    pub(crate) fn tags(&mut self, raw: &Tags, what: &str) -> Vec<(String, String)> {
+    pub fn tags(&mut self, raw: &Tags, what: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for (k, v) in raw {
             if RESERVED_TAGS.contains(&k.get_ref().as_str()) {
@@ -94,7 +127,7 @@ impl<'a> Ctx<'a> {
         out
     }
 
-    pub(crate) fn non_empty(
+    pub fn non_empty(
         &mut self,
         s: &Option<Spanned<String>>,
         parent: Range<usize>,
@@ -128,6 +161,7 @@ pub(super) fn parse(
     file: &str,
     text: &str,
     dir: Option<&std::path::Path>,
+    kinds: &[&dyn crate::source::SourceKind],
 ) -> Result<Config, ConfigErrors> {
     let syntax = |e: toml::de::Error| {
         let mut cx = Ctx::new(file, text);
@@ -135,27 +169,38 @@ pub(super) fn parse(
         cx.err(at, e.message().trim().to_string());
         cx.finish()
     };
-    let (raw, blocks) = chunked::split(text).map_err(syntax)?;
+    let (head, blocks) = chunked::split(text).map_err(syntax)?;
+    let mut cx = Ctx::new(file, text);
+    let span = head.span();
+    let mut root = head.into_inner();
+    let head_devices = chunked::take_devices(&mut root);
+    let Some(raw) = crate::config::table::RawTable::new(span, root).finish::<RawConfig>(&mut cx)
+    else {
+        return Err(cx.finish());
+    };
+    let (mut config, line_report) = build(&mut cx, raw, dir);
+    let mut devices = devices::Devices::new(kinds, line_report);
+    for d in head_devices {
+        devices.add(&mut cx, d, &config.line, &config.brokers);
+    }
     // A large file's devices: each block parsed when validation reaches it and dropped once
     // validated. A syntax error stops there and is the only error reported (as a whole parse
     // reports it).
-    let mut failed = None;
     let mut padded = String::new();
-    let lazy = blocks
-        .into_iter()
-        .map_while(|b| match chunked::parse_block(text, b, &mut padded) {
-            Ok(devices) => Some(devices),
-            Err(e) => {
-                failed = Some(e);
-                None
+    for b in blocks {
+        match chunked::parse_block(text, b, &mut padded) {
+            Ok(part) => {
+                for d in part {
+                    devices.add(&mut cx, d, &config.line, &config.brokers);
+                }
             }
-        })
-        .flatten();
-    let mut cx = Ctx::new(file, text);
-    let config = build(&mut cx, raw, lazy, dir);
-    if let Some(e) = failed {
-        return Err(syntax(e));
+            Err(e) => return Err(syntax(e)),
+        }
     }
+    if devices.seen == 0 {
+        cx.err(0..0, "no [[devices]]: the configuration polls nothing");
+    }
+    config.devices = devices.devices;
     if !cx.failed() {
         Ok(config)
     } else {
@@ -163,13 +208,8 @@ pub(super) fn parse(
     }
 }
 
-/// Validates `raw`, whose devices are `raw.devices` followed by `more` (taken one at a time).
-fn build(
-    cx: &mut Ctx,
-    mut raw: RawConfig,
-    more: impl Iterator<Item = Spanned<DeviceSection>>,
-    dir: Option<&std::path::Path>,
-) -> Config {
+/// Validates everything but the devices; the line's report settings are the devices' defaults.
+fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> (Config, Report) {
     let line = match &raw.line {
         Some(l) => {
             let span = l.span();
@@ -331,25 +371,16 @@ fn build(
     let brokers = crate::source::mqtt::config::brokers(cx, &raw.brokers, &line.id);
     let sparkplug_host_ids =
         crate::source::mqtt::config::sparkplug_host_ids(cx, &raw.brokers, &line.id);
-    let mut seen = 0usize;
-    let raw_devices = std::mem::take(&mut raw.devices)
-        .into_iter()
-        .chain(more)
-        .inspect(|_| seen += 1);
-    let devices =
-        crate::source::modbus::config::devices(cx, raw_devices, line_report, &brokers, &line);
-    if seen == 0 {
-        cx.err(0..0, "no [[devices]]: the configuration polls nothing");
-    }
-    Config {
+    let config = Config {
         line,
         agent,
         buffer,
         sinks,
         brokers,
         sparkplug_host_ids,
-        devices,
-    }
+        devices: Vec::new(),
+    };
+    (config, line_report)
 }
 
 /// Whether an http(s) URL points at this machine (127.0.0.0/8, ::1, localhost).
@@ -458,7 +489,7 @@ mod tests {
             }
             let text = String::from_utf8_lossy(&text).into_owned();
             for input in [text.as_str(), junk.as_str()] {
-                if let Err(errors) = parse("fuzz.toml", input, None) {
+                if let Err(errors) = parse("fuzz.toml", input, None, crate::source::KINDS) {
                     proptest::prop_assert!(!errors.0.is_empty());
                     for e in &errors.0 {
                         proptest::prop_assert!(e.line >= 1 && e.column >= 1, "unlocated: {}", e);

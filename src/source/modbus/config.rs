@@ -3,8 +3,12 @@
 //! checks across devices: unique ids, one setting per serial port, unique units per bus.
 
 use crate::config::schema::*;
+use crate::config::table::RawTable;
+use crate::config::units::ConfDuration;
+use crate::config::validate::devices::DeviceDraft;
 use crate::config::validate::{int_in, Ctx, RESERVED_TAGS};
 use crate::config::*;
+use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
@@ -15,126 +19,173 @@ pub const MAX_REGISTERS: i64 = 125;
 /// How often a unit that stopped answering on a shared bus is probed (`probe_interval`).
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Every `[[devices]]` entry, validated.
-pub(crate) fn devices(
-    cx: &mut Ctx,
-    raw: impl IntoIterator<Item = Spanned<DeviceSection>>,
-    line_report: Report,
-    brokers: &[crate::mqtt::connection::BrokerConfig],
-    line: &LineConfig,
-) -> Vec<DeviceConfig> {
-    let mut devices = Vec::new();
-    let mut ids: HashMap<String, Range<usize>> = HashMap::new();
-    // Per serial port: its settings and the device that set them; per RTU bus: units in use.
-    let mut ports: HashMap<String, (SerialConfig, String)> = HashMap::new();
-    let mut units: HashMap<(String, u8), String> = HashMap::new();
-    for d in raw {
-        let d = &d;
-        if let Some(dev) = device(cx, d, line_report, brokers, line) {
-            if let Some(id) = &d.get_ref().id {
-                if ids.contains_key(id.get_ref()) {
-                    cx.err(id.span(), format!("duplicate device id {:?}", id.get_ref()));
-                }
-                ids.insert(id.get_ref().clone(), id.span());
-            }
-            let at = d.span();
-            if let (Some(sc), Some(raw_serial)) = (&dev.serial, &d.get_ref().serial) {
-                match ports.get(&sc.port) {
-                    Some((first, owner)) if first != sc => cx.err(
-                        raw_serial.span(),
-                        format!(
-                            "serial port {:?} is configured differently by device {owner:?}: one port has one baud rate, parity, data and stop bits",
-                            sc.port
-                        ),
-                    ),
-                    Some(_) => {}
-                    None => {
-                        ports.insert(sc.port.clone(), (sc.clone(), dev.id.clone()));
-                    }
-                }
-            }
-            if matches!(
-                dev.protocol,
-                Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp
-            ) {
-                let unit_at = d.get_ref().unit.as_ref().map(|u| u.span()).unwrap_or(at);
-                if let Some(other) = units.insert((dev.bus(), dev.unit), dev.id.clone()) {
-                    cx.err(
-                        unit_at,
-                        format!(
-                            "unit {} is already used by device {other:?} on {}: units on one bus must differ",
-                            dev.unit,
-                            dev.bus()
-                        ),
-                    );
-                }
-            }
-            devices.push(dev);
-        }
-    }
-    devices
+/// The keys of a Modbus device (besides those every device has).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusDeviceSection {
+    pub address: Option<Spanned<String>>,
+    pub serial: Option<Spanned<SerialSection>>,
+    pub unit: Option<Spanned<i64>>,
+    pub timeout: Option<ConfDuration>,
+    pub max_registers: Option<Spanned<i64>>,
+    pub max_gap: Option<Spanned<i64>>,
+    /// Extra silence before and after each frame to this unit (RTU drives that need it).
+    pub turnaround: Option<ConfDuration>,
+    /// Further attempts after a timeout, CRC or framing error, within the same cycle.
+    pub retries: Option<Spanned<i64>>,
+    /// How often a unit that stopped answering is probed on a shared bus.
+    pub probe_interval: Option<ConfDuration>,
 }
 
-fn device(
-    cx: &mut Ctx,
-    d: &Spanned<DeviceSection>,
-    line_report: Report,
-    brokers: &[crate::mqtt::connection::BrokerConfig],
-    line: &LineConfig,
-) -> Option<DeviceConfig> {
-    let span = d.span();
-    let d = d.get_ref();
-    let id = cx.non_empty(&d.id, span.clone(), "id", "[[devices]]");
-    let is_mqtt = d.protocol.as_ref().map(|p| *p.get_ref()) == Some(Protocol::Mqtt);
-    let profile = match &d.profile {
-        Some(p) if is_mqtt => {
-            cx.err(
-                p.span(),
-                "profiles describe Modbus register maps: an MQTT device lists its points",
-            );
-            None
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSection {
+    pub port: Spanned<String>,
+    pub baud: Option<Spanned<i64>>,
+    pub parity: Option<Spanned<String>>,
+    pub data_bits: Option<Spanned<i64>>,
+    pub stop_bits: Option<Spanned<i64>>,
+}
+
+/// How a Modbus device is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Modbus TCP (`modbus-tcp`).
+    Tcp,
+    /// RTU on a serial line (`modbus-rtu`).
+    Rtu,
+    /// RTU frames over a TCP connection to a serial device server (`modbus-rtu-over-tcp`).
+    RtuOverTcp,
+}
+
+/// A validated Modbus device's own settings (`DeviceConfig::settings`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusDevice {
+    pub transport: Transport,
+    /// `host:port` for the TCP variants (empty for `modbus-rtu`).
+    pub address: String,
+    /// The serial line, for `modbus-rtu`.
+    pub serial: Option<SerialConfig>,
+    pub unit: u8,
+    pub timeout: Duration,
+    pub max_registers: u16,
+    pub max_gap: u16,
+    /// Extra silence before and after each frame to this unit (default 0).
+    pub turnaround: Duration,
+    /// Further attempts after a timeout, CRC or framing error, within one cycle.
+    pub retries: u8,
+    /// On a shared bus, a unit that failed `DEGRADE_AFTER_CYCLES` cycles is only probed this often.
+    pub probe_interval: Duration,
+}
+
+impl ModbusDevice {
+    /// The physical bus the device is on: its serial port, or its TCP address. Devices with
+    /// the same bus share one connection and one scheduler.
+    pub fn bus(&self) -> String {
+        match (self.transport, &self.serial) {
+            (Transport::Rtu, Some(s)) => format!("serial {}", s.port),
+            (Transport::RtuOverTcp, _) => format!("rtu-over-tcp {}", self.address),
+            _ => format!("tcp {}", self.address),
         }
-        Some(p) => super::profile::load(cx, p),
-        None => None,
+    }
+}
+
+/// Serial line parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+impl Parity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }
+    }
+}
+
+/// One serial line (`serial = { port, baud, parity, data_bits, stop_bits }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialConfig {
+    pub port: String,
+    pub baud: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+impl SerialConfig {
+    /// Bits on the wire per character: start + data + parity + stop.
+    pub fn bits_per_char(&self) -> u32 {
+        1 + self.data_bits as u32 + u32::from(self.parity != Parity::None) + self.stop_bits as u32
+    }
+}
+
+/// The Modbus source kind (`source::KINDS`).
+pub struct Kind;
+
+/// Across the devices of one file: one setting per serial port, one unit per RTU bus.
+#[derive(Default)]
+struct Seen {
+    ports: HashMap<String, (SerialConfig, String)>,
+    units: HashMap<(String, u8), String>,
+}
+
+impl crate::source::SourceKind for Kind {
+    fn protocols(&self) -> &'static [&'static str] {
+        &["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp"]
+    }
+    fn title(&self) -> &'static str {
+        "Modbus"
+    }
+    fn device_keys(&self) -> &'static [&'static str] {
+        crate::config::table::fields_of::<ModbusDeviceSection>()
+    }
+    fn device(&self, cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<Settings> {
+        let dev = device(cx, raw, d)?;
+        Some(Settings::new(dev))
+    }
+    fn takes_profiles(&self) -> bool {
+        true
+    }
+    fn reads_registers(&self) -> bool {
+        true
+    }
+    fn build(
+        &self,
+        config: &Config,
+        registry: &mut crate::model::catalog::Registry,
+    ) -> Vec<Box<dyn crate::source::Source>> {
+        super::build(config, registry)
+    }
+}
+
+fn device(cx: &mut Ctx, raw: RawTable, draft: &DeviceDraft) -> Option<ModbusDevice> {
+    let span = draft.span.clone();
+    let id = draft.id;
+    let d: ModbusDeviceSection = raw.finish(cx)?;
+    let transport = match draft.protocol {
+        "modbus-rtu" => Transport::Rtu,
+        "modbus-rtu-over-tcp" => Transport::RtuOverTcp,
+        _ => Transport::Tcp,
     };
-    let kind = d
-        .kind
-        .as_ref()
-        .map(|k| *k.get_ref())
-        .or(profile.as_ref().and_then(|p| p.kind))
-        .unwrap_or(DeviceKind::Other);
-    let protocol = d
-        .protocol
-        .as_ref()
-        .map(|p| *p.get_ref())
-        .unwrap_or(Protocol::ModbusTcp);
-    let mqtt = if protocol == Protocol::Mqtt {
-        Some(crate::source::mqtt::config::device(
-            cx,
-            d,
-            span.clone(),
-            &id,
-            brokers,
-            line,
-        ))
-    } else {
-        crate::source::mqtt::config::reject_on_modbus(cx, d);
-        None
-    };
-    let serial = match (&d.serial, protocol) {
-        (Some(s), Protocol::ModbusRtu) => Some(serial(cx, s)),
-        (Some(_), Protocol::Mqtt) => None,
+    let serial = match (&d.serial, transport) {
+        (Some(s), Transport::Rtu) => Some(serial(cx, s)),
         (Some(s), _) => {
             cx.err(
                 s.span(),
                 format!(
                     "`serial` belongs to protocol = \"modbus-rtu\"; {} uses `address`",
-                    protocol.as_str()
+                    draft.protocol
                 ),
             );
             None
         }
-        (None, Protocol::ModbusRtu) => {
+        (None, Transport::Rtu) => {
             cx.err(
                 span.clone(),
                 format!("device {id:?} uses modbus-rtu and needs `serial = {{ port = \"/dev/ttyUSB0\", baud = 19200 }}`"),
@@ -144,9 +195,7 @@ fn device(
         (None, _) => None,
     };
     let address = match &d.address {
-        // Reported by the MQTT device's validation.
-        Some(_) if protocol == Protocol::Mqtt => String::new(),
-        Some(a) if protocol == Protocol::ModbusRtu => {
+        Some(a) if transport == Transport::Rtu => {
             cx.err(
                 a.span(),
                 "modbus-rtu devices are reached through `serial`, not `address` (use protocol = \"modbus-rtu-over-tcp\" for a serial device server)",
@@ -171,7 +220,7 @@ fn device(
             a.get_ref().clone()
         }
         None => {
-            if !matches!(protocol, Protocol::ModbusRtu | Protocol::Mqtt) {
+            if transport != Transport::Rtu {
                 cx.err(
                     span.clone(),
                     format!("device {id:?} needs `address` (HOST:PORT)"),
@@ -181,90 +230,65 @@ fn device(
         }
     };
     // A serial line addresses units 1..=247 (0 is broadcast, which never answers).
-    let unit = if protocol == Protocol::ModbusTcp {
+    let unit = if transport == Transport::Tcp {
         int_in(cx, &d.unit, 0..=255, 1, "unit")
     } else {
         int_in(cx, &d.unit, 1..=247, 1, "unit on a serial line")
     } as u8;
-    let turnaround = d.turnaround.map(|t| t.0).unwrap_or(Duration::ZERO);
-    let default_retries = if protocol == Protocol::ModbusTcp {
-        0
-    } else {
-        1
-    };
-    let retries = int_in(cx, &d.retries, 0..=5, default_retries, "retries") as u8;
-    let probe_interval = d
-        .probe_interval
-        .map(|t| t.0)
-        .unwrap_or(DEFAULT_PROBE_INTERVAL);
-    let poll = d.poll.map(|p| p.0).unwrap_or(Duration::from_secs(1));
-    let timeout = d.timeout.map(|p| p.0).unwrap_or(Duration::from_millis(500));
-    let max_registers = int_in(
-        cx,
-        &d.max_registers,
-        1..=MAX_REGISTERS,
-        MAX_REGISTERS,
-        "max_registers",
-    ) as u16;
-    let max_gap = int_in(cx, &d.max_gap, 0..=MAX_REGISTERS, 16, "max_gap") as u16;
-    let tags = cx.tags(&d.tags, "device");
-
-    let report = crate::config::validate::report(cx, &d.report, line_report);
-    let pc = PointCtx {
-        kind,
-        poll,
-        report,
-        in_profile: false,
-        mqtt: mqtt.as_ref().map(|m| PointMqtt {
-            format: m.format,
-            line: line.clone(),
-            cell: d
-                .cell
-                .as_ref()
-                .map(|c| c.get_ref().clone())
-                .unwrap_or_default(),
-            device: id.clone(),
-        }),
-    };
-    let profile_at = d.profile.as_ref().map(|p| p.span()).unwrap_or(span.clone());
-    let checked = super::profile::device_points(
-        cx,
-        d,
-        profile.as_deref().map(|p| (p, profile_at.clone())),
-        &pc,
-    );
-    check_points(cx, &checked, profile_at, &id, mqtt.is_none());
-    // A sparkplug-b device without points takes every metric of its birth.
-    let takes_births = mqtt
-        .as_ref()
-        .is_some_and(|m| m.format == MqttFormat::SparkplugB);
-    if d.points.is_empty() && d.profile.is_none() && !takes_births {
-        cx.err(span, format!("device {id:?} has no points"));
-    }
-    // Exactly as many as there are: a collect in place keeps the larger `Checked` buffer (and
-    // growth leaves up to a third spare), on a line of 20,000 listed points megabytes.
-    let mut points: Vec<PointConfig> = checked.into_iter().map(|c| c.config).collect();
-    points.shrink_to_fit();
-    Some(DeviceConfig {
-        id,
-        kind,
-        cell: d.cell.as_ref().map(|c| c.get_ref().clone()),
-        profile: d.profile.as_ref().map(|p| p.get_ref().clone()),
-        protocol,
+    let default_retries = if transport == Transport::Tcp { 0 } else { 1 };
+    let dev = ModbusDevice {
+        transport,
         address,
         serial,
         unit,
-        poll,
-        timeout,
-        max_registers,
-        max_gap,
-        turnaround,
-        retries,
-        probe_interval,
-        tags,
-        points,
-        mqtt,
-    })
+        timeout: d.timeout.map(|p| p.0).unwrap_or(Duration::from_millis(500)),
+        max_registers: int_in(
+            cx,
+            &d.max_registers,
+            1..=MAX_REGISTERS,
+            MAX_REGISTERS,
+            "max_registers",
+        ) as u16,
+        max_gap: int_in(cx, &d.max_gap, 0..=MAX_REGISTERS, 16, "max_gap") as u16,
+        turnaround: d.turnaround.map(|t| t.0).unwrap_or(Duration::ZERO),
+        retries: int_in(cx, &d.retries, 0..=5, default_retries, "retries") as u8,
+        probe_interval: d
+            .probe_interval
+            .map(|t| t.0)
+            .unwrap_or(DEFAULT_PROBE_INTERVAL),
+    };
+    // Across devices: one setting per serial port, one unit per RTU bus.
+    let mut seen: Seen = cx.take_state();
+    if let (Some(sc), Some(raw_serial)) = (&dev.serial, &d.serial) {
+        match seen.ports.get(&sc.port) {
+            Some((first, owner)) if first != sc => cx.err(
+                raw_serial.span(),
+                format!(
+                    "serial port {:?} is configured differently by device {owner:?}: one port has one baud rate, parity, data and stop bits",
+                    sc.port
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                seen.ports.insert(sc.port.clone(), (sc.clone(), id.to_string()));
+            }
+        }
+    }
+    if transport != Transport::Tcp {
+        let unit_at = d.unit.as_ref().map(|u| u.span()).unwrap_or(span);
+        if let Some(other) = seen.units.insert((dev.bus(), dev.unit), id.to_string()) {
+            cx.err(
+                unit_at,
+                format!(
+                    "unit {} is already used by device {other:?} on {}: units on one bus must differ",
+                    dev.unit,
+                    dev.bus()
+                ),
+            );
+        }
+    }
+    cx.put_state(seen);
+    Some(dev)
 }
 
 /// A validated point and where errors about it go (`None`: a profile's point, checked with its

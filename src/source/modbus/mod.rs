@@ -15,7 +15,7 @@ pub mod tcp;
 
 use super::{describe, Source, SourceContext};
 use crate::component::{fingerprint, ComponentId, Kind};
-use crate::config::{Config, DeviceConfig, Protocol};
+use crate::config::{Config, DeviceConfig, ModbusDevice, Transport};
 use crate::model::catalog::{health_points, HealthIds, Registry};
 use link::Link;
 use plan::plan_reads;
@@ -26,30 +26,30 @@ use std::time::Duration;
 use tcp::TcpLink;
 use tokio::task::JoinHandle;
 
-/// Whether this source kind reads `protocol`.
-pub fn reads(protocol: Protocol) -> bool {
-    matches!(
-        protocol,
-        Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp
-    )
+/// The Modbus devices of a configuration with their Modbus settings, in file order.
+pub fn devices(config: &Config) -> impl Iterator<Item = (&DeviceConfig, &ModbusDevice)> {
+    config
+        .devices
+        .iter()
+        .filter_map(|d| Some((d, d.settings::<ModbusDevice>()?)))
 }
 
 /// Registers a device's points and health points; returns its read plan.
-pub fn register(d: &DeviceConfig, registry: &mut Registry) -> DevicePlan {
+pub fn register(d: &DeviceConfig, m: &ModbusDevice, registry: &mut Registry) -> DevicePlan {
     let mut points = describe::points(d);
     let values = points.len();
     points.extend(health_points());
-    let ids = registry.set_device(describe::device(d), points);
+    let ids = registry.set_device(describe::device(d, &m.address, m.unit as u32), points);
     let h = &ids.points[values..];
     DevicePlan {
         device: ids.device,
         name: d.id.clone(),
-        unit: d.unit,
-        timeout: d.timeout,
-        turnaround: d.turnaround,
-        retries: d.retries,
-        probe_interval: d.probe_interval,
-        groups: plan_reads(d, &ids.points[..values]),
+        unit: m.unit,
+        timeout: m.timeout,
+        turnaround: m.turnaround,
+        retries: m.retries,
+        probe_interval: m.probe_interval,
+        groups: plan_reads(d, m, &ids.points[..values]),
         health: HealthIds {
             up: h[0],
             latency_ms: h[1],
@@ -104,26 +104,23 @@ impl Source for Bus {
 
 /// The Modbus devices of a configuration, registered and grouped by bus (in bus-name order).
 pub fn buses(config: &Config, registry: &mut Registry) -> Vec<Bus> {
-    let mut by_bus: BTreeMap<String, Vec<&DeviceConfig>> = BTreeMap::new();
-    for d in config.devices.iter().filter(|d| reads(d.protocol)) {
-        by_bus.entry(d.bus()).or_default().push(d);
+    let mut by_bus: BTreeMap<String, Vec<(&DeviceConfig, &ModbusDevice)>> = BTreeMap::new();
+    for (d, m) in devices(config) {
+        by_bus.entry(m.bus()).or_default().push((d, m));
     }
     // Register in config order, so ids follow the file on a fresh buffer.
-    let mut plans: BTreeMap<String, DevicePlan> = config
-        .devices
-        .iter()
-        .filter(|d| reads(d.protocol))
-        .map(|d| (d.id.clone(), register(d, registry)))
+    let mut plans: BTreeMap<String, DevicePlan> = devices(config)
+        .map(|(d, m)| (d.id.clone(), register(d, m, registry)))
         .collect();
     by_bus
         .into_iter()
         .map(|(name, devices)| {
             let connect_timeout = devices
                 .iter()
-                .map(|d| d.timeout)
+                .map(|(_, m)| m.timeout)
                 .max()
                 .unwrap_or(Duration::from_millis(500));
-            let link = link_for(devices[0], connect_timeout);
+            let link = link_for(devices[0].1, connect_timeout);
             Bus {
                 id: ComponentId {
                     kind: Kind::Bus,
@@ -132,26 +129,29 @@ pub fn buses(config: &Config, registry: &mut Registry) -> Vec<Bus> {
                 },
                 devices: devices
                     .iter()
-                    .map(|d| ComponentId {
+                    .map(|(d, _)| ComponentId {
                         kind: Kind::Device,
                         name: d.id.clone(),
                         fingerprint: fingerprint(d),
                     })
                     .collect(),
                 link,
-                plans: devices.iter().filter_map(|d| plans.remove(&d.id)).collect(),
+                plans: devices
+                    .iter()
+                    .filter_map(|(d, _)| plans.remove(&d.id))
+                    .collect(),
             }
         })
         .collect()
 }
 
 /// The link a device is reached over (a bus's first device decides for the bus).
-pub fn link_for(d: &DeviceConfig, connect_timeout: Duration) -> Link {
-    match (&d.protocol, &d.serial) {
-        (Protocol::ModbusRtu, Some(s)) => {
+pub fn link_for(d: &ModbusDevice, connect_timeout: Duration) -> Link {
+    match (d.transport, &d.serial) {
+        (Transport::Rtu, Some(s)) => {
             Link::Rtu(RtuLink::new(RtuTarget::Serial(s.clone()), connect_timeout))
         }
-        (Protocol::ModbusRtuOverTcp, _) => Link::Rtu(RtuLink::new(
+        (Transport::RtuOverTcp, _) => Link::Rtu(RtuLink::new(
             RtuTarget::Tcp(d.address.clone()),
             connect_timeout,
         )),
@@ -179,10 +179,7 @@ impl Bus {
 /// The read plan of every Modbus device of a configuration, in config order (for `check`).
 pub fn device_plans(config: &Config) -> Vec<DevicePlan> {
     let mut registry = Registry::new(&config.line.id, "", Vec::new(), None);
-    config
-        .devices
-        .iter()
-        .filter(|d| reads(d.protocol))
-        .map(|d| register(d, &mut registry))
+    devices(config)
+        .map(|(d, m)| register(d, m, &mut registry))
         .collect()
 }

@@ -2,7 +2,7 @@
 //! them into the fewest read requests within `max_registers` (2000 bits for coils and discrete
 //! inputs), spanning at most `max_gap` unused registers. Computed once at start-up.
 
-use crate::config::{DeviceConfig, PointType, Table, WordOrder};
+use crate::config::{DeviceConfig, ModbusDevice, PointType, Table, WordOrder};
 use std::time::Duration;
 
 /// Most bits one FC01/FC02 request may read (Modbus spec).
@@ -70,7 +70,7 @@ struct Item {
 
 /// Plans a device's reads. `ids` holds the catalog id of every value: each point's elements
 /// in turn, in config order (what `source::describe::points` registers).
-pub fn plan_reads(device: &DeviceConfig, ids: &[u32]) -> Vec<PollGroup> {
+pub fn plan_reads(device: &DeviceConfig, bus: &ModbusDevice, ids: &[u32]) -> Vec<PollGroup> {
     let mut items = Vec::new();
     let mut ids = ids.iter().copied();
     for p in &device.points {
@@ -112,13 +112,13 @@ pub fn plan_reads(device: &DeviceConfig, ids: &[u32]) -> Vec<PollGroup> {
         let limit = if item.table.is_bits() {
             MAX_BITS as u32
         } else {
-            device.max_registers as u32
+            bus.max_registers as u32
         };
         let gap = if item.table.is_bits() {
             // Bits are cheap: a gap of max_gap registers is 16× as many bits.
-            device.max_gap as u32 * 16
+            bus.max_gap as u32 * 16
         } else {
-            device.max_gap as u32
+            bus.max_gap as u32
         };
         if let Some((interval, req)) = &mut current {
             let req_end = req.start as u32 + req.count as u32;
@@ -204,7 +204,7 @@ mod tests {
              [[devices.points]]\nname='c'\naddress=40\n",
             "max_gap=16",
         );
-        let g = plan_reads(&d, &ids(&d));
+        let g = plan_reads(&d, d.settings().unwrap(), &ids(&d));
         assert_eq!(
             shape(&g),
             vec![
@@ -225,7 +225,7 @@ mod tests {
              [[devices.points]]\nname='c2'\ntable='coil'\naddress=100\n",
             "",
         );
-        let g = plan_reads(&d, &ids(&d));
+        let g = plan_reads(&d, d.settings().unwrap(), &ids(&d));
         assert_eq!(
             shape(&g),
             vec![
@@ -248,7 +248,7 @@ mod tests {
              [[devices.points]]\nname='b15'\naddress=7\ntype='bool'\nbit=15\n",
             "",
         );
-        let g = plan_reads(&d, &ids(&d));
+        let g = plan_reads(&d, d.settings().unwrap(), &ids(&d));
         assert_eq!(shape(&g), vec![(1000, Table::Holding, 7, 1, 3)]);
     }
 
@@ -258,7 +258,7 @@ mod tests {
             "[[devices.points]]\nname='a'\naddress=0\ncount=10\n",
             "max_registers=4",
         );
-        let g = plan_reads(&d, &ids(&d));
+        let g = plan_reads(&d, d.settings().unwrap(), &ids(&d));
         assert_eq!(
             shape(&g),
             vec![

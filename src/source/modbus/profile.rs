@@ -128,25 +128,25 @@ fn measurement(p: &PointSection, kind: DeviceKind) -> String {
 /// point of the same name and measurement), then the device's other points.
 pub(crate) fn device_points(
     cx: &mut Ctx,
-    device: &DeviceSection,
+    own: &[Spanned<PointSection>],
     profile: Option<(&Loaded, Range<usize>)>,
     pc: &PointCtx,
 ) -> Vec<Checked> {
     let mut out = Vec::new();
-    let mut used = vec![false; device.points.len()];
+    let mut used = vec![false; own.len()];
     if let Some((profile, at)) = profile {
         for pp in &profile.points {
             let pr = pp.get_ref();
             let name = pr.name.as_ref().map(|n| n.get_ref().as_str()).unwrap_or("");
             let m = measurement(pr, pc.kind);
-            let own = device.points.iter().position(|dp| {
+            let mine = own.iter().position(|dp| {
                 let d = dp.get_ref();
                 d.name.as_ref().is_some_and(|n| n.get_ref() == name) && measurement(d, pc.kind) == m
             });
-            match own {
+            match mine {
                 Some(k) => {
                     used[k] = true;
-                    let dp = &device.points[k];
+                    let dp = &own[k];
                     let merged = inherit(dp, pr);
                     if let Some(config) = point(cx, &merged, pc) {
                         out.push(Checked {
@@ -181,7 +181,7 @@ pub(crate) fn device_points(
             }
         }
     }
-    for (k, dp) in device.points.iter().enumerate() {
+    for (k, dp) in own.iter().enumerate() {
         if used[k] {
             continue;
         }

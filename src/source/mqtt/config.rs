@@ -2,13 +2,16 @@
 //! broker, topic, format, QoS, payload timestamps and staleness. Point keys (`json`, `topic`)
 //! are checked with the other point keys in `source/modbus/config.rs::point`.
 
-use crate::config::schema::{BrokerSection, DeviceSection};
+use crate::config::schema::{BrokerSection, SparkplugSection};
+use crate::config::table::RawTable;
+use crate::config::units::ConfDuration;
+use crate::config::validate::devices::DeviceDraft;
 use crate::config::validate::Ctx;
-use crate::config::{LineConfig, MqttDevice, MqttFormat, TimestampFormat};
+use crate::config::{LineConfig, Settings};
 use crate::mqtt::connection::{self, BrokerConfig, Keys};
+use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::time::Duration;
 
 /// Every `[brokers.NAME]`.
@@ -123,43 +126,108 @@ pub(crate) fn topic(
 }
 
 /// Metrics a Sparkplug device's births may bring unless `max_metrics` says otherwise.
+/// A device that publishes to a broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttDevice {
+    /// The `[brokers.NAME]` it is read through.
+    pub broker: String,
+    /// The device's topic, expanded (empty with format value, where each point has a topic).
+    pub topic: String,
+    pub format: MqttFormat,
+    pub qos: u8,
+    /// json: a pointer to the sample time in the payload.
+    pub timestamp: Option<String>,
+    pub timestamp_format: TimestampFormat,
+    /// Nothing for this long: the device is down.
+    pub stale_after: Duration,
+    /// sparkplug-b: (group, edge node, device under it or none for the node's own metrics).
+    pub sparkplug: Option<(String, String, Option<String>)>,
+    /// sparkplug-b: the most metrics the device's births may bring (default 2,000).
+    pub max_metrics: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttFormat {
+    Json,
+    Value,
+    SparkplugB,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampFormat {
+    Unix,
+    UnixMs,
+    UnixUs,
+    UnixNs,
+    Rfc3339,
+}
+
 pub const DEFAULT_MAX_METRICS: usize = 2_000;
 
 /// The MQTT part of a device: its broker, topic, format and the rest. Modbus keys are errors.
-pub(crate) fn device(
-    cx: &mut Ctx,
-    d: &DeviceSection,
-    span: Range<usize>,
-    id: &str,
-    brokers: &[BrokerConfig],
-    line: &LineConfig,
-) -> MqttDevice {
-    let modbus_only = [
-        (d.address.as_ref().map(|v| v.span()), "address"),
-        (d.serial.as_ref().map(|v| v.span()), "serial"),
-        (d.unit.as_ref().map(|v| v.span()), "unit"),
-        (d.max_registers.as_ref().map(|v| v.span()), "max_registers"),
-        (d.max_gap.as_ref().map(|v| v.span()), "max_gap"),
-        (d.retries.as_ref().map(|v| v.span()), "retries"),
-    ];
-    for (at, key) in modbus_only {
-        if let Some(at) = at {
-            cx.err(
-                at,
-                format!(
-                    "`{key}` belongs to Modbus devices; an MQTT device is reached through `broker`"
-                ),
-            );
-        }
+/// The keys of an MQTT device (besides those every device has).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttDeviceSection {
+    /// The `[brokers.NAME]` it is read through.
+    pub broker: Option<Spanned<String>>,
+    /// The topic its messages arrive on ({site} {line} {cell} {device} expand).
+    pub topic: Option<Spanned<String>>,
+    /// json | value | sparkplug-b.
+    pub format: Option<Spanned<String>>,
+    pub qos: Option<Spanned<i64>>,
+    /// json: a JSON pointer to the sample time.
+    pub timestamp: Option<Spanned<String>>,
+    pub timestamp_format: Option<Spanned<String>>,
+    /// Nothing for this long and the device is down.
+    pub stale_after: Option<Spanned<ConfDuration>>,
+    /// sparkplug-b: the edge node (and device) this device is.
+    pub sparkplug: Option<Spanned<SparkplugSection>>,
+    /// sparkplug-b: the most metrics the device's births may bring.
+    pub max_metrics: Option<Spanned<i64>>,
+}
+
+/// The MQTT source kind (`source::KINDS`).
+pub struct Kind;
+
+impl crate::source::SourceKind for Kind {
+    fn protocols(&self) -> &'static [&'static str] {
+        &["mqtt"]
     }
-    if d.poll.is_some()
-        || d.timeout.is_some()
-        || d.turnaround.is_some()
-        || d.probe_interval.is_some()
-    {
+    fn title(&self) -> &'static str {
+        "MQTT"
+    }
+    fn device_keys(&self) -> &'static [&'static str] {
+        crate::config::table::fields_of::<MqttDeviceSection>()
+    }
+    fn device(&self, cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<Settings> {
+        let section: MqttDeviceSection = raw.finish(cx)?;
+        Some(Settings::new(device(cx, &section, d)))
+    }
+    fn points_optional(&self, settings: &Settings) -> bool {
+        // A sparkplug-b device without points takes every metric of its birth.
+        settings
+            .get::<MqttDevice>()
+            .is_some_and(|m| m.format == MqttFormat::SparkplugB)
+    }
+    fn build(
+        &self,
+        config: &crate::config::Config,
+        registry: &mut crate::model::catalog::Registry,
+    ) -> Vec<Box<dyn crate::source::Source>> {
+        super::build(config, registry)
+    }
+}
+
+fn device(cx: &mut Ctx, d: &MqttDeviceSection, draft: &DeviceDraft) -> MqttDevice {
+    let span = draft.span.clone();
+    let id = draft.id;
+    let line = draft.line;
+    let brokers = draft.brokers;
+    if let Some(at) = &draft.poll {
         cx.err(
-            span.clone(),
-            "an MQTT device is not polled: `poll`, `timeout`, `turnaround` and `probe_interval` do not apply (use `stale_after`)",
+            at.clone(),
+            "an MQTT device is not polled: `poll` does not apply (use `stale_after`)",
         );
     }
     let broker = match &d.broker {
@@ -208,7 +276,7 @@ pub(crate) fn device(
             }
         },
     };
-    let cell = d.cell.as_ref().map(|c| c.get_ref().as_str()).unwrap_or("");
+    let cell = draft.cell;
     let sparkplug = match (&d.sparkplug, format) {
         (Some(sp), MqttFormat::SparkplugB) => {
             let r = sp.get_ref();
@@ -354,31 +422,5 @@ pub(crate) fn device(
         stale_after,
         sparkplug,
         max_metrics,
-    }
-}
-
-/// For a Modbus device: the MQTT keys are errors.
-pub(crate) fn reject_on_modbus(cx: &mut Ctx, d: &DeviceSection) {
-    let mqtt_only = [
-        (d.broker.as_ref().map(|v| v.span()), "broker"),
-        (d.topic.as_ref().map(|v| v.span()), "topic"),
-        (d.format.as_ref().map(|v| v.span()), "format"),
-        (d.qos.as_ref().map(|v| v.span()), "qos"),
-        (d.timestamp.as_ref().map(|v| v.span()), "timestamp"),
-        (
-            d.timestamp_format.as_ref().map(|v| v.span()),
-            "timestamp_format",
-        ),
-        (d.stale_after.as_ref().map(|v| v.span()), "stale_after"),
-        (d.sparkplug.as_ref().map(|v| v.span()), "sparkplug"),
-        (d.max_metrics.as_ref().map(|v| v.span()), "max_metrics"),
-    ];
-    for (at, key) in mqtt_only {
-        if let Some(at) = at {
-            cx.err(
-                at,
-                format!("`{key}` belongs to MQTT devices (protocol = \"mqtt\")"),
-            );
-        }
     }
 }

@@ -15,7 +15,7 @@ use super::{describe, Source, SourceContext};
 use crate::backoff::Backoff;
 use crate::buffer::Durability;
 use crate::component::{fingerprint, ComponentId, Kind};
-use crate::config::{Config, DeviceConfig, MqttFormat, Protocol};
+use crate::config::{Config, DeviceConfig, MqttDevice, MqttFormat};
 use crate::model::catalog::{health_points, HealthIds, Registry};
 use crate::model::{now_ns, Quality, Sample, SampleBatch, Value};
 use crate::mqtt::client::{self, Client, Event};
@@ -61,11 +61,11 @@ impl DevicePlan {
 
 /// Registers an MQTT device's points and health points; returns how its messages are read.
 pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan> {
-    let m = d.mqtt.as_ref()?;
+    let m = d.settings::<MqttDevice>()?;
     let mut points = describe::points(d);
     let values = points.len();
     points.extend(health_points());
-    let ids = registry.set_device(describe::device(d), points);
+    let ids = registry.set_device(describe::device(d, "", 1), points);
     let h = &ids.points[values..];
     // Each point's elements in turn, as `describe::points` lists them.
     let mut next = ids.points.iter().copied();
@@ -205,8 +205,10 @@ pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
         let devices: Vec<&DeviceConfig> = config
             .devices
             .iter()
-            .filter(|d| d.protocol == Protocol::Mqtt)
-            .filter(|d| d.mqtt.as_ref().is_some_and(|m| m.broker == b.name))
+            .filter(|d| {
+                d.settings::<MqttDevice>()
+                    .is_some_and(|m| m.broker == b.name)
+            })
             .collect();
         if devices.is_empty() {
             continue;

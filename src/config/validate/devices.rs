@@ -1,0 +1,233 @@
+//! `[[devices]]`: the keys every device has (`schema::DeviceCommon`: id, kind, cell, profile,
+//! protocol, poll, report, tags, points), the choice of its source kind by `protocol`, and the
+//! hand-off of the other keys to that kind (`source::SourceKind::device`, in the kind's
+//! folder). Points, profiles and the checks across a device's points are shared too
+//! (`source/modbus/config.rs::point`, `source/modbus/profile.rs`).
+
+use super::Ctx;
+use crate::config::schema::DeviceCommon;
+use crate::config::table::RawTable;
+use crate::config::*;
+use crate::source::modbus::config::{check_points, PointCtx, PointMqtt};
+use crate::source::SourceKind;
+use serde_spanned::Spanned;
+use std::collections::HashMap;
+use std::ops::Range;
+use toml::de::DeValue;
+
+/// What a source kind is told about the device whose keys it reads.
+pub struct DeviceDraft<'a> {
+    pub id: &'a str,
+    /// The `protocol` as written (one of the kind's).
+    pub protocol: &'static str,
+    /// The whole `[[devices]]` table (for "needs KEY" errors).
+    pub span: Range<usize>,
+    pub cell: &'a str,
+    /// Where `poll` is written, when it is.
+    pub poll: Option<Range<usize>>,
+    pub line: &'a LineConfig,
+    pub brokers: &'a [crate::mqtt::connection::BrokerConfig],
+}
+
+/// Validates `[[devices]]` tables one at a time (a large file hands them over as it parses).
+pub(crate) struct Devices<'k> {
+    kinds: &'k [&'k dyn SourceKind],
+    line_report: Report,
+    ids: HashMap<String, Range<usize>>,
+    pub devices: Vec<DeviceConfig>,
+    pub seen: usize,
+}
+
+impl<'k> Devices<'k> {
+    pub fn new(kinds: &'k [&'k dyn SourceKind], line_report: Report) -> Devices<'k> {
+        Devices {
+            kinds,
+            line_report,
+            ids: HashMap::new(),
+            devices: Vec::new(),
+            seen: 0,
+        }
+    }
+
+    pub fn add(
+        &mut self,
+        cx: &mut Ctx,
+        v: Spanned<DeValue<'_>>,
+        line: &LineConfig,
+        brokers: &[crate::mqtt::connection::BrokerConfig],
+    ) {
+        self.seen += 1;
+        let raw = match RawTable::of(v, "a [[devices]] entry") {
+            Ok(t) => t,
+            Err((at, msg)) => return cx.shape(at, msg),
+        };
+        if let Some(dev) = self.device(cx, raw, line, brokers) {
+            self.devices.push(dev);
+        }
+    }
+
+    fn device(
+        &mut self,
+        cx: &mut Ctx,
+        mut raw: RawTable,
+        line: &LineConfig,
+        brokers: &[crate::mqtt::connection::BrokerConfig],
+    ) -> Option<DeviceConfig> {
+        let span = raw.span();
+        // The kind first: which keys are shared and which are the kind's does not depend on it,
+        // but the messages about keys of another kind do.
+        let (kind, protocol) = match raw.peek_str("protocol") {
+            None => (self.kinds.first().copied(), "modbus-tcp"),
+            Some((p, at)) => match self
+                .kinds
+                .iter()
+                .find_map(|k| k.protocols().iter().find(|q| **q == p).map(|q| (*k, *q)))
+            {
+                Some((k, q)) => (Some(k), q),
+                None => {
+                    let known: Vec<&str> = self
+                        .kinds
+                        .iter()
+                        .flat_map(|k| k.protocols().iter().copied())
+                        .collect();
+                    cx.err(
+                        at,
+                        format!(
+                            "unknown protocol {p:?}: one of {}",
+                            known
+                                .iter()
+                                .map(|k| format!("{k:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                    (None, "")
+                }
+            },
+        };
+        // Keys of another kind: say whose they are (the kind's own struct would only say
+        // "unknown field").
+        if let Some(kind) = kind {
+            let mut foreign = Vec::new();
+            for (key, at) in raw.keys() {
+                let shared = crate::config::table::fields_of::<DeviceCommon>().contains(&key);
+                if shared || kind.device_keys().contains(&key) {
+                    continue;
+                }
+                if let Some(owner) = self.kinds.iter().find(|k| k.device_keys().contains(&key)) {
+                    cx.err(
+                        at,
+                        format!(
+                            "`{key}` belongs to {} devices (protocol = {}); this device is {protocol}",
+                            owner.title(),
+                            owner
+                                .protocols()
+                                .iter()
+                                .map(|p| format!("{p:?}"))
+                                .collect::<Vec<_>>()
+                                .join(" | ")
+                        ),
+                    );
+                    foreign.push(key.to_string());
+                }
+            }
+            for key in foreign {
+                raw.remove(&key);
+            }
+        }
+        let d: DeviceCommon = raw.take(cx)?;
+        let id = cx.non_empty(&d.id, span.clone(), "id", "[[devices]]");
+        if let Some(i) = &d.id {
+            if self.ids.contains_key(i.get_ref()) {
+                cx.err(i.span(), format!("duplicate device id {:?}", i.get_ref()));
+            }
+            self.ids.insert(i.get_ref().clone(), i.span());
+        }
+        let kind = kind?;
+        let profile = match &d.profile {
+            Some(p) if !kind.takes_profiles() => {
+                cx.err(
+                    p.span(),
+                    format!(
+                        "profiles describe Modbus register maps: a {} device lists its points",
+                        kind.title()
+                    ),
+                );
+                None
+            }
+            Some(p) => crate::source::modbus::profile::load(cx, p),
+            None => None,
+        };
+        let device_kind = d
+            .kind
+            .as_ref()
+            .map(|k| *k.get_ref())
+            .or(profile.as_ref().and_then(|p| p.kind))
+            .unwrap_or(DeviceKind::Other);
+        let cell = d
+            .cell
+            .as_ref()
+            .map(|c| c.get_ref().clone())
+            .unwrap_or_default();
+        let draft = DeviceDraft {
+            id: &id,
+            protocol,
+            span: span.clone(),
+            cell: &cell,
+            poll: d.poll.as_ref().map(|p| p.span()),
+            line,
+            brokers,
+        };
+        let settings = kind.device(cx, raw, &draft);
+        let poll = d
+            .poll
+            .as_ref()
+            .map(|p| p.get_ref().0)
+            .unwrap_or(Duration::from_secs(1));
+        let tags = cx.tags(&d.tags, "device");
+        let report = super::report(cx, &d.report, self.line_report);
+        let mqtt = settings
+            .as_ref()
+            .and_then(|s| s.get::<MqttDevice>())
+            .map(|m| PointMqtt {
+                format: m.format,
+                line: line.clone(),
+                cell: cell.clone(),
+                device: id.clone(),
+            });
+        let pc = PointCtx {
+            kind: device_kind,
+            poll,
+            report,
+            in_profile: false,
+            mqtt,
+        };
+        let profile_at = d.profile.as_ref().map(|p| p.span()).unwrap_or(span.clone());
+        let checked = crate::source::modbus::profile::device_points(
+            cx,
+            &d.points,
+            profile.as_deref().map(|p| (p, profile_at.clone())),
+            &pc,
+        );
+        check_points(cx, &checked, profile_at, &id, kind.reads_registers());
+        let settings = settings?;
+        if d.points.is_empty() && d.profile.is_none() && !kind.points_optional(&settings) {
+            cx.err(span, format!("device {id:?} has no points"));
+        }
+        // Exactly as many as there are: a collect in place keeps the larger `Checked` buffer
+        // (and growth leaves up to a third spare), on a line of 20,000 listed points megabytes.
+        let mut points: Vec<PointConfig> = checked.into_iter().map(|c| c.config).collect();
+        points.shrink_to_fit();
+        Some(DeviceConfig {
+            id,
+            kind: device_kind,
+            cell: d.cell.as_ref().map(|c| c.get_ref().clone()),
+            profile: d.profile.as_ref().map(|p| p.get_ref().clone()),
+            protocol,
+            poll,
+            tags,
+            points,
+            settings,
+        })
+    }
+}
