@@ -1,7 +1,7 @@
 //! `linetap check`: the plan of a valid configuration, as text: devices, points, the
 //! Modbus requests each poll cycle issues, and the estimated load of each serial bus.
 
-use crate::config::{Config, SerialConfig, SinkKind};
+use crate::config::{Config, SerialConfig};
 use crate::source::modbus::budget::{bus_budget, BusBudget, DeviceLoad};
 use crate::source::modbus::device_plans;
 use crate::source::modbus::poller::DevicePlan;
@@ -217,39 +217,9 @@ pub fn render_plan(config: &Config) -> String {
     }
     let _ = writeln!(o, "\nsinks:");
     for s in &config.sinks {
-        let what = match &s.kind {
-            SinkKind::Influx(i) => format!(
-                "influxdb {} {}{}",
-                match i.api {
-                    crate::config::InfluxApi::V1 => "v1",
-                    crate::config::InfluxApi::V2 => "v2",
-                },
-                i.url,
-                if i.gzip { " (gzip)" } else { "" }
-            ),
-            SinkKind::File(f) => format!("file {}", f.path.display()),
-            SinkKind::Mqtt(m) => match m.format {
-                crate::sink::mqtt::config::MqttSinkFormat::SparkplugB => format!(
-                    "mqtt {}://{} sparkplug-b edge node {}/{} (births and data at QoS 0, NDEATH as the will)",
-                    if m.broker.tls { "mqtts" } else { "mqtt" },
-                    m.broker.address(),
-                    m.sparkplug.0,
-                    m.sparkplug.1
-                ),
-                f => format!(
-                    "mqtt {}://{} format {}, topic {}, qos {}",
-                    if m.broker.tls { "mqtts" } else { "mqtt" },
-                    m.broker.address(),
-                    if f == crate::sink::mqtt::config::MqttSinkFormat::Json {
-                        "json"
-                    } else {
-                        "linetap"
-                    },
-                    m.topic,
-                    m.qos
-                ),
-            },
-        };
+        let what = crate::sink::kind(s.kind)
+            .map(|k| k.describe(&s.settings))
+            .unwrap_or_default();
         let _ = writeln!(
             o,
             "  {:?}: {what} (batch {}, flush {:?})",
@@ -376,8 +346,8 @@ pub fn warnings(config: &Config) -> Vec<String> {
         w.push("no [sinks]: readings would be polled but delivered nowhere".to_string());
     }
     for s in &config.sinks {
-        if let SinkKind::Influx(i) = &s.kind {
-            for secret in [&i.token, &i.password].into_iter().flatten() {
+        if let Some(kind) = crate::sink::kind(s.kind) {
+            for secret in kind.secrets(&s.settings) {
                 if let Err(e) = secret.resolve() {
                     w.push(format!(
                         "sink {:?}: {e} (here and now; `run` needs it)",

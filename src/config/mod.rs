@@ -86,9 +86,19 @@ pub struct BufferConfig {
 pub struct SinkConfig {
     /// The table name: the sink's identity.
     pub name: String,
-    pub kind: SinkKind,
+    /// Its `type`, the name of its kind (`sink::SinkKind::name`).
+    pub kind: &'static str,
     pub batch_size: usize,
     pub flush_interval: Duration,
+    /// What its kind read from its own keys (URL, path, broker, ...).
+    pub settings: Settings,
+}
+
+impl SinkConfig {
+    /// The sink kind's own settings, when the sink is of that kind.
+    pub fn settings<T: std::any::Any>(&self) -> Option<&T> {
+        self.settings.get()
+    }
 }
 
 /// Where a secret comes from; literal secrets in the config file are rejected.
@@ -129,20 +139,11 @@ impl Secret {
 impl SinkConfig {
     /// The digest of every secret the sink uses (see `Secret::digest`).
     pub fn secrets_digest(&self) -> u64 {
-        let secrets: Vec<&Secret> = match &self.kind {
-            SinkKind::Influx(c) => c.token.iter().chain(c.password.iter()).collect(),
-            SinkKind::Mqtt(c) => c.broker.password.iter().collect(),
-            SinkKind::File(_) => Vec::new(),
-        };
+        let secrets: Vec<&Secret> = crate::sink::kind(self.kind)
+            .map(|k| k.secrets(&self.settings))
+            .unwrap_or_default();
         crate::component::fingerprint(&secrets.iter().map(|s| s.digest()).collect::<Vec<_>>())
     }
-}
-
-#[derive(Debug, Clone)]
-pub enum SinkKind {
-    Influx(InfluxConfig),
-    File(FileSinkConfig),
-    Mqtt(crate::sink::mqtt::config::MqttSinkConfig),
 }
 
 #[derive(Debug, Clone)]

@@ -17,8 +17,7 @@ pub struct RawConfig {
     pub agent: AgentSection,
     #[serde(default)]
     pub buffer: BufferSection,
-    #[serde(default)]
-    pub sinks: BTreeMap<Spanned<String>, Spanned<SinkSection>>,
+    // `[sinks.NAME]` tables are taken out of the document before it is read (`SinkCommon`).
     /// MQTT broker connections that devices subscribe through.
     #[serde(default)]
     pub brokers: BTreeMap<Spanned<String>, Spanned<BrokerSection>>,
@@ -146,75 +145,20 @@ pub struct BufferSection {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SinkType {
-    Influxdb,
-    Mqtt,
-    File,
-}
-
-impl SinkType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SinkType::Influxdb => "influxdb",
-            SinkType::Mqtt => "mqtt",
-            SinkType::File => "file",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum InfluxApi {
     V1,
     V2,
 }
 
-/// One `[sinks.NAME]` table. Flat rather than an internally tagged enum, because serde buffers
-/// tagged enums and the parser would lose the locations of errors inside them; `validate`
-/// checks which keys belong to which `type`.
+/// The keys every `[sinks.NAME]` table has, whatever its `type`. The other keys belong to the
+/// sink's kind, which reads them with its own struct (`sink::SinkKind`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SinkSection {
+pub struct SinkCommon {
     #[serde(rename = "type")]
-    pub kind: Spanned<SinkType>,
-    pub url: Option<Spanned<String>>,
-    pub api: Option<Spanned<InfluxApi>>,
-    pub org: Option<Spanned<String>>,
-    pub bucket: Option<Spanned<String>>,
-    pub token: Option<Spanned<String>>,
-    pub token_file: Option<Spanned<String>>,
-    pub token_env: Option<Spanned<String>>,
-    pub database: Option<Spanned<String>>,
-    pub retention_policy: Option<Spanned<String>>,
-    pub username: Option<Spanned<String>>,
-    pub password: Option<Spanned<String>>,
-    pub password_file: Option<Spanned<String>>,
-    pub password_env: Option<Spanned<String>>,
+    pub kind: Option<Spanned<String>>,
     pub batch_size: Option<Spanned<i64>>,
     pub flush_interval: Option<ConfDuration>,
-    pub timeout: Option<Spanned<ConfDuration>>,
-    pub gzip: Option<Spanned<bool>>,
-    pub format: Option<Spanned<String>>,
-    pub topic: Option<Spanned<String>>,
-    pub qos: Option<Spanned<i64>>,
-    /// MQTT sink, format linetap: where the retained catalog goes.
-    pub catalog_topic: Option<Spanned<String>>,
-    /// MQTT sink, format sparkplug-b: the edge node's group and node ids.
-    pub sparkplug: Option<Spanned<SparkplugSection>>,
-    /// MQTT sink, format sparkplug-b: the host application whose online STATE births wait for.
-    pub primary_host: Option<Spanned<String>>,
-    pub client_id: Option<Spanned<String>>,
-    pub ca_file: Option<Spanned<String>>,
-    pub cert_file: Option<Spanned<String>>,
-    pub key_file: Option<Spanned<String>>,
-    pub clean_session: Option<Spanned<bool>>,
-    pub keep_alive: Option<Spanned<ConfDuration>>,
-    pub max_packet_size: Option<Spanned<ConfSize>>,
-    /// MQTT sink: "5" (default) or "3.1.1".
-    pub mqtt_version: Option<Spanned<String>>,
-    pub path: Option<Spanned<String>>,
-    pub max_file_bytes: Option<Spanned<ConfSize>>,
-    pub max_files: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

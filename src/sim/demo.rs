@@ -6,7 +6,9 @@
 
 use super::view::View;
 use super::Simulator;
-use crate::config::{self, Config, InfluxApi, InfluxConfig, Secret, SinkConfig, SinkKind};
+use crate::config::{
+    self, Config, FileSinkConfig, InfluxApi, InfluxConfig, Secret, Settings, SinkConfig,
+};
 use crate::run::{stop_signal, Agent};
 use std::io::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,7 +37,8 @@ pub fn demo_config() -> Result<Config, String> {
         }
         cfg.sinks.push(SinkConfig {
             name: "influx".into(),
-            kind: SinkKind::Influx(InfluxConfig {
+            kind: "influxdb",
+            settings: Settings::new(InfluxConfig {
                 url: url.trim_end_matches('/').to_string(),
                 api: if v1_db.is_some() {
                     InfluxApi::V1
@@ -72,7 +75,7 @@ pub async fn run(duration: Option<Duration>) -> i32 {
     };
     // Each demo run starts a fresh output file.
     for s in &cfg.sinks {
-        if let SinkKind::File(f) = &s.kind {
+        if let Some(f) = s.settings::<FileSinkConfig>() {
             let _ = std::fs::remove_file(&f.path);
         }
     }
@@ -105,16 +108,16 @@ pub async fn run(duration: Option<Duration>) -> i32 {
     let targets: Vec<String> = cfg
         .sinks
         .iter()
-        .map(|s| match &s.kind {
-            SinkKind::File(f) => f.path.display().to_string(),
-            SinkKind::Influx(i) => i.url.clone(),
-            SinkKind::Mqtt(m) => format!("mqtt {}", m.broker.address()),
+        .map(|s| {
+            crate::sink::kind(s.kind)
+                .map(|k| k.describe(&s.settings))
+                .unwrap_or_default()
         })
         .collect();
-    let file = cfg.sinks.iter().find_map(|s| match &s.kind {
-        SinkKind::File(f) => Some(f.path.clone()),
-        _ => None,
-    });
+    let file = cfg
+        .sinks
+        .iter()
+        .find_map(|s| s.settings::<FileSinkConfig>().map(|f| f.path.clone()));
     let devices = cfg.devices.len();
     println!(
         "linetap demo: simulating {devices} device{} of line {:?} on loopback; writing to {} (buffered in {}). Ctrl-C stops.",

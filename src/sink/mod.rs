@@ -15,7 +15,10 @@ pub mod lines;
 pub mod mqtt;
 
 use crate::buffer::SinkReader;
-use crate::config::{SinkConfig, SinkKind};
+use crate::config::table::RawTable;
+use crate::config::validate::sinks::SinkDraft;
+use crate::config::validate::Ctx;
+use crate::config::{Settings, SinkConfig};
 use crate::model::{Catalog, SampleBatch};
 use crate::observe::liveness::Beat;
 use crate::observe::metrics::SinkMetrics;
@@ -129,21 +132,58 @@ pub trait Sink: Send + 'static {
     }
 }
 
-/// Builds the sink a configuration names: the one place that knows every sink kind.
+/// One sink kind: its `type`, its own keys of a `[sinks.NAME]` table, and how it is built.
+/// The keys every sink has (type, batch_size, flush_interval) are read by shared code
+/// (`config/validate/sinks.rs`) before the kind is asked.
+pub trait SinkKind: Sync {
+    /// Its `type`.
+    fn name(&self) -> &'static str;
+    /// The keys it reads (`config::table::fields_of` its struct): a key of another kind is
+    /// then reported as not one of this kind's.
+    fn keys(&self) -> &'static [&'static str];
+    /// Reads and checks its keys of one sink (`raw` holds only those), errors at their
+    /// locations in `cx`; the settings become `SinkConfig::settings`.
+    fn validate(&self, cx: &mut Ctx, raw: RawTable, sink: &SinkDraft) -> Option<Settings>;
+    /// The sink, ready to start.
+    fn build(&self, settings: &Settings, ctx: &BuildContext) -> Result<Box<dyn Start>, String>;
+    /// One line for `linetap check`: where the sink writes.
+    fn describe(&self, settings: &Settings) -> String;
+    /// The secrets it reads (their content enters its fingerprint; `check` tries them).
+    fn secrets<'a>(&self, _settings: &'a Settings) -> Vec<&'a crate::config::Secret> {
+        Vec::new()
+    }
+}
+
+/// Every sink kind: a new kind is its folder and one line here.
+pub static KINDS: &[&dyn SinkKind] = &[
+    &influx::config::Kind,
+    &file::config::Kind,
+    &mqtt::config::Kind,
+];
+
+/// The kind named `name` (a `SinkConfig::kind`).
+pub fn kind(name: &str) -> Option<&'static dyn SinkKind> {
+    KINDS.iter().find(|k| k.name() == name).copied()
+}
+
+/// The kind's settings as `T`, or an error naming the sink (a kind handed another's settings).
+pub(crate) fn settings_of<'a, T: std::any::Any>(
+    settings: &'a Settings,
+    kind: &str,
+) -> Result<&'a T, String> {
+    settings
+        .get()
+        .ok_or_else(|| format!("{kind} sink: settings of another kind"))
+}
+
+/// Builds the sink a configuration names, through its kind.
 pub fn build(cfg: &SinkConfig, data_dir: &std::path::Path) -> Result<Box<dyn Start>, String> {
     let ctx = BuildContext {
         name: &cfg.name,
         data_dir,
     };
-    let built: Box<dyn Start> = match &cfg.kind {
-        SinkKind::Influx(c) => Box::new(influx::build(c, &ctx)?),
-        SinkKind::File(c) => Box::new(file::build(c, &ctx)?),
-        SinkKind::Mqtt(c) if c.format == mqtt::config::MqttSinkFormat::SparkplugB => {
-            Box::new(mqtt::sparkplug::build(c, &ctx)?)
-        }
-        SinkKind::Mqtt(c) => Box::new(mqtt::build(c, &ctx)?),
-    };
-    Ok(built)
+    let kind = kind(cfg.kind).ok_or_else(|| format!("unknown sink type {:?}", cfg.kind))?;
+    kind.build(&cfg.settings, &ctx)
 }
 
 /// What a sink kind's `build` may use besides its own configuration.

@@ -6,7 +6,7 @@
 
 mod chunked;
 pub mod devices;
-mod sinks;
+pub mod sinks;
 
 use super::schema::*;
 use super::*;
@@ -174,11 +174,12 @@ pub(super) fn parse(
     let span = head.span();
     let mut root = head.into_inner();
     let head_devices = chunked::take_devices(&mut root);
+    let raw_sinks = take_sinks(&mut cx, &mut root);
     let Some(raw) = crate::config::table::RawTable::new(span, root).finish::<RawConfig>(&mut cx)
     else {
         return Err(cx.finish());
     };
-    let (mut config, line_report) = build(&mut cx, raw, dir);
+    let (mut config, line_report) = build(&mut cx, raw, raw_sinks, dir);
     let mut devices = devices::Devices::new(kinds, line_report);
     for d in head_devices {
         devices.add(&mut cx, d, &config.line, &config.brokers);
@@ -208,8 +209,44 @@ pub(super) fn parse(
     }
 }
 
+/// Takes the `[sinks.NAME]` tables out of a document's root table, in name order.
+fn take_sinks<'i>(
+    cx: &mut Ctx,
+    root: &mut toml::de::DeTable<'i>,
+) -> Vec<(Spanned<String>, Spanned<toml::de::DeValue<'i>>)> {
+    let key = root
+        .iter()
+        .find(|(k, _)| k.get_ref() == "sinks")
+        .map(|(k, _)| k.clone());
+    let Some(v) = key.and_then(|k| root.remove(&k)) else {
+        return Vec::new();
+    };
+    let span = v.span();
+    match v.into_inner() {
+        toml::de::DeValue::Table(t) => t
+            .into_iter()
+            .map(|(k, v)| (Spanned::new(k.span(), k.into_inner().into_owned()), v))
+            .collect(),
+        other => {
+            cx.shape(
+                span,
+                format!(
+                    "`sinks` is a table of [sinks.NAME] tables, not a {}",
+                    other.type_str()
+                ),
+            );
+            Vec::new()
+        }
+    }
+}
+
 /// Validates everything but the devices; the line's report settings are the devices' defaults.
-fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> (Config, Report) {
+fn build(
+    cx: &mut Ctx,
+    raw: RawConfig,
+    raw_sinks: Vec<(Spanned<String>, Spanned<toml::de::DeValue<'_>>)>,
+    dir: Option<&std::path::Path>,
+) -> (Config, Report) {
     let line = match &raw.line {
         Some(l) => {
             let span = l.span();
@@ -343,7 +380,7 @@ fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> (Config
     // A sink's buffer cursor and dead-letter file are named after it with every character but
     // letters, digits, '-' and '_' replaced: two names must not meet there.
     let mut files: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
-    for name in raw.sinks.keys() {
+    for (name, _) in &raw_sinks {
         let file = crate::buffer::cursors::file_name(name.get_ref());
         match files.get(&file) {
             Some(other) => cx.err(
@@ -359,9 +396,8 @@ fn build(cx: &mut Ctx, raw: RawConfig, dir: Option<&std::path::Path>) -> (Config
         }
     }
 
-    let sinks = raw
-        .sinks
-        .iter()
+    let sinks = raw_sinks
+        .into_iter()
         .filter_map(|(name, s)| {
             sinks::sink(cx, name, s, &line.id, line.site.as_deref().unwrap_or(""))
         })

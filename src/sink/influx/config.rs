@@ -1,13 +1,40 @@
 //! The `[sinks.NAME]` keys of `type = "influxdb"`: URL, API version and its credentials
 //! (never literal), timeout and gzip; validated with locations.
 
-use crate::config::schema::{InfluxApi, SinkSection};
+use crate::config::schema::InfluxApi;
+use crate::config::table::RawTable;
+use crate::config::units::ConfDuration;
+use crate::config::validate::sinks::SinkDraft;
 use crate::config::validate::Ctx;
+use crate::config::Settings;
 use crate::config::{is_loopback_url, Secret};
+use crate::sink::{settings_of, BuildContext, Start};
+use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The keys of an influxdb sink (besides those every sink has).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxSinkSection {
+    pub url: Option<Spanned<String>>,
+    pub api: Option<Spanned<InfluxApi>>,
+    pub org: Option<Spanned<String>>,
+    pub bucket: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
+    pub database: Option<Spanned<String>>,
+    pub retention_policy: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<ConfDuration>>,
+    pub gzip: Option<Spanned<bool>>,
+}
 
 #[derive(Debug, Clone)]
 pub struct InfluxConfig {
@@ -28,7 +55,8 @@ pub(crate) fn validate(
     cx: &mut Ctx,
     name: &Spanned<String>,
     span: Range<usize>,
-    s: &SinkSection,
+    type_at: Range<usize>,
+    s: &InfluxSinkSection,
 ) -> InfluxConfig {
     let url = match &s.url {
         Some(u) if u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://") => {
@@ -42,7 +70,7 @@ pub(crate) fn validate(
             String::new()
         }
         None => {
-            cx.err(s.kind.span(), "an influxdb sink needs `url`");
+            cx.err(type_at, "an influxdb sink needs `url`");
             String::new()
         }
     };
@@ -167,5 +195,46 @@ pub(crate) fn validate(
         gzip: s.gzip.as_ref().map(|g| *g.get_ref()).unwrap_or_else(|| {
             !is_loopback_url(s.url.as_ref().map(|u| u.get_ref().as_str()).unwrap_or(""))
         }),
+    }
+}
+
+/// The InfluxDB sink kind (`sink::KINDS`).
+pub struct Kind;
+
+impl crate::sink::SinkKind for Kind {
+    fn name(&self) -> &'static str {
+        "influxdb"
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        crate::config::table::fields_of::<InfluxSinkSection>()
+    }
+    fn validate(&self, cx: &mut Ctx, raw: RawTable, d: &SinkDraft) -> Option<Settings> {
+        let s: InfluxSinkSection = raw.finish(cx)?;
+        let c = validate(cx, d.name, d.span.clone(), d.type_at.clone(), &s);
+        Some(Settings::new(c))
+    }
+    fn build(&self, settings: &Settings, ctx: &BuildContext) -> Result<Box<dyn Start>, String> {
+        let c: &InfluxConfig = settings_of(settings, self.name())?;
+        Ok(Box::new(super::build(c, ctx)?))
+    }
+    fn describe(&self, settings: &Settings) -> String {
+        let Some(i) = settings.get::<InfluxConfig>() else {
+            return String::new();
+        };
+        format!(
+            "influxdb {} {}{}",
+            match i.api {
+                InfluxApi::V1 => "v1",
+                InfluxApi::V2 => "v2",
+            },
+            i.url,
+            if i.gzip { " (gzip)" } else { "" }
+        )
+    }
+    fn secrets<'a>(&self, settings: &'a Settings) -> Vec<&'a Secret> {
+        settings
+            .get::<InfluxConfig>()
+            .map(|c| c.token.iter().chain(c.password.iter()).collect())
+            .unwrap_or_default()
     }
 }

@@ -1,9 +1,15 @@
 //! The `[sinks.NAME]` keys of `type = "mqtt"`: the connection (as `[brokers.NAME]`), the
 //! format, the topics and the QoS; validated with locations.
 
-use crate::config::schema::SinkSection;
+use crate::config::schema::SparkplugSection;
+use crate::config::table::RawTable;
+use crate::config::units::{ConfDuration, ConfSize};
+use crate::config::validate::sinks::SinkDraft;
 use crate::config::validate::Ctx;
+use crate::config::Settings;
 use crate::mqtt::connection::{self, BrokerConfig, Keys};
+use crate::sink::{settings_of, BuildContext, Start};
+use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::ops::Range;
 
@@ -15,6 +21,36 @@ pub enum MqttSinkFormat {
     Json,
     /// A Sparkplug B 3.0 edge node: births, data by alias, deaths.
     SparkplugB,
+}
+
+/// The keys of an mqtt sink (besides those every sink has): a connection as `[brokers.NAME]`,
+/// the format and its topics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkSection {
+    pub url: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub topic: Option<Spanned<String>>,
+    pub qos: Option<Spanned<i64>>,
+    /// format linetap: where the retained catalog goes.
+    pub catalog_topic: Option<Spanned<String>>,
+    /// format sparkplug-b: the edge node's group and node ids.
+    pub sparkplug: Option<Spanned<SparkplugSection>>,
+    /// format sparkplug-b: the host application whose online STATE births wait for.
+    pub primary_host: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub clean_session: Option<Spanned<bool>>,
+    pub keep_alive: Option<Spanned<ConfDuration>>,
+    pub max_packet_size: Option<Spanned<ConfSize>>,
+    /// "5" (default) or "3.1.1".
+    pub mqtt_version: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +73,7 @@ pub(crate) fn validate(
     cx: &mut Ctx,
     name: &Spanned<String>,
     span: Range<usize>,
-    s: &SinkSection,
+    s: &MqttSinkSection,
     line: &str,
     site: &str,
 ) -> MqttSinkConfig {
@@ -217,5 +253,62 @@ pub(crate) fn validate(
         qos,
         sparkplug,
         primary_host,
+    }
+}
+
+/// The MQTT sink kind (`sink::KINDS`).
+pub struct Kind;
+
+impl crate::sink::SinkKind for Kind {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        crate::config::table::fields_of::<MqttSinkSection>()
+    }
+    fn validate(&self, cx: &mut Ctx, raw: RawTable, d: &SinkDraft) -> Option<Settings> {
+        let s: MqttSinkSection = raw.finish(cx)?;
+        let c = validate(cx, d.name, d.span.clone(), &s, d.line, d.site);
+        Some(Settings::new(c))
+    }
+    fn build(&self, settings: &Settings, ctx: &BuildContext) -> Result<Box<dyn Start>, String> {
+        let c: &MqttSinkConfig = settings_of(settings, self.name())?;
+        if c.format == MqttSinkFormat::SparkplugB {
+            Ok(Box::new(super::sparkplug::build(c, ctx)?))
+        } else {
+            Ok(Box::new(super::build(c, ctx)?))
+        }
+    }
+    fn describe(&self, settings: &Settings) -> String {
+        let Some(m) = settings.get::<MqttSinkConfig>() else {
+            return String::new();
+        };
+        match m.format {
+            MqttSinkFormat::SparkplugB => format!(
+                "mqtt {}://{} sparkplug-b edge node {}/{} (births and data at QoS 0, NDEATH as the will)",
+                if m.broker.tls { "mqtts" } else { "mqtt" },
+                m.broker.address(),
+                m.sparkplug.0,
+                m.sparkplug.1
+            ),
+            f => format!(
+                "mqtt {}://{} format {}, topic {}, qos {}",
+                if m.broker.tls { "mqtts" } else { "mqtt" },
+                m.broker.address(),
+                if f == MqttSinkFormat::Json {
+                    "json"
+                } else {
+                    "linetap"
+                },
+                m.topic,
+                m.qos
+            ),
+        }
+    }
+    fn secrets<'a>(&self, settings: &'a Settings) -> Vec<&'a crate::config::Secret> {
+        settings
+            .get::<MqttSinkConfig>()
+            .map(|c| c.broker.password.iter().collect())
+            .unwrap_or_default()
     }
 }
