@@ -269,7 +269,7 @@ fn render_mqtt_device(o: &mut String, d: &crate::config::DeviceConfig) {
         topics.push(m.topic.clone());
     }
     for p in &d.points {
-        if let Some(t) = &p.topic {
+        if let Some(t) = &crate::source::mqtt::config::mqtt_point(p).topic {
             if !topics.contains(t) {
                 topics.push(t.clone());
             }
@@ -363,13 +363,15 @@ pub fn warnings(config: &Config) -> Vec<String> {
 /// One point as `check` shows it: where it is read, how it is decoded, where it is written.
 fn describe_point(p: &crate::config::PointConfig) -> String {
     use crate::config::Derive;
+    let r = crate::source::modbus::config::reg(p);
+    let m = crate::source::mqtt::config::mqtt_point(p);
     let mut d = match &p.derive {
-        None if p.json.is_some() || p.topic.is_some() || p.metric.is_some() => {
+        None if m.json.is_some() || m.topic.is_some() || m.metric.is_some() => {
             let mut d = String::new();
-            if let Some(j) = &p.json {
+            if let Some(j) = &m.json {
                 d.push_str(&format!("json {j:?}"));
             }
-            if let Some(t) = &p.topic {
+            if let Some(t) = &m.topic {
                 d.push_str(&format!(
                     "{}topic {t}",
                     if d.is_empty() { "" } else { " on " }
@@ -391,7 +393,7 @@ fn describe_point(p: &crate::config::PointConfig) -> String {
             }
             return describe_extras(p, d);
         }
-        None => format!("{} {}", p.table.as_str(), p.address),
+        None => format!("{} {}", r.table.as_str(), r.address),
         Some(Derive::States { from, rows }) => format!("= states of {from} ({} rows)", rows.len()),
         Some(Derive::Bit { from, bit }) => format!("= bit {bit} of {from}"),
         Some(Derive::Expr(e)) => format!(
@@ -415,27 +417,27 @@ fn describe_point(p: &crate::config::PointConfig) -> String {
         }
         return describe_extras(p, d);
     }
-    if let Some(b) = p.bit {
+    if let Some(b) = r.bit {
         d.push_str(&format!(" bit {b}"));
     }
     d.push_str(&format!(" {}", p.kind.as_str()));
     let is_string = p.kind == crate::config::PointType::String;
-    if let (Some(b), false) = (p.byte, is_string) {
+    if let (Some(b), false) = (r.byte, is_string) {
         d.push_str(&format!(" {} byte", b.as_str()));
     }
     let swapped = matches!(
-        p.order,
+        r.order,
         crate::config::WordOrder::BADC | crate::config::WordOrder::DCBA
     );
     if p.kind == crate::config::PointType::String {
-        d.push_str(&format!("({} registers)", p.width));
-        if let Some(b) = p.byte {
+        d.push_str(&format!("({} registers)", r.width));
+        if let Some(b) = r.byte {
             d.push_str(&format!(" one character per register, {} byte", b.as_str()));
         } else if swapped {
             d.push_str(" BADC (low byte first)");
         }
     } else if p.kind.registers() > 1 || (p.kind.registers() == 1 && swapped) {
-        d.push_str(&format!(" {:?}", p.order));
+        d.push_str(&format!(" {:?}", r.order));
     }
     if p.count > 1 {
         d.push_str(&format!(

@@ -92,7 +92,8 @@ pub fn warnings(config: &Config) -> Vec<String> {
     let mut w = Vec::new();
     for (d, _) in crate::source::modbus::devices(config) {
         for p in d.points.iter().filter(|p| p.is_read()) {
-            if let Some(text) = address_warning(p.table, p.address as u32) {
+            let r = crate::source::modbus::config::reg(p);
+            if let Some(text) = address_warning(r.table, r.address as u32) {
                 w.push(format!("device {:?} point {:?}: {text}", d.id, p.name));
             }
         }

@@ -173,17 +173,9 @@ impl DeviceConfig {
 #[derive(Debug, Clone)]
 pub struct PointConfig {
     pub name: String,
-    pub table: Table,
-    pub address: u16,
     pub kind: PointType,
     pub count: u16,
     pub index_tag: Option<String>,
-    pub order: WordOrder,
-    pub bit: Option<u8>,
-    /// u8 / i8: which byte; strings: one character per register, from this byte.
-    pub byte: Option<ByteHalf>,
-    /// Registers per value (the string length for strings; 1 for bits).
-    pub width: u16,
     pub scale: f64,
     pub offset: f64,
     pub unit: String,
@@ -204,14 +196,9 @@ pub struct PointConfig {
     pub report: Report,
     /// What the simulator serves (an expression over `t` and `i`).
     pub simulate: Option<crate::transform::expr::Expr>,
-    /// MQTT json: the RFC 6901 pointer to the value in each message.
-    pub json: Option<String>,
-    /// MQTT: the point's own topic (expanded).
-    pub topic: Option<String>,
-    /// MQTT sparkplug-b: the birth metric it reads.
-    pub metric: Option<String>,
-    /// MQTT sparkplug-b, no `type` given: the birth's datatype decides what it is written as.
-    pub kind_from_birth: bool,
+    /// Where its value is read, as its source kind read it (registers, a JSON pointer, ...);
+    /// `None` for a derived point.
+    pub settings: Option<Settings>,
 }
 
 /// How a derived point is computed.
@@ -261,9 +248,9 @@ impl PointConfig {
     pub fn is_scaled(&self) -> bool {
         self.scale != 1.0 || self.offset != 0.0
     }
-    /// Registers (or bits) the whole point spans, all array elements included.
-    pub fn span(&self) -> u32 {
-        self.width as u32 * self.count as u32
+    /// Where its value is read, as source kind `T` read it (`None`: another kind, or derived).
+    pub fn settings<T: std::any::Any>(&self) -> Option<&T> {
+        self.settings.as_ref()?.get()
     }
 }
 

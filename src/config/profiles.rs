@@ -1,8 +1,8 @@
 //! Where device profiles come from (PRODUCT.md, "Device profiles"; docs/PROFILES.md): the
 //! built-in ones (the files under `profiles/` in the source tree, compiled into the binary)
 //! and `NAME.toml` files in `[agent] profiles_dir`, which add a profile or replace a built-in
-//! one. Validation of a profile's points lives with the Modbus points
-//! (`source/modbus/profile.rs`); this module only finds the texts.
+//! one. Validation of a profile and its points is in `config/validate/profile.rs`; this module
+//! only finds the texts.
 
 use std::collections::BTreeMap;
 use std::path::Path;

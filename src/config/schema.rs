@@ -82,8 +82,7 @@ pub struct StateRow {
 #[serde(deny_unknown_fields)]
 pub struct ProfileFile {
     pub profile: Spanned<ProfileHeader>,
-    #[serde(default)]
-    pub points: Vec<Spanned<PointSection>>,
+    // `[[points]]` are taken out of the file and read one at a time (`PointCommon`).
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,8 +197,7 @@ pub struct DeviceCommon {
     pub report: Option<Spanned<ReportSection>>,
     #[serde(default)]
     pub tags: Tags,
-    #[serde(default)]
-    pub points: Vec<Spanned<PointSection>>,
+    // `points` are taken out of the table and read one at a time (`PointCommon`).
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -372,21 +370,17 @@ impl<'de> Deserialize<'de> for RegAddress {
     }
 }
 
+/// The keys every point has (`[[devices.points]]`, a profile's `[[points]]`). The keys that
+/// say where its value is read belong to the device's source kind (`SourceKind::point`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PointSection {
+pub struct PointCommon {
     pub name: Option<Spanned<String>>,
-    pub table: Option<Spanned<Table>>,
-    pub address: Option<Spanned<RegAddress>>,
     #[serde(rename = "type")]
     pub kind: Option<Spanned<PointType>>,
     pub count: Option<Spanned<i64>>,
     pub index_tag: Option<Spanned<String>>,
-    pub order: Option<Spanned<WordOrder>>,
     pub bit: Option<Spanned<i64>>,
-    /// u8 / i8: which byte of the register; strings: one character per register, from this byte.
-    pub byte: Option<Spanned<ByteHalf>>,
-    pub length: Option<Spanned<i64>>,
     pub scale: Option<Spanned<f64>>,
     pub offset: Option<Spanned<f64>>,
     pub unit: Option<String>,
@@ -413,10 +407,4 @@ pub struct PointSection {
     /// What `linetap simulate` serves for this point: an expression over `t` (seconds) and
     /// `i` (the element), in the point's engineering unit.
     pub simulate: Option<Spanned<String>>,
-    /// MQTT json: an RFC 6901 pointer into the payload.
-    pub json: Option<Spanned<String>>,
-    /// MQTT: the point's own topic (required with format = "value").
-    pub topic: Option<Spanned<String>>,
-    /// MQTT sparkplug-b: the birth metric this point reads.
-    pub metric: Option<Spanned<String>>,
 }

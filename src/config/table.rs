@@ -49,6 +49,41 @@ impl<'i> RawTable<'i> {
             .map(|(_, v)| (v.get_ref().as_str().unwrap_or(""), v.span()))
     }
 
+    /// Takes an array of tables out (`[[points]]`); a value that is not an array is handed on
+    /// as its only element, so that reading it says what it should be.
+    pub fn take_array(&mut self, key: &str) -> Vec<Spanned<DeValue<'i>>> {
+        let Some(v) = self.remove(key) else {
+            return Vec::new();
+        };
+        let span = v.span();
+        match v.into_inner() {
+            DeValue::Array(a) => a.into_iter().collect(),
+            other => vec![Spanned::new(span, other)],
+        }
+    }
+
+    /// Adds every key of `base` this table does not have, located at this table's `name`
+    /// (errors about the combination then point where the table is written).
+    pub fn inherit(&mut self, base: RawTable<'i>) {
+        let at = self
+            .peek_str("name")
+            .map(|(_, at)| at)
+            .unwrap_or(self.span.clone());
+        for (k, v) in base.entries {
+            if !self.has(k.get_ref()) {
+                self.entries.insert(
+                    Spanned::new(at.clone(), k.into_inner()),
+                    Spanned::new(at.clone(), v.into_inner()),
+                );
+            }
+        }
+    }
+
+    /// Whether the key is (still) in the table.
+    pub fn has(&self, key: &str) -> bool {
+        self.entries.iter().any(|(k, _)| k.get_ref() == key)
+    }
+
     /// Takes a key out (the caller has dealt with it).
     pub fn remove(&mut self, key: &str) -> Option<Spanned<DeValue<'i>>> {
         let k = self

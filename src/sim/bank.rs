@@ -76,18 +76,19 @@ impl Bank {
         let mut size = [1usize; 4];
         let mut signals = Vec::new();
         for p in d.points.iter().filter(|p| p.is_read()) {
-            let end = p.address as usize + p.span() as usize;
-            let i = table_index(p.table);
+            let r = crate::source::modbus::config::reg(p);
+            let end = r.address as usize + r.span(p.count) as usize;
+            let i = table_index(r.table);
             size[i] = size[i].max(end);
             for e in 0..p.count {
                 signals.push(Signal {
-                    table: p.table,
-                    address: p.address + e * p.width,
+                    table: r.table,
+                    address: r.address + e * r.width,
                     kind: p.kind,
-                    order: p.order,
-                    bit: p.bit,
-                    byte: p.byte,
-                    width: p.width,
+                    order: r.order,
+                    bit: r.bit,
+                    byte: r.byte,
+                    width: r.width,
                     scale: p.scale,
                     offset: p.offset,
                     wave: match p

@@ -134,7 +134,10 @@ pub async fn run(broker: BrokerConfig, devices: Vec<Publisher>, started: Instant
                         set(&mut doc, ptr, timestamp(m.timestamp_format));
                     }
                     for p in points.iter() {
-                        let Some(ptr) = &p.point.json else { continue };
+                        let Some(ptr) = &crate::source::mqtt::config::mqtt_point(&p.point).json
+                        else {
+                            continue;
+                        };
                         let values: Vec<J> = p
                             .waves
                             .iter()
@@ -145,7 +148,10 @@ pub async fn run(broker: BrokerConfig, devices: Vec<Publisher>, started: Instant
                         } else {
                             values.into_iter().next().unwrap_or(J::Null)
                         };
-                        if p.point.topic.is_none() {
+                        if crate::source::mqtt::config::mqtt_point(&p.point)
+                            .topic
+                            .is_none()
+                        {
                             set(&mut doc, ptr, v);
                         }
                     }
@@ -177,7 +183,9 @@ pub async fn run(broker: BrokerConfig, devices: Vec<Publisher>, started: Instant
                     .iter()
                     .enumerate()
                     .filter_map(|(k, p)| {
-                        let name = p.point.metric.clone()?;
+                        let name = crate::source::mqtt::config::mqtt_point(&p.point)
+                            .metric
+                            .clone()?;
                         let dt = sim_datatype(p.point.kind);
                         let value = sp::metric_value(dt, &typed(&p.point, p.waves[0].value(t)))?;
                         Some(sp::Metric {
@@ -220,7 +228,8 @@ pub async fn run(broker: BrokerConfig, devices: Vec<Publisher>, started: Instant
             }
             MqttFormat::Value => {
                 for p in points.iter() {
-                    let Some(topic) = &p.point.topic else {
+                    let Some(topic) = &crate::source::mqtt::config::mqtt_point(&p.point).topic
+                    else {
                         continue;
                     };
                     let payload = if fault == Fault::Garbage {

@@ -13,6 +13,7 @@ pub mod mqtt;
 use crate::component::ComponentId;
 use crate::config::table::RawTable;
 use crate::config::validate::devices::DeviceDraft;
+use crate::config::validate::points::{Checked, PointDraft, PointPart};
 use crate::config::validate::Ctx;
 use crate::config::{Config, Settings};
 use crate::model::catalog::{Registry, Version};
@@ -91,10 +92,28 @@ pub trait SourceKind: Sync {
     fn takes_profiles(&self) -> bool {
         false
     }
-    /// Whether its points are registers, checked for overlaps.
-    fn reads_registers(&self) -> bool {
-        false
+    /// The point keys it reads (`fields_of` its point struct).
+    fn point_keys(&self) -> &'static [&'static str] {
+        &[]
     }
+    /// Reads its keys of one point (`raw` holds only those: the shared keys are taken) and
+    /// the point's type when none is given; for a derived point, says that none apply. The
+    /// default reads no keys and takes f64.
+    fn point(&self, cx: &mut Ctx, raw: RawTable, p: &PointDraft) -> Option<PointPart> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct NoKeys {}
+        let _: NoKeys = raw.finish(cx)?;
+        Some(PointPart {
+            kind: p
+                .kind
+                .map(|k| *k.get_ref())
+                .unwrap_or(crate::config::PointType::F64),
+            settings: None,
+        })
+    }
+    /// Checks across one device's points, beyond the shared ones (e.g. overlapping registers).
+    fn check_points(&self, _cx: &mut Ctx, _points: &[Checked], _fallback: std::ops::Range<usize>) {}
     /// Whether a device may list no points (it learns them at run time).
     fn points_optional(&self, _settings: &Settings) -> bool {
         false

@@ -1,14 +1,13 @@
 //! `[[devices]]`: the keys every device has (`schema::DeviceCommon`: id, kind, cell, profile,
 //! protocol, poll, report, tags, points), the choice of its source kind by `protocol`, and the
 //! hand-off of the other keys to that kind (`source::SourceKind::device`, in the kind's
-//! folder). Points, profiles and the checks across a device's points are shared too
-//! (`source/modbus/config.rs::point`, `source/modbus/profile.rs`).
+//! folder). Points and profiles: `points.rs`, `profile.rs`.
 
+use super::points::{check_points, PointCtx};
 use super::Ctx;
 use crate::config::schema::DeviceCommon;
 use crate::config::table::RawTable;
 use crate::config::*;
-use crate::source::modbus::config::{check_points, PointCtx, PointMqtt};
 use crate::source::SourceKind;
 use serde_spanned::Spanned;
 use std::collections::HashMap;
@@ -135,6 +134,7 @@ impl<'k> Devices<'k> {
                 raw.remove(&key);
             }
         }
+        let own_points = raw.take_array("points");
         let d: DeviceCommon = raw.take(cx)?;
         let id = cx.non_empty(&d.id, span.clone(), "id", "[[devices]]");
         if let Some(i) = &d.id {
@@ -155,7 +155,7 @@ impl<'k> Devices<'k> {
                 );
                 None
             }
-            Some(p) => crate::source::modbus::profile::load(cx, p),
+            Some(p) => super::profile::load(cx, p, kind),
             None => None,
         };
         let device_kind = d
@@ -186,32 +186,28 @@ impl<'k> Devices<'k> {
             .unwrap_or(Duration::from_secs(1));
         let tags = cx.tags(&d.tags, "device");
         let report = super::report(cx, &d.report, self.line_report);
-        let mqtt = settings
-            .as_ref()
-            .and_then(|s| s.get::<MqttDevice>())
-            .map(|m| PointMqtt {
-                format: m.format,
-                line: line.clone(),
-                cell: cell.clone(),
-                device: id.clone(),
-            });
         let pc = PointCtx {
             kind: device_kind,
             poll,
             report,
+            source: kind,
+            device: settings.as_ref(),
+            line: Some(line),
+            cell: &cell,
+            id: &id,
             in_profile: false,
-            mqtt,
         };
         let profile_at = d.profile.as_ref().map(|p| p.span()).unwrap_or(span.clone());
-        let checked = crate::source::modbus::profile::device_points(
+        let listed = !own_points.is_empty();
+        let checked = super::profile::device_points(
             cx,
-            &d.points,
+            own_points,
             profile.as_deref().map(|p| (p, profile_at.clone())),
             &pc,
         );
-        check_points(cx, &checked, profile_at, &id, kind.reads_registers());
+        check_points(cx, &checked, profile_at, &id, kind);
         let settings = settings?;
-        if d.points.is_empty() && d.profile.is_none() && !kind.points_optional(&settings) {
+        if !listed && d.profile.is_none() && !kind.points_optional(&settings) {
             cx.err(span, format!("device {id:?} has no points"));
         }
         // Exactly as many as there are: a collect in place keeps the larger `Checked` buffer

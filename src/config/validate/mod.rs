@@ -6,6 +6,8 @@
 
 mod chunked;
 pub mod devices;
+pub mod points;
+pub(crate) mod profile;
 pub mod sinks;
 
 use super::schema::*;
@@ -30,10 +32,7 @@ pub struct Ctx<'a> {
     pub(crate) extra: Vec<ConfigError>,
     /// Every profile available, and those validated so far (`None`: it has errors).
     pub(crate) profiles: std::collections::BTreeMap<String, profiles::ProfileText>,
-    pub(crate) loaded: std::collections::HashMap<
-        String,
-        Option<std::rc::Rc<crate::source::modbus::profile::Loaded>>,
-    >,
+    pub(crate) loaded: std::collections::HashMap<String, Option<std::rc::Rc<profile::Loaded>>>,
 }
 
 impl<'a> Ctx<'a> {

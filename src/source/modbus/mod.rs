@@ -9,7 +9,6 @@ pub mod decode;
 pub mod link;
 pub mod plan;
 pub mod poller;
-pub mod profile;
 pub mod rtu;
 pub mod tcp;
 

@@ -74,6 +74,7 @@ pub fn plan_reads(device: &DeviceConfig, bus: &ModbusDevice, ids: &[u32]) -> Vec
     let mut items = Vec::new();
     let mut ids = ids.iter().copied();
     for p in &device.points {
+        let r = super::config::reg(p);
         for e in 0..p.count {
             let Some(id) = ids.next() else {
                 break;
@@ -82,20 +83,20 @@ pub fn plan_reads(device: &DeviceConfig, bus: &ModbusDevice, ids: &[u32]) -> Vec
                 // Derived: computed in the transform stage from the values read.
                 continue;
             }
-            let start = p.address as u32 + e as u32 * p.width as u32;
+            let start = r.address as u32 + e as u32 * r.width as u32;
             items.push(Item {
-                table: p.table,
+                table: r.table,
                 interval: p.poll,
                 start,
-                end: start + p.width as u32,
+                end: start + r.width as u32,
                 field: Field {
                     point: id,
                     offset: 0,
                     kind: p.kind,
-                    order: p.order,
-                    bit: p.bit,
-                    byte: p.byte,
-                    width: p.width,
+                    order: r.order,
+                    bit: r.bit,
+                    byte: r.byte,
+                    width: r.width,
                     scale: p.scale,
                     divisor: scale_divisor(p.scale),
                     add: p.offset,

@@ -6,6 +6,7 @@ use crate::config::schema::{BrokerSection, SparkplugSection};
 use crate::config::table::RawTable;
 use crate::config::units::ConfDuration;
 use crate::config::validate::devices::DeviceDraft;
+use crate::config::validate::points::{PointDraft, PointPart};
 use crate::config::validate::Ctx;
 use crate::config::{LineConfig, Settings};
 use crate::mqtt::connection::{self, BrokerConfig, Keys};
@@ -203,6 +204,12 @@ impl crate::source::SourceKind for Kind {
     fn device(&self, cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<Settings> {
         let section: MqttDeviceSection = raw.finish(cx)?;
         Some(Settings::new(device(cx, &section, d)))
+    }
+    fn point_keys(&self) -> &'static [&'static str] {
+        crate::config::table::fields_of::<MqttPointSection>()
+    }
+    fn point(&self, cx: &mut Ctx, raw: RawTable, p: &PointDraft) -> Option<PointPart> {
+        point(cx, raw, p)
     }
     fn points_optional(&self, settings: &Settings) -> bool {
         // A sparkplug-b device without points takes every metric of its birth.
@@ -423,4 +430,151 @@ fn device(cx: &mut Ctx, d: &MqttDeviceSection, draft: &DeviceDraft) -> MqttDevic
         sparkplug,
         max_metrics,
     }
+}
+
+/// The keys of an MQTT device's point (besides those every point has).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttPointSection {
+    /// json: an RFC 6901 pointer into the payload.
+    pub json: Option<Spanned<String>>,
+    /// The point's own topic (required with format = "value").
+    pub topic: Option<Spanned<String>>,
+    /// sparkplug-b: the birth metric this point reads.
+    pub metric: Option<Spanned<String>>,
+}
+
+/// Where an MQTT point's value is (`PointConfig::settings`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MqttPoint {
+    /// json: the RFC 6901 pointer to the value in each message.
+    pub json: Option<String>,
+    /// The point's own topic (expanded).
+    pub topic: Option<String>,
+    /// sparkplug-b: the birth metric it reads.
+    pub metric: Option<String>,
+    /// sparkplug-b, no `type` given: the birth's datatype decides what it is written as.
+    pub kind_from_birth: bool,
+}
+
+/// A point's MQTT keys (a derived point, or another kind's, has none).
+pub fn mqtt_point(p: &crate::config::PointConfig) -> &MqttPoint {
+    static NONE: MqttPoint = MqttPoint {
+        json: None,
+        topic: None,
+        metric: None,
+        kind_from_birth: false,
+    };
+    p.settings::<MqttPoint>().unwrap_or(&NONE)
+}
+
+fn point(cx: &mut Ctx, raw: RawTable, p: &PointDraft) -> Option<PointPart> {
+    let r: MqttPointSection = raw.finish(cx)?;
+    let name = p.name;
+    let span = p.span.clone();
+    if p.derived {
+        for (v, key) in [
+            (&r.json, "json"),
+            (&r.topic, "topic"),
+            (&r.metric, "metric"),
+        ] {
+            if let Some(v) = v {
+                cx.err(
+                    v.span(),
+                    format!("point {name:?} is derived: it has no `{key}`"),
+                );
+            }
+        }
+        return Some(PointPart {
+            kind: crate::config::PointType::F64,
+            settings: None,
+        });
+    }
+    if let Some(b) = p.bit {
+        cx.err(
+            b.span(),
+            "`bit` of an MQTT point: declare a derived point with `from` and `bit`",
+        );
+    }
+    let format = p
+        .device
+        .and_then(|s| s.get::<MqttDevice>())
+        .map(|m| m.format)
+        .unwrap_or(MqttFormat::Json);
+    let metric = match &r.metric {
+        Some(v) if format == MqttFormat::SparkplugB => {
+            if v.get_ref().is_empty() {
+                cx.err(v.span(), "metric must not be empty");
+            }
+            Some(v.get_ref().clone())
+        }
+        Some(v) => {
+            cx.err(v.span(), "`metric` applies to format = \"sparkplug-b\"");
+            None
+        }
+        None => None,
+    };
+    let (json, topic) = if format == MqttFormat::SparkplugB {
+        for (v, key) in [(&r.json, "json"), (&r.topic, "topic")] {
+            if let Some(v) = v {
+                cx.err(
+                    v.span(),
+                    format!(
+                        "`{key}` does not apply to a sparkplug-b point: it reads a birth `metric`"
+                    ),
+                );
+            }
+        }
+        if metric.is_none() {
+            cx.err(
+                span.clone(),
+                format!("point {name:?} needs `metric`, the name of a metric in the device's birth (e.g. \"Joint/1/Temperature\")"),
+            );
+        }
+        (None, None)
+    } else {
+        let empty = LineConfig {
+            id: String::new(),
+            site: None,
+            tags: Vec::new(),
+        };
+        let line = p.line.unwrap_or(&empty);
+        let topic = r.topic.as_ref().map(|t| topic(cx, t, line, p.cell, p.id));
+        let json = r.json.as_ref().map(|j| {
+            if !j.get_ref().is_empty() && !j.get_ref().starts_with('/') {
+                cx.err(
+                    j.span(),
+                    "json is an RFC 6901 pointer: \"\" (the whole message) or starting with '/', e.g. \"/sensors/temp\"",
+                );
+            }
+            if format == MqttFormat::Value {
+                cx.err(j.span(), "`json` applies to format = \"json\"; with format = \"value\" the payload is the value");
+            }
+            j.get_ref().clone()
+        });
+        match format {
+            MqttFormat::Json if json.is_none() => cx.err(
+                span.clone(),
+                format!("point {name:?} needs `json`, a JSON pointer such as \"/sensors/temp\""),
+            ),
+            MqttFormat::Value if topic.is_none() => cx.err(
+                span.clone(),
+                format!("with format = \"value\" every point needs its own `topic`: point {name:?} has none"),
+            ),
+            _ => {}
+        }
+        (json, topic)
+    };
+    Some(PointPart {
+        kind: p
+            .kind
+            .map(|k| *k.get_ref())
+            .unwrap_or(crate::config::PointType::F64),
+        settings: Some(Settings::new(MqttPoint {
+            kind_from_birth: metric.is_some() && p.kind.is_none(),
+            json,
+            topic,
+            metric,
+        })),
+    })
 }

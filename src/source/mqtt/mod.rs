@@ -73,22 +73,23 @@ pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan>
     let mut sp_points: HashMap<String, PointRead> = HashMap::new();
     let mut from_birth: HashMap<String, sparkplug::FromBirth> = HashMap::new();
     for p in &d.points {
+        let mp = config::mqtt_point(p);
         let elements: Vec<u32> = next.by_ref().take(p.count as usize).collect();
         if !p.is_read() {
             continue;
         }
         let read = PointRead {
             ids: elements,
-            pointer: p.json.clone().unwrap_or_default(),
+            pointer: mp.json.clone().unwrap_or_default(),
             kind: p.kind,
             scale: p.scale,
             offset: p.offset,
         };
-        let topic = p.topic.clone().unwrap_or_else(|| m.topic.clone());
+        let topic = mp.topic.clone().unwrap_or_else(|| m.topic.clone());
         match m.format {
             MqttFormat::SparkplugB => {
-                if let Some(metric) = &p.metric {
-                    if p.kind_from_birth {
+                if let Some(metric) = &mp.metric {
+                    if mp.kind_from_birth {
                         from_birth.insert(
                             metric.clone(),
                             sparkplug::FromBirth {
