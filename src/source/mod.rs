@@ -118,6 +118,12 @@ pub trait SourceKind: Sync {
     fn points_optional(&self, _settings: &Settings) -> bool {
         false
     }
+    /// What `linetap check` shows of its devices of `config` (and adds to the line's totals).
+    fn check(&self, _config: &Config, _plan: &mut crate::check::Plan) {}
+    /// `check`'s warnings about its devices: valid, but will not work as is.
+    fn check_warnings(&self, _config: &Config) -> Vec<String> {
+        Vec::new()
+    }
     /// Registers its devices of `config` in the catalog and returns their components.
     fn build(&self, config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>>;
 }

@@ -162,6 +162,12 @@ impl crate::source::SourceKind for Kind {
     fn check_points(&self, cx: &mut Ctx, points: &[Checked], fallback: Range<usize>) {
         overlaps(cx, points, fallback)
     }
+    fn check(&self, config: &Config, plan: &mut crate::check::Plan) {
+        super::check::render(config, plan)
+    }
+    fn check_warnings(&self, config: &Config) -> Vec<String> {
+        super::check::warnings(config)
+    }
     fn build(
         &self,
         config: &Config,

@@ -4,6 +4,7 @@
 //! TCP address or RTU-over-TCP gateway.
 
 pub mod budget;
+pub mod check;
 pub mod config;
 pub mod decode;
 pub mod link;

@@ -211,6 +211,9 @@ impl crate::source::SourceKind for Kind {
     fn point(&self, cx: &mut Ctx, raw: RawTable, p: &PointDraft) -> Option<PointPart> {
         point(cx, raw, p)
     }
+    fn check(&self, config: &crate::config::Config, plan: &mut crate::check::Plan) {
+        super::check::render(config, plan)
+    }
     fn points_optional(&self, settings: &Settings) -> bool {
         // A sparkplug-b device without points takes every metric of its birth.
         settings

@@ -6,6 +6,7 @@
 //! acks, in arrival order), so a broker restart or an agent crash loses none. A device whose
 //! messages stop for `stale_after` is down.
 
+pub mod check;
 pub mod config;
 mod deadletter;
 pub mod payload;
