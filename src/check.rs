@@ -105,7 +105,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
 /// A derived point as `check` shows it (`None`: the point is read, its kind describes it).
 pub fn describe_derived(p: &crate::config::PointConfig) -> Option<String> {
     use crate::config::Derive;
-    let mut d = match p.derive.as_ref()? {
+    let mut d = match p.derive.as_deref()? {
         Derive::States { from, rows } => format!("= states of {from} ({} rows)", rows.len()),
         Derive::Bit { from, bit } => format!("= bit {bit} of {from}"),
         Derive::Expr(e) => format!(

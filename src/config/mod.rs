@@ -187,7 +187,7 @@ pub struct PointConfig {
     /// Read (and usable by derived points) but not written.
     pub hidden: bool,
     /// A derived point: computed in the transform stage, not read from registers.
-    pub derive: Option<Derive>,
+    pub derive: Option<Box<Derive>>,
     /// An alarm code: episodes go to `linetap_alarm`.
     pub alarm: bool,
     /// A cycle counter: writes `cycle_time` and `parts_per_hour`.
@@ -195,7 +195,7 @@ pub struct PointConfig {
     /// Report by exception, resolved from the line, the device and the point.
     pub report: Report,
     /// What the simulator serves (an expression over `t` and `i`).
-    pub simulate: Option<crate::transform::expr::Expr>,
+    pub simulate: Option<Box<crate::transform::expr::Expr>>,
     /// Where its value is read, as its source kind read it (registers, a JSON pointer, ...);
     /// `None` for a derived point.
     pub settings: Option<Settings>,
@@ -363,5 +363,18 @@ mod secret_tests {
         std::fs::remove_file(&path).unwrap();
         assert!(s.resolve().is_err());
         assert_ne!(s.digest(), first);
+    }
+}
+#[cfg(test)]
+mod size_tests {
+    /// A line of 20,000 listed points holds 20,000 of these while its catalog is built
+    /// (issue 22): rare parts (derivations, simulations) are boxed.
+    #[test]
+    fn a_point_config_stays_small() {
+        assert!(
+            std::mem::size_of::<super::PointConfig>() <= 280,
+            "{}",
+            std::mem::size_of::<super::PointConfig>()
+        );
     }
 }

@@ -90,7 +90,7 @@ impl Transform for Derived {
                 if p.hidden {
                     self.hidden.push(id);
                 }
-                let Some(derive) = &p.derive else {
+                let Some(derive) = p.derive.as_deref() else {
                     self.slots.insert(id, slot);
                     continue;
                 };

@@ -2,9 +2,9 @@
 //! document before our structures are filled: for a line of 20,000 individually listed points
 //! (1.6 MB of TOML) that tree is ~60 MB, three times the agent's steady state. A large file
 //! whose devices are plain `[[devices]]` blocks is therefore parsed as its head (everything
-//! before the first `[[devices]]`) and then one block at a time, each preceded by as many
-//! spaces as there are bytes before it, so every span (and every error's line and column) is
-//! exactly what the whole document gives. Anything unusual (another table after the devices,
+//! before the first `[[devices]]`) and then one block at a time, each on its own with its
+//! spans then moved by the block's offset, so every span (and every error's line and column)
+//! is exactly what the whole document gives. Anything unusual (another table after the devices,
 //! a multi-line string, a header-like line inside an array) falls back to the whole document.
 //!
 //! The blocks are parsed lazily, as validation asks for the next device (`split`, then
@@ -38,18 +38,50 @@ pub(super) fn split(
     Ok((head, blocks))
 }
 
-/// The `[[devices]]` tables of one block of `split`, located in the whole text (`padded` is
-/// the block preceded by as many spaces as there are bytes before it).
-pub(super) fn parse_block<'p>(
+/// The `[[devices]]` tables of one block of `split`, located in the whole text: the block is
+/// parsed on its own (so the parser sizes its buffers by the block, not by the file) and every
+/// span is then moved by the block's offset. A syntax error: its place in the whole text, and
+/// its message.
+pub(super) fn parse_block(
     text: &str,
     block: Range<usize>,
-    padded: &'p mut String,
-) -> Result<Vec<Spanned<DeValue<'p>>>, toml::de::Error> {
-    padded.clear();
-    padded.extend(std::iter::repeat_n(' ', block.start));
-    padded.push_str(&text[block]);
-    let mut part = DeTable::parse(padded)?.into_inner();
+) -> Result<Vec<Spanned<DeValue<'_>>>, (Range<usize>, String)> {
+    let by = block.start;
+    let part = DeTable::parse(&text[block]).map_err(|e| {
+        let at = e.span().unwrap_or(0..0);
+        (at.start + by..at.end + by, e.message().to_string())
+    })?;
+    let mut part = shift_table(part.into_inner(), by);
     Ok(take_devices(&mut part))
+}
+
+/// `v` with every span in it moved `by` bytes.
+fn shift<'i>(v: Spanned<DeValue<'i>>, by: usize) -> Spanned<DeValue<'i>> {
+    let at = v.span();
+    let inner = match v.into_inner() {
+        DeValue::Table(t) => DeValue::Table(shift_table(t, by)),
+        DeValue::Array(mut a) => {
+            for item in a.iter_mut() {
+                let old = std::mem::replace(item, Spanned::new(0..0, DeValue::Boolean(false)));
+                *item = shift(old, by);
+            }
+            DeValue::Array(a)
+        }
+        other => other,
+    };
+    Spanned::new(at.start + by..at.end + by, inner)
+}
+
+fn shift_table(t: DeTable<'_>, by: usize) -> DeTable<'_> {
+    let mut out = DeTable::new();
+    for (k, v) in t {
+        let at = k.span();
+        out.insert(
+            Spanned::new(at.start + by..at.end + by, k.into_inner()),
+            shift(v, by),
+        );
+    }
+    out
 }
 
 /// Takes the `devices` array out of a document's root table.
@@ -122,16 +154,16 @@ mod tests {
     }
 
     /// Every device of the file, parsed whole or a block at a time, as debug text.
-    fn devices(text: &str) -> Result<Vec<String>, toml::de::Error> {
-        let (mut head, blocks) = split(text)?;
+    fn devices(text: &str) -> Result<Vec<String>, (Option<Range<usize>>, String)> {
+        let (mut head, blocks) = split(text).map_err(|e| (e.span(), e.message().to_string()))?;
         let mut out: Vec<String> = take_devices(head.get_mut())
             .iter()
             .map(|d| format!("{d:?}"))
             .collect();
-        let mut padded = String::new();
         for b in blocks {
             out.extend(
-                parse_block(text, b, &mut padded)?
+                parse_block(text, b)
+                    .map_err(|(at, m)| (Some(at), m))?
                     .iter()
                     .map(|d| format!("{d:?}")),
             );
@@ -157,8 +189,8 @@ mod tests {
         let text = big(Some(120 * 30 + 7));
         let whole = DeTable::parse(&text).unwrap_err();
         let chunked = devices(&text).unwrap_err();
-        assert_eq!(whole.span(), chunked.span());
-        assert_eq!(whole.message(), chunked.message());
+        assert_eq!(whole.span(), chunked.0);
+        assert_eq!(whole.message(), chunked.1);
     }
 
     #[test]

@@ -186,15 +186,18 @@ pub(super) fn parse(
     // A large file's devices: each block parsed when validation reaches it and dropped once
     // validated. A syntax error stops there and is the only error reported (as a whole parse
     // reports it).
-    let mut padded = String::new();
     for b in blocks {
-        match chunked::parse_block(text, b, &mut padded) {
+        match chunked::parse_block(text, b) {
             Ok(part) => {
                 for d in part {
                     devices.add(&mut cx, d, &config.line, &config.brokers);
                 }
             }
-            Err(e) => return Err(syntax(e)),
+            Err((at, message)) => {
+                let mut cx = Ctx::new(file, text);
+                cx.err(at, message.trim().to_string());
+                return Err(cx.finish());
+            }
         }
     }
     if devices.seen == 0 {

@@ -488,11 +488,11 @@ pub(crate) fn point(cx: &mut Ctx, mut raw: RawTable, pc: &PointCtx) -> Option<Po
         enum_labels,
         writable: p.writable.unwrap_or(false),
         hidden: p.hidden.unwrap_or(false),
-        derive,
+        derive: derive.map(Box::new),
         alarm,
         cycles,
         report,
-        simulate,
+        simulate: simulate.map(Box::new),
         settings: if derived { None } else { part.settings },
     })
 }
