@@ -199,8 +199,8 @@ pub fn render_plan(config: &Config) -> String {
                 if b.tls { "mqtts" } else { "mqtt" },
                 b.address(),
                 match b.mqtt_version {
-                    crate::mqtt::connection::MqttVersion::V5 => "5",
-                    crate::mqtt::connection::MqttVersion::V311 => "3.1.1",
+                    crate::mqtt::settings::MqttVersion::V5 => "5",
+                    crate::mqtt::settings::MqttVersion::V311 => "3.1.1",
                 },
                 b.client_id,
                 if b.clean_session {

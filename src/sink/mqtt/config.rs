@@ -7,7 +7,7 @@ use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::validate::sinks::SinkDraft;
 use crate::config::validate::Ctx;
 use crate::config::Settings;
-use crate::mqtt::connection::{self, BrokerConfig, Keys};
+use crate::mqtt::settings::{self, BrokerConfig, Keys};
 use crate::sink::{settings_of, BuildContext, Start};
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -78,7 +78,7 @@ pub(crate) fn validate(
     site: &str,
 ) -> MqttSinkConfig {
     let span = span.clone();
-    let broker = connection::validate(
+    let broker = settings::validate(
         cx,
         Keys {
             url: &s.url,

@@ -19,7 +19,7 @@ use crate::config::{Config, DeviceConfig, MqttDevice, MqttFormat};
 use crate::model::catalog::{health_points, HealthIds, Registry};
 use crate::model::{now_ns, Quality, Sample, SampleBatch, Value};
 use crate::mqtt::client::{self, Client, Event};
-use crate::mqtt::connection::BrokerConfig;
+use crate::mqtt::settings::BrokerConfig;
 use crate::observe::metrics::{BrokerMetrics, DeviceMetrics};
 use crate::shutdown::Shutdown;
 use crate::transform::DeviceOutput;
