@@ -21,8 +21,9 @@
 //!   every metric of its births (the catalog grows at run time), at most `max_metrics`; the
 //!   metrics beyond are counted (`linetap_sparkplug_metrics_over_limit_total`) and logged once.
 
+use super::health::{self, note, DeviceState, LOG_EVERY};
 use super::payload::{from_sparkplug, PointRead};
-use super::{health, note, DevicePlan, DeviceState, LOG_EVERY};
+use super::DevicePlan;
 use crate::config::PointType;
 use crate::model::{DataType, PointDescriptor, Quality, Sample, SampleBatch, Value};
 use crate::mqtt::sparkplug::{datatype, metric, topic, Metric, Payload};
@@ -888,7 +889,7 @@ impl Host {
                 }
                 state[d].last_message = Some(Instant::now());
                 if let Some(up) = out.up {
-                    health(&plans[d], &mut state[d], dm, up, &mut outputs[d]).await;
+                    health::record(&plans[d], &mut state[d], dm, up, &mut outputs[d]).await;
                 }
                 if !out.samples.is_empty() {
                     let st = &mut state[d];
