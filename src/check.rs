@@ -277,7 +277,9 @@ fn render_mqtt_device(o: &mut String, d: &crate::config::DeviceConfig) {
     }
     if let Some((g, n, _)) = &m.sparkplug {
         // Everything the edge node sends (its seq runs through every device's messages).
-        topics.extend(crate::source::mqtt::sparkplug::node_subscriptions(g, n));
+        topics.extend(crate::source::mqtt::sparkplug_host::node_subscriptions(
+            g, n,
+        ));
         if !d.points.iter().any(|p| p.is_read()) {
             topics.push("(every metric of the births becomes a point)".into());
         }

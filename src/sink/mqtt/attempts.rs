@@ -1,4 +1,4 @@
-//! What both MQTT sinks (`mod.rs`, `sparkplug.rs`) do after an attempt to deliver a flush.
+//! What both MQTT sinks (`mod.rs`, `edge_node.rs`) do after an attempt to deliver a flush.
 
 use crate::backoff::Backoff;
 use crate::mqtt::settings::BrokerConfig;

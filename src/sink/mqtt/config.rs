@@ -274,7 +274,7 @@ impl crate::sink::SinkKind for Kind {
     fn build(&self, settings: &Settings, ctx: &BuildContext) -> Result<Box<dyn Start>, String> {
         let c: &MqttSinkConfig = settings_of(settings, self.name())?;
         if c.format == MqttSinkFormat::SparkplugB {
-            Ok(Box::new(super::sparkplug::build(c, ctx)?))
+            Ok(Box::new(super::edge_node::build(c, ctx)?))
         } else {
             Ok(Box::new(super::build(c, ctx)?))
         }

@@ -7,8 +7,8 @@
 
 mod attempts;
 pub mod config;
+pub mod edge_node;
 pub mod json;
-pub mod sparkplug;
 
 use super::lineproto::Skipped;
 use super::{Outcome, RetryCtl, Sink};
@@ -279,7 +279,7 @@ impl MqttSink {
                 match self.cfg.format {
                     MqttSinkFormat::Linetap => Some(batch.encode_to_vec()),
                     MqttSinkFormat::Json => names.as_ref().map(|n| json(n, batch).into_bytes()),
-                    // Built as a `sparkplug::SparkplugSink`.
+                    // Built as an `edge_node::SparkplugSink`.
                     MqttSinkFormat::SparkplugB => None,
                 }
             };

@@ -3,7 +3,7 @@
 //! tick: a device whose messages stop for `stale_after` (a Sparkplug device: from its death)
 //! is down.
 
-use super::sparkplug::Host;
+use super::sparkplug_host::Host;
 use super::DevicePlan;
 use crate::model::{now_ns, Quality, Sample, SampleBatch, Value};
 use crate::observe::metrics::DeviceMetrics;

@@ -9,7 +9,7 @@
 //! The broker task (`run`) is put together from: `pump.rs` (the client and its event loop in a
 //! task of its own), `route.rs` (subscriptions, topic → device and decoder, a message decoded
 //! into samples), `acks.rs` (acknowledgements after durability), `health.rs` (health records
-//! and the stale tick) and `sparkplug.rs` (Sparkplug B devices, as their host).
+//! and the stale tick) and `sparkplug_host/` (Sparkplug B devices, as their host).
 
 mod acks;
 pub mod config;
@@ -18,7 +18,7 @@ mod health;
 pub mod payload;
 mod pump;
 mod route;
-pub mod sparkplug;
+pub mod sparkplug_host;
 
 use super::{describe, Source, SourceContext};
 use crate::component::{fingerprint, ComponentId, Kind};
@@ -54,7 +54,7 @@ pub struct DevicePlan {
     health: HealthIds,
     topics: Vec<(String, Decode)>,
     /// sparkplug-b: the node and device it is, and its points by metric.
-    sp: Option<sparkplug::SpDevice>,
+    sp: Option<sparkplug_host::SpDevice>,
 }
 
 impl DevicePlan {
@@ -80,7 +80,7 @@ pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan>
     let mut next = ids.points.iter().copied();
     let mut by_topic: Vec<(String, Decode)> = Vec::new();
     let mut sp_points: HashMap<String, PointRead> = HashMap::new();
-    let mut from_birth: HashMap<String, sparkplug::FromBirth> = HashMap::new();
+    let mut from_birth: HashMap<String, sparkplug_host::FromBirth> = HashMap::new();
     for p in &d.points {
         let mp = config::mqtt_point(p);
         let elements: Vec<u32> = next.by_ref().take(p.count as usize).collect();
@@ -101,7 +101,7 @@ pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan>
                     if mp.kind_from_birth {
                         from_birth.insert(
                             metric.clone(),
-                            sparkplug::FromBirth {
+                            sparkplug_host::FromBirth {
                                 descriptors: describe::elements(p),
                                 scaled: p.is_scaled(),
                             },
@@ -135,16 +135,19 @@ pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan>
             last_error: h[3],
         },
         topics: by_topic,
-        sp: m.sparkplug.as_ref().map(|(g, n, dev)| sparkplug::SpDevice {
-            group: g.clone(),
-            node: n.clone(),
-            device: dev.clone(),
-            measurement: d.kind.as_str().to_string(),
-            auto: sp_points.is_empty(),
-            by_name: sp_points,
-            from_birth,
-            max_metrics: m.max_metrics,
-        }),
+        sp: m
+            .sparkplug
+            .as_ref()
+            .map(|(g, n, dev)| sparkplug_host::SpDevice {
+                group: g.clone(),
+                node: n.clone(),
+                device: dev.clone(),
+                measurement: d.kind.as_str().to_string(),
+                auto: sp_points.is_empty(),
+                by_name: sp_points,
+                from_birth,
+                max_metrics: m.max_metrics,
+            }),
     })
 }
 
@@ -272,7 +275,7 @@ async fn run(
     };
     // As a Sparkplug host: the STATE death is the connection's will, with the timestamp of
     // each CONNECT (renewed before every reconnect).
-    let mut host = sparkplug::Host::new(&host_id, &plans);
+    let mut host = sparkplug_host::Host::new(&host_id, &plans);
     let state_will = host.as_ref().map(|h| h.state.clone());
     let sparkplug = plans.iter().any(|p| p.sp.is_some());
     let Some((client, events)) =
@@ -463,7 +466,7 @@ async fn run(
 }
 
 /// Queues a message the Sparkplug host publishes; false when the request queue is full.
-fn publish(client: &Client, m: sparkplug::Publish) -> bool {
+fn publish(client: &Client, m: sparkplug_host::Publish) -> bool {
     client
         .try_publish(m.topic, m.qos1 as u8, m.retain, m.payload)
         .is_ok()

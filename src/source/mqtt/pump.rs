@@ -3,7 +3,7 @@
 //! generation, renewal when the buffer refused a QoS 1 message, the Sparkplug STATE will
 //! renewed before every CONNECT.
 
-use super::sparkplug::HostState;
+use super::sparkplug_host::HostState;
 use crate::backoff::Backoff;
 use crate::mqtt::client::{self, Client, Event, EventLoop};
 use crate::mqtt::settings::BrokerConfig;

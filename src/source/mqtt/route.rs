@@ -1,11 +1,11 @@
 //! Where a broker's messages go: the topics subscribed after every connect, the devices and
 //! decoders each topic routes to, and a JSON or single-value message decoded into each of its
-//! devices' samples (Sparkplug messages go to the host, `sparkplug.rs`).
+//! devices' samples (Sparkplug messages go to the host, `sparkplug_host/`).
 
 use super::deadletter::DeadLetters;
 use super::health::{self, DeviceState, LOG_EVERY};
 use super::payload::{decode_json, decode_value, Rejected};
-use super::{sparkplug, Decode, DevicePlan};
+use super::{sparkplug_host, Decode, DevicePlan};
 use crate::model::{Quality, Sample, SampleBatch};
 use crate::mqtt::client::Publish;
 use crate::observe::metrics::DeviceMetrics;
@@ -30,7 +30,7 @@ pub(super) fn routes(plans: &[DevicePlan]) -> Routes {
 
 /// The topics to subscribe to, each at the highest QoS a device asks for it.
 pub(super) fn subscriptions(
-    host: Option<&sparkplug::Host>,
+    host: Option<&sparkplug_host::Host>,
     plans: &[DevicePlan],
 ) -> Vec<(String, u8)> {
     let mut v: Vec<(String, u8)> = Vec::new();
@@ -57,7 +57,7 @@ pub(super) fn targets_of(topic: &str, routes: &Routes, plans: &[DevicePlan]) -> 
         v.dedup();
         return v;
     }
-    match sparkplug::parse_topic(topic) {
+    match sparkplug_host::parse_topic(topic) {
         Some((g, _, n, _)) => plans
             .iter()
             .enumerate()
