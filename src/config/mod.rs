@@ -27,7 +27,7 @@ pub struct Config {
     pub buffer: BufferConfig,
     pub sinks: Vec<SinkConfig>,
     /// MQTT connections devices are read through.
-    pub brokers: Vec<crate::mqtt::connection::BrokerConfig>,
+    pub brokers: Vec<crate::mqtt::settings::BrokerConfig>,
     /// Per broker name: the Sparkplug host id of linetap's STATE there.
     pub sparkplug_host_ids: std::collections::BTreeMap<String, String>,
     pub devices: Vec<DeviceConfig>,

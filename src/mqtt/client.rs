@@ -9,7 +9,7 @@
 //! for ever. So on 3.1.1 the client reads packets up to the protocol's limit and the source
 //! refuses an oversized message itself (acknowledged, counted, dead-lettered).
 
-use super::connection::{BrokerConfig, MqttVersion};
+use super::settings::{BrokerConfig, MqttVersion};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -92,7 +92,7 @@ pub fn new(cfg: &BrokerConfig, open: Open, cap: usize) -> Result<(Client, EventL
     };
     let transport = match cfg.tls {
         true => Some(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(super::connection::tls_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(super::settings::tls_config(
                 cfg,
             )?)),
         )),

@@ -8,7 +8,7 @@ use super::bank::{Bank, Fault};
 use super::server::lock;
 use super::signal::Wave;
 use crate::config::{DeviceConfig, MqttFormat, PointType, TimestampFormat};
-use crate::mqtt::connection::BrokerConfig;
+use crate::mqtt::settings::BrokerConfig;
 use crate::mqtt::sparkplug as sp;
 use prost::Message;
 use rumqttc::{AsyncClient, QoS};
@@ -38,7 +38,7 @@ pub async fn run(broker: BrokerConfig, devices: Vec<Publisher>, started: Instant
     let mut cfg = broker.clone();
     cfg.client_id = format!("linetap-sim-{}", broker.name);
     cfg.clean_session = true;
-    let options = match tokio::task::spawn_blocking(move || crate::mqtt::connection::options(&cfg))
+    let options = match tokio::task::spawn_blocking(move || crate::mqtt::settings::options(&cfg))
         .await
     {
         Ok(Ok(o)) => o,
@@ -303,7 +303,7 @@ fn timestamp(format: TimestampFormat) -> J {
         TimestampFormat::UnixMs => J::from(ns / 1_000_000),
         TimestampFormat::UnixUs => J::from(ns / 1_000),
         TimestampFormat::UnixNs => J::from(ns),
-        TimestampFormat::Rfc3339 => J::String(crate::sink::mqtt::rfc3339_ns(ns)),
+        TimestampFormat::Rfc3339 => J::String(crate::sink::mqtt::json::rfc3339_ns(ns)),
     }
 }
 

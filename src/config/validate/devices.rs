@@ -25,7 +25,7 @@ pub struct DeviceDraft<'a> {
     /// Where `poll` is written, when it is.
     pub poll: Option<Range<usize>>,
     pub line: &'a LineConfig,
-    pub brokers: &'a [crate::mqtt::connection::BrokerConfig],
+    pub brokers: &'a [crate::mqtt::settings::BrokerConfig],
 }
 
 /// Validates `[[devices]]` tables one at a time (a large file hands them over as it parses).
@@ -53,7 +53,7 @@ impl<'k> Devices<'k> {
         cx: &mut Ctx,
         v: Spanned<DeValue<'_>>,
         line: &LineConfig,
-        brokers: &[crate::mqtt::connection::BrokerConfig],
+        brokers: &[crate::mqtt::settings::BrokerConfig],
     ) {
         self.seen += 1;
         let raw = match RawTable::of(v, "a [[devices]] entry") {
@@ -70,7 +70,7 @@ impl<'k> Devices<'k> {
         cx: &mut Ctx,
         mut raw: RawTable,
         line: &LineConfig,
-        brokers: &[crate::mqtt::connection::BrokerConfig],
+        brokers: &[crate::mqtt::settings::BrokerConfig],
     ) -> Option<DeviceConfig> {
         let span = raw.span();
         // The kind first: which keys are shared and which are the kind's does not depend on it,

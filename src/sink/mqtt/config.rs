@@ -7,7 +7,7 @@ use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::validate::sinks::SinkDraft;
 use crate::config::validate::Ctx;
 use crate::config::Settings;
-use crate::mqtt::connection::{self, BrokerConfig, Keys};
+use crate::mqtt::settings::{self, BrokerConfig, Keys};
 use crate::sink::{settings_of, BuildContext, Start};
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -78,7 +78,7 @@ pub(crate) fn validate(
     site: &str,
 ) -> MqttSinkConfig {
     let span = span.clone();
-    let broker = connection::validate(
+    let broker = settings::validate(
         cx,
         Keys {
             url: &s.url,
@@ -274,7 +274,7 @@ impl crate::sink::SinkKind for Kind {
     fn build(&self, settings: &Settings, ctx: &BuildContext) -> Result<Box<dyn Start>, String> {
         let c: &MqttSinkConfig = settings_of(settings, self.name())?;
         if c.format == MqttSinkFormat::SparkplugB {
-            Ok(Box::new(super::sparkplug::build(c, ctx)?))
+            Ok(Box::new(super::edge_node::build(c, ctx)?))
         } else {
             Ok(Box::new(super::build(c, ctx)?))
         }

@@ -5,21 +5,21 @@
 //! connection drops first, the whole flush is published again after the reconnect (at least
 //! once: a consumer may see a message twice, never miss one).
 
+mod attempts;
 pub mod config;
-pub mod sparkplug;
+pub mod edge_node;
+pub mod json;
 
 use super::lineproto::Skipped;
 use super::{Outcome, RetryCtl, Sink};
-use crate::backoff::Backoff;
-use crate::model::{Catalog, SampleBatch, Value};
-use crate::mqtt::client::{self, Client, Event, Publish};
+use crate::model::{Catalog, SampleBatch};
+use crate::mqtt::connection::Connection;
+pub(crate) use attempts::Attempts;
 use config::{MqttSinkConfig, MqttSinkFormat};
+use json::json;
 use prost::Message;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// What a message needs to know about the points and devices of one catalog version.
 struct Names {
@@ -51,25 +51,6 @@ struct Pending {
     catalog: u64,
 }
 
-/// The connection: a client and the events of its loop (run in its own task).
-pub(crate) struct Connection {
-    pub(crate) client: Client,
-    events: tokio::sync::mpsc::Receiver<Result<Event, String>>,
-    pump: tokio::task::JoinHandle<()>,
-    /// It has a will: dropped without a DISCONNECT, so the broker publishes it (a clean
-    /// DISCONNECT discards the will; `publish_and_close` says goodbye itself).
-    will: bool,
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        if !self.will {
-            let _ = self.client.try_disconnect();
-        }
-        self.pump.abort();
-    }
-}
-
 pub struct MqttSink {
     cfg: MqttSinkConfig,
     names: HashMap<u64, Arc<Names>>,
@@ -84,62 +65,10 @@ pub struct MqttSink {
     attempts: Attempts,
 }
 
-/// What both MQTT sinks do after an attempt to deliver a flush: count it, log a failure once
-/// per kind (and the recovery), and back off before the next attempt.
-pub(crate) struct Attempts {
-    backoff: Backoff,
-    logged: Option<String>,
-}
-
-impl Attempts {
-    pub(crate) fn new() -> Self {
-        Attempts {
-            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
-            logged: None,
-        }
-    }
-
-    /// `Some(outcome)` when the flush is done (delivered `bytes`, or abandoned at shutdown);
-    /// `None`: try again (the wait is over).
-    pub(crate) async fn outcome(
-        &mut self,
-        result: Result<usize, String>,
-        broker: &crate::mqtt::connection::BrokerConfig,
-        retry: &mut RetryCtl,
-    ) -> Option<Outcome> {
-        match result {
-            Ok(bytes) => {
-                self.backoff.reset();
-                if self.logged.take().is_some() {
-                    tracing::info!(sink = %broker.name, "MQTT sink delivering again");
-                }
-                retry.metrics.requests.fetch_add(1, Relaxed);
-                retry.metrics.bytes_sent.fetch_add(bytes as u64, Relaxed);
-                Some(Outcome::Delivered)
-            }
-            Err(e) => {
-                retry.metrics.errors_unavailable.fetch_add(1, Relaxed);
-                retry.metrics.retries.fetch_add(1, Relaxed);
-                if self.logged.as_deref() != Some(e.as_str()) {
-                    tracing::warn!(sink = %broker.name, address = %broker.address(), error = %e, "MQTT sink: not delivered; retrying with backoff (the data stays in the buffer)");
-                    self.logged = Some(e);
-                }
-                if retry.wait(self.backoff.next_delay()).await {
-                    None
-                } else {
-                    Some(Outcome::Abandoned(
-                        "the broker did not take the data before the grace period ended".into(),
-                    ))
-                }
-            }
-        }
-    }
-}
-
 pub fn build(cfg: &MqttSinkConfig, _ctx: &super::BuildContext) -> Result<MqttSink, String> {
     // The files a connection needs (password, certificates) are read now, so a missing one
     // stops the start with its reason.
-    crate::mqtt::connection::options(&cfg.broker)?;
+    crate::mqtt::settings::options(&cfg.broker)?;
     Ok(MqttSink {
         cfg: cfg.clone(),
         names: HashMap::new(),
@@ -350,7 +279,7 @@ impl MqttSink {
                 match self.cfg.format {
                     MqttSinkFormat::Linetap => Some(batch.encode_to_vec()),
                     MqttSinkFormat::Json => names.as_ref().map(|n| json(n, batch).into_bytes()),
-                    // Built as a `sparkplug::SparkplugSink`.
+                    // Built as an `edge_node::SparkplugSink`.
                     MqttSinkFormat::SparkplugB => None,
                 }
             };
@@ -383,141 +312,6 @@ impl MqttSink {
             return Err("not connected".into());
         };
         conn.publish_all(messages, qos, &mut |_| {}).await
-    }
-}
-
-impl Connection {
-    /// Connects (options read on the blocking pool) and waits for the CONNACK; `will` is the
-    /// last will for this connection (a Sparkplug NDEATH).
-    pub(crate) async fn open(
-        broker: &crate::mqtt::connection::BrokerConfig,
-        will: Option<(String, Vec<u8>, u8, bool)>,
-    ) -> Result<Connection, String> {
-        let cfg = broker.clone();
-        let has_will = will.is_some();
-        let open = client::Open {
-            will,
-            ..Default::default()
-        };
-        let (client, mut events) =
-            tokio::task::spawn_blocking(move || client::new(&cfg, open, 1024))
-                .await
-                .map_err(|e| e.to_string())??;
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-        let pump = tokio::spawn(async move {
-            loop {
-                let e = events.poll().await;
-                let failed = e.is_err();
-                if tx.send(e).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        // Wait for the broker's CONNACK.
-        let connected = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(e) = rx.recv().await {
-                match e {
-                    Ok(Event::ConnAck) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Err("the connection closed".to_string())
-        })
-        .await
-        .map_err(|_| "no CONNACK within 10s".to_string());
-        let conn = Connection {
-            client,
-            events: rx,
-            pump,
-            will: has_will,
-        };
-        connected??;
-        Ok(conn)
-    }
-
-    /// Publishes every message (topic, payload, retain) at `qos`; returns once each was
-    /// written (QoS 0) or acknowledged (QoS 1). Incoming messages seen meanwhile (commands)
-    /// go to `incoming`.
-    pub(crate) async fn publish_all(
-        &mut self,
-        messages: &[(String, Vec<u8>, bool)],
-        qos: u8,
-        incoming: &mut (dyn FnMut(Publish) + Send),
-    ) -> Result<(), String> {
-        let mut sent = 0usize;
-        let mut waiting: HashSet<u16> = HashSet::new();
-        let mut acked = 0usize;
-        let mut next = 0usize;
-        // Publish while draining events, so a full request channel never deadlocks.
-        while acked < messages.len() {
-            if next < messages.len() {
-                let (topic, payload, retain) = &messages[next];
-                tokio::select! {
-                    r = self.client.publish(topic.clone(), qos, *retain, payload.clone()) => {
-                        r?;
-                        next += 1;
-                        continue;
-                    }
-                    e = self.events.recv() => {
-                        account(e, qos, &mut sent, &mut waiting, &mut acked, incoming)?;
-                    }
-                }
-            } else {
-                let e = tokio::time::timeout(Duration::from_secs(30), self.events.recv())
-                    .await
-                    .map_err(|_| "no PUBACK within 30s".to_string())?;
-                account(e, qos, &mut sent, &mut waiting, &mut acked, incoming)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Publishes one last message (e.g. a Sparkplug NDEATH), waits for it to be written (QoS 0)
-    /// or acknowledged (QoS 1), then disconnects cleanly.
-    pub(crate) async fn publish_and_close(
-        mut self,
-        message: (String, Vec<u8>),
-        qos: u8,
-    ) -> Result<(), String> {
-        let (topic, payload) = message;
-        let result = tokio::time::timeout(
-            Duration::from_secs(2),
-            self.publish_all(&[(topic, payload, false)], qos, &mut |_| {}),
-        )
-        .await
-        .map_err(|_| "not acknowledged within 2 s".to_string())
-        .and_then(|r| r);
-        let _ = self.client.try_disconnect();
-        // The disconnect goes out on the event loop: give it a moment before the pump ends.
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            while let Some(e) = self.events.recv().await {
-                if matches!(e, Ok(Event::Disconnected) | Err(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-        self.will = false;
-        result
-    }
-
-    /// Messages that arrived while no flush ran (commands), without waiting.
-    pub(crate) fn drain(
-        &mut self,
-        incoming: &mut (dyn FnMut(Publish) + Send),
-    ) -> Result<(), String> {
-        loop {
-            match self.events.try_recv() {
-                Ok(Ok(Event::Publish(p))) => incoming(p),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return Ok(()),
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                    return Err("the connection closed".into())
-                }
-            }
-        }
     }
 }
 
@@ -622,158 +416,15 @@ fn catalog_parts(topic: &str, bytes: &[u8], limit: usize, out: &mut Vec<(String,
     out.push((topic.to_string(), header.encode_to_vec(), true));
 }
 
-/// One event of the connection during a flush: counts publishes written and PUBACKs received.
-fn account(
-    e: Option<Result<Event, String>>,
-    qos: u8,
-    sent: &mut usize,
-    waiting: &mut HashSet<u16>,
-    acked: &mut usize,
-    incoming: &mut (dyn FnMut(Publish) + Send),
-) -> Result<(), String> {
-    match e {
-        None => Err("the connection closed".into()),
-        Some(Err(e)) => Err(e),
-        Some(Ok(Event::Sent(pkid))) => {
-            *sent += 1;
-            if qos == 0 {
-                // QoS 0: delivered once written.
-                *acked += 1;
-            } else {
-                waiting.insert(pkid);
-            }
-            Ok(())
-        }
-        Some(Ok(Event::PubAck(pkid))) => {
-            if waiting.remove(&pkid) {
-                *acked += 1;
-            }
-            Ok(())
-        }
-        Some(Ok(Event::BrokerDisconnected)) => Err("the broker disconnected".into()),
-        Some(Ok(Event::Publish(p))) => {
-            incoming(p);
-            Ok(())
-        }
-        Some(Ok(_)) => Ok(()),
-    }
-}
-
-/// A device's samples as the JSON object PRODUCT.md describes.
-fn json(names: &Names, batch: &SampleBatch) -> String {
-    let dev = names.devices.get(&batch.device);
-    let mut o = String::with_capacity(128 + batch.samples.len() * 120);
-    o.push('{');
-    let field = |o: &mut String, k: &str, v: &str| {
-        let _ = write!(o, "{}:{},", quote(k), quote(v));
-    };
-    if !names.site.is_empty() {
-        field(&mut o, "site", &names.site);
-    }
-    field(&mut o, "line", &names.line);
-    if let Some(d) = dev {
-        if !d.cell.is_empty() {
-            field(&mut o, "cell", &d.cell);
-        }
-        field(&mut o, "device", &d.name);
-        field(&mut o, "kind", &d.kind);
-    }
-    o.push_str("\"samples\":[");
-    let mut first = true;
-    for s in &batch.samples {
-        let (Some(p), Some(v)) = (names.points.get(&s.point), &s.value) else {
-            continue;
-        };
-        let value = match v {
-            Value::DoubleValue(x) if x.is_finite() => format!("{x}"),
-            Value::DoubleValue(_) => continue,
-            Value::IntValue(i) => i.to_string(),
-            Value::UintValue(u) => u.to_string(),
-            Value::BoolValue(b) => b.to_string(),
-            Value::StringValue(t) => quote(t),
-        };
-        if !first {
-            o.push(',');
-        }
-        first = false;
-        let tags: BTreeMap<&str, &str> = p
-            .tags
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let _ = write!(
-            o,
-            "{{\"measurement\":{},\"field\":{},\"tags\":{{",
-            quote(&p.measurement),
-            quote(&p.field)
-        );
-        for (i, (k, v)) in tags.iter().enumerate() {
-            if i > 0 {
-                o.push(',');
-            }
-            let _ = write!(o, "{}:{}", quote(k), quote(v));
-        }
-        let _ = write!(o, "}},\"value\":{value}");
-        let code = match v {
-            Value::IntValue(i) => Some(*i),
-            Value::UintValue(u) => i64::try_from(*u).ok(),
-            _ => None,
-        };
-        if let (Some(code), false) = (code, p.labels.is_empty()) {
-            let label = p
-                .labels
-                .iter()
-                .find(|(c, _)| *c == code)
-                .map(|(_, l)| l.as_str())
-                .unwrap_or("unknown");
-            let _ = write!(o, ",\"label\":{}", quote(label));
-        }
-        if !p.unit.is_empty() {
-            let _ = write!(o, ",\"unit\":{}", quote(&p.unit));
-        }
-        let _ = write!(o, ",\"ts\":\"{}\"}}", rfc3339_ns(s.timestamp_ns));
-    }
-    o.push_str("]}");
-    o
-}
-
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
-}
-
-/// Unix nanoseconds as RFC 3339 UTC with nanoseconds: `2023-11-14T22:13:20.123456789Z`.
-pub fn rfc3339_ns(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let frac = ns.rem_euclid(1_000_000_000);
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil date from days since 1970-01-01.
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DeviceDescriptor, PointDescriptor, Sample};
+    use crate::model::{DeviceDescriptor, PointDescriptor, Sample, Value};
+    use std::time::Duration;
 
     fn sink(format: MqttSinkFormat) -> MqttSink {
         let cfg = MqttSinkConfig {
-            broker: crate::mqtt::connection::BrokerConfig {
+            broker: crate::mqtt::settings::BrokerConfig {
                 name: "up".into(),
                 host: "127.0.0.1".into(),
                 port: 1883,
@@ -860,23 +511,5 @@ mod tests {
                 "{format:?}: a message over 512 KiB"
             );
         }
-    }
-
-    #[test]
-    fn timestamps_round_trip_through_rfc3339() {
-        for ns in [
-            0i64,
-            1_700_000_000_123_456_789,
-            951_825_600_000_000_000,
-            4_102_444_800_000_000_001,
-        ] {
-            let text = rfc3339_ns(ns);
-            assert_eq!(
-                crate::source::mqtt::payload::rfc3339(&text),
-                Some(ns),
-                "{text}"
-            );
-        }
-        assert_eq!(rfc3339_ns(0), "1970-01-01T00:00:00.000000000Z");
     }
 }

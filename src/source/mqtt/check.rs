@@ -33,8 +33,8 @@ pub fn render(config: &Config, plan: &mut Plan) {
                 if b.tls { "mqtts" } else { "mqtt" },
                 b.address(),
                 match b.mqtt_version {
-                    crate::mqtt::connection::MqttVersion::V5 => "5",
-                    crate::mqtt::connection::MqttVersion::V311 => "3.1.1",
+                    crate::mqtt::settings::MqttVersion::V5 => "5",
+                    crate::mqtt::settings::MqttVersion::V311 => "3.1.1",
                 },
                 b.client_id,
                 if b.clean_session {
@@ -69,7 +69,9 @@ fn render_device(o: &mut String, d: &crate::config::DeviceConfig) {
     }
     if let Some((g, n, _)) = &m.sparkplug {
         // Everything the edge node sends (its seq runs through every device's messages).
-        topics.extend(crate::source::mqtt::sparkplug::node_subscriptions(g, n));
+        topics.extend(crate::source::mqtt::sparkplug_host::node_subscriptions(
+            g, n,
+        ));
         if !d.points.iter().any(|p| p.is_read()) {
             topics.push("(every metric of the births becomes a point)".into());
         }

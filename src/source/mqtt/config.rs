@@ -9,7 +9,7 @@ use crate::config::validate::devices::DeviceDraft;
 use crate::config::validate::points::{PointDraft, PointPart};
 use crate::config::validate::Ctx;
 use crate::config::{LineConfig, Settings};
-use crate::mqtt::connection::{self, BrokerConfig, Keys};
+use crate::mqtt::settings::{self, BrokerConfig, Keys};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::collections::BTreeMap;
@@ -33,7 +33,7 @@ pub(crate) fn brokers(
                     ),
                 );
             }
-            connection::validate(
+            settings::validate(
                 cx,
                 Keys {
                     url: &r.url,

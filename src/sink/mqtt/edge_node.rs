@@ -23,10 +23,10 @@
 //! the backlog as historical).
 
 use super::config::MqttSinkConfig;
-use super::Connection;
 use crate::model::catalog::HEALTH_MEASUREMENT;
 use crate::model::{Catalog, SampleBatch, Value};
 use crate::mqtt::client::{Event, Publish};
+use crate::mqtt::connection::Connection;
 use crate::mqtt::sparkplug::{
     bd_seq, datatype, metric, metric_value, property_value, topic, Metric, Payload, PropertySet,
     PropertyValue,
@@ -100,7 +100,7 @@ pub fn build(
     cfg: &MqttSinkConfig,
     ctx: &crate::sink::BuildContext,
 ) -> Result<SparkplugSink, String> {
-    crate::mqtt::connection::options(&cfg.broker)?;
+    crate::mqtt::settings::options(&cfg.broker)?;
     let mut cfg = cfg.clone();
     // Sparkplug 3.0: an edge node connects with a clean session.
     cfg.broker.clean_session = true;
@@ -519,7 +519,7 @@ impl SparkplugSink {
             let Some(conn) = self.connection.as_mut() else {
                 return Err("not connected".into());
             };
-            let event = match tokio::time::timeout_at(deadline, conn.events.recv()).await {
+            let event = match tokio::time::timeout_at(deadline, conn.recv()).await {
                 Ok(e) => e,
                 Err(_) => {
                     self.waiting_for_host = true;
