@@ -7,7 +7,9 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Device,
-    Bus,
+    /// A running source: a Modbus bus (a serial port, a TCP address), an MQTT broker's
+    /// subscriptions, ...
+    Source,
     Sink,
     /// The agent's own readings (`linetap_agent`).
     Agent,
@@ -17,7 +19,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Device => "device",
-            Kind::Bus => "bus",
+            Kind::Source => "source",
             Kind::Sink => "sink",
             Kind::Agent => "agent",
         }

@@ -55,7 +55,7 @@ impl GrowingSource {
         );
         GrowingSource {
             id: ComponentId {
-                kind: Kind::Bus,
+                kind: Kind::Source,
                 name: "test".into(),
                 fingerprint: 1,
             },
@@ -151,7 +151,7 @@ impl Quiet {
             vec![point("c")],
         );
         Quiet(ComponentId {
-            kind: Kind::Bus,
+            kind: Kind::Source,
             name: "quiet".into(),
             fingerprint: 2,
         })

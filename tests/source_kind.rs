@@ -99,7 +99,7 @@ impl SourceKind for Counter {
             let ids = registry.set_device(describe::device(d, "", 0), describe::points(d));
             out.push(Box::new(CounterSource {
                 id: ComponentId {
-                    kind: Kind::Bus,
+                    kind: Kind::Source,
                     name: format!("counter {}", d.id),
                     fingerprint: 1,
                 },

@@ -123,7 +123,7 @@ pub fn buses(config: &Config, registry: &mut Registry) -> Vec<Bus> {
             let link = link_for(devices[0].1, connect_timeout);
             Bus {
                 id: ComponentId {
-                    kind: Kind::Bus,
+                    kind: Kind::Source,
                     fingerprint: fingerprint(&devices),
                     name,
                 },

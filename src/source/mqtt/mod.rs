@@ -238,7 +238,7 @@ pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
             .unwrap_or_else(|| format!("linetap-{}", config.line.id));
         out.push(Box::new(Broker {
             id: ComponentId {
-                kind: Kind::Bus,
+                kind: Kind::Source,
                 name: format!("mqtt {}", b.name),
                 fingerprint: fingerprint(&(b, &devices, &host_id)),
             },
