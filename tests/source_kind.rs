@@ -14,15 +14,24 @@ use linetap::config::validate::Ctx;
 use linetap::config::{self, Config, PointType, Settings};
 use linetap::model::catalog::Registry;
 use linetap::model::{now_ns, Sample, SampleBatch, Value};
+use linetap::observe::metrics::DeviceFamily;
 use linetap::run::Agent;
 use linetap::source::{describe, Source, SourceContext, SourceKind};
 use serde::Deserialize;
 use serde_spanned::Spanned;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// `protocol = "counter"`: every `poll`, a point with `start = A` reads `n * step + A`.
 struct Counter;
+
+/// Its own metric family: reads per device.
+static FAMILIES: [DeviceFamily; 1] = [DeviceFamily {
+    name: "linetap_counter_reads_total",
+    gauge: false,
+    label: None,
+}];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +99,9 @@ impl SourceKind for Counter {
             })),
         })
     }
+    fn device_metrics(&self) -> &'static [DeviceFamily] {
+        &FAMILIES
+    }
     fn build(&self, config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
         let mut out: Vec<Box<dyn Source>> = Vec::new();
         for d in &config.devices {
@@ -138,6 +150,7 @@ impl Source for CounterSource {
     fn start(self: Box<Self>, ctx: SourceContext) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut out = ctx.output(&self.name, self.device);
+            let dm = ctx.metrics.devices.add(&self.name);
             let mut shutdown = ctx.shutdown;
             let mut n = 0i64;
             loop {
@@ -160,6 +173,7 @@ impl Source for CounterSource {
                     timestamp_ns: 0,
                 })
                 .await;
+                dm.kind_counters(&FAMILIES).at(0, 0).fetch_add(1, Relaxed);
                 tokio::select! {
                     _ = tokio::time::sleep(self.poll) => {}
                     _ = shutdown.recv() => return,
@@ -229,6 +243,15 @@ fn a_kind_from_outside_reads_its_keys_and_runs() {
         (complete.len() >= 20).then_some(complete)
     })
     .expect("the counter's values reach the file sink");
+    // Its own metric family, beside the shared ones.
+    let text = agent.metrics.render_prometheus();
+    let counted: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("linetap_counter_reads_total{device=\"c1\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no counter family in:\n{text}"));
+    assert!(counted >= 20.0, "{counted}");
+    assert!(text.contains("# TYPE linetap_counter_reads_total counter"));
     rt.block_on(agent.stop());
     for fields in &reads {
         let get = |n: &str| {

@@ -96,6 +96,63 @@ pub struct DeviceMetrics {
     pub mqtt_ready: AtomicBool,
     /// Sparkplug devices: birth metrics beyond `max_metrics`, not taken.
     pub sparkplug_metrics_over_limit: AtomicU64,
+    /// The families a source kind adds for its devices (`SourceKind::device_metrics`).
+    pub kind: std::sync::OnceLock<KindCounters>,
+}
+
+/// A metric family a source kind's devices have besides the shared ones: one counter or gauge
+/// per device, or one per value of a label (`result="ok"`, ...).
+#[derive(Debug)]
+pub struct DeviceFamily {
+    pub name: &'static str,
+    pub gauge: bool,
+    /// The label and its values, each its own series.
+    pub label: Option<(&'static str, &'static [&'static str])>,
+}
+
+impl DeviceFamily {
+    fn series(&self) -> usize {
+        self.label.map(|(_, v)| v.len()).unwrap_or(1)
+    }
+}
+
+/// One device's values of its kind's families.
+#[derive(Debug)]
+pub struct KindCounters {
+    families: &'static [DeviceFamily],
+    values: Box<[AtomicU64]>,
+}
+
+impl KindCounters {
+    fn new(families: &'static [DeviceFamily]) -> KindCounters {
+        let n = families.iter().map(|f| f.series()).sum();
+        KindCounters {
+            families,
+            values: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The value of family `family`, label value `label` (0 without a label).
+    pub fn at(&self, family: usize, label: usize) -> &AtomicU64 {
+        let before: usize = self.families[..family.min(self.families.len())]
+            .iter()
+            .map(|f| f.series())
+            .sum();
+        self.values
+            .get(before + label)
+            .or(self.values.last())
+            .unwrap_or(&NOWHERE)
+    }
+}
+
+/// What `KindCounters::at` returns for a family no kind declared (never read).
+static NOWHERE: AtomicU64 = AtomicU64::new(0);
+
+impl DeviceMetrics {
+    /// The counters of the device's kind, made on first use from its families.
+    pub fn kind_counters(&self, families: &'static [DeviceFamily]) -> &KindCounters {
+        self.kind.get_or_init(|| KindCounters::new(families))
+    }
 }
 
 /// One MQTT connection (a broker of devices, or an MQTT sink).
@@ -445,6 +502,48 @@ impl Metrics {
                 esc(&d.name),
                 d.missed_ticks.load(Relaxed)
             );
+        }
+        // Each source kind's own families, in the order devices declared them.
+        let mut families: Vec<&'static DeviceFamily> = Vec::new();
+        for d in &devices {
+            if let Some(k) = d.kind.get() {
+                for f in k.families {
+                    if !families.iter().any(|g| g.name == f.name) {
+                        families.push(f);
+                    }
+                }
+            }
+        }
+        for f in families {
+            let _ = writeln!(
+                o,
+                "# TYPE {} {}",
+                f.name,
+                if f.gauge { "gauge" } else { "counter" }
+            );
+            for d in &devices {
+                let Some(k) = d.kind.get() else { continue };
+                let Some(i) = k.families.iter().position(|g| g.name == f.name) else {
+                    continue;
+                };
+                let values: &[&str] = match f.label {
+                    Some((_, v)) => v,
+                    None => &[""],
+                };
+                for (j, value) in values.iter().enumerate() {
+                    let label = match f.label {
+                        Some((key, _)) => format!(",{key}=\"{}\"", esc(value)),
+                        None => String::new(),
+                    };
+                    let _ = writeln!(
+                        o,
+                        "{}{{device=\"{}\"{label}}} {}",
+                        f.name,
+                        esc(&d.name),
+                        k.at(i, j).load(Relaxed)
+                    );
+                }
+            }
         }
         o.push_str("# TYPE linetap_samples_delivered_total counter\n");
         for s in &sinks {

@@ -118,6 +118,12 @@ pub trait SourceKind: Sync {
     fn points_optional(&self, _settings: &Settings) -> bool {
         false
     }
+    /// The metric families its devices have besides the shared ones (`linetap_device_up`,
+    /// samples, poll durations): its components count into them through
+    /// `DeviceMetrics::kind_counters`, and `/metrics` shows them.
+    fn device_metrics(&self) -> &'static [crate::observe::metrics::DeviceFamily] {
+        &[]
+    }
     /// What `linetap check` shows of its devices of `config` (and adds to the line's totals).
     fn check(&self, _config: &Config, _plan: &mut crate::check::Plan) {}
     /// `check`'s warnings about its devices: valid, but will not work as is.
