@@ -293,23 +293,7 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: name.clone(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read the file: {e}"),
-        }])
-    })?;
-    let dir = path.parent().map(|p| {
-        if p.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            p
-        }
-    });
-    validate::parse(&name, &text, dir, crate::source::KINDS)
+    load_with(path, crate::source::KINDS)
 }
 
 /// As `load`, with the source kinds to read devices with (the built-in `source::KINDS` and
@@ -327,7 +311,14 @@ pub fn load_with(
             message: format!("cannot read the file: {e}"),
         }])
     })?;
-    validate::parse(&name, &text, path.parent(), kinds)
+    let dir = path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
+    validate::parse(&name, &text, dir, kinds)
 }
 
 /// Parses and validates configuration text; `file` names it in errors. Profiles: the

@@ -79,6 +79,29 @@ impl<'i> RawTable<'i> {
         }
     }
 
+    /// Takes out every key that is not `ours` but another kind's (`whose` says so, as the
+    /// error at its value), so that the kind's own struct only sees keys it may know.
+    pub fn take_foreign(
+        &mut self,
+        cx: &mut Ctx,
+        ours: impl Fn(&str) -> bool,
+        whose: impl Fn(&str) -> Option<String>,
+    ) {
+        let mut foreign = Vec::new();
+        for (key, at) in self.keys() {
+            if ours(key) {
+                continue;
+            }
+            if let Some(message) = whose(key) {
+                cx.err(at, message);
+                foreign.push(key.to_string());
+            }
+        }
+        for key in foreign {
+            self.remove(&key);
+        }
+    }
+
     /// Whether the key is (still) in the table.
     pub fn has(&self, key: &str) -> bool {
         self.entries.iter().any(|(k, _)| k.get_ref() == key)

@@ -6,7 +6,7 @@
 use super::points::{check_points, PointCtx};
 use super::Ctx;
 use crate::config::schema::DeviceCommon;
-use crate::config::table::RawTable;
+use crate::config::table::{fields_of, RawTable};
 use crate::config::*;
 use crate::source::SourceKind;
 use serde_spanned::Spanned;
@@ -107,32 +107,20 @@ impl<'k> Devices<'k> {
         // Keys of another kind: say whose they are (the kind's own struct would only say
         // "unknown field").
         if let Some(kind) = kind {
-            let mut foreign = Vec::new();
-            for (key, at) in raw.keys() {
-                let shared = crate::config::table::fields_of::<DeviceCommon>().contains(&key);
-                if shared || kind.device_keys().contains(&key) {
-                    continue;
-                }
-                if let Some(owner) = self.kinds.iter().find(|k| k.device_keys().contains(&key)) {
-                    cx.err(
-                        at,
-                        format!(
-                            "`{key}` belongs to {} devices (protocol = {}); this device is {protocol}",
-                            owner.title(),
-                            owner
-                                .protocols()
-                                .iter()
-                                .map(|p| format!("{p:?}"))
-                                .collect::<Vec<_>>()
-                                .join(" | ")
-                        ),
-                    );
-                    foreign.push(key.to_string());
-                }
-            }
-            for key in foreign {
-                raw.remove(&key);
-            }
+            raw.take_foreign(
+                cx,
+                |key| {
+                    fields_of::<DeviceCommon>().contains(&key) || kind.device_keys().contains(&key)
+                },
+                |key| {
+                    let owner = self.kinds.iter().find(|k| k.device_keys().contains(&key))?;
+                    Some(format!(
+                        "`{key}` belongs to {} devices (protocol = {}); this device is {protocol}",
+                        owner.title(),
+                        protocols(*owner)
+                    ))
+                },
+            );
         }
         let own_points = raw.take_array("points");
         let d: DeviceCommon = raw.take(cx)?;
@@ -226,4 +214,13 @@ impl<'k> Devices<'k> {
             settings,
         })
     }
+}
+
+/// A kind's `protocol` values, as a message lists them.
+pub(crate) fn protocols(kind: &dyn SourceKind) -> String {
+    kind.protocols()
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(" | ")
 }

@@ -216,34 +216,20 @@ pub(crate) fn point(cx: &mut Ctx, mut raw: RawTable, pc: &PointCtx) -> Option<Po
     let errors_before = cx.errors.len();
     // Keys of another kind: say whose they are.
     let own = pc.source.point_keys();
-    let mut foreign = Vec::new();
-    for (key, at) in raw.keys() {
-        if crate::config::table::fields_of::<PointCommon>().contains(&key) || own.contains(&key) {
-            continue;
-        }
-        if let Some(owner) = crate::source::KINDS
-            .iter()
-            .find(|k| k.point_keys().contains(&key))
-        {
-            cx.err(
-                at,
-                format!(
-                    "`{key}` belongs to points of {} devices (protocol = {})",
-                    owner.title(),
-                    owner
-                        .protocols()
-                        .iter()
-                        .map(|p| format!("{p:?}"))
-                        .collect::<Vec<_>>()
-                        .join(" | ")
-                ),
-            );
-            foreign.push(key.to_string());
-        }
-    }
-    for key in foreign {
-        raw.remove(&key);
-    }
+    raw.take_foreign(
+        cx,
+        |key| crate::config::table::fields_of::<PointCommon>().contains(&key) || own.contains(&key),
+        |key| {
+            let owner = crate::source::KINDS
+                .iter()
+                .find(|k| k.point_keys().contains(&key))?;
+            Some(format!(
+                "`{key}` belongs to points of {} devices (protocol = {})",
+                owner.title(),
+                super::devices::protocols(*owner)
+            ))
+        },
+    );
     let p: PointCommon = raw.take(cx)?;
     let name = cx.non_empty(&p.name, span.clone(), "name", "[[devices.points]]");
     let derived = p.from.is_some() || p.expr.is_some() || p.states.is_some();

@@ -60,22 +60,16 @@ pub(super) fn sink(
     };
     // Keys of another sink type: say so where they are written.
     if let Some(kind) = kind {
-        let mut foreign = Vec::new();
-        for (key, at) in raw.keys() {
-            if fields_of::<SinkCommon>().contains(&key) || kind.keys().contains(&key) {
-                continue;
-            }
-            if kinds.iter().any(|k| k.keys().contains(&key)) {
-                cx.err(
-                    at,
-                    format!("`{key}` is not a key of a {} sink", kind.name()),
-                );
-                foreign.push(key.to_string());
-            }
-        }
-        for key in foreign {
-            raw.remove(&key);
-        }
+        raw.take_foreign(
+            cx,
+            |key| fields_of::<SinkCommon>().contains(&key) || kind.keys().contains(&key),
+            |key| {
+                kinds
+                    .iter()
+                    .any(|k| k.keys().contains(&key))
+                    .then(|| format!("`{key}` is not a key of a {} sink", kind.name()))
+            },
+        );
     }
     let common: SinkCommon = raw.take(cx)?;
     let kind = kind?;
