@@ -256,6 +256,14 @@ fn valid_config_exits_0_and_prints_the_plan() {
 // the error points at the key or the value.
 // ---------------------------------------------------------------------------------------------
 
+// An unknown device key: the message lists the keys every device has and the Modbus ones.
+broken!(
+    unknown_key_in_device_lists_shared_and_kind_keys,
+    edit(BASE, "unit = 1\n", "unit = 1\nunitt = 2\n"),
+    at: ("unitt = 2", 1, "unitt"),
+    says: "unknown field `unitt`, expected one of `points`, `id`, `kind`, `cell`, `profile`, `protocol`, `poll`, `report`, `tags`, `address`, `serial`, `unit`,",
+);
+
 broken!(
     unknown_key_in_point,
     edit(BASE, "type = \"u32\"\n", "type = \"u32\"\nscaling = 2\n"),

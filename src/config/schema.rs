@@ -18,34 +18,11 @@ pub struct RawConfig {
     #[serde(default)]
     pub buffer: BufferSection,
     // `[sinks.NAME]` tables are taken out of the document before it is read (`SinkCommon`).
-    /// MQTT broker connections that devices subscribe through.
-    #[serde(default)]
-    pub brokers: BTreeMap<Spanned<String>, Spanned<BrokerSection>>,
+    // `[brokers.NAME]` tables are taken out of the document before it is read (the MQTT
+    // source kind reads them: `source/mqtt/config.rs::brokers`).
     /// Line-wide report-by-exception defaults.
     pub report: Option<Spanned<ReportSection>>,
     // `[[devices]]` are taken out of the document before it is read (`DeviceCommon`).
-}
-
-/// `[brokers.NAME]`: one MQTT connection. The same keys are valid on an MQTT sink.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrokerSection {
-    pub url: Option<Spanned<String>>,
-    pub client_id: Option<Spanned<String>>,
-    pub username: Option<Spanned<String>>,
-    pub password: Option<Spanned<String>>,
-    pub password_file: Option<Spanned<String>>,
-    pub password_env: Option<Spanned<String>>,
-    pub ca_file: Option<Spanned<String>>,
-    pub cert_file: Option<Spanned<String>>,
-    pub key_file: Option<Spanned<String>>,
-    pub clean_session: Option<Spanned<bool>>,
-    pub keep_alive: Option<Spanned<ConfDuration>>,
-    pub max_packet_size: Option<Spanned<ConfSize>>,
-    /// "5" (default) or "3.1.1".
-    pub mqtt_version: Option<Spanned<String>>,
-    /// The Sparkplug host id of linetap's STATE on this broker (brokers of sparkplug-b devices).
-    pub sparkplug_host_id: Option<Spanned<String>>,
 }
 
 /// `sparkplug = { group, node, device }`: a Sparkplug B edge node (and a device under it).

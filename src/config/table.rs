@@ -17,6 +17,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 pub struct RawTable<'i> {
     span: Range<usize>,
     entries: DeTable<'i>,
+    /// The keys read so far by `take` (an unknown key's message lists them too).
+    known: Vec<&'static str>,
 }
 
 impl<'i> RawTable<'i> {
@@ -24,7 +26,11 @@ impl<'i> RawTable<'i> {
     pub fn of(v: Spanned<DeValue<'i>>, what: &str) -> Result<RawTable<'i>, (Range<usize>, String)> {
         let span = v.span();
         match v.into_inner() {
-            DeValue::Table(entries) => Ok(RawTable { span, entries }),
+            DeValue::Table(entries) => Ok(RawTable {
+                span,
+                entries,
+                known: Vec::new(),
+            }),
             other => Err((
                 span,
                 format!("{what} must be a table, not a {}", other.type_str()),
@@ -33,7 +39,11 @@ impl<'i> RawTable<'i> {
     }
 
     pub fn new(span: Range<usize>, entries: DeTable<'i>) -> RawTable<'i> {
-        RawTable { span, entries }
+        RawTable {
+            span,
+            entries,
+            known: Vec::new(),
+        }
     }
 
     /// Where the table is written.
@@ -51,7 +61,8 @@ impl<'i> RawTable<'i> {
 
     /// Takes an array of tables out (`[[points]]`); a value that is not an array is handed on
     /// as its only element, so that reading it says what it should be.
-    pub fn take_array(&mut self, key: &str) -> Vec<Spanned<DeValue<'i>>> {
+    pub fn take_array(&mut self, key: &'static str) -> Vec<Spanned<DeValue<'i>>> {
+        self.known.push(key);
         let Some(v) = self.remove(key) else {
             return Vec::new();
         };
@@ -140,21 +151,38 @@ impl<'i> RawTable<'i> {
                 taken.insert(k, v);
             }
         }
-        read(cx, self.span.clone(), taken)
+        self.known.extend(fields);
+        read(cx, self.span.clone(), taken, &[])
     }
 
-    /// Reads every key left as `T` (which denies the keys it does not know).
+    /// Reads every key left as `T` (which denies the keys it does not know: the message lists
+    /// every key this table may have, those read before too).
     pub fn finish<T: Deserialize<'i>>(self, cx: &mut Ctx) -> Option<T> {
-        read(cx, self.span, self.entries)
+        read(cx, self.span, self.entries, &self.known)
     }
 }
 
-fn read<'i, T: Deserialize<'i>>(cx: &mut Ctx, span: Range<usize>, t: DeTable<'i>) -> Option<T> {
+fn read<'i, T: Deserialize<'i>>(
+    cx: &mut Ctx,
+    span: Range<usize>,
+    t: DeTable<'i>,
+    known: &[&'static str],
+) -> Option<T> {
     let de = ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(t)));
     match T::deserialize(de) {
         Ok(v) => Some(v),
         Err(e) => {
-            cx.shape(e.span().unwrap_or(span), e.message().trim().to_string());
+            let mut message = e.message().trim().to_string();
+            if !known.is_empty() && message.starts_with("unknown field") {
+                let mut all: Vec<&str> = known.to_vec();
+                all.extend(fields_of::<T>());
+                if let Some(i) = message.find(", expected") {
+                    message.truncate(i);
+                }
+                let list: Vec<String> = all.iter().map(|k| format!("`{k}`")).collect();
+                message.push_str(&format!(", expected one of {}", list.join(", ")));
+            }
+            cx.shape(e.span().unwrap_or(span), message);
             None
         }
     }

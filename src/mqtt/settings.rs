@@ -8,6 +8,7 @@
 use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::validate::Ctx;
 use crate::config::Secret;
+use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -50,33 +51,37 @@ impl BrokerConfig {
     }
 }
 
-/// The connection keys of a table, wherever they are (a broker or a sink).
-pub(crate) struct Keys<'a> {
-    pub url: &'a Option<Spanned<String>>,
-    pub client_id: &'a Option<Spanned<String>>,
-    pub username: &'a Option<Spanned<String>>,
-    pub password: &'a Option<Spanned<String>>,
-    pub password_file: &'a Option<Spanned<String>>,
-    pub password_env: &'a Option<Spanned<String>>,
-    pub ca_file: &'a Option<Spanned<String>>,
-    pub cert_file: &'a Option<Spanned<String>>,
-    pub key_file: &'a Option<Spanned<String>>,
-    pub clean_session: &'a Option<Spanned<bool>>,
-    pub keep_alive: &'a Option<Spanned<ConfDuration>>,
-    pub max_packet_size: &'a Option<Spanned<ConfSize>>,
-    pub mqtt_version: &'a Option<Spanned<String>>,
+/// The connection keys of a table, wherever they are (`[brokers.NAME]`, an MQTT sink): taken
+/// out of the table by the code that reads it (`RawTable::take`), the rest is its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSection {
+    pub url: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub clean_session: Option<Spanned<bool>>,
+    pub keep_alive: Option<Spanned<ConfDuration>>,
+    pub max_packet_size: Option<Spanned<ConfSize>>,
+    /// "5" (default) or "3.1.1".
+    pub mqtt_version: Option<Spanned<String>>,
 }
 
 /// Validates the connection keys of `[brokers.NAME]` or an MQTT sink; `table` spans the table
 /// (for a missing `url`), `default_client_id` applies when `client_id` is absent.
 pub(crate) fn validate(
     cx: &mut Ctx,
-    keys: Keys,
+    keys: &ConnectionSection,
     name: &str,
     table: Range<usize>,
     default_client_id: String,
 ) -> BrokerConfig {
-    let (host, port, tls) = match keys.url {
+    let (host, port, tls) = match &keys.url {
         None => {
             cx.err(
                 table.clone(),
@@ -92,7 +97,7 @@ pub(crate) fn validate(
             }
         },
     };
-    let client_id = match keys.client_id {
+    let client_id = match &keys.client_id {
         Some(c) if c.get_ref().is_empty() || c.get_ref().len() > 65535 => {
             cx.err(c.span(), "client_id must not be empty");
             default_client_id
@@ -100,13 +105,13 @@ pub(crate) fn validate(
         Some(c) => c.get_ref().clone(),
         None => default_client_id,
     };
-    if let Some(p) = keys.password {
+    if let Some(p) = &keys.password {
         cx.err(
             p.span(),
             "a password in the file is not allowed: use password_file (e.g. a systemd credential) or password_env",
         );
     }
-    let password = match (keys.password_file, keys.password_env) {
+    let password = match (&keys.password_file, &keys.password_env) {
         (Some(f), Some(e)) => {
             cx.err(
                 e.span(),
@@ -130,9 +135,9 @@ pub(crate) fn validate(
     }
     let path = |v: &Option<Spanned<String>>| v.as_ref().map(|p| PathBuf::from(p.get_ref()));
     for (key, v) in [
-        ("ca_file", keys.ca_file),
-        ("cert_file", keys.cert_file),
-        ("key_file", keys.key_file),
+        ("ca_file", &keys.ca_file),
+        ("cert_file", &keys.cert_file),
+        ("key_file", &keys.key_file),
     ] {
         if let Some(v) = v {
             if !tls {
@@ -143,7 +148,7 @@ pub(crate) fn validate(
             }
         }
     }
-    match (keys.cert_file, keys.key_file) {
+    match (&keys.cert_file, &keys.key_file) {
         (Some(c), None) => cx.err(c.span(), "a client certificate needs `key_file`"),
         (None, Some(k)) => cx.err(
             k.span(),
@@ -151,7 +156,7 @@ pub(crate) fn validate(
         ),
         _ => {}
     }
-    let keep_alive = match keys.keep_alive {
+    let keep_alive = match &keys.keep_alive {
         Some(k) if k.get_ref().0 < Duration::from_secs(1) && !k.get_ref().0.is_zero() => {
             cx.err(k.span(), "keep_alive is at least 1s (or 0s: no keep-alive)");
             Duration::from_secs(30)
@@ -163,7 +168,7 @@ pub(crate) fn validate(
         Some(k) => k.get_ref().0,
         None => Duration::from_secs(30),
     };
-    let max_packet_size = match keys.max_packet_size {
+    let max_packet_size = match &keys.max_packet_size {
         Some(m) if m.get_ref().0 < 1024 || m.get_ref().0 > 256 << 20 => {
             cx.err(m.span(), "max_packet_size must be between 1KiB and 256MiB");
             1 << 20
@@ -186,7 +191,7 @@ pub(crate) fn validate(
             MqttVersion::V5
         }
     };
-    if let (MqttVersion::V5, Some(k)) = (mqtt_version, keys.keep_alive) {
+    if let (MqttVersion::V5, Some(k)) = (mqtt_version, &keys.keep_alive) {
         let d = k.get_ref().0;
         if !d.is_zero() && d < Duration::from_secs(5) {
             cx.err(
@@ -203,9 +208,9 @@ pub(crate) fn validate(
         client_id,
         username: keys.username.as_ref().map(|u| u.get_ref().clone()),
         password,
-        ca_file: path(keys.ca_file),
-        cert_file: path(keys.cert_file),
-        key_file: path(keys.key_file),
+        ca_file: path(&keys.ca_file),
+        cert_file: path(&keys.cert_file),
+        key_file: path(&keys.key_file),
         clean_session: keys
             .clean_session
             .as_ref()

@@ -173,12 +173,13 @@ pub(super) fn parse(
     let span = head.span();
     let mut root = head.into_inner();
     let head_devices = chunked::take_devices(&mut root);
-    let raw_sinks = take_sinks(&mut cx, &mut root);
+    let raw_sinks = take_named(&mut cx, &mut root, "sinks");
+    let raw_brokers = take_named(&mut cx, &mut root, "brokers");
     let Some(raw) = crate::config::table::RawTable::new(span, root).finish::<RawConfig>(&mut cx)
     else {
         return Err(cx.finish());
     };
-    let (mut config, line_report) = build(&mut cx, raw, raw_sinks, dir);
+    let (mut config, line_report) = build(&mut cx, raw, raw_sinks, raw_brokers, dir);
     let mut devices = devices::Devices::new(kinds, line_report);
     for d in head_devices {
         devices.add(&mut cx, d, &config.line, &config.brokers);
@@ -211,14 +212,15 @@ pub(super) fn parse(
     }
 }
 
-/// Takes the `[sinks.NAME]` tables out of a document's root table, in name order.
-fn take_sinks<'i>(
+/// Takes the `[KEY.NAME]` tables (sinks, brokers) out of a document's root table, in name order.
+fn take_named<'i>(
     cx: &mut Ctx,
     root: &mut toml::de::DeTable<'i>,
+    table: &str,
 ) -> Vec<(Spanned<String>, Spanned<toml::de::DeValue<'i>>)> {
     let key = root
         .iter()
-        .find(|(k, _)| k.get_ref() == "sinks")
+        .find(|(k, _)| k.get_ref() == table)
         .map(|(k, _)| k.clone());
     let Some(v) = key.and_then(|k| root.remove(&k)) else {
         return Vec::new();
@@ -233,7 +235,7 @@ fn take_sinks<'i>(
             cx.shape(
                 span,
                 format!(
-                    "`sinks` is a table of [sinks.NAME] tables, not a {}",
+                    "`{table}` is a table of [{table}.NAME] tables, not a {}",
                     other.type_str()
                 ),
             );
@@ -247,6 +249,7 @@ fn build(
     cx: &mut Ctx,
     raw: RawConfig,
     raw_sinks: Vec<(Spanned<String>, Spanned<toml::de::DeValue<'_>>)>,
+    raw_brokers: Vec<(Spanned<String>, Spanned<toml::de::DeValue<'_>>)>,
     dir: Option<&std::path::Path>,
 ) -> (Config, Report) {
     let line = match &raw.line {
@@ -406,9 +409,8 @@ fn build(
         .collect();
 
     let line_report = report(cx, &raw.report, Report::default());
-    let brokers = crate::source::mqtt::config::brokers(cx, &raw.brokers, &line.id);
-    let sparkplug_host_ids =
-        crate::source::mqtt::config::sparkplug_host_ids(cx, &raw.brokers, &line.id);
+    let (brokers, sparkplug_host_ids) =
+        crate::source::mqtt::config::brokers(cx, raw_brokers, &line.id);
     let config = Config {
         line,
         agent,

@@ -3,11 +3,10 @@
 
 use crate::config::schema::SparkplugSection;
 use crate::config::table::RawTable;
-use crate::config::units::{ConfDuration, ConfSize};
 use crate::config::validate::sinks::SinkDraft;
 use crate::config::validate::Ctx;
 use crate::config::Settings;
-use crate::mqtt::settings::{self, BrokerConfig, Keys};
+use crate::mqtt::settings::{self, BrokerConfig, ConnectionSection};
 use crate::sink::{settings_of, BuildContext, Start};
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -23,12 +22,11 @@ pub enum MqttSinkFormat {
     SparkplugB,
 }
 
-/// The keys of an mqtt sink (besides those every sink has): a connection as `[brokers.NAME]`,
-/// the format and its topics.
+/// The keys of an mqtt sink besides those every sink has and its connection's
+/// (`mqtt::settings::ConnectionSection`, as `[brokers.NAME]`): the format and its topics.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSinkSection {
-    pub url: Option<Spanned<String>>,
     pub format: Option<Spanned<String>>,
     pub topic: Option<Spanned<String>>,
     pub qos: Option<Spanned<i64>>,
@@ -38,19 +36,6 @@ pub struct MqttSinkSection {
     pub sparkplug: Option<Spanned<SparkplugSection>>,
     /// format sparkplug-b: the host application whose online STATE births wait for.
     pub primary_host: Option<Spanned<String>>,
-    pub client_id: Option<Spanned<String>>,
-    pub username: Option<Spanned<String>>,
-    pub password: Option<Spanned<String>>,
-    pub password_file: Option<Spanned<String>>,
-    pub password_env: Option<Spanned<String>>,
-    pub ca_file: Option<Spanned<String>>,
-    pub cert_file: Option<Spanned<String>>,
-    pub key_file: Option<Spanned<String>>,
-    pub clean_session: Option<Spanned<bool>>,
-    pub keep_alive: Option<Spanned<ConfDuration>>,
-    pub max_packet_size: Option<Spanned<ConfSize>>,
-    /// "5" (default) or "3.1.1".
-    pub mqtt_version: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +58,7 @@ pub(crate) fn validate(
     cx: &mut Ctx,
     name: &Spanned<String>,
     span: Range<usize>,
+    connection: &ConnectionSection,
     s: &MqttSinkSection,
     line: &str,
     site: &str,
@@ -80,21 +66,7 @@ pub(crate) fn validate(
     let span = span.clone();
     let broker = settings::validate(
         cx,
-        Keys {
-            url: &s.url,
-            client_id: &s.client_id,
-            username: &s.username,
-            password: &s.password,
-            password_file: &s.password_file,
-            password_env: &s.password_env,
-            ca_file: &s.ca_file,
-            cert_file: &s.cert_file,
-            key_file: &s.key_file,
-            clean_session: &s.clean_session,
-            keep_alive: &s.keep_alive,
-            max_packet_size: &s.max_packet_size,
-            mqtt_version: &s.mqtt_version,
-        },
+        connection,
         name.get_ref(),
         span.clone(),
         format!("linetap-{line}-{}", name.get_ref()),
@@ -208,7 +180,7 @@ pub(crate) fn validate(
         if let Some(q) = &s.qos {
             cx.err(q.span(), "`qos` does not apply to sparkplug-b: births and data go at QoS 0, the death at QoS 1");
         }
-        if let Some(c) = &s.clean_session {
+        if let Some(c) = &connection.clean_session {
             if !*c.get_ref() {
                 cx.err(
                     c.span(),
@@ -264,11 +236,17 @@ impl crate::sink::SinkKind for Kind {
         "mqtt"
     }
     fn keys(&self) -> &'static [&'static str] {
-        crate::config::table::fields_of::<MqttSinkSection>()
+        static KEYS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+        KEYS.get_or_init(|| {
+            let mut k = crate::config::table::fields_of::<ConnectionSection>().to_vec();
+            k.extend(crate::config::table::fields_of::<MqttSinkSection>());
+            k
+        })
     }
-    fn validate(&self, cx: &mut Ctx, raw: RawTable, d: &SinkDraft) -> Option<Settings> {
+    fn validate(&self, cx: &mut Ctx, mut raw: RawTable, d: &SinkDraft) -> Option<Settings> {
+        let connection: ConnectionSection = raw.take(cx)?;
         let s: MqttSinkSection = raw.finish(cx)?;
-        let c = validate(cx, d.name, d.span.clone(), &s, d.line, d.site);
+        let c = validate(cx, d.name, d.span.clone(), &connection, &s, d.line, d.site);
         Some(Settings::new(c))
     }
     fn build(&self, settings: &Settings, ctx: &BuildContext) -> Result<Box<dyn Start>, String> {

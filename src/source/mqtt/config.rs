@@ -2,89 +2,84 @@
 //! broker, topic, format, QoS, payload timestamps and staleness. Point keys (`json`, `topic`)
 //! are checked with the other point keys in `source/modbus/config.rs::point`.
 
-use crate::config::schema::{BrokerSection, SparkplugSection};
+use crate::config::schema::SparkplugSection;
 use crate::config::table::RawTable;
 use crate::config::units::ConfDuration;
 use crate::config::validate::devices::DeviceDraft;
 use crate::config::validate::points::{PointDraft, PointPart};
 use crate::config::validate::Ctx;
 use crate::config::{LineConfig, Settings};
-use crate::mqtt::settings::{self, BrokerConfig, Keys};
+use crate::mqtt::settings::{self, BrokerConfig, ConnectionSection};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Every `[brokers.NAME]`.
-pub(crate) fn brokers(
-    cx: &mut Ctx,
-    raw: &BTreeMap<Spanned<String>, Spanned<BrokerSection>>,
-    line: &str,
-) -> Vec<BrokerConfig> {
-    raw.iter()
-        .map(|(name, b)| {
-            let r = b.get_ref();
-            if !valid_name(name.get_ref()) {
-                cx.err(
-                    name.span(),
-                    format!(
-                        "broker name {:?}: use letters, digits, '-' and '_'",
-                        name.get_ref()
-                    ),
-                );
-            }
-            settings::validate(
-                cx,
-                Keys {
-                    url: &r.url,
-                    client_id: &r.client_id,
-                    username: &r.username,
-                    password: &r.password,
-                    password_file: &r.password_file,
-                    password_env: &r.password_env,
-                    ca_file: &r.ca_file,
-                    cert_file: &r.cert_file,
-                    key_file: &r.key_file,
-                    clean_session: &r.clean_session,
-                    keep_alive: &r.keep_alive,
-                    max_packet_size: &r.max_packet_size,
-                    mqtt_version: &r.mqtt_version,
-                },
-                name.get_ref(),
-                b.span(),
-                format!("linetap-{line}-{}", name.get_ref()),
-            )
-        })
-        .collect()
+/// The keys of `[brokers.NAME]` besides its connection's (`ConnectionSection`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BrokerSection {
+    /// The Sparkplug host id of linetap's STATE on this broker (brokers of sparkplug-b devices).
+    sparkplug_host_id: Option<Spanned<String>>,
 }
 
-/// Per broker: the Sparkplug host id of linetap's STATE (`sparkplug_host_id`, default
-/// `linetap-{line}`; one topic level, so without `+`, `/` or `#`). Only a broker of sparkplug-b
-/// devices uses it.
-pub(crate) fn sparkplug_host_ids(
+/// Every `[brokers.NAME]`, and per broker the Sparkplug host id of linetap's STATE
+/// (`sparkplug_host_id`, default `linetap-{line}`; one topic level, so without `+`, `/` or
+/// `#`; only a broker of sparkplug-b devices uses it).
+pub(crate) fn brokers(
     cx: &mut Ctx,
-    raw: &BTreeMap<Spanned<String>, Spanned<BrokerSection>>,
+    raw: Vec<(Spanned<String>, Spanned<toml::de::DeValue<'_>>)>,
     line: &str,
-) -> BTreeMap<String, String> {
-    raw.iter()
-        .map(|(name, b)| {
-            let id = match &b.get_ref().sparkplug_host_id {
-                Some(h) => {
-                    let v = h.get_ref();
-                    if v.is_empty() || v.contains(['+', '/', '#', '\0']) || v.len() > 1024 {
-                        cx.err(
-                            h.span(),
-                            format!("sparkplug_host_id {v:?}: not empty, and without +, / or # (it is one topic level: spBv1.0/STATE/HOST_ID)"),
-                        );
-                    }
-                    v.clone()
+) -> (Vec<BrokerConfig>, BTreeMap<String, String>) {
+    let mut brokers = Vec::new();
+    let mut host_ids = BTreeMap::new();
+    for (name, v) in raw {
+        let mut table = match RawTable::of(v, "a [brokers.NAME] entry") {
+            Ok(t) => t,
+            Err((at, msg)) => {
+                cx.shape(at, msg);
+                continue;
+            }
+        };
+        let span = table.span();
+        let Some(connection) = table.take::<ConnectionSection>(cx) else {
+            continue;
+        };
+        let Some(own) = table.finish::<BrokerSection>(cx) else {
+            continue;
+        };
+        if !valid_name(name.get_ref()) {
+            cx.err(
+                name.span(),
+                format!(
+                    "broker name {:?}: use letters, digits, '-' and '_'",
+                    name.get_ref()
+                ),
+            );
+        }
+        brokers.push(settings::validate(
+            cx,
+            &connection,
+            name.get_ref(),
+            span,
+            format!("linetap-{line}-{}", name.get_ref()),
+        ));
+        let id = match &own.sparkplug_host_id {
+            Some(h) => {
+                let v = h.get_ref();
+                if v.is_empty() || v.contains(['+', '/', '#', '\0']) || v.len() > 1024 {
+                    cx.err(
+                        h.span(),
+                        format!("sparkplug_host_id {v:?}: not empty, and without +, / or # (it is one topic level: spBv1.0/STATE/HOST_ID)"),
+                    );
                 }
-                // A line id may hold characters a topic level cannot.
-                None => format!("linetap-{line}").replace(['+', '/', '#', '\0'], "_"),
-            };
-            (name.get_ref().clone(), id)
-        })
-        .collect()
+                v.clone()
+            }
+            None => format!("linetap-{line}").replace(['+', '/', '#', '\0'], "_"),
+        };
+        host_ids.insert(name.get_ref().clone(), id);
+    }
+    (brokers, host_ids)
 }
 
 fn valid_name(n: &str) -> bool {
