@@ -184,8 +184,7 @@ fn sigkill_under_load_loses_at_most_the_last_sync_interval() {
     for _ in 0..3 {
         let agent = AgentProcess::start(&l.line.config);
         wait_delivering(&l.metrics_url, &agent);
-        // A wall-clock window by design: the kill comes under load, two sync intervals (1 s)
-        // into the agent's delivering.
+        // A wall-clock window by design: killed under load, two sync intervals (1 s) in.
         std::thread::sleep(Duration::from_secs(2));
         let killed_at = now_ms();
         agent.kill();
