@@ -62,6 +62,7 @@ fn a_device_polled_back_to_back_loses_nothing_and_does_not_slow_the_others() {
     let dead_before = connects("dev-3");
     let before = [polls("dev-0"), polls("dev-1"), polls("dev-2")];
     let t0 = std::time::Instant::now();
+    // A wall-clock window: the poll rates are measured over these 3 s.
     std::thread::sleep(Duration::from_secs(3));
     let after = [polls("dev-0"), polls("dev-1"), polls("dev-2")];
     let dead_after = connects("dev-3");

@@ -198,7 +198,7 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
     let path = line.config.clone();
     let agent = AgentProcess::start(&path);
 
-    // Wait until the last-planned values (the array) have arrived, then one cycle more.
+    // Wait until the last-planned values (the array) have arrived.
     let arrived = wait_for(Duration::from_secs(30), || {
         let r = influx.query("lt", "SELECT count(*) FROM joint");
         r["results"][0]["series"].as_array().map(|_| ())
@@ -208,7 +208,13 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
         "no data reached InfluxDB; agent log:\n{}",
         agent.stderr()
     );
-    std::thread::sleep(Duration::from_millis(800));
+    // Until the u64 out of range has been refused (the stop line then counts it).
+    let _ = wait_for(Duration::from_secs(30), || {
+        agent
+            .stderr()
+            .contains("cannot be written to this store")
+            .then_some(())
+    });
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "agent exit status; log:\n{log}");
     assert!(

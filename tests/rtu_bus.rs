@@ -79,26 +79,39 @@ fn setup_with(bus: Bus, extra: &str) -> Setup {
     let vm = VictoriaMetrics::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("out.lp").display().to_string();
-    let (pty, sim_bus, agent_bus) = if bus != Bus::Serial {
-        let protocol = if bus == Bus::RtuOverTcp {
-            "modbus-rtu-over-tcp"
-        } else {
-            "modbus-tcp"
-        };
-        let bus = format!(
-            "protocol = \"{protocol}\"\naddress = \"127.0.0.1:{}\"",
-            free_port()
-        );
-        (None, bus.clone(), bus)
-    } else {
-        let pty = PtyPair::start(dir.path());
-        let (s, a) = (serial_bus(&pty.a), serial_bus(&pty.b));
-        (Some(pty), s, a)
-    };
-    let sim_cfg = config::parse("sim.toml", &bus_config(&vm.url, &file, &sim_bus, extra))
-        .expect("valid config");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let sim = rt.block_on(Simulator::start(&sim_cfg)).expect("simulator");
+    let start_sim = |sim_bus: &str| {
+        let sim_cfg = config::parse("sim.toml", &bus_config(&vm.url, &file, sim_bus, extra))
+            .expect("valid config");
+        rt.block_on(Simulator::start(&sim_cfg))
+    };
+    let tcp = |protocol: &str, address: &str| {
+        format!("protocol = \"{protocol}\"\naddress = \"{address}\"")
+    };
+    let (pty, sim, agent_bus) = match bus {
+        Bus::Serial => {
+            let pty = PtyPair::start(dir.path());
+            let sim = start_sim(&serial_bus(&pty.a)).expect("simulator");
+            let agent_bus = serial_bus(&pty.b);
+            (Some(pty), sim, agent_bus)
+        }
+        Bus::RtuOverTcp => {
+            // Port 0: the simulator binds once, one listener for the four units (one
+            // RTU-over-TCP address), and the agent is pointed at the address it got.
+            let sim = start_sim(&tcp("modbus-rtu-over-tcp", "127.0.0.1:0")).expect("simulator");
+            let address = sim.addresses["servo-1"].to_string();
+            (None, sim, tcp("modbus-rtu-over-tcp", &address))
+        }
+        Bus::TcpGateway => {
+            // Modbus TCP devices with port 0 get a listener each; one gateway for the four
+            // units needs one port given: another one if it was taken meanwhile.
+            on_free_port("the simulated Modbus TCP gateway", |port| {
+                let bus = tcp("modbus-tcp", &format!("127.0.0.1:{port}"));
+                let sim = start_sim(&bus).map_err(|e| e.to_string())?;
+                Ok((None, sim, bus))
+            })
+        }
+    };
     let config = dir.path().join("line.toml");
     std::fs::write(&config, bus_config(&vm.url, &file, &agent_bus, extra)).unwrap();
     for u in UNITS {
@@ -206,6 +219,19 @@ fn health(s: &Setup, dev: &str) -> Vec<(i64, f64)> {
     ts.into_iter().zip(values).collect()
 }
 
+/// Waits (up to 20 s) until the stored health records of `dev` satisfy `done`; the assertions
+/// after it say what is missing if they never do.
+fn wait_health(s: &Setup, dev: &str, done: impl Fn(&[(i64, f64)]) -> bool) {
+    let _ = wait_for(Duration::from_secs(20), || {
+        done(&health(s, dev)).then_some(())
+    });
+}
+
+/// Whether `dev` reported up at or after `t`.
+fn up_since(h: &[(i64, f64)], t: i64) -> bool {
+    h.iter().any(|(ts, v)| *ts >= t && *v == 1.0)
+}
+
 /// The healthy units kept at least 90 % of their configured 10 polls/s in [w0, w1), all up.
 fn assert_healthy_rate(s: &Setup, healthy: &[&str], w0: i64, w1: i64) {
     let expected = (w1 - w0) as f64 / 100.0;
@@ -226,6 +252,7 @@ fn four_units_on_one_serial_bus_decode_exactly() {
     let s = setup(Bus::Serial);
     let agent = AgentProcess::start(&s.config);
     wait_all_up(&s, &agent);
+    // A wall-clock window: the poll rate below is measured over these 2 s.
     std::thread::sleep(Duration::from_secs(2));
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
@@ -245,13 +272,19 @@ fn a_silent_unit_does_not_starve_the_bus_and_is_read_again_once_it_answers() {
     let s = setup(Bus::Serial);
     let agent = AgentProcess::start(&s.config);
     wait_all_up(&s, &agent);
-    std::thread::sleep(Duration::from_secs(1));
     let fault_start = now_ms();
     s.sim.set_fault("servo-2", Fault::Silent).unwrap();
+    // A wall-clock window: the fault lasts 6 s, the others' poll rate is measured in it.
     std::thread::sleep(Duration::from_secs(6));
     let fault_end = now_ms();
     s.sim.set_fault("servo-2", Fault::None).unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    // Until servo-2 is back and has 10 health records since.
+    wait_health(&s, "servo-2", |h| {
+        h.iter()
+            .filter(|(t, v)| *t >= fault_end && *v == 1.0)
+            .count()
+            >= 10
+    });
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
 
@@ -309,13 +342,14 @@ fn bad_crc_replies_are_counted_and_do_not_desynchronise_the_bus() {
     let s = setup(Bus::Serial);
     let agent = AgentProcess::start(&s.config);
     wait_all_up(&s, &agent);
-    std::thread::sleep(Duration::from_secs(1));
     let fault_start = now_ms();
     s.sim.set_fault("servo-3", Fault::BadCrc).unwrap();
+    // A wall-clock window: the fault lasts 3 s, the others' poll rate is measured in it.
     std::thread::sleep(Duration::from_secs(3));
     let fault_end = now_ms();
     s.sim.set_fault("servo-3", Fault::None).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Until servo-3 is back.
+    wait_health(&s, "servo-3", |h| up_since(h, fault_end));
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
 
@@ -377,7 +411,19 @@ fn a_port_that_disappears_is_reopened() {
     wait_all_up(&s, &agent);
     // Unplug: the pty pair goes away (both ends), then comes back under the same names.
     drop(s.pty.take());
-    std::thread::sleep(Duration::from_secs(2));
+    // Unplugged until the agent has found the port gone: a poll failed to open it again.
+    let noticed = wait_for(Duration::from_secs(10), || {
+        agent
+            .stderr()
+            .lines()
+            .any(|l| l.contains("poll failed") && l.contains("connect:"))
+            .then_some(())
+    });
+    assert!(
+        noticed.is_some(),
+        "the agent never tried to reopen the port:\n{}",
+        agent.stderr()
+    );
     let unplugged = now_ms();
     s.pty = Some(PtyPair::start(s.dir.path()));
     let replugged = Instant::now();
@@ -401,13 +447,14 @@ fn rtu_over_tcp_to_a_gateway_with_four_units() {
     let s = setup(Bus::RtuOverTcp);
     let agent = AgentProcess::start(&s.config);
     wait_all_up(&s, &agent);
-    std::thread::sleep(Duration::from_secs(1));
     let fault_start = now_ms();
     s.sim.set_fault("servo-4", Fault::Silent).unwrap();
+    // A wall-clock window: the fault lasts 3 s, the others' poll rate is measured in it.
     std::thread::sleep(Duration::from_secs(3));
     let fault_end = now_ms();
     s.sim.set_fault("servo-4", Fault::None).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Until servo-4 is back.
+    wait_health(&s, "servo-4", |h| up_since(h, fault_end));
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
     assert_exact_values(&s);
@@ -428,13 +475,14 @@ fn a_modbus_tcp_gateway_with_four_units_shares_one_connection() {
     let s = setup(Bus::TcpGateway);
     let agent = AgentProcess::start(&s.config);
     wait_all_up(&s, &agent);
-    std::thread::sleep(Duration::from_secs(1));
     let fault_start = now_ms();
     s.sim.set_fault("servo-1", Fault::Silent).unwrap();
+    // A wall-clock window: the fault lasts 4 s, the others' poll rate is measured in it.
     std::thread::sleep(Duration::from_secs(4));
     let fault_end = now_ms();
     s.sim.set_fault("servo-1", Fault::None).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Until servo-1 is back.
+    wait_health(&s, "servo-1", |h| up_since(h, fault_end));
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
     assert_exact_values(&s);
@@ -459,7 +507,11 @@ fn the_turnaround_gap_is_kept_around_every_frame() {
     let s = setup_with(Bus::Serial, "turnaround = \"20ms\"\n");
     let agent = AgentProcess::start(&s.config);
     wait_all_up(&s, &agent);
-    std::thread::sleep(Duration::from_secs(2));
+    // Until every unit has 10 latencies stored.
+    let _ = wait_for(Duration::from_secs(20), || {
+        let latency = s.vm.export(r#"{__name__="linetap_device_latency_ms"}"#);
+        (latency.len() == 4 && latency.iter().all(|(_, v, _)| v.len() >= 10)).then_some(())
+    });
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
     let latency = s.vm.export(r#"{__name__="linetap_device_latency_ms"}"#);
@@ -488,8 +540,9 @@ fn replies_that_arrive_in_pieces_are_reassembled() {
             )
             .unwrap();
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // The faults apply from the next reply on (set_fault returns once they are set).
     let w0 = now_ms();
+    // A wall-clock window: the polls in these 4 s are counted.
     std::thread::sleep(Duration::from_secs(4));
     let w1 = now_ms();
     let (code, log) = agent.stop();

@@ -346,6 +346,7 @@ fn a_rewritten_password_file_is_used_without_a_restart() {
     .unwrap_or_else(|| panic!("the wrong password was not used:\n{}", agent.stderr()));
     held("wrong password after SIGHUP");
     let during = delivered().unwrap_or(0.0);
+    // A wall-clock window by design: held, nothing may be delivered in these 500 ms.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         delivered().unwrap_or(0.0),

@@ -103,6 +103,19 @@ fn caught_up(url: &str) -> bool {
             .is_some_and(|a| a < 2.0)
 }
 
+/// Samples this agent process has delivered to the store.
+fn delivered(url: &str) -> f64 {
+    metric(url, "linetap_samples_delivered_total{sink=\"central\"}").unwrap_or(0.0)
+}
+
+/// Waits (up to 30 s) until the agent delivers to the store.
+fn wait_delivering(url: &str, agent: &AgentProcess) {
+    wait_for(Duration::from_secs(30), || {
+        (delivered(url) > 0.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("nothing was delivered; log:\n{}", agent.stderr()));
+}
+
 fn wait_drained(url: &str, timeout: Duration) -> Duration {
     let start = Instant::now();
     let ok = wait_for(timeout, || caught_up(url).then_some(()));
@@ -119,9 +132,10 @@ fn an_outage_of_the_store_loses_nothing() {
     let mut l = line(4, "");
     let agent_start = now_ms();
     let agent = AgentProcess::start(&l.line.config);
-    std::thread::sleep(Duration::from_secs(3));
+    wait_delivering(&l.metrics_url, &agent);
     let outage_start = now_ms();
     l.vm.stop();
+    // A wall-clock window by design: the store is down for `outage` seconds.
     std::thread::sleep(Duration::from_secs(outage));
     eprintln!("outage from {outage_start} to {}", now_ms());
     let backlog = metric(&l.metrics_url, "linetap_buffer_bytes{sink=\"central\"}").unwrap_or(0.0);
@@ -129,7 +143,6 @@ fn an_outage_of_the_store_loses_nothing() {
     l.vm.restart();
     let drained_in = wait_drained(&l.metrics_url, Duration::from_secs(120));
     eprintln!("outage {outage}s: {backlog} buffered bytes drained in {drained_in:?} while live data kept flowing");
-    std::thread::sleep(Duration::from_secs(1));
     let stop_at = now_ms();
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
@@ -170,16 +183,18 @@ fn sigkill_under_load_loses_at_most_the_last_sync_interval() {
     let mut kills = Vec::new();
     for _ in 0..3 {
         let agent = AgentProcess::start(&l.line.config);
-        std::thread::sleep(Duration::from_millis(3000));
+        wait_delivering(&l.metrics_url, &agent);
+        // A wall-clock window by design: killed under load, two sync intervals (1 s) in.
+        std::thread::sleep(Duration::from_secs(2));
         let killed_at = now_ms();
         agent.kill();
         let restarted_at = now_ms();
         kills.push((killed_at, restarted_at));
     }
     let agent = AgentProcess::start(&l.line.config);
-    std::thread::sleep(Duration::from_secs(2));
+    // Delivering again, and caught up with the backlog of the three lives.
     let drained = wait_for(Duration::from_secs(60), || {
-        caught_up(&l.metrics_url).then_some(())
+        (delivered(&l.metrics_url) > 0.0 && caught_up(&l.metrics_url)).then_some(())
     });
     assert!(
         drained.is_some(),
@@ -241,13 +256,26 @@ fn damaged_buffer_files_are_cut_and_counted_and_the_rest_delivered() {
     let mut l = line(3, "");
     l.vm.stop();
     let agent = AgentProcess::start(&l.line.config);
-    std::thread::sleep(Duration::from_secs(4));
+    // Until the buffer holds 10 polls of each device (30 records of a poll's 14 samples).
+    let data = l.dir.path().join("data");
+    let polls_buffered = || {
+        if !data.join("buffer/segments").exists() {
+            return 0;
+        }
+        segments(&data)
+            .iter()
+            .filter_map(|p| std::fs::read(p).ok())
+            .flat_map(|b| records(&b))
+            .filter(|(_, samples, _)| *samples as u64 == VALUES + 4)
+            .count()
+    };
+    let _ = wait_for(Duration::from_secs(30), || {
+        (polls_buffered() >= 30).then_some(())
+    });
     l.line.sim.stop();
-    std::thread::sleep(Duration::from_millis(300));
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
     // Damage: flip a byte inside the payload of one record, and tear the last record in two.
-    let data = l.dir.path().join("data");
     let segs = segments(&data);
     let mut with_values = 0u64;
     let mut lost_values = 0u64;
@@ -325,17 +353,22 @@ fn a_full_disk_budget_drops_the_oldest_and_counts_exactly() {
     l.vm.stop();
     let started = now_ms();
     let agent = AgentProcess::start(&l.line.config);
-    let filled = wait_for(Duration::from_secs(240), || {
-        (metric(
+    let dropped = || {
+        metric(
             &l.metrics_url,
             "linetap_samples_dropped_total{sink=\"central\",reason=\"buffer_full\"}",
         )
         .unwrap_or(0.0)
-            > 0.0)
-            .then_some(())
+    };
+    let filled = wait_for(Duration::from_secs(240), || {
+        let d = dropped();
+        (d > 0.0).then_some(d)
     });
-    assert!(filled.is_some(), "the budget was never reached");
-    std::thread::sleep(Duration::from_secs(2));
+    let first_drop = filled.expect("the budget was never reached");
+    // Until the budget has dropped a second time (the next oldest segment, 1/8 of it).
+    let _ = wait_for(Duration::from_secs(60), || {
+        (dropped() > first_drop).then_some(())
+    });
     // Stop the agent while every poll still succeeds (each poll is one record of 14 samples),
     // then the devices, so the second run adds no values.
     let (code, log) = agent.stop();
@@ -391,6 +424,7 @@ fn deliver_the_rest(l: &Line, kept: u64, timeout: Duration) {
 fn wait_collection(collected: &dyn Fn() -> f64, grows: bool, timeout: Duration) -> bool {
     wait_for(timeout, || {
         let before = collected();
+        // A wall-clock window: growth is measured over 1 s, standing still over 2 s.
         std::thread::sleep(Duration::from_secs(if grows { 1 } else { 2 }));
         ((collected() > before) == grows).then_some(())
     })

@@ -1,18 +1,152 @@
-//! Test harness: real VictoriaMetrics and InfluxDB 1.x servers on ephemeral loopback ports,
+//! Test harness: real VictoriaMetrics and InfluxDB 1.x servers on free loopback ports,
 //! the agent binary as a child process, and small HTTP helpers. Every server is stopped and
 //! its data directory removed when its handle drops.
+//!
+//! Ports: a server that binds its own port (VictoriaMetrics, influxd, Mosquitto, the agent's
+//! `metrics_listen`) is given one from `free_port`, and the port can be taken by another
+//! process between `free_port` and the server's bind. Every start helper therefore checks
+//! that its own process listens on the port (`listening`), and on a failed start (the process
+//! exits, or never listens within its deadline) starts again on another port (`on_free_port`):
+//! a collision costs a retry, not a failed test. Where the test's own code listens, it binds
+//! once (port 0) and hands the listener or its address on.
 #![allow(dead_code)]
 
+use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A loopback port that was free a moment ago, for a server that binds it itself.
+///
+/// Taken from below the kernel's ephemeral range (`ip_local_port_range`), where the kernel
+/// never hands out ports on its own (port 0 binds, the local end of outgoing connections), so
+/// only another test process choosing the same port at the same moment can take it; and never
+/// the same port twice in one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let (lo, hi) = below_ephemeral_range();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..1000 {
+        let port = lo + (random() % u64::from(hi - lo)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {lo}..{hi}");
+}
+
+/// [lo, hi): loopback ports below the ephemeral range (Linux: 32768-60999 by default).
+fn below_ephemeral_range() -> (u16, u16) {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if first_ephemeral > 12_000 {
+        (10_000, first_ephemeral)
+    } else {
+        // An unusual range: the upper end, above it.
+        (61_000, 65_000)
+    }
+}
+
+/// A random number (std only: a fresh `RandomState` is randomly seeded).
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Starts something that binds a port of its own: `start(port)` with a port from `free_port`,
+/// and again with another port when it fails (another process took the port meanwhile: the
+/// server exits with "address in use", or never listens). Panics after 5 failed starts.
+pub fn on_free_port<T>(what: &str, mut start: impl FnMut(u16) -> Result<T, String>) -> T {
+    const TRIES: u32 = 5;
+    let mut failures = Vec::new();
+    for _ in 0..TRIES {
+        let port = free_port();
+        match start(port) {
+            Ok(v) => return v,
+            Err(e) => {
+                eprintln!("{what} did not start on port {port} ({e}); trying another port");
+                failures.push(format!("port {port}: {e}"));
+            }
+        }
+    }
+    panic!("{what} did not start in {TRIES} tries: {failures:?}");
+}
+
+/// Whether process `pid` itself listens on 127.0.0.1:`port` (and not another process that
+/// took the port): the listening socket in /proc/net/tcp is one of the process's descriptors.
+pub fn listening(pid: u32, port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    let inodes: HashSet<String> = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local address, state (0A: LISTEN), inode.
+            (f.len() > 9 && f[1] == want && f[3] == "0A").then(|| f[9].to_string())
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .any(|target| {
+                    let t = target.to_string_lossy();
+                    t.strip_prefix("socket:[")
+                        .and_then(|r| r.strip_suffix(']'))
+                        .is_some_and(|inode| inodes.contains(inode))
+                })
+        })
+        .unwrap_or(false)
+}
+
+/// Waits until `child` listens on `port` (and, with `url`, answers it with 2xx), within
+/// `timeout`; an error when it exits first or does not get there in time.
+fn wait_listening(
+    child: &mut Child,
+    port: u16,
+    url: Option<&str>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let client = http::Client::new();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited at start-up: {status}"));
+        }
+        if listening(child.id(), port) && url.is_none_or(|u| client.get_ok(u)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("did not listen on port {port} within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops a child that failed to start.
+fn reap(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Finds a server binary, or explains how to install it.
@@ -24,21 +158,6 @@ fn binary(name: &str) -> PathBuf {
         }
     }
     panic!("{name} is not installed: run `apt-get install -y victoria-metrics influxdb mosquitto socat` (the tests need the real servers)");
-}
-
-fn wait_http_ok(url: &str, what: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let client = http::Client::new();
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited at start-up: {status}");
-        }
-        if client.get_ok(url) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} did not become ready at {url}");
 }
 
 /// Minimal blocking HTTP over std, so the harness needs no extra client crate.
@@ -77,6 +196,13 @@ pub mod http {
     /// One HTTP/1.0 request; returns status and body.
     pub fn request(method: &str, url: &str, body: Option<&str>) -> std::io::Result<Reply> {
         let (host, path) = split(url);
+        let host = match host.rsplit_once(':') {
+            Some((h, p)) => match p.parse() {
+                Ok(port) => format!("{h}:{}", super::moved_port(port)),
+                Err(_) => host,
+            },
+            None => host,
+        };
         let mut s = TcpStream::connect(&host)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let body = body.unwrap_or("");
@@ -133,15 +259,17 @@ pub struct VictoriaMetrics {
 impl VictoriaMetrics {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
         let mut vm = VictoriaMetrics {
             child: None,
             dir,
-            port,
-            url,
+            port: 0,
+            url: String::new(),
         };
-        vm.restart();
+        on_free_port("victoria-metrics", |port| {
+            vm.port = port;
+            vm.url = format!("http://127.0.0.1:{port}");
+            vm.spawn()
+        });
         vm
     }
 
@@ -167,6 +295,13 @@ impl VictoriaMetrics {
     /// Starts the server again on the same port and data.
     pub fn restart(&mut self) {
         self.stop();
+        if let Err(e) = self.spawn() {
+            panic!("victoria-metrics on port {}: {e}", self.port);
+        }
+    }
+
+    /// Starts the server on `self.port` and waits until it listens and answers /health.
+    fn spawn(&mut self) -> Result<(), String> {
         let mut child = Command::new(binary("victoria-metrics"))
             .arg(format!("-storageDataPath={}", self.dir.path().display()))
             .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
@@ -181,12 +316,22 @@ impl VictoriaMetrics {
             .stderr(Stdio::null())
             .spawn()
             .expect("start victoria-metrics");
-        wait_http_ok(
-            &format!("{}/health", self.url),
-            "victoria-metrics",
+        let health = format!("{}/health", self.url);
+        match wait_listening(
             &mut child,
-        );
-        self.child = Some(child);
+            self.port,
+            Some(&health),
+            Duration::from_secs(30),
+        ) {
+            Ok(()) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                reap(child);
+                Err(e)
+            }
+        }
     }
 
     /// Every sample of the series matching `selector` (e.g. `{__name__="joint_position"}`),
@@ -239,8 +384,12 @@ impl Influx1 {
 
     /// With extra keys for the `[http]` section (e.g. `auth-enabled = true`).
     pub fn start_with(http_extra: &str) -> Self {
+        on_free_port("influxd", |http| Self::start_on(http, http_extra))
+    }
+
+    /// influxd with its HTTP API on `http` (and its RPC port from `free_port`).
+    fn start_on(http: u16, http_extra: &str) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let http = free_port();
         let rpc = free_port();
         let d = dir.path().display();
         let conf = format!(
@@ -256,12 +405,20 @@ impl Influx1 {
             .spawn()
             .expect("start influxd");
         let url = format!("http://127.0.0.1:{http}");
-        wait_http_ok(&format!("{url}/ping"), "influxd", &mut child);
-        Influx1 {
+        if let Err(e) = wait_listening(
+            &mut child,
+            http,
+            Some(&format!("{url}/ping")),
+            Duration::from_secs(30),
+        ) {
+            reap(child);
+            return Err(e);
+        }
+        Ok(Influx1 {
             child,
             _dir: dir,
             url,
-        }
+        })
     }
 
     pub fn query(&self, db: &str, q: &str) -> serde_json::Value {
@@ -297,6 +454,44 @@ impl Drop for Influx1 {
 pub struct AgentProcess {
     child: Child,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The thread that drains stderr; it ends when the agent has exited and closed the pipe.
+    drain: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Ports whose agent had to be moved to another port (`metrics_listen` taken by another
+/// process at start-up): old -> new. `request` (and so `metric`) follows them, so a test keeps
+/// the URL it built from the port it wrote into the configuration.
+static MOVED: Mutex<Option<HashMap<u16, u16>>> = Mutex::new(None);
+
+/// The port a test's `port` now stands for (itself, unless an agent was moved from it).
+pub fn moved_port(port: u16) -> u16 {
+    let moved = MOVED.lock().unwrap_or_else(|e| e.into_inner());
+    moved
+        .as_ref()
+        .and_then(|m| m.get(&port).copied())
+        .unwrap_or(port)
+}
+
+fn record_move(from: u16, to: u16) {
+    let mut moved = MOVED.lock().unwrap_or_else(|e| e.into_inner());
+    let moved = moved.get_or_insert_with(HashMap::new);
+    for v in moved.values_mut() {
+        if *v == from {
+            *v = to;
+        }
+    }
+    moved.insert(from, to);
+}
+
+/// The port of `metrics_listen = "127.0.0.1:PORT"` in a configuration file, if any.
+fn metrics_listen_port(config: &Path) -> Option<u16> {
+    std::fs::read_to_string(config).ok()?.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("metrics_listen = \"127.0.0.1:")?
+            .strip_suffix('"')?
+            .parse()
+            .ok()
+    })
 }
 
 impl AgentProcess {
@@ -304,7 +499,7 @@ impl AgentProcess {
     pub fn kill(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(100));
+        self.drained();
         self.stderr()
     }
 
@@ -313,7 +508,50 @@ impl AgentProcess {
     }
 
     /// As `start`, with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    ///
+    /// With a `metrics_listen` on 127.0.0.1, waits until the agent listens there (or exits);
+    /// when its port was taken by another process meanwhile, the configuration file is
+    /// rewritten with another port and the agent started again (see `moved_port`).
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
+        const TRIES: u32 = 5;
+        for _ in 1..TRIES {
+            let mut agent = Self::spawn(config, env);
+            let Some(port) = metrics_listen_port(config) else {
+                return agent;
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let exited = loop {
+                if let Ok(Some(_)) = agent.child.try_wait() {
+                    break true;
+                }
+                if listening(agent.child.id(), port) || Instant::now() > deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if !exited {
+                return agent;
+            }
+            agent.drained();
+            let log = agent.stderr();
+            if !(log.contains("metrics_listen") && log.contains("in use")) {
+                // Exited for another reason: the test sees it.
+                return agent;
+            }
+            let to = free_port();
+            eprintln!("the agent's metrics port {port} was taken; moving it to {to}");
+            let text = std::fs::read_to_string(config).expect("read the configuration");
+            let text = text.replace(
+                &format!("metrics_listen = \"127.0.0.1:{port}\""),
+                &format!("metrics_listen = \"127.0.0.1:{to}\""),
+            );
+            std::fs::write(config, text).expect("rewrite the configuration");
+            record_move(port, to);
+        }
+        Self::spawn(config, env)
+    }
+
+    fn spawn(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_linetap"))
             .arg("run")
             .arg("--config")
@@ -326,7 +564,7 @@ impl AgentProcess {
             .expect("start linetap");
         // Drain stderr on a thread so a chatty agent never blocks on a full pipe.
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        if let Some(mut pipe) = child.stderr.take() {
+        let drain = child.stderr.take().map(|mut pipe| {
             let sink = stderr.clone();
             std::thread::spawn(move || {
                 use std::io::Read;
@@ -339,9 +577,24 @@ impl AgentProcess {
                         .unwrap()
                         .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
-            });
+            })
+        });
+        AgentProcess {
+            child,
+            stderr,
+            drain,
         }
-        AgentProcess { child, stderr }
+    }
+
+    /// After the agent has exited: waits until everything it wrote to stderr has been read
+    /// (the pipe's end), up to 5 s.
+    fn drained(&mut self) {
+        if let Some(drain) = self.drain.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !drain.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 
     /// SIGTERM, wait, and return (exit code, stderr).
@@ -360,7 +613,7 @@ impl AgentProcess {
             std::thread::sleep(Duration::from_millis(50));
         }
         let code = self.child.wait().ok().and_then(|s| s.code());
-        std::thread::sleep(Duration::from_millis(100));
+        self.drained();
         (code, self.stderr())
     }
 
@@ -511,10 +764,14 @@ impl Mosquitto {
     }
 
     /// With more configuration: `extra(dir, port)` returns lines appended to the file (e.g.
-    /// a TLS listener with files written into `dir`).
-    pub fn start_with(extra: impl FnOnce(&Path, u16) -> String) -> Self {
+    /// a TLS listener with files written into `dir`); called again for each try on another
+    /// port.
+    pub fn start_with(mut extra: impl FnMut(&Path, u16) -> String) -> Self {
+        on_free_port("mosquitto", |port| Self::start_on(port, &mut extra))
+    }
+
+    fn start_on(port: u16, extra: &mut impl FnMut(&Path, u16) -> String) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let more = extra(dir.path(), port);
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
@@ -535,8 +792,8 @@ impl Mosquitto {
             port,
             url: format!("mqtt://127.0.0.1:{port}"),
         };
-        m.restart();
-        m
+        m.spawn()?;
+        Ok(m)
     }
 
     /// The broker's log (for a failing test's message).
@@ -565,6 +822,13 @@ impl Mosquitto {
     /// Starts the broker again on the same port and data.
     pub fn restart(&mut self) {
         self.stop();
+        if let Err(e) = self.spawn() {
+            panic!("mosquitto on port {}: {e}\n{}", self.port, self.log());
+        }
+    }
+
+    /// Starts the broker and waits until it listens on its port.
+    fn spawn(&mut self) -> Result<(), String> {
         let mut child = Command::new(binary("mosquitto"))
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
@@ -572,22 +836,16 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("start mosquitto (apt-get install -y mosquitto)");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("mosquitto exited at start-up: {status}");
+        match wait_listening(&mut child, self.port, None, Duration::from_secs(15)) {
+            Ok(()) => {
+                self.child = Some(child);
+                Ok(())
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                break;
+            Err(e) => {
+                reap(child);
+                Err(e)
             }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
-        self.child = Some(child);
     }
 }
 
