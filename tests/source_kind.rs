@@ -268,14 +268,25 @@ fn a_kind_from_outside_reads_its_keys_and_runs() {
     }
 }
 
+/// The errors of `t` read with `kinds`, and all of them as text (for failure messages).
+fn mistakes(t: &str, kinds: &[&dyn SourceKind]) -> (Vec<config::ConfigError>, String) {
+    let errors = config::parse_with("lab.toml", t, kinds)
+        .map(|_| ())
+        .expect_err("a mistake")
+        .0;
+    let all = errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    (errors, all)
+}
+
 #[test]
 fn its_errors_are_located_and_other_kinds_keys_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let kinds = kinds();
     let t = text(dir.path(), "step = 0\nunit = 3\nsteps = 2");
-    let errors = config::parse_with("lab.toml", &t, &kinds)
-        .expect_err("three mistakes")
-        .0;
     // Where the value of `needle` ("KEY = VALUE") is in `t`.
     let at = |t: &str, needle: &str| {
         let off = t.find(needle).unwrap() + needle.find('=').unwrap() + 2;
@@ -283,23 +294,12 @@ fn its_errors_are_located_and_other_kinds_keys_are_named() {
         let col = off - t[..off].rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
         (line, col)
     };
-    let all = errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let (errors, all) = mistakes(&t, &kinds);
     // `steps` is no kind's key: the TOML reader refuses it, and only such errors are reported.
     assert_eq!(errors.len(), 1, "{all}");
     assert!(errors[0].message.contains("unknown field `steps`"), "{all}");
     let t = text(dir.path(), "step = 0\nunit = 3");
-    let errors = config::parse_with("lab.toml", &t, &kinds)
-        .expect_err("two mistakes")
-        .0;
-    let all = errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let (errors, all) = mistakes(&t, &kinds);
     assert_eq!(errors.len(), 2, "{all}");
     assert_eq!(
         (errors[0].line, errors[0].column),
@@ -320,14 +320,7 @@ fn its_errors_are_located_and_other_kinds_keys_are_named() {
     );
     // A point key of another kind, and a point without the kind's own key.
     let t = text(dir.path(), "").replace("start = 1000", "address = 7");
-    let errors = config::parse_with("lab.toml", &t, &kinds)
-        .expect_err("a Modbus key")
-        .0;
-    let all = errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let (errors, all) = mistakes(&t, &kinds);
     // (and, as a consequence, the derived `sum` reads a point that is not there)
     assert_eq!(errors.len(), 3, "{all}");
     assert!(

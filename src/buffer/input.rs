@@ -2,7 +2,7 @@
 //! batches to `publish`; a catalog change goes through the same queue, so the writer sees it
 //! before the first batch that uses it.
 
-use super::Shared;
+use super::{Shared, WAKE_AT};
 use crate::model::catalog::Version;
 use crate::model::SampleBatch;
 use crate::observe::liveness::Beat;
@@ -87,11 +87,10 @@ impl BufferInput {
         let mut entry = Entry::Batch(Arc::new(batch));
         let mut was_busy = None;
         let accepted = loop {
-            match self.tx.try_send(entry) {
+            match self.send(entry) {
                 Ok(()) => {
                     // One runtime thread publishes, so tickets follow the queue's order.
                     self.shared.enqueued.fetch_add(1, Ordering::AcqRel);
-                    self.shared.queued_one();
                     break true;
                 }
                 Err(TrySendError::Full(e)) if self.held_back() => {
@@ -162,16 +161,32 @@ impl BufferInput {
         }
     }
 
+    /// Hands `entry` to the writer's queue. The writer's count of queued entries is raised
+    /// before the entry can be seen (and lowered again if the queue is full): the writer may
+    /// take the entry, and count it off, before `try_send` has even returned.
+    fn send(&self, entry: Entry) -> Result<(), TrySendError<Entry>> {
+        let before = self.shared.queued.fetch_add(1, Relaxed);
+        match self.tx.try_send(entry) {
+            Ok(()) => {
+                if before + 1 == WAKE_AT {
+                    self.shared.wake_writer();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.queued.fetch_sub(1, Relaxed);
+                Err(e)
+            }
+        }
+    }
+
     /// Queues a new catalog version: batches published after this refer to it. Never dropped:
     /// waits while the queue is full (catalog changes are rare).
     pub async fn publish_catalog(&self, version: Version) {
         let mut entry = Entry::Catalog(version);
         loop {
-            match self.tx.try_send(entry) {
-                Ok(()) => {
-                    self.shared.queued_one();
-                    return;
-                }
+            match self.send(entry) {
+                Ok(()) => return,
                 Err(TrySendError::Full(e)) => {
                     // A writer holding the sources back (`block`) lets it through.
                     self.shared.catalog_waiting.store(true, Relaxed);

@@ -218,13 +218,6 @@ impl Shared {
         }
     }
 
-    /// One more entry was queued: wakes the writer when enough wait.
-    fn queued_one(&self) {
-        if self.queued.fetch_add(1, Relaxed) + 1 == WAKE_AT {
-            self.wake_writer();
-        }
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

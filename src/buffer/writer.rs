@@ -111,7 +111,9 @@ pub(super) fn write_loop(
         loop {
             let received = rx.try_recv();
             if received.is_ok() {
-                w.shared.queued.fetch_sub(1, Relaxed);
+                // Counted before it was sent (`BufferInput::send`): never below zero.
+                let before = w.shared.queued.fetch_sub(1, Relaxed);
+                debug_assert!(before > 0, "an entry taken before it was counted");
             }
             match received {
                 Ok(Entry::Batch(b)) => {
