@@ -103,7 +103,15 @@ pub struct DeviceIds {
 
 struct DeviceEntry {
     descriptor: DeviceDescriptor,
-    points: Vec<PointDescriptor>,
+    /// Where its points are in `Registry::points`.
+    start: usize,
+    len: usize,
+}
+
+impl DeviceEntry {
+    fn range(&self) -> std::ops::Range<usize> {
+        self.start..self.start + self.len
+    }
 }
 
 /// Hands out stable ids and builds catalog versions. One per agent; sources reach it through
@@ -114,6 +122,9 @@ pub struct Registry {
     line_tags: Vec<Tag>,
     /// Devices in registration order.
     devices: Vec<DeviceEntry>,
+    /// Every device's points, a device after the other in `devices`' order: one allocation,
+    /// which becomes the catalog's without a copy (on a large line, megabytes).
+    points: Vec<PointDescriptor>,
     device_ids: HashMap<String, u32>,
     /// `(device name, point key)` → id, for every point seen in this process.
     point_ids: HashMap<(String, String), u32>,
@@ -138,6 +149,7 @@ impl Registry {
             site: site.to_string(),
             line_tags,
             devices: Vec::new(),
+            points: Vec::new(),
             device_ids: HashMap::new(),
             point_ids: HashMap::new(),
             next_device: 0,
@@ -177,14 +189,13 @@ impl Registry {
         r.next_point = r.next_point.max(next_point);
         r.next_device = r.next_device.max(next_device);
         for d in &catalog.devices {
+            let start = r.points.len();
+            r.points
+                .extend(catalog.points.iter().filter(|p| p.device == d.id).cloned());
             r.devices.push(DeviceEntry {
                 descriptor: d.clone(),
-                points: catalog
-                    .points
-                    .iter()
-                    .filter(|p| p.device == d.id)
-                    .cloned()
-                    .collect(),
+                start,
+                len: r.points.len() - start,
             });
         }
         r.current = Some(catalog_id(catalog).0);
@@ -212,14 +223,23 @@ impl Registry {
         let device = self.device_id(&descriptor.name);
         descriptor.id = device;
         let name = descriptor.name.clone();
-        let mut entry = DeviceEntry {
-            descriptor,
-            points: Vec::with_capacity(points.len()),
-        };
-        let ids = self.place(&name, device, points, &mut entry.points);
-        match self.devices.iter_mut().find(|d| d.descriptor.name == name) {
-            Some(d) => *d = entry,
-            None => self.devices.push(entry),
+        let mut placed = Vec::with_capacity(points.len());
+        let ids = self.place(&name, device, points, &mut placed);
+        match self.devices.iter().position(|d| d.descriptor.name == name) {
+            Some(i) => {
+                self.devices[i].descriptor = descriptor;
+                self.replace_points(i, placed);
+            }
+            None => {
+                let start = self.points.len();
+                let len = placed.len();
+                self.points.extend(placed);
+                self.devices.push(DeviceEntry {
+                    descriptor,
+                    start,
+                    len,
+                });
+            }
         }
         self.current = None;
         DeviceIds {
@@ -238,26 +258,31 @@ impl Registry {
         let dev_id = self.devices[index].descriptor.id;
         let mut placed = Vec::new();
         let ids = self.place(device, dev_id, points, &mut placed);
-        let entry = &mut self.devices[index];
+        let mut merged: Vec<PointDescriptor> = self.points[self.devices[index].range()].to_vec();
         for p in placed {
-            match entry.points.iter_mut().find(|q| q.id == p.id) {
+            match merged.iter_mut().find(|q| q.id == p.id) {
                 Some(q) => *q = p,
-                None => entry.points.push(p),
+                None => merged.push(p),
             }
         }
+        self.replace_points(index, merged);
         self.current = None;
         Some(ids)
     }
 
     /// Removes a device and its points from the next version (old data keeps them).
     pub fn remove_device(&mut self, device: &str) -> bool {
-        let before = self.devices.len();
-        self.devices.retain(|d| d.descriptor.name != device);
-        let removed = self.devices.len() != before;
-        if removed {
-            self.current = None;
-        }
-        removed
+        let Some(i) = self
+            .devices
+            .iter()
+            .position(|d| d.descriptor.name == device)
+        else {
+            return false;
+        };
+        self.replace_points(i, Vec::new());
+        self.devices.remove(i);
+        self.current = None;
+        true
     }
 
     /// The device names, in registration order.
@@ -272,11 +297,7 @@ impl Registry {
             site: self.site.clone(),
             tags: self.line_tags.clone(),
             devices: self.devices.iter().map(|d| d.descriptor.clone()).collect(),
-            points: self
-                .devices
-                .iter()
-                .flat_map(|d| d.points.iter().cloned())
-                .collect(),
+            points: self.points.clone(),
             parts: 0,
         };
         let (id, _) = catalog_id(&catalog);
@@ -294,12 +315,9 @@ impl Registry {
         let next = (self.next_point, self.next_device);
         drop(self.point_ids);
         drop(self.device_ids);
-        let mut devices = Vec::with_capacity(self.devices.len());
-        let mut points = Vec::with_capacity(self.devices.iter().map(|d| d.points.len()).sum());
-        for d in self.devices {
-            devices.push(d.descriptor);
-            points.extend(d.points);
-        }
+        let devices = self.devices.into_iter().map(|d| d.descriptor).collect();
+        let mut points = self.points;
+        points.shrink_to_fit();
         let catalog = Catalog {
             line: self.line,
             site: self.site,
@@ -321,6 +339,17 @@ impl Registry {
     /// Whether the catalog changed since the last `version()`.
     pub fn changed(&self) -> bool {
         self.current.is_none()
+    }
+
+    /// Device `i`'s points become `new` (in place, so the order stays the devices' order).
+    fn replace_points(&mut self, i: usize, new: Vec<PointDescriptor>) {
+        let old = self.devices[i].range();
+        let (old_len, new_len) = (old.len(), new.len());
+        self.points.splice(old, new);
+        self.devices[i].len = new_len;
+        for d in &mut self.devices[i + 1..] {
+            d.start = d.start + new_len - old_len;
+        }
     }
 
     fn device_id(&mut self, name: &str) -> u32 {
@@ -406,6 +435,36 @@ mod tests {
         );
         // Unchanged: the same version.
         assert_eq!(r.version().id, v3.id);
+    }
+
+    /// The points are one array, a device after the other: a change in the middle (a device
+    /// replaced with more points, points added, a device removed) keeps every device's points
+    /// together and in order, and `into_version` hands the array over as the catalog's.
+    #[test]
+    fn changes_keep_each_devices_points_together_in_order() {
+        let mut r = Registry::new("l", "", Vec::new(), None);
+        r.set_device(device("a"), vec![point("a1")]);
+        r.set_device(device("b"), vec![point("b1"), point("b2")]);
+        r.set_device(device("c"), vec![point("c1")]);
+        r.set_device(device("b"), vec![point("b2"), point("b3"), point("b4")]);
+        assert_eq!(r.add_points("a", vec![point("a2")]), Some(vec![6]));
+        assert_eq!(r.add_points("c", vec![point("c2")]), Some(vec![7]));
+        let names = |c: &Catalog| -> Vec<String> {
+            c.points
+                .iter()
+                .map(|p| format!("{}:{}", p.device, p.name))
+                .collect()
+        };
+        let v = r.version();
+        assert_eq!(
+            names(&v.catalog),
+            ["0:a1", "0:a2", "1:b2", "1:b3", "1:b4", "2:c1", "2:c2"]
+        );
+        assert!(r.remove_device("b"));
+        r.set_device(device("a"), vec![point("a2")]);
+        let (v, next) = r.into_version();
+        assert_eq!(names(&v.catalog), ["0:a2", "2:c1", "2:c2"]);
+        assert_eq!(next, (8, 3));
     }
 
     #[test]
