@@ -102,6 +102,18 @@ pub fn warnings(config: &Config) -> Vec<String> {
     w
 }
 
+/// An array point's element count and index tag (`x3 (axis=1..3)`).
+pub fn push_elements(p: &crate::config::PointConfig, d: &mut String) {
+    if p.count > 1 {
+        d.push_str(&format!(
+            " x{} ({}=1..{})",
+            p.count,
+            p.index_tag.as_deref().unwrap_or("index"),
+            p.count
+        ));
+    }
+}
+
 /// A derived point as `check` shows it (`None`: the point is read, its kind describes it).
 pub fn describe_derived(p: &crate::config::PointConfig) -> Option<String> {
     use crate::config::Derive;
@@ -114,14 +126,7 @@ pub fn describe_derived(p: &crate::config::PointConfig) -> Option<String> {
         ),
     };
     d.push_str(&format!(" {}", p.kind.as_str()));
-    if p.count > 1 {
-        d.push_str(&format!(
-            " x{} ({}=1..{})",
-            p.count,
-            p.index_tag.as_deref().unwrap_or("index"),
-            p.count
-        ));
-    }
+    push_elements(p, &mut d);
     d.push_str(&format!(" -> {}.{}", p.measurement, p.name));
     if !p.enum_labels.is_empty() {
         d.push_str(&format!(" + {}_label", p.name));

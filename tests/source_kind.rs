@@ -345,7 +345,30 @@ fn its_errors_are_located_and_other_kinds_keys_are_named() {
             .any(|e| e.message == "point \"high\" needs `start`"),
         "{all}"
     );
+    // The other way round: the kind's point key on a Modbus device is named as the kind's.
+    let t = text(dir.path(), "")
+        .replace("protocol = \"counter\"", "address = \"127.0.0.1:502\"")
+        .replace("start = 0", "address = 0\nstart = 0")
+        .replace("start = 1000", "address = 2")
+        .replace(
+            "[[devices.points]]\nname = \"sum\"\nexpr = \"low + high\"\n",
+            "",
+        );
+    let (errors, all) = mistakes(&t, &kinds);
+    assert_eq!(errors.len(), 1, "{all}");
+    assert_eq!(
+        (errors[0].line, errors[0].column),
+        at(&t, "start = 0"),
+        "{all}"
+    );
+    assert!(
+        errors[0]
+            .message
+            .contains("`start` belongs to points of counter devices"),
+        "{all}"
+    );
     // Without the kind, the protocol is unknown, named with the kinds there are.
+    let t = text(dir.path(), "");
     let errors = config::parse("lab.toml", &t)
         .expect_err("unknown protocol")
         .0;

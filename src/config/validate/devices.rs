@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use std::ops::Range;
 use toml::de::DeValue;
 
+/// The `protocol` of a device that does not say.
+pub const DEFAULT_PROTOCOL: &str = "modbus-tcp";
+
 /// What a source kind is told about the device whose keys it reads.
 pub struct DeviceDraft<'a> {
     pub id: &'a str,
@@ -75,34 +78,34 @@ impl<'k> Devices<'k> {
         let span = raw.span();
         // The kind first: which keys are shared and which are the kind's does not depend on it,
         // but the messages about keys of another kind do.
-        let (kind, protocol) = match raw.peek_str("protocol") {
-            None => (self.kinds.first().copied(), "modbus-tcp"),
-            Some((p, at)) => match self
-                .kinds
-                .iter()
-                .find_map(|k| k.protocols().iter().find(|q| **q == p).map(|q| (*k, *q)))
-            {
-                Some((k, q)) => (Some(k), q),
-                None => {
-                    let known: Vec<&str> = self
-                        .kinds
-                        .iter()
-                        .flat_map(|k| k.protocols().iter().copied())
-                        .collect();
-                    cx.err(
-                        at,
-                        format!(
-                            "unknown protocol {p:?}: one of {}",
-                            known
-                                .iter()
-                                .map(|k| format!("{k:?}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    );
-                    (None, "")
-                }
-            },
+        let (p, at) = raw
+            .peek_str("protocol")
+            .unwrap_or((DEFAULT_PROTOCOL, span.clone()));
+        let (kind, protocol) = match self
+            .kinds
+            .iter()
+            .find_map(|k| k.protocols().iter().find(|q| **q == p).map(|q| (*k, *q)))
+        {
+            Some((k, q)) => (Some(k), q),
+            None => {
+                let known: Vec<&str> = self
+                    .kinds
+                    .iter()
+                    .flat_map(|k| k.protocols().iter().copied())
+                    .collect();
+                cx.err(
+                    at,
+                    format!(
+                        "unknown protocol {p:?}: one of {}",
+                        known
+                            .iter()
+                            .map(|k| format!("{k:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                (None, "")
+            }
         };
         // Keys of another kind: say whose they are (the kind's own struct would only say
         // "unknown field").
@@ -143,7 +146,7 @@ impl<'k> Devices<'k> {
                 );
                 None
             }
-            Some(p) => super::profile::load(cx, p, kind),
+            Some(p) => super::profile::load(cx, p, kind, self.kinds),
             None => None,
         };
         let device_kind = d
@@ -179,6 +182,7 @@ impl<'k> Devices<'k> {
             poll,
             report,
             source: kind,
+            kinds: self.kinds,
             device: settings.as_ref(),
             line: Some(line),
             cell: &cell,

@@ -141,6 +141,8 @@ pub(crate) struct PointCtx<'a> {
     pub report: Report,
     /// The device's source kind: it reads the point's other keys.
     pub source: &'a dyn SourceKind,
+    /// Every kind of the file (a key of another kind is named as that kind's).
+    pub kinds: &'a [&'a dyn SourceKind],
     /// What the kind read from the device's keys (`None` in a profile).
     pub device: Option<&'a Settings>,
     pub line: Option<&'a LineConfig>,
@@ -220,9 +222,7 @@ pub(crate) fn point(cx: &mut Ctx, mut raw: RawTable, pc: &PointCtx) -> Option<Po
         cx,
         |key| crate::config::table::fields_of::<PointCommon>().contains(&key) || own.contains(&key),
         |key| {
-            let owner = crate::source::KINDS
-                .iter()
-                .find(|k| k.point_keys().contains(&key))?;
+            let owner = pc.kinds.iter().find(|k| k.point_keys().contains(&key))?;
             Some(format!(
                 "`{key}` belongs to points of {} devices (protocol = {})",
                 owner.title(),

@@ -33,6 +33,7 @@ pub(crate) fn load(
     cx: &mut Ctx,
     name: &Spanned<String>,
     source: &dyn SourceKind,
+    kinds: &[&dyn SourceKind],
 ) -> Option<Rc<Loaded>> {
     if let Some(l) = cx.loaded.get(name.get_ref()) {
         return l.clone();
@@ -49,7 +50,7 @@ pub(crate) fn load(
         );
         return None;
     };
-    let loaded = match validate(&text.name, &text.file, &text.text, source) {
+    let loaded = match validate(&text.name, &text.file, &text.text, source, kinds) {
         Ok(l) => Some(Rc::new(l)),
         Err(errors) => {
             cx.err(
@@ -93,6 +94,7 @@ pub(crate) fn validate(
     file: &str,
     text: &str,
     source: &dyn SourceKind,
+    kinds: &[&dyn SourceKind],
 ) -> Result<Loaded, ConfigErrors> {
     let mut cx = Ctx::new(file, text);
     let Some((profile, points)) = parse(&mut cx, text) else {
@@ -116,6 +118,7 @@ pub(crate) fn validate(
         poll: Duration::from_secs(1),
         report: Report::default(),
         source,
+        kinds,
         device: None,
         line: None,
         cell: "",
@@ -250,6 +253,7 @@ mod tests {
                 &format!("built-in:{name}.toml"),
                 text,
                 &crate::source::modbus::config::Kind,
+                crate::source::KINDS,
             ) {
                 panic!("{e}");
             }

@@ -6,7 +6,7 @@ use super::budget::{bus_budget, BusBudget, DeviceLoad};
 use super::config::{reg, ModbusDevice};
 use super::poller::DevicePlan;
 use super::{device_plans, devices};
-use crate::check::{describe_derived, describe_extras, plural, Plan};
+use crate::check::{describe_derived, describe_extras, plural, push_elements, Plan};
 use crate::config::{Config, PointConfig, SerialConfig};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -226,14 +226,7 @@ fn describe(p: &PointConfig) -> String {
     } else if p.kind.registers() > 1 || (p.kind.registers() == 1 && swapped) {
         d.push_str(&format!(" {:?}", r.order));
     }
-    if p.count > 1 {
-        d.push_str(&format!(
-            " x{} ({}=1..{})",
-            p.count,
-            p.index_tag.as_deref().unwrap_or("index"),
-            p.count
-        ));
-    }
+    push_elements(p, &mut d);
     if p.scale != 1.0 {
         d.push_str(&format!(" scale {}", p.scale));
     }

@@ -1,6 +1,6 @@
 //! Validation of `[brokers.NAME]` and of devices that publish (`protocol = "mqtt"`): their
-//! broker, topic, format, QoS, payload timestamps and staleness. Point keys (`json`, `topic`)
-//! are checked with the other point keys in `source/modbus/config.rs::point`.
+//! broker, topic, format, QoS, payload timestamps and staleness; and their points' keys
+//! (`json`, `topic`, `metric`), beside the keys every point has (`config/validate/points.rs`).
 
 use crate::config::schema::SparkplugSection;
 use crate::config::table::RawTable;
