@@ -10,6 +10,7 @@ use std::path::Path;
 /// The built-in profiles: name and TOML text.
 pub const BUILTIN: &[(&str, &str)] = &[
     ("ur", include_str!("../../profiles/ur.toml")),
+    ("ur-rtde", include_str!("../../profiles/ur-rtde.toml")),
     (
         "cia402-statusword",
         include_str!("../../profiles/cia402-statusword.toml"),

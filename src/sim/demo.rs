@@ -87,17 +87,7 @@ pub async fn run(duration: Option<Duration>) -> i32 {
         }
     };
     // The simulator picked free ports; point the agent at them.
-    for d in &mut cfg.devices {
-        if let (Some(a), Some(m)) = (
-            sim.addresses.get(&d.id),
-            d.settings::<crate::config::ModbusDevice>(),
-        ) {
-            d.settings = crate::config::Settings::new(crate::config::ModbusDevice {
-                address: a.to_string(),
-                ..m.clone()
-            });
-        }
-    }
+    sim.rewire(&mut cfg);
     let agent = match Agent::start(&cfg) {
         Ok(a) => a,
         Err(e) => {

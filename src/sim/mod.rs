@@ -5,7 +5,8 @@
 //! response, exception codes, dropped connections, corrupted CRCs (RTU). RTU units are served
 //! on a serial device or pty (`serial.port`) or, for `modbus-rtu-over-tcp`, on a TCP address.
 //!
-//! Devices that publish (`protocol = "mqtt"`) publish to their broker instead (`mqtt.rs`).
+//! Devices that publish (`protocol = "mqtt"`) publish to their broker instead (`mqtt.rs`);
+//! robots read over RTDE (`protocol = "rtde"`) are served by an RTDE server (`rtde.rs`).
 //!
 //! What a point does is chosen from its name (`signal::Wave::for_point`), so any config gets a
 //! plausible simulation without extra keys. Tests freeze a device and write exact registers.
@@ -13,6 +14,7 @@
 pub mod bank;
 pub mod demo;
 pub mod mqtt;
+pub mod rtde;
 pub mod rtu;
 pub mod server;
 pub mod signal;

@@ -71,6 +71,20 @@ impl Simulator {
                 tasks.push(tokio::spawn(super::mqtt::run(b.clone(), list, started)));
             }
         }
+        for (d, r) in crate::source::rtde::devices(config) {
+            let listener = TcpListener::bind(&r.address).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {}: {e}", r.address))
+            })?;
+            addresses.insert(d.id.clone(), listener.local_addr()?);
+            let bank = Arc::new(Mutex::new(Bank::for_device(d)));
+            devices.insert(d.id.clone(), bank.clone());
+            tasks.push(tokio::spawn(super::rtde::serve(
+                listener,
+                super::rtde::Controller::for_device(d),
+                bank,
+                started,
+            )));
+        }
         for (d, m) in crate::source::modbus::devices(config) {
             let bank = Arc::new(Mutex::new(Bank::for_device(d)));
             devices.insert(d.id.clone(), bank.clone());
@@ -369,6 +383,29 @@ impl SimHandle {
                 table.as_str(),
                 bits.len()
             ))
+        }
+    }
+
+    /// Points `cfg`'s devices at the addresses they are served on (a `:0` address got an
+    /// ephemeral port): Modbus TCP, RTU over TCP and RTDE devices.
+    pub fn rewire(&self, cfg: &mut Config) {
+        use crate::config::{ModbusDevice, Settings};
+        use crate::source::rtde::config::RtdeDevice;
+        for d in &mut cfg.devices {
+            let Some(a) = self.addresses.get(&d.id).map(|a| a.to_string()) else {
+                continue;
+            };
+            if let Some(m) = d.settings::<ModbusDevice>() {
+                d.settings = Settings::new(ModbusDevice {
+                    address: a,
+                    ..m.clone()
+                });
+            } else if let Some(r) = d.settings::<RtdeDevice>() {
+                d.settings = Settings::new(RtdeDevice {
+                    address: a,
+                    ..r.clone()
+                });
+            }
         }
     }
 

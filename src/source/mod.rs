@@ -9,6 +9,7 @@ pub mod catalogs;
 pub mod describe;
 pub mod modbus;
 pub mod mqtt;
+pub mod rtde;
 
 use crate::component::ComponentId;
 use crate::config::table::RawTable;
@@ -92,6 +93,12 @@ pub trait SourceKind: Sync {
     fn takes_profiles(&self) -> bool {
         false
     }
+    /// A key a profile's point may leave to the device that uses the profile (a CiA 402
+    /// statusword's `address`): the key, when `point` (a profile point the device does not
+    /// list) lacks it.
+    fn left_to_device(&self, _point: &RawTable) -> Option<&'static str> {
+        None
+    }
     /// The point keys it reads (`fields_of` its point struct).
     fn point_keys(&self) -> &'static [&'static str] {
         &[]
@@ -135,7 +142,11 @@ pub trait SourceKind: Sync {
 }
 
 /// Every built-in source kind: a new kind is its folder and one line here.
-pub static KINDS: &[&dyn SourceKind] = &[&modbus::config::Kind, &mqtt::config::Kind];
+pub static KINDS: &[&dyn SourceKind] = &[
+    &modbus::config::Kind,
+    &mqtt::config::Kind,
+    &rtde::config::Kind,
+];
 
 /// Builds every source a configuration names, registering their devices and points.
 pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {

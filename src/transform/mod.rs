@@ -44,6 +44,15 @@ pub(crate) fn time_of(s: &crate::model::Sample, batch_ts: i64) -> i64 {
     }
 }
 
+/// Whether every sample of `batch` has one time (one read of its device).
+fn one_read(batch: &SampleBatch) -> bool {
+    let mut times = batch.samples.iter().map(|s| time_of(s, batch.timestamp_ns));
+    match times.next() {
+        Some(first) => times.all(|t| t == first),
+        None => true,
+    }
+}
+
 /// A value as a number (bools 0/1; strings have none: NaN).
 pub(crate) fn numeric(v: &Value) -> f64 {
     match v {
@@ -148,12 +157,49 @@ impl DeviceOutput {
     }
 
     /// Runs the chain over one poll's batch and queues what remains for the buffer. Returns
-    /// whether the buffer accepted it (see `BufferInput::publish`).
+    /// whether the buffer accepted it (see `BufferInput::publish`). A batch may hold several
+    /// reads of the device (a source that streams, e.g. RTDE at 500 Hz, gathers many packages
+    /// into one batch): each run of samples with one time is a read, and the chain sees each
+    /// read on its own, in order, as if it had come alone.
     pub async fn publish(&mut self, mut batch: SampleBatch) -> bool {
         if !self.chain.is_empty() {
-            self.chain.apply(&mut batch);
+            if one_read(&batch) {
+                self.chain.apply(&mut batch);
+            } else {
+                self.apply_per_read(&mut batch);
+            }
         }
         self.input.publish(batch).await
+    }
+
+    fn apply_per_read(&mut self, batch: &mut SampleBatch) {
+        let batch_ts = batch.timestamp_ns;
+        let samples = std::mem::take(&mut batch.samples);
+        let mut out = Vec::with_capacity(samples.len());
+        let mut read = SampleBatch {
+            device: batch.device,
+            seq: batch.seq,
+            timestamp_ns: 0,
+            samples: Vec::new(),
+        };
+        let mut rest = samples.into_iter().peekable();
+        while let Some(first) = rest.next() {
+            let ts = time_of(&first, batch_ts);
+            read.timestamp_ns = ts;
+            read.samples.clear();
+            read.samples.push(first);
+            while let Some(s) = rest.next_if(|s| time_of(s, batch_ts) == ts) {
+                read.samples.push(s);
+            }
+            self.chain.apply(&mut read);
+            out.extend(read.samples.drain(..).map(|mut s| {
+                if s.timestamp_ns == 0 {
+                    s.timestamp_ns = ts;
+                }
+                s
+            }));
+        }
+        batch.samples = out;
     }
 
     /// A ticket covering everything published so far; `durable(ticket)` waits until it is on

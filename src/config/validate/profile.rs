@@ -208,11 +208,14 @@ pub(crate) fn device_points(
                     }
                 }
                 None => {
-                    if !pt.has("address") && !is_derived(&pt) {
+                    let left = (!is_derived(&pt))
+                        .then(|| pc.source.left_to_device(&pt))
+                        .flatten();
+                    if let Some(key) = left {
                         cx.err(
                             at.clone(),
                             format!(
-                                "profile {:?} leaves the address of point {name:?} to the device: add [[devices.points]] with name = {name:?} and its `address`",
+                                "profile {:?} leaves the {key} of point {name:?} to the device: add [[devices.points]] with name = {name:?} and its `{key}`",
                                 profile.name
                             ),
                         );
@@ -244,18 +247,30 @@ pub(crate) fn device_points(
 mod tests {
     use super::*;
 
-    /// Every built-in profile is valid.
+    /// Every built-in profile is valid for the devices of one source kind (a register map
+    /// for Modbus devices, `ur-rtde` for RTDE devices).
     #[test]
     fn builtin_profiles_are_valid() {
         for (name, text) in crate::config::profiles::BUILTIN {
-            if let Err(e) = validate(
-                name,
-                &format!("built-in:{name}.toml"),
-                text,
-                &crate::source::modbus::config::Kind,
-                crate::source::KINDS,
-            ) {
-                panic!("{e}");
+            let results: Vec<Result<_, _>> = crate::source::KINDS
+                .iter()
+                .filter(|k| k.takes_profiles())
+                .map(|k| {
+                    validate(
+                        name,
+                        &format!("built-in:{name}.toml"),
+                        text,
+                        *k,
+                        crate::source::KINDS,
+                    )
+                })
+                .collect();
+            if !results.iter().any(|r| r.is_ok()) {
+                let errors: Vec<String> = results
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|e| e.to_string()))
+                    .collect();
+                panic!("{}", errors.join("\n--- or ---\n"));
             }
         }
     }

@@ -153,6 +153,9 @@ impl crate::source::SourceKind for Kind {
     fn takes_profiles(&self) -> bool {
         true
     }
+    fn left_to_device(&self, point: &RawTable) -> Option<&'static str> {
+        (!point.has("address")).then_some("address")
+    }
     fn point_keys(&self) -> &'static [&'static str] {
         crate::config::table::fields_of::<RegisterSection>()
     }
