@@ -48,6 +48,8 @@ struct SimField {
 pub struct Controller {
     pub version: ControllerVersion,
     fields: HashMap<String, SimField>,
+    /// Fields it lacks although linetap knows them.
+    lacks: Vec<String>,
 }
 
 impl Controller {
@@ -62,7 +64,8 @@ impl Controller {
             },
         );
         for p in d.points.iter().filter(|p| p.is_read()) {
-            let Some(r) = rtde_point(p) else {
+            // The controller's clock is its own: a point reading it does not move it.
+            let Some(r) = rtde_point(p).filter(|r| r.field != "timestamp") else {
                 continue;
             };
             let kind = r.known.unwrap_or(match p.kind {
@@ -115,6 +118,7 @@ impl Controller {
                 build: 108_249,
             },
             fields,
+            lacks: Vec::new(),
         }
     }
 
@@ -124,7 +128,17 @@ impl Controller {
         self
     }
 
+    /// The same controller without `field` (an older firmware): it answers `NOT_FOUND`.
+    pub fn without(mut self, field: &str) -> Controller {
+        self.fields.remove(field);
+        self.lacks.push(field.to_string());
+        self
+    }
+
     fn kind_of(&self, name: &str) -> Option<FieldType> {
+        if self.lacks.iter().any(|l| l == name) {
+            return None;
+        }
         self.fields
             .get(name)
             .map(|f| f.kind)
@@ -185,7 +199,10 @@ pub async fn serve(
     started: Instant,
 ) {
     let controller = Arc::new(controller);
+    // The connections end with the server (a stopped simulator is a controller switched off).
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -198,7 +215,7 @@ pub async fn serve(
             }
         }
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
+        connections.spawn(connection(
             stream,
             controller.clone(),
             bank.clone(),

@@ -128,6 +128,44 @@ impl Chain {
             s.apply(batch);
         }
     }
+
+    /// Applies the chain to a batch that may hold several reads of the device (a source
+    /// that streams, e.g. RTDE at 500 Hz, gathers many packages into one batch): each run of
+    /// samples with one time is a read, and the chain sees each read on its own, in order, as
+    /// if it had come alone.
+    pub fn apply_reads(&mut self, batch: &mut SampleBatch) {
+        if one_read(batch) {
+            self.apply(batch);
+            return;
+        }
+        let batch_ts = batch.timestamp_ns;
+        let samples = std::mem::take(&mut batch.samples);
+        let mut out = Vec::with_capacity(samples.len());
+        let mut read = SampleBatch {
+            device: batch.device,
+            seq: batch.seq,
+            timestamp_ns: 0,
+            samples: Vec::new(),
+        };
+        let mut rest = samples.into_iter().peekable();
+        while let Some(first) = rest.next() {
+            let ts = time_of(&first, batch_ts);
+            read.timestamp_ns = ts;
+            read.samples.clear();
+            read.samples.push(first);
+            while let Some(s) = rest.next_if(|s| time_of(s, batch_ts) == ts) {
+                read.samples.push(s);
+            }
+            self.apply(&mut read);
+            out.extend(read.samples.drain(..).map(|mut s| {
+                if s.timestamp_ns == 0 {
+                    s.timestamp_ns = ts;
+                }
+                s
+            }));
+        }
+        batch.samples = out;
+    }
 }
 
 /// Where a source hands one device's batches: the device's chain, then the buffer.
@@ -158,50 +196,13 @@ impl DeviceOutput {
 
     /// Runs the chain over one poll's batch and queues what remains for the buffer. Returns
     /// whether the buffer accepted it (see `BufferInput::publish`). A batch may hold several
-    /// reads of the device (a source that streams, e.g. RTDE at 500 Hz, gathers many packages
-    /// into one batch): each run of samples with one time is a read, and the chain sees each
-    /// read on its own, in order, as if it had come alone.
+    /// reads (`Chain::apply_reads`).
     pub async fn publish(&mut self, mut batch: SampleBatch) -> bool {
         if !self.chain.is_empty() {
-            if one_read(&batch) {
-                self.chain.apply(&mut batch);
-            } else {
-                self.apply_per_read(&mut batch);
-            }
+            self.chain.apply_reads(&mut batch);
         }
         self.input.publish(batch).await
     }
-
-    fn apply_per_read(&mut self, batch: &mut SampleBatch) {
-        let batch_ts = batch.timestamp_ns;
-        let samples = std::mem::take(&mut batch.samples);
-        let mut out = Vec::with_capacity(samples.len());
-        let mut read = SampleBatch {
-            device: batch.device,
-            seq: batch.seq,
-            timestamp_ns: 0,
-            samples: Vec::new(),
-        };
-        let mut rest = samples.into_iter().peekable();
-        while let Some(first) = rest.next() {
-            let ts = time_of(&first, batch_ts);
-            read.timestamp_ns = ts;
-            read.samples.clear();
-            read.samples.push(first);
-            while let Some(s) = rest.next_if(|s| time_of(s, batch_ts) == ts) {
-                read.samples.push(s);
-            }
-            self.chain.apply(&mut read);
-            out.extend(read.samples.drain(..).map(|mut s| {
-                if s.timestamp_ns == 0 {
-                    s.timestamp_ns = ts;
-                }
-                s
-            }));
-        }
-        batch.samples = out;
-    }
-
     /// A ticket covering everything published so far; `durable(ticket)` waits until it is on
     /// disk (an MQTT QoS 1 message is acknowledged only then).
     pub fn ticket(&self) -> u64 {

@@ -464,3 +464,65 @@ fn ur_state_rules_and_joint_angles() {
         .iter()
         .any(|o| o.0.contains("angle_in_revolution") || o.0.contains("revolutions")));
 }
+
+/// A batch of several reads (a streaming source's packages): the chain sees each read on its
+/// own, so a derived point is computed per read at its time, and report by exception compares
+/// each read with the one before it, inside the batch too.
+#[test]
+fn a_batch_of_several_reads_is_applied_read_by_read() {
+    let mut rig = Rig::new(
+        "kind = \"robot\"",
+        "[[devices.points]]\nname = \"a\"\naddress = 0\n\
+         [[devices.points]]\nname = \"b\"\naddress = 1\nreport = { deadband = 0.5 }\n\
+         [[devices.points]]\nname = \"sum\"\nexpr = \"a + b\"\n",
+        "",
+        None,
+    );
+    let (a, b) = (rig.id("robot", "a", None), rig.id("robot", "b", None));
+    let sample = |point, t: i64, v: i64| Sample {
+        point,
+        timestamp_ns: t * S,
+        quality: Quality::Good as i32,
+        value: Some(i(v)),
+    };
+    let mut batch = SampleBatch {
+        device: 0,
+        seq: 1,
+        timestamp_ns: 0,
+        samples: vec![
+            sample(a, 1, 1),
+            sample(b, 1, 10),
+            sample(a, 2, 2),
+            sample(b, 2, 10),
+            sample(a, 3, 3),
+            sample(b, 3, 12),
+        ],
+    };
+    rig.chain.apply_reads(&mut batch);
+    let got: Vec<(String, i64, Value)> = batch
+        .samples
+        .iter()
+        .map(|s| {
+            (
+                rig.name(s.point),
+                s.timestamp_ns / S,
+                s.value.clone().unwrap_or(Value::BoolValue(false)),
+            )
+        })
+        .collect();
+    let want: Vec<(String, i64, Value)> = [
+        ("robot.a", 1, i(1)),
+        ("robot.b", 1, i(10)),
+        ("robot.sum", 1, d(11.0)),
+        ("robot.a", 2, i(2)),
+        // b unchanged at 2: held back by its deadband.
+        ("robot.sum", 2, d(12.0)),
+        ("robot.a", 3, i(3)),
+        ("robot.b", 3, i(12)),
+        ("robot.sum", 3, d(15.0)),
+    ]
+    .into_iter()
+    .map(|(n, t, v)| (n.to_string(), t, v))
+    .collect();
+    assert_eq!(got, want);
+}

@@ -209,9 +209,11 @@ impl Conn {
             for (n, t) in names.iter().zip(&setup.types) {
                 match FieldType::parse(t) {
                     Some(ft) => typed.push((n.to_string(), ft)),
-                    None => return Err(Ended::Refused(format!(
+                    None => {
+                        return Err(Ended::Refused(format!(
                         "the controller answered {t:?} for field {n:?} (not a type linetap reads)"
-                    ))),
+                    )))
+                    }
                 }
             }
             self.send(wire::START, &[]).await?;
