@@ -53,9 +53,14 @@ enum Command {
         /// Stop after this long (e.g. "30s") instead of waiting for Ctrl-C.
         #[arg(long)]
         duration: Option<String>,
+        /// Read the cell's two robots over RTDE at 125 Hz (profile ur-rtde) instead of their
+        /// Modbus server (./linetap-out/demo-rtde.lp).
+        #[arg(long)]
+        rtde: bool,
     },
     /// Serve the simulated devices a configuration describes (Modbus TCP, RTU on the `serial.port`
-    /// device or pty, RTU over TCP), and publish its MQTT devices to their brokers. Reads
+    /// device or pty, RTU over TCP, a UR controller's RTDE server for `rtde` devices), and
+    /// publish its MQTT devices to their brokers. Reads
     /// commands on stdin:
     /// `fault DEVICE none|silent|drop|slow 300ms|exception 4|badcrc|garbage|chunked 16ms`.
     Simulate {
@@ -106,9 +111,14 @@ enum Command {
         #[arg(long)]
         timeout: Option<String>,
         /// NAME=ADDRESS: the address of a profile point the device gives (with --profile),
-        /// e.g. --point statusword=0x6041 for cia402-statusword.
-        #[arg(long = "point", value_name = "NAME=ADDRESS", requires = "profile")]
+        /// e.g. --point statusword=0x6041 for cia402-statusword; with --rtde, NAME=FIELD adds
+        /// a point reading an RTDE output field (e.g. --point cycles=output_int_register_24).
+        #[arg(long = "point", value_name = "NAME=ADDRESS")]
         points: Vec<String>,
+        /// A Universal Robots controller's RTDE server, HOST or HOST:PORT (default port
+        /// 30004): sets the profile's recipe up (default ur-rtde), reads one package, prints it.
+        #[arg(long, value_name = "HOST[:PORT]", conflicts_with_all = ["address", "serial", "config", "device", "read", "protocol", "unit"])]
+        rtde: Option<String>,
         /// Read COUNT registers (or bits) of TABLE (holding, input, coils, discrete) from the
         /// 0-based address START, once, and print each register as u16, i16, hex and ASCII
         /// and each pair as f32, u32 and i32 in the four word orders; no profile or point
@@ -184,6 +194,7 @@ fn main() -> ExitCode {
             timeout,
             points,
             read,
+            rtde,
         } => {
             let link = LinkArgs {
                 address: address.as_deref(),
@@ -197,13 +208,24 @@ fn main() -> ExitCode {
             if let Some(read) = read {
                 return ExitCode::from(probe_read(&runtime, &read, config, device, &link) as u8);
             }
-            let target = match (profile, config, device) {
-                (Some(p), _, _) => probe_profile(&p, profiles_dir.as_deref(), &link, &points),
-                (None, Some(c), Some(d)) => {
+            if !points.is_empty() && profile.is_none() && rtde.is_none() {
+                eprintln!("linetap probe: --point gives a point of --profile (or of --rtde)");
+                return ExitCode::from(2);
+            }
+            let target = match (rtde, profile, config, device) {
+                (Some(r), p, _, _) => probe_rtde(
+                    &r,
+                    p.as_deref().unwrap_or("ur-rtde"),
+                    profiles_dir.as_deref(),
+                    timeout.as_deref(),
+                    &points,
+                ),
+                (None, Some(p), _, _) => probe_profile(&p, profiles_dir.as_deref(), &link, &points),
+                (None, None, Some(c), Some(d)) => {
                     probe_config(&c, &d, address.as_deref(), unit, timeout.as_deref())
                 }
                 _ => Err(
-                    "give --profile NAME with --address or --serial, --config FILE --device ID, or --read TABLE START COUNT with --address or --serial"
+                    "give --profile NAME with --address or --serial, --rtde HOST, --config FILE --device ID, or --read TABLE START COUNT with --address or --serial"
                         .to_string(),
                 ),
             };
@@ -249,7 +271,7 @@ fn main() -> ExitCode {
             }
             Ok(cfg) => runtime.block_on(run_agent(&config, cfg)),
         },
-        Command::Demo { duration } => {
+        Command::Demo { duration, rtde } => {
             let duration = match duration
                 .map(|d| config::units::parse_duration(&d))
                 .transpose()
@@ -260,7 +282,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(sim::demo::run(duration))
+            runtime.block_on(sim::demo::run(duration, rtde))
         }
         Command::Simulate { config } => match config::load(&config) {
             Err(errors) => {
@@ -483,6 +505,46 @@ fn probe_profile(
         ));
     }
     probe_device(&text, Some(name))
+}
+
+/// A robot at `address` read over RTDE with profile `profile`, validated as a configuration
+/// would be; `points` are NAME=FIELD.
+fn probe_rtde(
+    address: &str,
+    profile: &str,
+    dir: Option<&std::path::Path>,
+    timeout: Option<&str>,
+    points: &[String],
+) -> Result<config::DeviceConfig, String> {
+    let mut text = String::from("[line]\nid = \"probe\"\n");
+    if let Some(d) = dir {
+        text.push_str(&format!(
+            "[agent]\nprofiles_dir = {:?}\n",
+            d.display().to_string()
+        ));
+    }
+    text.push_str(&format!(
+        "[[devices]]\nid = \"probe\"\nprotocol = \"rtde\"\naddress = {address:?}\nprofile = {profile:?}\n"
+    ));
+    if let Some(t) = timeout {
+        if let Err(e) = config::units::parse_duration(t) {
+            return Err(format!("--timeout {t:?}: {e}"));
+        }
+        text.push_str(&format!("timeout = {t:?}\n"));
+    }
+    for p in points {
+        let Some((name, field)) = p.split_once('=') else {
+            return Err(format!(
+                "--point {p:?}: use NAME=FIELD, e.g. cycles=output_int_register_24"
+            ));
+        };
+        text.push_str(&format!(
+            "[[devices.points]]\nname = {:?}\nrtde = {:?}\n",
+            name.trim(),
+            field.trim()
+        ));
+    }
+    probe_device(&text, Some(profile))
 }
 
 /// `linetap probe --read TABLE START COUNT`: raw registers of a device at an address or

@@ -35,7 +35,7 @@ pub struct Probed {
 fn modbus(d: &DeviceConfig) -> Result<&crate::config::ModbusDevice, String> {
     d.settings().ok_or_else(|| {
         format!(
-            "device {:?} is read over {}: probe reads Modbus devices",
+            "device {:?} is read over {}: probe reads Modbus and RTDE devices",
             d.id, d.protocol
         )
     })
@@ -44,6 +44,9 @@ fn modbus(d: &DeviceConfig) -> Result<&crate::config::ModbusDevice, String> {
 /// Reads `d` once. `Ok` when the device answered at least one request (`Probed::failed` lists
 /// the points it did not give); `Err` with the Modbus error when it answered none.
 pub async fn probe(d: &DeviceConfig) -> Result<Probed, String> {
+    if let Some(r) = d.settings::<crate::source::rtde::config::RtdeDevice>() {
+        return crate::source::rtde::probe::probe(d, r).await;
+    }
     let m = modbus(d)?;
     let mut registry = Registry::new("probe", "", Vec::new(), None);
     let plan = register(d, m, &mut registry);
@@ -122,6 +125,37 @@ pub async fn probe(d: &DeviceConfig) -> Result<Probed, String> {
     if answered == 0 {
         return Err(first_error.unwrap_or_else(|| "no points to read".into()));
     }
+    let header = format!(
+        "device {:?} at {} unit {}{}: {} of {} request{} answered in {} ms",
+        d.id,
+        link.address(),
+        m.unit,
+        d.profile
+            .as_ref()
+            .map(|p| format!(" (profile {p})"))
+            .unwrap_or_default(),
+        answered,
+        requests,
+        if requests == 1 { "" } else { "s" },
+        elapsed.as_millis()
+    );
+    let mut probed = table(d, &view, batch, &raw, &failed, header);
+    probed.requests = requests;
+    probed.answered = answered;
+    Ok(probed)
+}
+
+/// The table of one read of `d`: each point's row (an array's per element) with its raw
+/// text (`raw` by point id), value as the sinks write it, unit and label; derived points
+/// computed from `batch` as the agent computes them; `failed` says why a point has no value.
+pub fn table(
+    d: &DeviceConfig,
+    view: &DeviceView,
+    mut batch: SampleBatch,
+    raw: &HashMap<u32, String>,
+    failed: &HashMap<u32, String>,
+    header: String,
+) -> Probed {
     // Derived points, computed as the agent computes them (hidden ones are shown here too).
     let mut values: HashMap<u32, Value> = batch
         .samples
@@ -129,7 +163,7 @@ pub async fn probe(d: &DeviceConfig) -> Result<Probed, String> {
         .filter_map(|s| Some((s.point, s.value.clone()?)))
         .collect();
     if let Some(mut derived) = crate::transform::derive::Derived::for_device(Arc::new(d.clone())) {
-        derived.catalog(&view);
+        derived.catalog(view);
         derived.apply(&mut batch);
         for s in &batch.samples {
             if let Some(v) = &s.value {
@@ -192,21 +226,7 @@ pub async fn probe(d: &DeviceConfig) -> Result<Probed, String> {
         }
     }
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "device {:?} at {} unit {}{}: {} of {} request{} answered in {} ms",
-        d.id,
-        link.address(),
-        m.unit,
-        d.profile
-            .as_ref()
-            .map(|p| format!(" (profile {p})"))
-            .unwrap_or_default(),
-        answered,
-        requests,
-        if requests == 1 { "" } else { "s" },
-        elapsed.as_millis()
-    );
+    let _ = writeln!(out, "{header}");
     let header = ["point", "raw", "value", "unit", "label"].map(String::from);
     let mut widths = [0usize; 5];
     for r in std::iter::once(&header).chain(rows.iter()) {
@@ -225,13 +245,13 @@ pub async fn probe(d: &DeviceConfig) -> Result<Probed, String> {
         }
         let _ = writeln!(out, "{}", line.trim_end());
     }
-    Ok(Probed {
+    Probed {
         table: out,
-        requests,
-        answered,
+        requests: 0,
+        answered: 0,
         points: rows.len(),
         failed: missing,
-    })
+    }
 }
 
 /// A value as the sinks write it for a point of `data_type` (`562.3` for an f32 register that

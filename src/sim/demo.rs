@@ -16,11 +16,17 @@ use std::time::Duration;
 
 /// The embedded demo configuration.
 pub const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
+/// The embedded demo line whose robots are read over RTDE (`linetap demo --rtde`).
+pub const DEMO_RTDE_CONFIG: &str = include_str!("../../configs/demo-rtde.toml");
 
-/// The demo config with sinks from the environment added.
-pub fn demo_config() -> Result<Config, String> {
-    let mut cfg =
-        config::parse("configs/demo.toml (embedded)", DEMO_CONFIG).map_err(|e| e.to_string())?;
+/// The demo config (`rtde`: the line read over RTDE) with sinks from the environment added.
+pub fn demo_config(rtde: bool) -> Result<Config, String> {
+    let (name, text) = if rtde {
+        ("configs/demo-rtde.toml (embedded)", DEMO_RTDE_CONFIG)
+    } else {
+        ("configs/demo.toml (embedded)", DEMO_CONFIG)
+    };
+    let mut cfg = config::parse(name, text).map_err(|e| e.to_string())?;
     if let Ok(url) = std::env::var("INFLUX_URL") {
         let v1_db = std::env::var("INFLUX_DATABASE").ok();
         if v1_db.is_none() {
@@ -65,8 +71,8 @@ pub fn demo_config() -> Result<Config, String> {
 }
 
 /// Runs the demo until Ctrl-C (or `duration`, when given). Returns the process exit code.
-pub async fn run(duration: Option<Duration>) -> i32 {
-    let mut cfg = match demo_config() {
+pub async fn run(duration: Option<Duration>, rtde: bool) -> i32 {
+    let mut cfg = match demo_config(rtde) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

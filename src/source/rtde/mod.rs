@@ -14,6 +14,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod fields;
+pub mod probe;
 pub mod protocol;
 pub mod session;
 
@@ -245,28 +246,34 @@ struct State {
     raws: Vec<Raw>,
 }
 
+impl State {
+    fn new(device: u32) -> State {
+        State {
+            seq: 0,
+            up: None,
+            errors: 0,
+            last_error: String::new(),
+            logged: None,
+            last_health: None,
+            clock: clock::Clock::default(),
+            late_ms: 0.0,
+            previous: None,
+            batch: SampleBatch {
+                device,
+                ..Default::default()
+            },
+            raws: Vec::new(),
+        }
+    }
+}
+
 async fn run(
     plan: DevicePlan,
     mut out: DeviceOutput,
     dm: std::sync::Arc<DeviceMetrics>,
     mut shutdown: Shutdown,
 ) {
-    let mut st = State {
-        seq: 0,
-        up: None,
-        errors: 0,
-        last_error: String::new(),
-        logged: None,
-        last_health: None,
-        clock: clock::Clock::default(),
-        late_ms: 0.0,
-        previous: None,
-        batch: SampleBatch {
-            device: plan.device,
-            ..Default::default()
-        },
-        raws: Vec::new(),
-    };
+    let mut st = State::new(plan.device);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let ended = session(&plan, &mut st, &mut out, &dm, &mut shutdown, &mut backoff).await;
@@ -306,12 +313,7 @@ async fn session(
 ) -> Option<Ended> {
     let setup = async {
         let mut conn = Conn::connect(&plan.address, plan.timeout, &plan.name).await?;
-        let asked: Vec<(&str, bool)> = plan
-            .fields
-            .iter()
-            .map(|f| (f.name.as_str(), f.optional))
-            .collect();
-        let recipe = conn.start(plan.frequency, &asked).await?;
+        let recipe = conn.start(plan.frequency, &asked(plan)).await?;
         Ok::<_, Ended>((conn, recipe))
     };
     let (mut conn, recipe) = tokio::select! {
@@ -325,12 +327,7 @@ async fn session(
         tracing::info!(device = %plan.name, field = %m, controller = %recipe.version, "optional RTDE field not on this controller: its points are not written");
     }
     tracing::info!(device = %plan.name, controller = %recipe.version, fields = recipe.fields.len(), frequency = plan.frequency, "streaming over RTDE");
-    // The plan's fields in the recipe's order (optional ones the controller lacks are gone).
-    let layout: Vec<(&FieldPlan, FieldType)> = recipe
-        .fields
-        .iter()
-        .filter_map(|(n, t)| Some((plan.fields.iter().find(|f| &f.name == n)?, *t)))
-        .collect();
+    let layout = layout(plan, &recipe);
     let types: Vec<FieldType> = layout.iter().map(|(_, t)| *t).collect();
     st.clock.reset();
     st.previous = None;
@@ -384,9 +381,16 @@ async fn session(
                                     st.logged = Some(st.last_error.clone());
                                 }
                             } else {
-                                let rejected = package(&layout, st, period, kc);
-                                if rejected > 0 {
-                                    kc.at(REJECTED, 0).fetch_add(rejected, Relaxed);
+                                let c = package(&layout, st, period);
+                                kc.at(PACKAGES, 0).fetch_add(1, Relaxed);
+                                for (family, n) in [
+                                    (SKIPPED, c.skipped),
+                                    (REANCHORS, c.reanchors),
+                                    (REJECTED, c.rejected),
+                                ] {
+                                    if n > 0 {
+                                        kc.at(family, 0).fetch_add(n, Relaxed);
+                                    }
                                 }
                             }
                         }
@@ -403,30 +407,50 @@ async fn session(
     }
 }
 
-/// One decoded package (`st.raws`) into samples of `st.batch`; returns the values rejected
-/// (out of their point's range).
-fn package(
-    layout: &[(&FieldPlan, FieldType)],
-    st: &mut State,
-    period: f64,
-    kc: &crate::observe::metrics::KindCounters,
-) -> u64 {
-    kc.at(PACKAGES, 0).fetch_add(1, Relaxed);
+/// The plan's fields in the recipe's order, with the types the controller gave (optional
+/// fields the controller lacks are gone).
+fn layout<'a>(plan: &'a DevicePlan, recipe: &session::Recipe) -> Vec<(&'a FieldPlan, FieldType)> {
+    recipe
+        .fields
+        .iter()
+        .filter_map(|(n, t)| Some((plan.fields.iter().find(|f| &f.name == n)?, *t)))
+        .collect()
+}
+
+/// The fields asked of the controller, each with whether it is optional.
+fn asked(plan: &DevicePlan) -> Vec<(&str, bool)> {
+    plan.fields
+        .iter()
+        .map(|f| (f.name.as_str(), f.optional))
+        .collect()
+}
+
+/// What one package counted.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Packages the controller skipped before it (by its clock).
+    skipped: u64,
+    /// 1 when the clock's anchor moved.
+    reanchors: u64,
+    /// Values out of their point's range.
+    rejected: u64,
+}
+
+/// One decoded package (`st.raws`) into samples of `st.batch`.
+fn package(layout: &[(&FieldPlan, FieldType)], st: &mut State, period: f64) -> Counts {
+    let mut c = Counts::default();
     let controller = st.raws.first().map(|r| r.as_f64()).unwrap_or(0.0);
     if let Some(prev) = st.previous {
         let gap = ((controller - prev) / period).round();
         if gap > 1.0 && gap < 1e9 {
-            kc.at(SKIPPED, 0).fetch_add(gap as u64 - 1, Relaxed);
+            c.skipped = gap as u64 - 1;
         }
     }
     st.previous = Some(controller);
     let before = st.clock.reanchors;
     let (ts, late) = st.clock.stamp(controller, now_ns());
-    if st.clock.reanchors != before {
-        kc.at(REANCHORS, 0).fetch_add(1, Relaxed);
-    }
-    st.late_ms = late as f64 / 1e6;
-    let mut rejected = 0;
+    c.reanchors = st.clock.reanchors - before;
+    st.late_ms = late.max(0) as f64 / 1e6;
     let mut at = 0usize;
     for (f, t) in layout {
         let n = t.elements() as usize;
@@ -444,12 +468,12 @@ fn package(
                     quality: Quality::Good as i32,
                     value: Some(v),
                 }),
-                None => rejected += 1,
+                None => c.rejected += 1,
             }
         }
         at += n;
     }
-    rejected
+    c
 }
 
 /// One element as its point's value (`None`: out of the point's range).
