@@ -583,6 +583,5 @@ async fn flush(
     st.seq += 1;
     batch.seq = st.seq;
     dm.samples.fetch_add(n as u64, Relaxed);
-    dm.polls.fetch_add(1, Relaxed);
     out.publish(batch).await;
 }
