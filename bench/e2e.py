@@ -9,6 +9,7 @@ Reports the agent's CPU seconds per million values delivered and its peak RSS.
     python3 bench/e2e.py --devices 200 --seconds 60
     python3 bench/e2e.py --devices 200 --poll 1s --listed --seconds 65   # 20,000 listed points
     python3 bench/e2e.py --devices 20 --seconds 90 --outage 30   # drain rate after an outage
+    python3 bench/e2e.py --devices 20 --rtde 10 --seconds 60     # + ten UR robots over RTDE at 500 Hz
     LINETAP_BIN=/path/to/other/linetap python3 bench/e2e.py ...  # compare another build
 
 Also reports the durable buffer's bytes written per million samples (eMMC/SD wear).
@@ -146,7 +147,13 @@ def points(listed):
                    for j in range(100))
 
 
-def config(n, ports, vm_url, poll, listed=False):
+def rtde_devices(ports, frequency):
+    """Universal Robots read over RTDE with the whole ur-rtde recipe (73 values a package)."""
+    return [f'[[devices]]\nid = "ur-{i:02}"\nprotocol = "rtde"\naddress = "127.0.0.1:{p}"\n'
+            f'profile = "ur-rtde"\nfrequency = {frequency}\n' for i, p in enumerate(ports)]
+
+
+def config(n, ports, vm_url, poll, listed=False, rtde=()):
     out = [
         '[line]\nid = "bench"\nsite = "lab"\n',
         f'[agent]\ndata_dir = "{DATA_DIR}"\nmetrics_listen = "127.0.0.1:{METRICS_PORT}"\n' + AGENT_EXTRA,
@@ -158,6 +165,7 @@ def config(n, ports, vm_url, poll, listed=False):
             f'[[devices]]\nid = "dev-{i:03}"\nkind = "robot"\naddress = "127.0.0.1:{ports[i]}"\nunit = 1\n'
             f'poll = "{poll}"\ntimeout = "1s"\n' + points(listed)
         )
+    out.extend(rtde)
     return "\n".join(out)
 
 
@@ -178,6 +186,10 @@ def main():
     ap.add_argument("--listed", action="store_true",
                     help="write each device's 100 values as individually listed points v0..v99 "
                          "(one [[devices.points]] each) instead of one array point")
+    ap.add_argument("--rtde", type=int, default=0,
+                    help="also read this many Universal Robots over RTDE (profile ur-rtde), served "
+                         "by the simulator, and report whether the Modbus devices keep their rate")
+    ap.add_argument("--rtde-frequency", type=int, default=500)
     a = ap.parse_args()
     global EXTRA
     if a.gzip:
@@ -201,7 +213,9 @@ def main():
         ports = [free_port() for _ in range(a.devices)]
         cfg_path = os.path.join(tmp, "bench.toml")
         with open(cfg_path, "w") as f:
-            f.write(config(a.devices, ports, vm_url, a.poll, a.listed))
+            rtde_ports = [free_port() for _ in range(a.rtde)]
+            f.write(config(a.devices, ports, vm_url, a.poll, a.listed,
+                           rtde_devices(rtde_ports, a.rtde_frequency)))
         cfg_bytes = os.path.getsize(cfg_path)
         sim = subprocess.Popen([BIN, "simulate", "--config", cfg_path], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -271,8 +285,12 @@ def main():
         rss = proc_peak_rss_mb(agent.pid)
         steady_rss = proc_rss_mb(agent.pid)
         written, collected_total = None, 0.0
+        metric_at_end = {}
         try:
             for line in http(f"http://127.0.0.1:{METRICS_PORT}/metrics").splitlines():
+                if line.startswith("linetap_rtde_"):
+                    name = line.split("{")[0].split()[0]
+                    metric_at_end[name] = metric_at_end.get(name, 0) + float(line.split()[-1])
                 if line.startswith("linetap_buffer_written_bytes_total "):
                     written = float(line.split()[1])
                 if line.startswith("linetap_samples_collected_total"):
@@ -285,17 +303,31 @@ def main():
         time.sleep(1)
         # Values delivered with timestamps inside the measured window.
         series = '{__name__=~"bench_v[0-9]+"}' if a.listed else "bench_value"
-        q = f'sum(count_over_time({series}[{int(t1 - t0)}s]))'
-        r = json.loads(http(vm_url + "/api/v1/query?" + urllib.parse.urlencode({"query": q, "time": f"{t1:.3f}"})))
-        res = r["data"]["result"]
-        delivered = float(res[0]["value"][1]) if res else 0.0
+
+        def count(series):
+            q = f'sum(count_over_time({series}[{int(t1 - t0)}s]))'
+            r = json.loads(http(vm_url + "/api/v1/query?" + urllib.parse.urlencode({"query": q, "time": f"{t1:.3f}"})))
+            res = r["data"]["result"]
+            return float(res[0]["value"][1]) if res else 0.0
+        delivered = count(series)
+        modbus_delivered = delivered
+        rtde = None
+        if a.rtde:
+            robots = count('{device=~"ur-[0-9]+", __name__!~"linetap_.*"}')
+            delivered += robots
+            rtde = {"robots": a.rtde, "frequency": a.rtde_frequency, "values_delivered": int(robots),
+                    "values_per_s": round(robots / (t1 - t0)),
+                    "packages_per_s": round(metric_at_end.get("linetap_rtde_packages_total", 0) / (t1 - t0 + a.warmup)),
+                    "packages_skipped": int(metric_at_end.get("linetap_rtde_packages_skipped_total", 0)),
+                    "clock_reanchors": int(metric_at_end.get("linetap_rtde_clock_reanchors_total", 0))}
         poll_s = poll_seconds(a.poll)
         expected = a.devices * 100 * (t1 - t0) / poll_s if poll_s > 0 else 0
+        modbus_polls_expected = a.devices / poll_s if poll_s > 0 else 0
         cpu = cpu1 - cpu0
         per_million = cpu / (delivered / 1e6) if delivered else float("inf")
         print(json.dumps({
             "devices": a.devices, "seconds": round(t1 - t0, 1), "values_delivered": int(delivered),
-            "values_expected": int(expected), "delivery_ratio": round(delivered / expected, 4) if expected else None,
+            "values_expected": int(expected), "delivery_ratio": round(modbus_delivered / expected, 4) if expected else None,
             "agent_cpu_seconds": round(cpu, 3), "cpu_seconds_per_million_values": round(per_million, 3),
             "startup_s_to_first_sample": round(startup, 2) if startup is not None else None,
             "config_bytes": cfg_bytes,
@@ -305,6 +337,10 @@ def main():
             "values_per_s": round(delivered / (t1 - t0)),
             "polls_per_s": round(polls_per_s) if polls_per_s is not None else None,
             "samples_collected_per_s": round(collected_per_s) if collected_per_s is not None else None,
+            "modbus_values_delivered": int(modbus_delivered),
+            "modbus_polls_share_of_expected": round(polls_per_s / modbus_polls_expected, 4)
+                if polls_per_s is not None and modbus_polls_expected else None,
+            "rtde": rtde,
             "floor": floor,
             "ratio_to_floor": round(per_million / floor["cpu_seconds_per_million_values"], 2)
                 if floor and floor.get("cpu_seconds_per_million_values") else None,
