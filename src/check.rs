@@ -163,3 +163,58 @@ pub fn describe_extras(p: &crate::config::PointConfig, mut d: String) -> String 
     }
     d
 }
+
+/// `linetap check --connect`: every device `linetap probe` reads (Modbus, RTDE) read once, all
+/// at once; one line per device saying what it answered or why not, and whether all answered
+/// every point.
+pub async fn connect(config: &Config) -> (String, bool) {
+    let probes = config.devices.iter().map(|d| async move {
+        let reachable = d.settings::<crate::config::ModbusDevice>().is_some()
+            || d.settings::<crate::source::rtde::config::RtdeDevice>()
+                .is_some();
+        if !reachable {
+            return (
+                format!(
+                    "  device {:?}: {} devices are not reached by check",
+                    d.id, d.protocol
+                ),
+                true,
+            );
+        }
+        match crate::probe::probe(d).await {
+            Ok(p) if p.failed.is_empty() => (
+                format!(
+                    "  device {:?}: ok, {} value{} read ({})",
+                    d.id,
+                    p.points,
+                    plural(p.points),
+                    p.table.lines().next().unwrap_or_default()
+                ),
+                true,
+            ),
+            Ok(p) => (
+                format!(
+                    "  device {:?}: {} of {} values without a value: {}",
+                    d.id,
+                    p.failed.len(),
+                    p.points,
+                    p.failed
+                        .iter()
+                        .take(5)
+                        .map(|(n, why)| format!("{n}: {why}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                false,
+            ),
+            Err(e) => (format!("  device {:?}: {e}", d.id), false),
+        }
+    });
+    let results = futures_util::future::join_all(probes).await;
+    let all_ok = results.iter().all(|(_, ok)| *ok);
+    let mut text = String::from("\nreached:\n");
+    for (line, _) in results {
+        let _ = writeln!(text, "{line}");
+    }
+    (text, all_ok)
+}

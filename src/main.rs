@@ -45,6 +45,11 @@ enum Command {
         /// The line's configuration file (e.g. /etc/linetap/weld-a.toml).
         #[arg(long, short)]
         config: PathBuf,
+        /// Also reach every Modbus and RTDE device once, as `linetap probe` would (an RTDE
+        /// robot sets its recipe up: a field it lacks or a frequency it refuses is named), and
+        /// say per device what it answered; exits 1 when any did not.
+        #[arg(long)]
+        connect: bool,
     },
     /// The embedded demo: a simulated robot cell, the agent, and a local line-protocol file
     /// (./linetap-out/demo.lp, buffered in ./linetap-data, both in the current directory),
@@ -166,13 +171,19 @@ fn main() -> ExitCode {
                 1
             }
         },
-        Command::Check { config } => match config::load(&config) {
+        Command::Check { config, connect } => match config::load(&config) {
             Ok(cfg) => {
                 out(&check::render_plan(&cfg));
                 for w in check::warnings(&cfg) {
                     eprintln!("warning: {w}");
                 }
-                0
+                if connect {
+                    let (text, all_ok) = runtime.block_on(check::connect(&cfg));
+                    out(&text);
+                    i32::from(!all_ok)
+                } else {
+                    0
+                }
             }
             Err(errors) => {
                 eprintln!("{errors}");

@@ -282,6 +282,37 @@ fn a_cb3_refuses_500_hz_streams_125_and_a_missing_field_is_named() {
         why.contains("\"tool_gripper_width\" not found on controller 3.15.7.106331"),
         "{why}"
     );
+
+    // `linetap check --connect` says the same before the line runs, and exits 1; without the
+    // missing field, the robot is reached and the command exits 0.
+    let file = dir.path().join("robot.toml");
+    let check = |extra: &str| {
+        let text = format!(
+            "[line]\nid = \"lab\"\n[agent]\ndata_dir = \"{}\"\n[sinks.local]\ntype = \"file\"\npath = \"{}\"\n\
+             [[devices]]\nid = \"robot-01\"\nprotocol = \"rtde\"\naddress = \"{address}\"\nprofile = \"ur-rtde\"\n{extra}",
+            dir.path().join("data").display(),
+            dir.path().join("out.lp").display(),
+        );
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_linetap"))
+            .args(["check", "--connect", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = check(extra);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("device \"robot-01\": RTDE field \"tool_gripper_width\" not found on controller 3.15.7.106331"),
+        "{text}"
+    );
+    let (code, text) = check("");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("device \"robot-01\": ok, "), "{text}");
 }
 
 #[test]
