@@ -917,6 +917,57 @@ broken!(
 );
 
 broken!(
+    a_profile_of_another_kinds_devices,
+    edit(BASE, "kind = \"robot\"\n", "kind = \"robot\"\nprofile = \"ur-rtde\"\n"),
+    at: ("profile = \"ur-rtde\"", 1, "\"ur-rtde\""),
+    says: "profile \"ur-rtde\" is for RTDE devices (protocol = \"rtde\"), not for Modbus devices",
+);
+
+/// An RTDE robot before the Modbus one, with `points` as its points.
+fn with_robot(device: &str, points: &str) -> String {
+    edit(
+        BASE,
+        "[[devices]]\nid = \"robot-01\"",
+        &format!("[[devices]]\nid = \"ur-01\"\nprotocol = \"rtde\"\naddress = \"10.0.3.12\"\n{device}\n{points}\n[[devices]]\nid = \"robot-01\""),
+    )
+}
+
+broken!(
+    an_rtde_field_typo_names_the_closest_field,
+    with_robot("", "[[devices.points]]\nname = \"q\"\nrtde = \"actual_qq\"\ncount = 6\n"),
+    at: ("rtde = \"actual_qq\"", 1, "\"actual_qq\""),
+    says: "\"actual_qq\" is not an RTDE output field linetap knows (did you mean \"actual_q\"?)",
+);
+
+broken!(
+    an_rtde_frequency_above_500,
+    with_robot("frequency = 600", "[[devices.points]]\nname = \"q\"\nrtde = \"actual_q\"\ncount = 6\n"),
+    at: ("frequency = 600", 1, "600"),
+    says: "frequency 600 Hz: RTDE streams at most 500 Hz (e-Series) or 125 Hz (CB3)",
+);
+
+broken!(
+    an_rtde_vector_needs_its_count_or_an_element,
+    with_robot("", "[[devices.points]]\nname = \"q\"\nrtde = \"actual_q\"\n"),
+    at: ("rtde = \"actual_q\"", 1, "\"actual_q\""),
+    says: "\"actual_q\" is a VECTOR6D of 6 values: give `count = 6` and `index_tag = \"axis\"` for all of them, or `element = N` for one",
+);
+
+broken!(
+    an_rtde_bit_of_a_double,
+    with_robot("", "[[devices.points]]\nname = \"s\"\nrtde = \"speed_scaling\"\nbit = 3\n"),
+    at: ("bit = 3", 1, "3"),
+    says: "`bit` selects a bit of an integer field; \"speed_scaling\" is not one",
+);
+
+broken!(
+    a_modbus_key_on_an_rtde_point,
+    with_robot("", "[[devices.points]]\nname = \"s\"\nrtde = \"speed_scaling\"\naddress = 3\n"),
+    at: ("address = 3", 1, "3"),
+    says: "`address` belongs to points of Modbus devices",
+);
+
+broken!(
     expression_syntax_error_points_at_its_character,
     edit(
         BASE,

@@ -53,15 +53,36 @@ pub(crate) fn load(
     let loaded = match validate(&text.name, &text.file, &text.text, source, kinds) {
         Ok(l) => Some(Rc::new(l)),
         Err(errors) => {
-            cx.err(
-                name.span(),
-                format!(
-                    "profile {:?} ({}) has errors, listed with their locations",
-                    name.get_ref(),
-                    text.file
+            // A valid profile of another kind's devices (`ur-rtde` on a Modbus device): one
+            // error saying so, not the profile's every point.
+            let other = kinds.iter().find(|k| {
+                k.takes_profiles()
+                    && k.title() != source.title()
+                    && validate(&text.name, &text.file, &text.text, **k, kinds).is_ok()
+            });
+            match other {
+                Some(k) => cx.err(
+                    name.span(),
+                    format!(
+                        "profile {:?} is for {} devices (protocol = {}), not for {} devices",
+                        name.get_ref(),
+                        k.title(),
+                        super::devices::protocols(*k),
+                        source.title()
+                    ),
                 ),
-            );
-            cx.extra.extend(errors.0);
+                None => {
+                    cx.err(
+                        name.span(),
+                        format!(
+                            "profile {:?} ({}) has errors, listed with their locations",
+                            name.get_ref(),
+                            text.file
+                        ),
+                    );
+                    cx.extra.extend(errors.0);
+                }
+            }
             None
         }
     };
