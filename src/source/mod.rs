@@ -9,6 +9,7 @@ pub mod catalogs;
 pub mod describe;
 pub mod modbus;
 pub mod mqtt;
+pub mod opcua;
 pub mod rtde;
 
 use crate::component::ComponentId;
@@ -146,6 +147,7 @@ pub static KINDS: &[&dyn SourceKind] = &[
     &modbus::config::Kind,
     &mqtt::config::Kind,
     &rtde::config::Kind,
+    &opcua::config::Kind,
 ];
 
 /// Builds every source a configuration names, registering their devices and points.

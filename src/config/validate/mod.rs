@@ -486,6 +486,37 @@ pub(crate) fn report(cx: &mut Ctx, raw: &Option<Spanned<ReportSection>>, parent:
     out
 }
 
+/// The name of `names` closest to a misspelt `s` (case-insensitive edit distance at most
+/// `max`), for "did you mean".
+pub fn closest<'a>(s: &str, names: impl Iterator<Item = &'a str>, max: usize) -> Option<&'a str> {
+    let s = s.to_ascii_lowercase();
+    names
+        .map(|n| (distance(&s, &n.to_ascii_lowercase()), n))
+        .filter(|(d, _)| *d <= max)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(row[j + 1])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 pub(crate) fn int_in(
     cx: &mut Ctx,
     v: &Option<Spanned<i64>>,

@@ -100,37 +100,17 @@ pub fn lookup(name: &str) -> Option<FieldType> {
     })
 }
 
-/// The known field closest to a misspelt `name` (for "did you mean").
+/// The known field closest to a misspelt `name` (for "did you mean"); a numbered register
+/// is named by its prefix.
 pub fn closest(name: &str) -> Option<&'static str> {
-    let lower = name.to_ascii_lowercase();
-    FIXED
+    let names = FIXED
         .iter()
         .map(|(n, _)| *n)
-        .chain(NUMBERED.iter().map(|(p, _, _)| *p))
-        .map(|n| (distance(&lower, &n.to_ascii_lowercase()), n))
-        .filter(|(d, n)| *d <= 3.max(n.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, n)| n)
-}
-
-/// Levenshtein distance.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(row[j]).min(row[j + 1])
-            };
-            prev = cur;
-        }
-    }
-    row[b.len()]
+        .chain(NUMBERED.iter().map(|(p, _, _)| *p));
+    // Within a quarter of the name's length (at least 3 edits).
+    let best = crate::config::validate::closest(name, names.clone(), usize::MAX)?;
+    let d = 3.max(best.len() / 4);
+    crate::config::validate::closest(name, names, d)
 }
 
 #[cfg(test)]

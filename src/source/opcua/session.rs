@@ -1,0 +1,473 @@
+//! One OPC UA session of a device, from connecting to its loss: the client (its certificate
+//! generated once into `data_dir/pki/DEVICE/`), the server's certificate (the one given, else
+//! pinned on first use), the identity, the namespace array, `path` points resolved by
+//! browsing, one subscription at the device's `poll` and its monitored items in batches; then
+//! data changes into batches until the session ends.
+
+use super::address::{Identifier, Namespace, PathElement};
+use super::config::{Mode, Policy, Where};
+use super::{data_value, dropped, flush, DevicePlan, State, FAMILIES};
+use crate::observe::metrics::DeviceMetrics;
+use crate::shutdown::Shutdown;
+use crate::transform::DeviceOutput;
+use opcua::client::{
+    ClientBuilder, DataChangeCallback, IdentityToken, MonitoredItem, Session,
+};
+use opcua::crypto::SecurityPolicy;
+use opcua::types::{
+    BrowseDescription, BrowseDirection, BrowseResultMask, DataChangeFilter, DataChangeTrigger,
+    DataValue, DeadbandType, EndpointDescription, ExtensionObject, MessageSecurityMode,
+    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ObjectId,
+    ReadValueId, ReferenceTypeId, StatusCode, TimestampsToReturn,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Data changes waiting for the device's task; beyond this they are counted as dropped.
+const QUEUE: usize = 65_536;
+
+/// Runs one session; `None` when linetap is stopping, else why it ended.
+pub(crate) async fn run(
+    plan: &DevicePlan,
+    st: &mut State,
+    out: &mut DeviceOutput,
+    dm: &DeviceMetrics,
+    shutdown: &mut Shutdown,
+    pki: &Path,
+) -> Option<String> {
+    let connecting = connect(plan, pki);
+    let (session, mut events) = tokio::select! {
+        r = connecting => match r {
+            Ok(s) => s,
+            Err(e) => return Some(e),
+        },
+        _ = shutdown.recv() => return None,
+    };
+    let result = serve(plan, st, out, dm, shutdown, &session, &mut events).await;
+    // Close the session (deleting its subscription) when the server is still there.
+    let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
+    events.abort();
+    result
+}
+
+/// The client of a device, built on the blocking pool (it may generate an RSA key).
+async fn client(plan: &DevicePlan, pki: &Path) -> Result<opcua::client::Client, String> {
+    let o = plan.settings.clone();
+    let pki = pki.to_path_buf();
+    let trust_first = o.server_cert_file.is_none() && !has_trusted(&pki);
+    let name = plan.name.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        if let Some(server_cert) = &o.server_cert_file {
+            let trusted = pki.join("trusted");
+            std::fs::create_dir_all(&trusted)
+                .map_err(|e| format!("cannot create {}: {e}", trusted.display()))?;
+            let to = trusted.join("configured-server.der");
+            std::fs::copy(server_cert, &to).map_err(|e| {
+                format!(
+                    "cannot copy server_cert_file {}: {e}",
+                    server_cert.display()
+                )
+            })?;
+        }
+        let mut b = ClientBuilder::new()
+            .application_name("linetap")
+            .application_uri(format!("urn:linetap:{name}"))
+            .product_uri("urn:linetap")
+            .pki_dir(&pki)
+            .create_sample_keypair(o.cert_file.is_none())
+            // Pinned on first use: with nothing trusted yet, the server's certificate is
+            // stored in trusted/; a different one later is refused.
+            .trust_server_certs(trust_first)
+            .verify_server_certs(true)
+            // Reconnecting is linetap's: a lost session is set up anew (module doc).
+            .session_retry_limit(0)
+            .keep_alive_interval(Duration::from_secs(5))
+            .session_timeout(60_000)
+            .request_timeout(o.timeout.max(Duration::from_secs(1)))
+            .recreate_subscriptions(false);
+        if let (Some(c), Some(k)) = (&o.cert_file, &o.key_file) {
+            b = b.certificate_path(c).private_key_path(k);
+        }
+        b.client().map_err(|e| e.join("; "))
+    })
+    .await
+    .map_err(|e| format!("setting the client up failed: {e}"))?;
+    built
+}
+
+/// Whether a server certificate is already trusted in `pki`.
+fn has_trusted(pki: &Path) -> bool {
+    std::fs::read_dir(pki.join("trusted"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// A running session's event loop.
+pub(crate) struct Events(tokio::task::JoinHandle<StatusCode>);
+
+impl Events {
+    fn abort(&self) {
+        self.0.abort();
+    }
+}
+
+/// Connects and activates a session.
+async fn connect(plan: &DevicePlan, pki: &Path) -> Result<(Arc<Session>, Events), String> {
+    let o = &plan.settings;
+    let mut client = client(plan, pki).await?;
+    let identity = match (&o.username, &o.password) {
+        (Some(u), Some(p)) => IdentityToken::new_user_name(u.clone(), p.resolve()?),
+        _ => IdentityToken::Anonymous,
+    };
+    let policy = match o.policy {
+        Policy::None => SecurityPolicy::None,
+        Policy::Basic128Rsa15 => SecurityPolicy::Basic128Rsa15,
+        Policy::Basic256 => SecurityPolicy::Basic256,
+        Policy::Basic256Sha256 => SecurityPolicy::Basic256Sha256,
+        Policy::Aes128Sha256RsaOaep => SecurityPolicy::Aes128Sha256RsaOaep,
+        Policy::Aes256Sha256RsaPss => SecurityPolicy::Aes256Sha256RsaPss,
+    };
+    let mode = match o.mode {
+        Mode::None => MessageSecurityMode::None,
+        Mode::Sign => MessageSecurityMode::Sign,
+        Mode::SignAndEncrypt => MessageSecurityMode::SignAndEncrypt,
+    };
+    let endpoint: EndpointDescription = (o.endpoint.as_str(), policy.to_uri(), mode).into();
+    let (session, event_loop) = match tokio::time::timeout(
+        o.timeout,
+        client.connect_to_matching_endpoint(endpoint, identity),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(format!(
+                "cannot connect to {} ({} {}): {}",
+                o.endpoint,
+                o.policy.name(),
+                o.mode.name(),
+                explain(e.status())
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "cannot connect to {}: no answer within {:?}",
+                o.endpoint, o.timeout
+            ))
+        }
+    };
+    let events = Events(event_loop.spawn());
+    match tokio::time::timeout(o.timeout, session.wait_for_connection()).await {
+        Ok(true) => Ok((session, events)),
+        Ok(false) | Err(_) => {
+            events.abort();
+            let why = match tokio::time::timeout(Duration::from_millis(200), events.0).await {
+                Ok(Ok(code)) => explain(code),
+                _ => format!("no session within {:?}", o.timeout),
+            };
+            Err(format!(
+                "cannot open a session on {} ({} {}): {why}",
+                o.endpoint,
+                o.policy.name(),
+                o.mode.name()
+            ))
+        }
+    }
+}
+
+/// A status code with what a person can do about it.
+fn explain(code: StatusCode) -> String {
+    let hint = match code {
+        StatusCode::BadUserAccessDenied | StatusCode::BadIdentityTokenRejected | StatusCode::BadIdentityTokenInvalid => {
+            ": the server refused the user name or password"
+        }
+        StatusCode::BadCertificateUntrusted => {
+            ": the server's certificate is not the one trusted (data_dir/pki/DEVICE/trusted/): if it was renewed, move the new one from rejected/ to trusted/, or give server_cert_file"
+        }
+        StatusCode::BadSecurityChecksFailed => {
+            ": the server refused linetap's certificate (trust data_dir/pki/DEVICE/own/cert.der on the server)"
+        }
+        StatusCode::BadCertificateHostNameInvalid => {
+            ": the server's certificate does not name the host in `endpoint`"
+        }
+        _ => "",
+    };
+    format!("{code}{hint}")
+}
+
+/// Resolves every item's node; per item the node or why not.
+async fn resolve(
+    session: &Session,
+    plan: &DevicePlan,
+) -> Result<Vec<Result<NodeId, String>>, String> {
+    let namespaces = session
+        .read_namespace_array()
+        .await
+        .map_err(|e| format!("cannot read the namespace array: {}", e.status()))?;
+    let index = |ns: &Namespace| -> Result<u16, String> {
+        match ns {
+            Namespace::Index(i) => Ok(*i),
+            Namespace::Uri(u) => namespaces
+                .get_index(u)
+                .ok_or_else(|| format!("the server has no namespace {u:?}")),
+        }
+    };
+    let mut browsed: HashMap<Vec<PathElement>, Result<NodeId, String>> = HashMap::new();
+    let mut out = Vec::with_capacity(plan.items.len());
+    for item in &plan.items {
+        let r = match &item.at {
+            Where::Node(n) => index(&n.namespace).and_then(|ns| {
+                let id = match &n.identifier {
+                    Identifier::Numeric(i) => format!("ns={ns};i={i}"),
+                    Identifier::String(s) => format!("ns={ns};s={s}"),
+                    Identifier::Guid(g) => format!("ns={ns};g={g}"),
+                    Identifier::Opaque(b) => format!("ns={ns};b={b}"),
+                };
+                NodeId::from_str(&id).map_err(|_| format!("{id:?} is not a NodeId"))
+            }),
+            Where::Path(p) => {
+                let mut node: Result<NodeId, String> = Ok(ObjectId::RootFolder.into());
+                for depth in 1..=p.len() {
+                    let prefix = p[..depth].to_vec();
+                    if let Some(known) = browsed.get(&prefix) {
+                        node = known.clone();
+                        continue;
+                    }
+                    let step = match &node {
+                        Ok(parent) => {
+                            let wanted = &p[depth - 1];
+                            let ns = match &wanted.namespace {
+                                Some(u) => namespaces.get_index(u).map(Some).ok_or_else(|| {
+                                    format!("the server has no namespace {u:?}")
+                                }),
+                                None => Ok(None),
+                            };
+                            match ns {
+                                Ok(ns) => child(session, parent, &wanted.name, ns).await,
+                                Err(e) => Err(e),
+                            }
+                        }
+                        Err(e) => Err(e.clone()),
+                    };
+                    browsed.insert(prefix, step.clone());
+                    node = step;
+                }
+                node.map_err(|e| format!("path {}: {e}", path_text(p)))
+            }
+        };
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn path_text(p: &[PathElement]) -> String {
+    p.iter()
+        .map(|e| match &e.namespace {
+            Some(u) => format!("{{{u}}}{}", e.name),
+            None => e.name.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The child of `parent` with browse name `name` (in namespace `ns`, or any).
+async fn child(
+    session: &Session,
+    parent: &NodeId,
+    name: &str,
+    ns: Option<u16>,
+) -> Result<NodeId, String> {
+    let desc = BrowseDescription {
+        node_id: parent.clone(),
+        browse_direction: BrowseDirection::Forward,
+        reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
+        include_subtypes: true,
+        node_class_mask: 0,
+        result_mask: BrowseResultMask::BrowseName as u32,
+    };
+    let mut results = session
+        .browse(&[desc], 1000, None)
+        .await
+        .map_err(|e| format!("browsing {parent} failed: {}", e.status()))?;
+    loop {
+        let Some(r) = results.pop() else {
+            return Err(format!("browsing {parent} returned nothing"));
+        };
+        if !r.status_code.is_good() {
+            return Err(format!("browsing {parent}: {}", r.status_code));
+        }
+        for rd in r.references.unwrap_or_default() {
+            let q = &rd.browse_name;
+            if q.name.as_ref() == name && ns.is_none_or(|n| n == q.namespace_index) {
+                return Ok(rd.node_id.node_id);
+            }
+        }
+        if r.continuation_point.is_null() {
+            return Err(format!("{name:?} is not a child of {parent}"));
+        }
+        results = session
+            .browse_next(false, &[r.continuation_point])
+            .await
+            .map_err(|e| format!("browsing {parent} failed: {}", e.status()))?;
+    }
+}
+
+/// Resolves, subscribes, and moves data changes into batches until the session ends.
+async fn serve(
+    plan: &DevicePlan,
+    st: &mut State,
+    out: &mut DeviceOutput,
+    dm: &DeviceMetrics,
+    shutdown: &mut Shutdown,
+    session: &Arc<Session>,
+    events: &mut Events,
+) -> Option<String> {
+    let kc = dm.kind_counters(&FAMILIES);
+    let nodes = match resolve(session, plan).await {
+        Ok(n) => n,
+        Err(e) => return Some(e),
+    };
+    let mut problems: Vec<String> = Vec::new();
+    for (item, r) in plan.items.iter().zip(&nodes) {
+        if let Err(e) = r {
+            problems.push(format!("point {:?}: {e}", item.name));
+        }
+    }
+    let (tx, mut rx) = mpsc::channel::<(u32, DataValue)>(QUEUE);
+    let full = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = full.clone();
+    let subscription = session
+        .create_subscription(
+            plan.poll.max(Duration::from_millis(10)),
+            30,
+            10,
+            0,
+            0,
+            true,
+            DataChangeCallback::new(move |dv: DataValue, item: &MonitoredItem| {
+                // Inside the session's event loop: never block.
+                if tx.try_send((item.client_handle(), dv)).is_err() {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }),
+        )
+        .await;
+    let subscription = match subscription {
+        Ok(s) => s,
+        Err(e) => return Some(format!("cannot create a subscription: {}", e.status())),
+    };
+    let sampling = plan.poll.as_secs_f64() * 1000.0;
+    let requests: Vec<MonitoredItemCreateRequest> = plan
+        .items
+        .iter()
+        .zip(&nodes)
+        .enumerate()
+        .filter_map(|(i, (item, node))| {
+            let node = node.as_ref().ok()?;
+            let filter = if item.deadband > 0.0 {
+                ExtensionObject::from_message(DataChangeFilter {
+                    trigger: DataChangeTrigger::StatusValue,
+                    deadband_type: DeadbandType::Absolute as u32,
+                    deadband_value: item.deadband,
+                })
+            } else {
+                ExtensionObject::null()
+            };
+            Some(MonitoredItemCreateRequest::new(
+                ReadValueId::from(node.clone()),
+                MonitoringMode::Reporting,
+                MonitoringParameters {
+                    // Handles from 1: the item's index + 1.
+                    client_handle: i as u32 + 1,
+                    sampling_interval: sampling,
+                    filter,
+                    queue_size: 10,
+                    discard_oldest: true,
+                },
+            ))
+        })
+        .collect();
+    let mut created = 0usize;
+    for chunk in requests.chunks(plan.settings.max_items_per_call) {
+        let results = match session
+            .create_monitored_items(subscription, TimestampsToReturn::Both, chunk.to_vec())
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Some(format!(
+                    "cannot create monitored items: {}",
+                    e.status()
+                ))
+            }
+        };
+        for r in results {
+            if r.result.status_code.is_good() {
+                created += 1;
+            } else {
+                let h = r.requested_parameters.client_handle as usize;
+                let name = plan
+                    .items
+                    .get(h.wrapping_sub(1))
+                    .map(|i| i.name.as_str())
+                    .unwrap_or("?");
+                problems.push(format!("point {name:?}: {}", r.result.status_code));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        st.last_error = problems.join("; ");
+        tracing::warn!(device = %plan.name, "{} of {} points are not read: {}", problems.len(), plan.items.len(), st.last_error);
+    } else {
+        st.last_error.clear();
+    }
+    tracing::info!(device = %plan.name, endpoint = %plan.settings.endpoint, items = created, "OPC UA session up");
+    flush(plan, st, out, dm, Some(true)).await;
+    let mut tick = tokio::time::interval(plan.poll.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            got = rx.recv() => {
+                let Some((handle, dv)) = got else {
+                    return Some("the subscription ended".into());
+                };
+                if let Some(item) = plan.items.get((handle as usize).wrapping_sub(1)) {
+                    data_value(item, &dv, st, kc);
+                }
+                // Take what else is queued without waiting.
+                while let Ok((handle, dv)) = rx.try_recv() {
+                    if let Some(item) = plan.items.get((handle as usize).wrapping_sub(1)) {
+                        data_value(item, &dv, st, kc);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let n = full.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if n > 0 {
+                    dropped(kc, n);
+                }
+                flush(plan, st, out, dm, None).await;
+            }
+            code = &mut events.0 => {
+                flush(plan, st, out, dm, None).await;
+                return Some(match code {
+                    Ok(c) => format!("session lost: {}", explain(c)),
+                    Err(_) => "session lost".into(),
+                });
+            }
+            _ = shutdown.recv() => {
+                flush(plan, st, out, dm, None).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Where a device's client keeps its certificates.
+pub fn pki_dir(data_dir: &Path, device: &str) -> PathBuf {
+    data_dir.join("pki").join(device)
+}

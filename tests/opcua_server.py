@@ -1,0 +1,128 @@
+"""An OPC UA server linetap did not write, for tests/opcua.rs: Python asyncua.
+
+    python opcua_server.py --port P --pki DIR [--generation N] [--secure]
+
+Serves, in namespace urn:linetap:test under Objects/Plant, one variable of every basic type
+with a known value (and arrays), a counter that steps every 100 ms with source timestamps on a
+known grid, a variable whose status is Bad and one whose status is Uncertain. The node ids
+carry the generation (`s=g1.Double`): a restart with another generation is a controller
+download that changed every node id while the browse paths stayed. `--secure` offers only
+Basic256Sha256 SignAndEncrypt with user `linetap` / password `secret`; the server's certificate
+lives in DIR (a new DIR is a new certificate). Prints READY once it listens.
+"""
+import argparse
+import asyncio
+import datetime
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from asyncua import Server, ua
+from asyncua.crypto.cert_gen import (dump_private_key_as_pem, generate_private_key,
+                                     generate_self_signed_app_certificate)
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
+
+NS = "urn:linetap:test"
+APP_URI = "urn:linetap:test-server"
+# The counter's source timestamps: 2026-01-01T00:00:00Z + n x 100 ms.
+EPOCH = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+class Users(UserManager):
+    def __init__(self, secure):
+        self.secure = secure
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if username is None:
+            return None if self.secure else User(role=UserRole.User)
+        if username == "linetap" and password == "secret":
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+def certificate(pki: Path):
+    pki.mkdir(parents=True, exist_ok=True)
+    key, cert = pki / "server_key.pem", pki / "server_cert.der"
+    if not cert.exists():
+        pkey = generate_private_key()
+        key.write_bytes(dump_private_key_as_pem(pkey))
+        c = generate_self_signed_app_certificate(
+            pkey, APP_URI,
+            {"countryName": "DE", "organizationName": "linetap", "commonName": "linetap test server"},
+            [x509.UniformResourceIdentifier(APP_URI), x509.DNSName("localhost"),
+             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+            extended=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            days=365,
+        )
+        cert.write_bytes(c.public_bytes(serialization.Encoding.DER))
+    return key, cert
+
+
+async def main(a):
+    key, cert = certificate(a.pki)
+    server = Server(user_manager=Users(a.secure))
+    await server.init()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{a.port}/")
+    server.set_server_name("linetap test server")
+    await server.set_application_uri(APP_URI)
+    await server.load_certificate(str(cert))
+    await server.load_private_key(str(key))
+    if a.secure:
+        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        server.set_identity_tokens([ua.UserNameIdentityToken])
+    else:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_identity_tokens([ua.AnonymousIdentityToken])
+    ns = await server.register_namespace(NS)
+    g = f"g{a.generation}."
+    plant = await server.nodes.objects.add_object(ua.NodeId(g + "Plant", ns), ua.QualifiedName("Plant", ns))
+    V = ua.VariantType
+    scalars = {
+        "Boolean": (True, V.Boolean), "SByte": (-8, V.SByte), "Byte": (200, V.Byte),
+        "Int16": (-16000, V.Int16), "UInt16": (65000, V.UInt16), "Int32": (-2000000000, V.Int32),
+        "UInt32": (4000000000, V.UInt32), "Int64": (-9000000000000000000, V.Int64),
+        "UInt64": (9000000000000000000, V.UInt64), "Float": (1.5, V.Float),
+        "Double": (2.25, V.Double), "String": ("hello, robot", V.String),
+    }
+    for name, (value, vt) in scalars.items():
+        await plant.add_variable(ua.NodeId(g + name, ns), ua.QualifiedName(name, ns), value, vt)
+    await plant.add_variable(ua.NodeId(g + "DoubleArray", ns), ua.QualifiedName("DoubleArray", ns),
+                             [1.5, -2.5, 3.25], V.Double)
+    await plant.add_variable(ua.NodeId(g + "Int32Array", ns), ua.QualifiedName("Int32Array", ns),
+                             [7, -7, 70000], V.Int32)
+    counter = await plant.add_variable(ua.NodeId(g + "Counter", ns), ua.QualifiedName("Counter", ns), 0.0, V.Double)
+    broken = await plant.add_variable(ua.NodeId(g + "Broken", ns), ua.QualifiedName("Broken", ns), 1.0, V.Double)
+    doubtful = await plant.add_variable(ua.NodeId(g + "Doubtful", ns), ua.QualifiedName("Doubtful", ns), 1.0, V.Double)
+    async with server:
+        print("READY", flush=True)
+        n = int((datetime.datetime.now(datetime.timezone.utc) - EPOCH).total_seconds() * 10)
+        while True:
+            await asyncio.sleep(0.1)
+            n += 1
+            when = EPOCH + datetime.timedelta(milliseconds=100 * n)
+            await counter.write_value(ua.DataValue(ua.Variant(float(n), V.Double), SourceTimestamp=when))
+            await broken.write_value(ua.DataValue(ua.Variant(float(n), V.Double),
+                                                  StatusCode=ua.StatusCode(ua.StatusCodes.BadSensorFailure),
+                                                  SourceTimestamp=when))
+            await doubtful.write_value(ua.DataValue(ua.Variant(float(n), V.Double),
+                                                    StatusCode=ua.StatusCode(ua.StatusCodes.UncertainLastUsableValue),
+                                                    SourceTimestamp=when))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.ERROR)
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--pki", type=Path, required=True)
+    p.add_argument("--generation", type=int, default=1)
+    p.add_argument("--secure", action="store_true")
+    try:
+        asyncio.run(main(p.parse_args()))
+    except KeyboardInterrupt:
+        sys.exit(0)
