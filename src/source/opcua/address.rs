@@ -136,7 +136,10 @@ pub fn parse_path(text: &str) -> Result<Vec<PathElement>, String> {
         } else {
             (None, e)
         };
-        let name = name.replace("\\/", "/").replace("\\{", "{").replace("\\\\", "\\");
+        let name = name
+            .replace("\\/", "/")
+            .replace("\\{", "{")
+            .replace("\\\\", "\\");
         if name.is_empty() {
             return Err(format!("{text:?}: an empty browse name: {HOW}"));
         }

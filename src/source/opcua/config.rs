@@ -181,17 +181,17 @@ fn device(cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<OpcuaDevice> {
         None => {
             cx.err(
                 d.span.clone(),
-                format!(
-                    "device {:?} needs `endpoint` (opc.tcp://HOST:PORT)",
-                    d.id
-                ),
+                format!("device {:?} needs `endpoint` (opc.tcp://HOST:PORT)", d.id),
             );
             String::new()
         }
     };
     let policy = match &keys.security_policy {
         None => Policy::None,
-        Some(p) => match Policy::ALL.iter().find(|x| x.name() == p.get_ref().as_str()) {
+        Some(p) => match Policy::ALL
+            .iter()
+            .find(|x| x.name() == p.get_ref().as_str())
+        {
             Some(x) => *x,
             None => {
                 let hint = closest(p.get_ref(), Policy::ALL.iter().map(|x| x.name()))
@@ -270,10 +270,7 @@ fn device(cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<OpcuaDevice> {
         cx.err(at, "a password needs `username`");
     }
     if let (Some(u), None) = (&keys.username, &password) {
-        cx.err(
-            u.span(),
-            "`username` needs password_file or password_env",
-        );
+        cx.err(u.span(), "`username` needs password_file or password_env");
     }
     if keys.cert_file.is_some() != keys.key_file.is_some() {
         let at = keys
@@ -282,7 +279,10 @@ fn device(cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<OpcuaDevice> {
             .or(keys.key_file.as_ref())
             .map(|s| s.span())
             .unwrap_or(d.span.clone());
-        cx.err(at, "cert_file and key_file go together (or neither: one is generated in data_dir/pki/)");
+        cx.err(
+            at,
+            "cert_file and key_file go together (or neither: one is generated in data_dir/pki/)",
+        );
     }
     let path = |v: &Option<Spanned<String>>| v.as_ref().map(|p| PathBuf::from(p.get_ref()));
     let max_items = crate::config::validate::int_in(

@@ -178,6 +178,8 @@ pub(crate) struct State {
     up: Option<bool>,
     errors: u64,
     pub(crate) last_error: String,
+    /// While up: the points the session could not read, and why (the health record says so).
+    pub(crate) problems: String,
     logged: Option<String>,
     last_health: Option<Instant>,
     batch: SampleBatch,
@@ -195,6 +197,7 @@ async fn run(
         up: None,
         errors: 0,
         last_error: String::new(),
+        problems: String::new(),
         logged: None,
         last_health: None,
         batch: SampleBatch {
@@ -236,7 +239,8 @@ pub(crate) fn data_value(item: &Item, dv: &DataValue, st: &mut State, kc: &KindC
         return;
     }
     let quality = if status.is_uncertain() {
-        kc.at(0, UNCERTAIN).fetch_add(item.ids.len() as u64, Relaxed);
+        kc.at(0, UNCERTAIN)
+            .fetch_add(item.ids.len() as u64, Relaxed);
         Quality::Uncertain
     } else {
         kc.at(0, GOOD).fetch_add(item.ids.len() as u64, Relaxed);
@@ -398,7 +402,7 @@ pub(crate) async fn flush(
         let ts = now_ns();
         let h = plan.health;
         let last = if up {
-            String::new()
+            st.problems.clone()
         } else {
             st.last_error.clone()
         };

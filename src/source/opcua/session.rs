@@ -10,9 +10,7 @@ use super::{data_value, dropped, flush, DevicePlan, State, FAMILIES};
 use crate::observe::metrics::DeviceMetrics;
 use crate::shutdown::Shutdown;
 use crate::transform::DeviceOutput;
-use opcua::client::{
-    ClientBuilder, DataChangeCallback, IdentityToken, MonitoredItem, Session,
-};
+use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken, MonitoredItem, Session};
 use opcua::crypto::SecurityPolicy;
 use opcua::types::{
     BrowseDescription, BrowseDirection, BrowseResultMask, DataChangeFilter, DataChangeTrigger,
@@ -241,9 +239,10 @@ async fn resolve(
                         Ok(parent) => {
                             let wanted = &p[depth - 1];
                             let ns = match &wanted.namespace {
-                                Some(u) => namespaces.get_index(u).map(Some).ok_or_else(|| {
-                                    format!("the server has no namespace {u:?}")
-                                }),
+                                Some(u) => namespaces
+                                    .get_index(u)
+                                    .map(Some)
+                                    .ok_or_else(|| format!("the server has no namespace {u:?}")),
                                 None => Ok(None),
                             };
                             match ns {
@@ -398,12 +397,7 @@ async fn serve(
             .await
         {
             Ok(r) => r,
-            Err(e) => {
-                return Some(format!(
-                    "cannot create monitored items: {}",
-                    e.status()
-                ))
-            }
+            Err(e) => return Some(format!("cannot create monitored items: {}", e.status())),
         };
         for r in results {
             if r.result.status_code.is_good() {
@@ -419,11 +413,9 @@ async fn serve(
             }
         }
     }
+    st.problems = problems.join("; ");
     if !problems.is_empty() {
-        st.last_error = problems.join("; ");
-        tracing::warn!(device = %plan.name, "{} of {} points are not read: {}", problems.len(), plan.items.len(), st.last_error);
-    } else {
-        st.last_error.clear();
+        tracing::warn!(device = %plan.name, "{} of {} points are not read: {}", problems.len(), plan.items.len(), st.problems);
     }
     tracing::info!(device = %plan.name, endpoint = %plan.settings.endpoint, items = created, "OPC UA session up");
     flush(plan, st, out, dm, Some(true)).await;

@@ -1,0 +1,382 @@
+//! OPC UA devices against a server linetap did not write: Python asyncua (`tests/opcua_server.py`,
+//! installed by `.ci/run` in /opt/asyncua-venv; `LINETAP_ASYNCUA_PYTHON` names another
+//! interpreter). Every basic type and arrays, by node and by path, exactly into InfluxDB 1.x and
+//! VictoriaMetrics with the server's source timestamps; Bad values counted and never stored,
+//! Uncertain ones stored; a server restart that changed every node id (a controller download)
+//! followed without restarting linetap; Basic256Sha256 SignAndEncrypt with a user and password,
+//! and a server whose certificate changed refused with an error that says what to do.
+
+mod common;
+
+use common::*;
+use serde_json::Value as J;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// 2026-01-01T00:00:00Z: the counter's source timestamps are this + n × 100 ms.
+const EPOCH_NS: i64 = 1_767_225_600_000_000_000;
+
+fn python() -> String {
+    std::env::var("LINETAP_ASYNCUA_PYTHON")
+        .unwrap_or_else(|_| "/opt/asyncua-venv/bin/python".into())
+}
+
+/// The asyncua test server.
+struct UaServer {
+    child: Child,
+    port: u16,
+}
+
+impl UaServer {
+    fn start(pki: &Path, generation: u32, secure: bool) -> UaServer {
+        on_free_port("asyncua", |port| {
+            Self::start_on(port, pki, generation, secure)
+        })
+    }
+
+    fn start_on(port: u16, pki: &Path, generation: u32, secure: bool) -> Result<UaServer, String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/opcua_server.py");
+        let mut cmd = Command::new(python());
+        cmd.arg(script)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--generation",
+                &generation.to_string(),
+            ])
+            .arg("--pki")
+            .arg(pki)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if secure {
+            cmd.arg("--secure");
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot run {} (Python with asyncua: .ci/run installs it; or set LINETAP_ASYNCUA_PYTHON): {e}",
+                python()
+            )
+        })?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.trim() == "READY" {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) if listening(child.id(), port) => Ok(UaServer { child, port }),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err("the server did not get ready (or another process has the port)".into())
+            }
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("opc.tcp://127.0.0.1:{}/", self.port)
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for UaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Rows of an InfluxDB 1.x query result: (time ns, columns after time).
+fn rows(result: &J) -> Vec<(i64, Vec<J>)> {
+    result["results"][0]["series"][0]["values"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|r| {
+                    let r = r.as_array()?;
+                    Some((r.first()?.as_i64()?, r[1..].to_vec()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const NODE: &str = "nsu=urn:linetap:test;s=g1.";
+
+#[test]
+fn every_basic_type_by_node_and_by_path_arrives_exactly() {
+    let influx = Influx1::start();
+    let created = request(
+        "POST",
+        &format!("{}/query", influx.url),
+        Some("q=CREATE%20DATABASE%20lt"),
+    )
+    .unwrap();
+    assert_eq!(created.status, 200, "{}", created.body);
+    let vm = VictoriaMetrics::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = UaServer::start(&dir.path().join("server-pki"), 1, false);
+    let metrics_port = free_port();
+    // (name, type, the server's value as InfluxDB returns it): by node.
+    let typed: [(&str, &str, J); 12] = [
+        ("Boolean", "bool", J::from(true)),
+        ("SByte", "i8", J::from(-8)),
+        ("Byte", "u8", J::from(200)),
+        ("Int16", "i16", J::from(-16000)),
+        ("UInt16", "u16", J::from(65000)),
+        ("Int32", "i32", J::from(-2_000_000_000i64)),
+        ("UInt32", "u32", J::from(4_000_000_000i64)),
+        ("Int64", "i64", J::from(-9_000_000_000_000_000_000i64)),
+        ("UInt64", "u64", J::from(9_000_000_000_000_000_000i64)),
+        ("Float", "f32", J::from(1.5)),
+        ("Double", "f64", J::from(2.25)),
+        ("String", "string", J::from("hello, robot")),
+    ];
+    let mut points = String::new();
+    for (name, ty, _) in &typed {
+        points.push_str(&format!(
+            "[[devices.points]]\nname = \"{}\"\nnode = \"{NODE}{name}\"\ntype = \"{ty}\"\n\n",
+            name.to_lowercase()
+        ));
+    }
+    // By path: a scalar (untyped: f64), arrays, the counter, Bad and Uncertain values.
+    points.push_str(
+        "[[devices.points]]\nname = \"double_by_path\"\npath = \"Objects/{urn:linetap:test}Plant/Double\"\n\n\
+         [[devices.points]]\nname = \"axis_pos\"\npath = \"Objects/Plant/DoubleArray\"\ncount = 3\nindex_tag = \"axis\"\n\n\
+         [[devices.points]]\nname = \"steps\"\npath = \"Objects/Plant/Int32Array\"\ntype = \"i32\"\ncount = 3\nindex_tag = \"axis\"\n\n\
+         [[devices.points]]\nname = \"counter\"\npath = \"Objects/Plant/Counter\"\n\n\
+         [[devices.points]]\nname = \"broken\"\npath = \"Objects/Plant/Broken\"\n\n\
+         [[devices.points]]\nname = \"doubtful\"\npath = \"Objects/Plant/Doubtful\"\n\n\
+         [[devices.points]]\nname = \"missing\"\npath = \"Objects/Plant/NoSuchVariable\"\n\n",
+    );
+    let config = dir.path().join("line.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[line]\nid = \"lab\"\n\n[agent]\ndata_dir = \"{data}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nself_interval = \"0s\"\n\n\
+             [sinks.db]\ntype = \"influxdb\"\napi = \"v1\"\nurl = \"{influx}\"\ndatabase = \"lt\"\nflush_interval = \"200ms\"\n\n\
+             [sinks.vm]\ntype = \"influxdb\"\nurl = \"{vm}\"\norg = \"lab\"\nbucket = \"b\"\ntoken_env = \"VM_TOKEN\"\nflush_interval = \"200ms\"\n\n\
+             [[devices]]\nid = \"plc-ua\"\nkind = \"plc\"\nprotocol = \"opcua\"\nendpoint = \"{endpoint}\"\npoll = \"100ms\"\n\n{points}",
+            data = dir.path().join("data").display(),
+            influx = influx.url,
+            vm = vm.url,
+            endpoint = server.endpoint(),
+        ),
+    )
+    .unwrap();
+    let agent = AgentProcess::start_with_env(&config, &[("VM_TOKEN", "t")]);
+    let q = |q: &str| rows(&influx.query("lt", q));
+    let counters = wait_for(Duration::from_secs(60), || {
+        let r = q("SELECT counter FROM plc WHERE device = 'plc-ua'");
+        (r.len() >= 30).then_some(r)
+    });
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+    let bad = metric(
+        &metrics_url,
+        "linetap_opcua_values_total{device=\"plc-ua\",result=\"bad\"}",
+    );
+    let (_, log) = agent.stop();
+    let counters = counters.unwrap_or_else(|| panic!("no counter values:\n{log}"));
+    // Every type, exactly.
+    for (name, _, want) in &typed {
+        let field = name.to_lowercase();
+        let r = q(&format!(
+            "SELECT last(\"{field}\") FROM plc WHERE device = 'plc-ua'"
+        ));
+        assert_eq!(r.first().map(|(_, c)| &c[0]), Some(want), "{field}\n{log}");
+    }
+    let r = q("SELECT last(double_by_path) FROM plc");
+    assert_eq!(r.first().map(|(_, c)| c[0].clone()), Some(J::from(2.25)));
+    for (axis, pos, step) in [("1", 1.5, 7), ("2", -2.5, -7), ("3", 3.25, 70000)] {
+        let r = q(&format!(
+            "SELECT last(axis_pos), last(steps) FROM plc WHERE axis = '{axis}'"
+        ));
+        assert_eq!(
+            r.first().map(|(_, c)| c.clone()),
+            Some(vec![J::from(pos), J::from(step)]),
+            "axis {axis}"
+        );
+    }
+    // The counter at its source timestamps: n at EPOCH + n × 100 ms, each exactly.
+    for (t, c) in &counters {
+        let n = c[0].as_f64().unwrap() as i64;
+        assert_eq!(*t, EPOCH_NS + n * 100_000_000, "counter {n}");
+    }
+    // Bad never stored, counted; Uncertain stored.
+    assert!(q("SELECT count(broken) FROM plc").is_empty());
+    assert!(bad.is_some_and(|b| b >= 1.0), "bad values counted: {bad:?}");
+    assert!(q("SELECT count(doubtful) FROM plc")
+        .first()
+        .is_some_and(|(_, c)| c[0].as_i64() >= Some(10)));
+    // The missing path is named in the health record; the other points ran.
+    let errors = q("SELECT last_error FROM linetap_device WHERE device = 'plc-ua'");
+    assert!(
+        errors.iter().any(|(_, c)| c[0]
+            .as_str()
+            .is_some_and(|e| e.contains("point \"missing\"") && e.contains("NoSuchVariable"))),
+        "{errors:?}"
+    );
+    // VictoriaMetrics got the same values.
+    let vm_last = |selector: &str| -> Option<f64> {
+        vm.export(selector)
+            .into_iter()
+            .flat_map(|(_, v, _)| v)
+            .last()
+    };
+    let in_vm = wait_for(Duration::from_secs(30), || {
+        Some((
+            vm_last("plc_int32")?,
+            vm_last("plc_double")?,
+            vm_last("plc_counter")?,
+        ))
+    });
+    let (i32_vm, double_vm, _) = in_vm.expect("values in VictoriaMetrics");
+    assert_eq!(i32_vm, -2_000_000_000.0);
+    assert_eq!(double_vm, 2.25);
+    drop(server);
+}
+
+#[test]
+fn a_server_restart_with_new_node_ids_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("server-pki");
+    let server = UaServer::start(&pki, 1, false);
+    let out = dir.path().join("out.lp");
+    let text = format!(
+        "[line]\nid = \"lab\"\n[agent]\ndata_dir = \"{}\"\nself_interval = \"0s\"\n\
+         [sinks.local]\ntype = \"file\"\npath = \"{}\"\nflush_interval = \"100ms\"\n\
+         [[devices]]\nid = \"plc-ua\"\nkind = \"plc\"\nprotocol = \"opcua\"\nendpoint = \"{}\"\npoll = \"100ms\"\ntimeout = \"2s\"\n\
+         [[devices.points]]\nname = \"counter\"\npath = \"Objects/Plant/Counter\"\n",
+        dir.path().join("data").display(),
+        out.display(),
+        server.endpoint()
+    );
+    let cfg = linetap::config::parse("ua.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let agent = rt
+        .block_on(async { linetap::run::Agent::start(&cfg) })
+        .expect("agent");
+    let counters = || -> Vec<i64> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" counter="))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    wait_for(Duration::from_secs(60), || {
+        (counters().len() >= 10).then_some(())
+    })
+    .expect("counter values before the restart");
+    // A controller download: the server goes away and comes back with every node id changed.
+    let port = server.stop();
+    let before = counters().len();
+    let again = on_free_port_fixed(port, || UaServer::start_on(port, &pki, 2, false));
+    let ready = Instant::now();
+    let resumed = wait_for(Duration::from_secs(30), || {
+        (counters().len() >= before + 10).then(|| ready.elapsed())
+    });
+    let up = agent
+        .metrics
+        .devices
+        .get("plc-ua")
+        .map(|d| d.up.load(std::sync::atomic::Ordering::Relaxed));
+    rt.block_on(agent.stop());
+    drop(again);
+    let resumed = resumed.expect("values again after the restart, without restarting linetap");
+    assert!(
+        resumed < Duration::from_secs(10) + Duration::from_secs(1),
+        "recovered in {resumed:?}"
+    );
+    assert_eq!(up, Some(true));
+    let t = counters();
+    assert!(t.windows(2).all(|w| w[1] >= w[0]), "stored times went back");
+}
+
+/// Starts on exactly `port` (a server restarted where the device expects it), retrying while
+/// the old one's socket lingers.
+fn on_free_port_fixed<T>(port: u16, mut start: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match start() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("no server on port {port}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+#[test]
+fn basic256sha256_with_a_password_and_a_changed_certificate_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = UaServer::start(&dir.path().join("server-pki"), 1, true);
+    let out = dir.path().join("out.lp");
+    let text = |endpoint: &str| {
+        format!(
+            "[line]\nid = \"lab\"\n[agent]\ndata_dir = \"{}\"\nself_interval = \"0s\"\n\
+             [sinks.local]\ntype = \"file\"\npath = \"{}\"\nflush_interval = \"100ms\"\n\
+             [[devices]]\nid = \"plc-ua\"\nkind = \"plc\"\nprotocol = \"opcua\"\nendpoint = \"{endpoint}\"\n\
+             security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"\nusername = \"linetap\"\npassword_env = \"UA_TEST_PASSWORD\"\npoll = \"100ms\"\ntimeout = \"3s\"\n\
+             [[devices.points]]\nname = \"counter\"\npath = \"Objects/Plant/Counter\"\n",
+            dir.path().join("data").display(),
+            out.display(),
+        )
+    };
+    std::env::set_var("UA_TEST_PASSWORD", "secret");
+    let cfg = linetap::config::parse("ua.toml", &text(&server.endpoint()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let agent = rt
+        .block_on(async { linetap::run::Agent::start(&cfg) })
+        .expect("agent");
+    let got = wait_for(Duration::from_secs(60), || {
+        (lines().iter().filter(|l| l.contains(" counter=")).count() >= 10).then_some(())
+    });
+    // The server comes back with a new certificate (a new PKI): refused, saying what to do.
+    let port = server.stop();
+    let other = on_free_port_fixed(port, || {
+        UaServer::start_on(port, &dir.path().join("other-pki"), 1, true)
+    });
+    // The counter's source times follow the wall clock: none may come from the new server.
+    let restarted = linetap::model::now_ns();
+    let counters_since = || {
+        lines()
+            .iter()
+            .filter(|l| l.contains(" counter="))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .filter(|t| *t > restarted)
+            .count()
+    };
+    let refused = wait_for(Duration::from_secs(60), || {
+        lines()
+            .iter()
+            .rev()
+            .find(|l| l.contains("last_error=") && l.contains("trusted"))
+            .cloned()
+    });
+    let after = counters_since();
+    rt.block_on(agent.stop());
+    drop(other);
+    got.expect("values over Basic256Sha256 SignAndEncrypt with user and password");
+    let refused = refused.expect("a changed server certificate refused");
+    assert!(refused.contains("BadCertificateUntrusted"), "{refused}");
+    assert_eq!(after, 0, "values from a server whose certificate changed");
+    let _: PathBuf = dir.path().join("data/pki/plc-ua/trusted");
+}
