@@ -157,7 +157,10 @@ fn every_basic_type_by_node_and_by_path_arrives_exactly() {
          [[devices.points]]\nname = \"counter\"\npath = \"Objects/Plant/Counter\"\n\n\
          [[devices.points]]\nname = \"broken\"\npath = \"Objects/Plant/Broken\"\n\n\
          [[devices.points]]\nname = \"doubtful\"\npath = \"Objects/Plant/Doubtful\"\n\n\
-         [[devices.points]]\nname = \"missing\"\npath = \"Objects/Plant/NoSuchVariable\"\n\n",
+         [[devices.points]]\nname = \"missing\"\npath = \"Objects/Plant/NoSuchVariable\"\n\n\
+         [[devices.points]]\nname = \"int32_by_path\"\npath = \"Objects/Plant/Int32\"\n\n\
+         [[devices.points]]\nname = \"string_by_path\"\npath = \"Objects/Plant/String\"\n\n\
+         [[devices.points]]\nname = \"text_as_number\"\npath = \"Objects/Plant/String\"\ntype = \"f64\"\n\n",
     );
     let config = dir.path().join("line.toml");
     std::fs::write(
@@ -224,6 +227,41 @@ fn every_basic_type_by_node_and_by_path_arrives_exactly() {
         errors.iter().any(|(_, c)| c[0]
             .as_str()
             .is_some_and(|e| e.contains("point \"missing\"") && e.contains("NoSuchVariable"))),
+        "{errors:?}"
+    );
+    // Untyped points took their node's DataType: an integer and a text field.
+    let field_types = influx.query("lt", "SHOW FIELD KEYS FROM plc");
+    let types: std::collections::HashMap<String, String> = field_types["results"][0]["series"][0]
+        ["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r[0].as_str()?.to_string(), r[1].as_str()?.to_string())))
+        .collect();
+    assert_eq!(
+        types.get("int32_by_path").map(String::as_str),
+        Some("integer"),
+        "{types:?}"
+    );
+    assert_eq!(
+        types.get("string_by_path").map(String::as_str),
+        Some("string"),
+        "{types:?}"
+    );
+    assert_eq!(
+        types.get("counter").map(String::as_str),
+        Some("float"),
+        "{types:?}"
+    );
+    let r = q("SELECT last(int32_by_path), last(string_by_path) FROM plc");
+    assert_eq!(
+        r.first().map(|(_, c)| c.clone()),
+        Some(vec![J::from(-2_000_000_000i64), J::from("hello, robot")])
+    );
+    // A text node for a number point is named, not read.
+    assert!(
+        errors.iter().any(|(_, c)| c[0].as_str().is_some_and(|e| e
+            .contains("point \"text_as_number\": the node's data type (i=12) cannot become f64"))),
         "{errors:?}"
     );
     // VictoriaMetrics got the same values.

@@ -145,6 +145,9 @@ impl crate::source::SourceKind for Kind {
     fn point(&self, cx: &mut Ctx, raw: RawTable, p: &PointDraft) -> Option<PointPart> {
         point(cx, raw, p)
     }
+    fn check(&self, config: &crate::config::Config, plan: &mut crate::check::Plan) {
+        super::check::render(config, plan)
+    }
     fn build(
         &self,
         config: &crate::config::Config,

@@ -13,6 +13,7 @@
 //! - this file: the device's task, and how a DataValue becomes a sample.
 
 pub mod address;
+pub mod check;
 pub mod config;
 pub mod session;
 
@@ -67,6 +68,8 @@ pub struct Item {
     /// Its catalog ids, one per element.
     pub ids: Vec<u32>,
     pub kind: PointType,
+    /// `type` was given; else the node's DataType decides when the session starts.
+    pub typed: bool,
     pub scale: Option<(f64, f64)>,
     /// The server-side deadband (absolute; 0: none).
     pub deadband: f64,
@@ -77,6 +80,9 @@ pub struct Item {
 pub struct DevicePlan {
     pub device: u32,
     pub name: String,
+    /// The device as configured: its catalog entry is described again when a node's DataType
+    /// gives an untyped point its type.
+    pub config: Arc<DeviceConfig>,
     pub settings: OpcuaDevice,
     pub poll: Duration,
     pub items: Vec<Item>,
@@ -102,6 +108,7 @@ pub fn register(d: &DeviceConfig, o: &OpcuaDevice, registry: &mut Registry) -> D
             at: op.at.clone(),
             ids: ids.points[first..first + p.count as usize].to_vec(),
             kind: p.kind,
+            typed: op.typed,
             scale: p.is_scaled().then_some((p.scale, p.offset)),
             deadband: if p.report.active {
                 p.report.deadband
@@ -114,6 +121,7 @@ pub fn register(d: &DeviceConfig, o: &OpcuaDevice, registry: &mut Registry) -> D
     DevicePlan {
         device: ids.device,
         name: d.id.clone(),
+        config: Arc::new(d.clone()),
         settings: o.clone(),
         poll: d.poll,
         items,
@@ -167,8 +175,15 @@ impl Source for Server {
         let out = ctx.output(&self.plan.name, self.plan.device);
         let dm = ctx.metrics.devices.add(&self.plan.name);
         dm.kind_counters(&FAMILIES);
-        let pki = ctx.data_dir.join("pki").join(&self.plan.name);
-        tokio::spawn(run(self.plan, out, dm, ctx.shutdown, pki))
+        let pki = session::pki_dir(&ctx.data_dir, &self.plan.name);
+        tokio::spawn(run(
+            self.plan,
+            out,
+            dm,
+            ctx.shutdown,
+            pki,
+            ctx.catalogs.clone(),
+        ))
     }
 }
 
@@ -191,6 +206,7 @@ async fn run(
     dm: Arc<DeviceMetrics>,
     mut shutdown: Shutdown,
     pki: PathBuf,
+    catalogs: Arc<crate::source::catalogs::Catalogs>,
 ) {
     let mut st = State {
         seq: 0,
@@ -208,7 +224,16 @@ async fn run(
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let started = Instant::now();
-        let ended = session::run(&plan, &mut st, &mut out, &dm, &mut shutdown, &pki).await;
+        let ended = session::run(
+            &plan,
+            &mut st,
+            &mut out,
+            &dm,
+            &mut shutdown,
+            &pki,
+            &catalogs,
+        )
+        .await;
         let Some(why) = ended else {
             return;
         };
@@ -232,7 +257,13 @@ async fn run(
 }
 
 /// A DataValue of item `item` into samples of `st.batch` (each element of an array its own).
-pub(crate) fn data_value(item: &Item, dv: &DataValue, st: &mut State, kc: &KindCounters) {
+pub(crate) fn data_value(
+    item: &Item,
+    kind: PointType,
+    dv: &DataValue,
+    st: &mut State,
+    kc: &KindCounters,
+) {
     let status = dv.status();
     if status.is_bad() {
         kc.at(0, BAD).fetch_add(item.ids.len() as u64, Relaxed);
@@ -257,7 +288,7 @@ pub(crate) fn data_value(item: &Item, dv: &DataValue, st: &mut State, kc: &KindC
         kc.at(0, REJECTED).fetch_add(item.ids.len() as u64, Relaxed);
         return;
     };
-    let mut push = |id: u32, v: &Variant| match value(v, item.kind, item.scale) {
+    let mut push = |id: u32, v: &Variant| match value(v, kind, item.scale) {
         Some(value) => st.batch.samples.push(Sample {
             point: id,
             timestamp_ns: ts,
@@ -438,4 +469,33 @@ pub(crate) async fn flush(
     batch.seq = st.seq;
     dm.samples.fetch_add(n as u64, Relaxed);
     out.publish(batch).await;
+}
+
+/// The point type of a node's DataType (a standard one, ns=0), if linetap has one for it.
+pub fn point_type(data_type: &opcua::types::NodeId) -> Option<PointType> {
+    use opcua::types::Identifier;
+    if data_type.namespace != 0 {
+        return None;
+    }
+    let Identifier::Numeric(i) = data_type.identifier else {
+        return None;
+    };
+    Some(match i {
+        1 => PointType::Bool,
+        2 => PointType::I8,
+        3 => PointType::U8,
+        4 => PointType::I16,
+        5 => PointType::U16,
+        6 => PointType::I32,
+        7 => PointType::U32,
+        8 => PointType::I64,
+        9 => PointType::U64,
+        10 => PointType::F32,
+        11 => PointType::F64,
+        // String, DateTime, LocalizedText: as text.
+        12 | 13 | 21 => PointType::String,
+        // Enumeration and its subtypes travel as Int32.
+        29 => PointType::I32,
+        _ => return None,
+    })
 }

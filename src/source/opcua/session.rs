@@ -7,16 +7,17 @@
 use super::address::{Identifier, Namespace, PathElement};
 use super::config::{Mode, Policy, Where};
 use super::{data_value, dropped, flush, DevicePlan, State, FAMILIES};
+use crate::config::PointType;
 use crate::observe::metrics::DeviceMetrics;
 use crate::shutdown::Shutdown;
 use crate::transform::DeviceOutput;
 use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken, MonitoredItem, Session};
 use opcua::crypto::SecurityPolicy;
 use opcua::types::{
-    BrowseDescription, BrowseDirection, BrowseResultMask, DataChangeFilter, DataChangeTrigger,
-    DataValue, DeadbandType, EndpointDescription, ExtensionObject, MessageSecurityMode,
-    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ObjectId,
-    ReadValueId, ReferenceTypeId, StatusCode, TimestampsToReturn,
+    AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, DataChangeFilter,
+    DataChangeTrigger, DataValue, DeadbandType, EndpointDescription, ExtensionObject,
+    MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
+    ObjectId, ReadValueId, ReferenceTypeId, StatusCode, TimestampsToReturn, Variant,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub(crate) async fn run(
     dm: &DeviceMetrics,
     shutdown: &mut Shutdown,
     pki: &Path,
+    catalogs: &crate::source::catalogs::Catalogs,
 ) -> Option<String> {
     let connecting = connect(plan, pki);
     let (session, mut events) = tokio::select! {
@@ -45,7 +47,7 @@ pub(crate) async fn run(
         },
         _ = shutdown.recv() => return None,
     };
-    let result = serve(plan, st, out, dm, shutdown, &session, &mut events).await;
+    let result = serve(plan, st, out, dm, shutdown, &session, &mut events, catalogs).await;
     // Close the session (deleting its subscription) when the server is still there.
     let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
     events.abort();
@@ -324,17 +326,44 @@ async fn serve(
     shutdown: &mut Shutdown,
     session: &Arc<Session>,
     events: &mut Events,
+    catalogs: &crate::source::catalogs::Catalogs,
 ) -> Option<String> {
     let kc = dm.kind_counters(&FAMILIES);
-    let nodes = match resolve(session, plan).await {
+    let mut nodes = match resolve(session, plan).await {
         Ok(n) => n,
         Err(e) => return Some(e),
     };
     let mut problems: Vec<String> = Vec::new();
+    let kinds = match types(session, plan, &mut nodes).await {
+        Ok(k) => k,
+        Err(e) => return Some(e),
+    };
     for (item, r) in plan.items.iter().zip(&nodes) {
         if let Err(e) = r {
             problems.push(format!("point {:?}: {e}", item.name));
         }
+    }
+    // Untyped points now have their node's type: the catalog says so before any value.
+    if plan.items.iter().zip(&kinds).any(|(i, k)| i.kind != *k) {
+        let mut d = (*plan.config).clone();
+        let mut at = 0usize;
+        for p in d.points.iter_mut() {
+            if super::config::opcua_point(p).is_some() {
+                if let Some(k) = kinds.get(at) {
+                    p.kind = *k;
+                }
+                at += 1;
+            }
+        }
+        let mut points = crate::source::describe::points(&d);
+        points.extend(crate::model::catalog::health_points());
+        let (_, version) = catalogs
+            .set_device(
+                crate::source::describe::device(&d, &plan.settings.endpoint, 0),
+                points,
+            )
+            .await;
+        out.catalog_changed(&version);
     }
     let (tx, mut rx) = mpsc::channel::<(u32, DataValue)>(QUEUE);
     let full = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -427,13 +456,15 @@ async fn serve(
                 let Some((handle, dv)) = got else {
                     return Some("the subscription ended".into());
                 };
-                if let Some(item) = plan.items.get((handle as usize).wrapping_sub(1)) {
-                    data_value(item, &dv, st, kc);
+                let h = (handle as usize).wrapping_sub(1);
+                if let (Some(item), Some(kind)) = (plan.items.get(h), kinds.get(h)) {
+                    data_value(item, *kind, &dv, st, kc);
                 }
                 // Take what else is queued without waiting.
                 while let Ok((handle, dv)) = rx.try_recv() {
-                    if let Some(item) = plan.items.get((handle as usize).wrapping_sub(1)) {
-                        data_value(item, &dv, st, kc);
+                    let h = (handle as usize).wrapping_sub(1);
+                    if let (Some(item), Some(kind)) = (plan.items.get(h), kinds.get(h)) {
+                        data_value(item, *kind, &dv, st, kc);
                     }
                 }
             }
@@ -457,6 +488,60 @@ async fn serve(
             }
         }
     }
+}
+
+/// Each item's type: its `type`, else its node's DataType (f64 when linetap has none for it).
+/// An item whose node's type cannot become its `type` (text into a number, a number into
+/// text) is not read: its node becomes that error.
+async fn types(
+    session: &Session,
+    plan: &DevicePlan,
+    nodes: &mut [Result<NodeId, String>],
+) -> Result<Vec<PointType>, String> {
+    let ask: Vec<(usize, NodeId)> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((i, n.as_ref().ok()?.clone())))
+        .collect();
+    let mut found: Vec<Option<PointType>> = vec![None; nodes.len()];
+    let mut names: Vec<String> = vec![String::new(); nodes.len()];
+    for chunk in ask.chunks(plan.settings.max_items_per_call) {
+        let ids: Vec<ReadValueId> = chunk
+            .iter()
+            .map(|(_, n)| ReadValueId::new(n.clone(), AttributeId::DataType))
+            .collect();
+        let values = session
+            .read(&ids, TimestampsToReturn::Neither, 0.0)
+            .await
+            .map_err(|e| format!("cannot read the points' data types: {}", e.status()))?;
+        for ((i, _), dv) in chunk.iter().zip(values) {
+            if let Some(Variant::NodeId(t)) = dv.value {
+                found[*i] = super::point_type(&t);
+                names[*i] = t.to_string();
+            }
+        }
+    }
+    let mut kinds = Vec::with_capacity(plan.items.len());
+    for (i, item) in plan.items.iter().enumerate() {
+        let node_kind = found[i];
+        let kind = if item.typed {
+            if let Some(k) = node_kind {
+                let text = |k: PointType| k == PointType::String;
+                if text(k) != text(item.kind) && nodes[i].is_ok() {
+                    nodes[i] = Err(format!(
+                        "the node's data type ({}) cannot become {}",
+                        names[i],
+                        item.kind.as_str()
+                    ));
+                }
+            }
+            item.kind
+        } else {
+            node_kind.unwrap_or(item.kind)
+        };
+        kinds.push(kind);
+    }
+    Ok(kinds)
 }
 
 /// Where a device's client keeps its certificates.
