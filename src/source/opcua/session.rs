@@ -40,17 +40,18 @@ pub(crate) async fn run(
     catalogs: &crate::source::catalogs::Catalogs,
 ) -> Option<String> {
     let connecting = connect(plan, pki);
-    let (session, mut events) = tokio::select! {
+    let (session, events) = tokio::select! {
         r = connecting => match r {
             Ok(s) => s,
             Err(e) => return Some(e),
         },
         _ = shutdown.recv() => return None,
     };
-    let result = serve(plan, st, out, dm, shutdown, &session, &mut events, catalogs).await;
+    let mut live = Live { session, events };
+    let result = serve(plan, st, out, dm, shutdown, &mut live, catalogs).await;
     // Close the session (deleting its subscription) when the server is still there.
-    let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
-    events.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), live.session.disconnect()).await;
+    live.events.abort();
     result
 }
 
@@ -108,6 +109,12 @@ fn has_trusted(pki: &Path) -> bool {
 
 /// A running session's event loop.
 pub(crate) struct Events(tokio::task::JoinHandle<StatusCode>);
+
+/// A session and its event loop.
+pub(crate) struct Live {
+    session: Arc<Session>,
+    events: Events,
+}
 
 impl Events {
     fn abort(&self) {
@@ -324,11 +331,11 @@ async fn serve(
     out: &mut DeviceOutput,
     dm: &DeviceMetrics,
     shutdown: &mut Shutdown,
-    session: &Arc<Session>,
-    events: &mut Events,
+    live: &mut Live,
     catalogs: &crate::source::catalogs::Catalogs,
 ) -> Option<String> {
     let kc = dm.kind_counters(&FAMILIES);
+    let session = &live.session;
     let mut nodes = match resolve(session, plan).await {
         Ok(n) => n,
         Err(e) => return Some(e),
@@ -475,7 +482,7 @@ async fn serve(
                 }
                 flush(plan, st, out, dm, None).await;
             }
-            code = &mut events.0 => {
+            code = &mut live.events.0 => {
                 flush(plan, st, out, dm, None).await;
                 return Some(match code {
                     Ok(c) => format!("session lost: {}", explain(c)),
