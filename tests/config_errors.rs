@@ -967,6 +967,43 @@ broken!(
     says: "`address` belongs to points of Modbus devices",
 );
 
+/// An OPC UA device before the Modbus one, with `device` keys and `points`.
+fn with_ua(device: &str, points: &str) -> String {
+    edit(
+        BASE,
+        "[[devices]]\nid = \"robot-01\"",
+        &format!("[[devices]]\nid = \"ua-01\"\nprotocol = \"opcua\"\nendpoint = \"opc.tcp://10.0.3.15:4840\"\n{device}\n{points}\n[[devices]]\nid = \"robot-01\""),
+    )
+}
+
+broken!(
+    an_opcua_node_id_with_bad_syntax,
+    with_ua("", "[[devices.points]]\nname = \"speed\"\nnode = \"ns=2:s=Spindle.Speed\"\n"),
+    at: ("node = \"ns=2:s=Spindle.Speed\"", 1, "\"ns=2:s=Spindle.Speed\""),
+    says: "\"ns=2:s=Spindle.Speed\": no ';' after the namespace index: a NodeId is ns=INDEX;TYPE=VALUE",
+);
+
+broken!(
+    an_opcua_security_policy_typo,
+    with_ua("security_policy = \"Basic256Sha265\"", "[[devices.points]]\nname = \"speed\"\nnode = \"ns=2;s=Speed\"\n"),
+    at: ("security_policy = \"Basic256Sha265\"", 1, "\"Basic256Sha265\""),
+    says: "unknown security_policy \"Basic256Sha265\" (did you mean \"Basic256Sha256\"?)",
+);
+
+broken!(
+    an_opcua_path_not_from_objects,
+    with_ua("", "[[devices.points]]\nname = \"speed\"\npath = \"DeviceSet/Spindle/Speed\"\n"),
+    at: ("path = \"DeviceSet/Spindle/Speed\"", 1, "\"DeviceSet/Spindle/Speed\""),
+    says: "a path starts at Objects (or Types, Views)",
+);
+
+broken!(
+    an_opcua_password_in_the_file,
+    with_ua("username = \"linetap\"\npassword = \"secret\"", "[[devices.points]]\nname = \"speed\"\nnode = \"ns=2;s=Speed\"\n"),
+    at: ("password = \"secret\"", 1, "\"secret\""),
+    says: "a password in the file is not allowed: use password_file",
+);
+
 broken!(
     expression_syntax_error_points_at_its_character,
     edit(

@@ -272,7 +272,7 @@ fn device(cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<OpcuaDevice> {
             .unwrap_or(d.span.clone());
         cx.err(at, "a password needs `username`");
     }
-    if let (Some(u), None) = (&keys.username, &password) {
+    if let (Some(u), None, None) = (&keys.username, &password, &keys.password) {
         cx.err(u.span(), "`username` needs password_file or password_env");
     }
     if keys.cert_file.is_some() != keys.key_file.is_some() {
