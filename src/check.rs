@@ -164,13 +164,15 @@ pub fn describe_extras(p: &crate::config::PointConfig, mut d: String) -> String 
     d
 }
 
-/// `linetap check --connect`: every device `linetap probe` reads (Modbus, RTDE) read once, all
+/// `linetap check --connect`: every device `linetap probe` reads (Modbus, RTDE, OPC UA) read once, all
 /// at once; one line per device saying what it answered or why not, and whether all answered
 /// every point.
 pub async fn connect(config: &Config) -> (String, bool) {
     let probes = config.devices.iter().map(|d| async move {
         let reachable = d.settings::<crate::config::ModbusDevice>().is_some()
             || d.settings::<crate::source::rtde::config::RtdeDevice>()
+                .is_some()
+            || d.settings::<crate::source::opcua::config::OpcuaDevice>()
                 .is_some();
         if !reachable {
             return (

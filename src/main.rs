@@ -124,6 +124,18 @@ enum Command {
         /// 30004): sets the profile's recipe up (default ur-rtde), reads one package, prints it.
         #[arg(long, value_name = "HOST[:PORT]", conflicts_with_all = ["address", "serial", "config", "device", "read", "protocol", "unit"])]
         rtde: Option<String>,
+        /// An OPC UA server, opc.tcp://HOST:PORT: browse it (no security, anonymous) and print
+        /// node id, browse path, data type and value of every variable under --path, to
+        /// --depth levels, to write points from.
+        #[arg(long, value_name = "ENDPOINT", conflicts_with_all = ["address", "serial", "config", "device", "read", "protocol", "unit", "rtde", "profile"])]
+        opcua: Option<String>,
+        /// With --opcua: where to start, a browse path (default Objects), e.g.
+        /// "Objects/DeviceSet".
+        #[arg(long, requires = "opcua")]
+        path: Option<String>,
+        /// With --opcua: how many levels below --path.
+        #[arg(long, requires = "opcua", default_value_t = 4)]
+        depth: usize,
         /// Read COUNT registers (or bits) of TABLE (holding, input, coils, discrete) from the
         /// 0-based address START, once, and print each register as u16, i16, hex and ASCII
         /// and each pair as f32, u32 and i32 in the four word orders; no profile or point
@@ -206,7 +218,19 @@ fn main() -> ExitCode {
             points,
             read,
             rtde,
+            opcua,
+            path,
+            depth,
         } => {
+            if let Some(endpoint) = opcua {
+                return ExitCode::from(probe_opcua(
+                    &runtime,
+                    &endpoint,
+                    path.as_deref(),
+                    depth,
+                    timeout.as_deref(),
+                ) as u8);
+            }
             let link = LinkArgs {
                 address: address.as_deref(),
                 protocol: protocol.as_deref(),
@@ -516,6 +540,44 @@ fn probe_profile(
         ));
     }
     probe_device(&text, Some(name))
+}
+
+/// `linetap probe --opcua ENDPOINT [--path P] [--depth N]`: a commissioning browse. Returns
+/// the exit code.
+fn probe_opcua(
+    runtime: &tokio::runtime::Runtime,
+    endpoint: &str,
+    path: Option<&str>,
+    depth: usize,
+    timeout: Option<&str>,
+) -> i32 {
+    let mut text = format!(
+        "[line]\nid = \"probe\"\n[[devices]]\nid = \"probe\"\nprotocol = \"opcua\"\nendpoint = {endpoint:?}\n"
+    );
+    if let Some(t) = timeout {
+        text.push_str(&format!("timeout = {t:?}\n"));
+    }
+    text.push_str("[[devices.points]]\nname = \"server_state\"\nnode = \"i=2259\"\n");
+    let d = match probe_device(&text, None) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("linetap probe: {e}");
+            return 2;
+        }
+    };
+    let Some(o) = d.settings::<linetap::source::opcua::config::OpcuaDevice>() else {
+        return 2;
+    };
+    match runtime.block_on(linetap::source::opcua::probe::browse(&d, o, path, depth)) {
+        Ok(table) => {
+            out(&table);
+            0
+        }
+        Err(e) => {
+            eprintln!("linetap probe: {endpoint}: {e}");
+            1
+        }
+    }
 }
 
 /// A robot at `address` read over RTDE with profile `profile`, validated as a configuration

@@ -35,7 +35,7 @@ pub struct Probed {
 fn modbus(d: &DeviceConfig) -> Result<&crate::config::ModbusDevice, String> {
     d.settings().ok_or_else(|| {
         format!(
-            "device {:?} is read over {}: probe reads Modbus and RTDE devices",
+            "device {:?} is read over {}: probe reads Modbus, RTDE and OPC UA devices",
             d.id, d.protocol
         )
     })
@@ -46,6 +46,9 @@ fn modbus(d: &DeviceConfig) -> Result<&crate::config::ModbusDevice, String> {
 pub async fn probe(d: &DeviceConfig) -> Result<Probed, String> {
     if let Some(r) = d.settings::<crate::source::rtde::config::RtdeDevice>() {
         return crate::source::rtde::probe::probe(d, r).await;
+    }
+    if let Some(o) = d.settings::<crate::source::opcua::config::OpcuaDevice>() {
+        return crate::source::opcua::probe::probe(d, o).await;
     }
     let m = modbus(d)?;
     let mut registry = Registry::new("probe", "", Vec::new(), None);

@@ -418,3 +418,76 @@ fn basic256sha256_with_a_password_and_a_changed_certificate_refused() {
     assert_eq!(after, 0, "values from a server whose certificate changed");
     let _: PathBuf = dir.path().join("data/pki/plc-ua/trusted");
 }
+
+#[test]
+fn probe_browses_a_server_and_check_connect_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = UaServer::start(&dir.path().join("server-pki"), 1, false);
+    let linetap = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_linetap"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The commissioning browse: node id, browse path, data type, value.
+    let (code, text, err) = linetap(&[
+        "probe",
+        "--opcua",
+        &server.endpoint(),
+        "--path",
+        "Objects/Plant",
+        "--depth",
+        "1",
+    ]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    let row = text
+        .lines()
+        .find(|l| l.contains("s=g1.Int32 "))
+        .unwrap_or_else(|| panic!("{text}"));
+    for want in [
+        "Objects/Plant/{urn:linetap:test}Int32",
+        "i32 (i=6)",
+        "-2000000000",
+    ] {
+        assert!(row.contains(want), "{want} in {row}");
+    }
+    assert!(text.contains("status BadSensorFailure"), "{text}");
+    // check --connect reads each point once: the missing one is named, exit 1.
+    let config = dir.path().join("ua.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[line]\nid = \"lab\"\n[agent]\ndata_dir = \"{}\"\n[sinks.local]\ntype = \"file\"\npath = \"{}\"\n\
+                 [[devices]]\nid = \"plc-ua\"\nprotocol = \"opcua\"\nendpoint = \"{}\"\n\
+                 [[devices.points]]\nname = \"counter\"\npath = \"Objects/Plant/Counter\"\n{extra}",
+                dir.path().join("data").display(),
+                dir.path().join("out.lp").display(),
+                server.endpoint()
+            ),
+        )
+        .unwrap();
+    };
+    write("[[devices.points]]\nname = \"gone\"\nnode = \"nsu=urn:linetap:test;s=g1.Gone\"\n");
+    let path = config.display().to_string();
+    let (code, text, err) = linetap(&["check", "--connect", "--config", &path]);
+    assert_eq!(code, Some(1), "{text}{err}");
+    assert!(
+        text.contains(
+            "device \"plc-ua\": 1 of 2 values without a value: other.gone: status BadNodeIdUnknown"
+        ),
+        "{text}"
+    );
+    write("");
+    let (code, text, err) = linetap(&["check", "--connect", "--config", &path]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(
+        text.contains("device \"plc-ua\": ok, 1 value read"),
+        "{text}"
+    );
+}

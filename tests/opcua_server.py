@@ -100,10 +100,11 @@ async def main(a):
     broken = await plant.add_variable(ua.NodeId(g + "Broken", ns), ua.QualifiedName("Broken", ns), 1.0, V.Double)
     doubtful = await plant.add_variable(ua.NodeId(g + "Doubtful", ns), ua.QualifiedName("Doubtful", ns), 1.0, V.Double)
     async with server:
-        print("READY", flush=True)
         n = int((datetime.datetime.now(datetime.timezone.utc) - EPOCH).total_seconds() * 10)
+        ready = False
         while True:
-            await asyncio.sleep(0.1)
+            if ready:
+                await asyncio.sleep(0.1)
             n += 1
             when = EPOCH + datetime.timedelta(milliseconds=100 * n)
             await counter.write_value(ua.DataValue(ua.Variant(float(n), V.Double), SourceTimestamp=when))
@@ -113,6 +114,10 @@ async def main(a):
             await doubtful.write_value(ua.DataValue(ua.Variant(float(n), V.Double),
                                                     StatusCode=ua.StatusCode(ua.StatusCodes.UncertainLastUsableValue),
                                                     SourceTimestamp=when))
+            if not ready:
+                # Every variable has its value and status before anyone is told to connect.
+                print("READY", flush=True)
+                ready = True
 
 
 if __name__ == "__main__":

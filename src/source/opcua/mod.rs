@@ -15,6 +15,7 @@
 pub mod address;
 pub mod check;
 pub mod config;
+pub mod probe;
 pub mod session;
 
 use crate::backoff::Backoff;
@@ -200,6 +201,24 @@ pub(crate) struct State {
     batch: SampleBatch,
 }
 
+impl State {
+    pub(crate) fn new(device: u32) -> State {
+        State {
+            seq: 0,
+            up: None,
+            errors: 0,
+            last_error: String::new(),
+            problems: String::new(),
+            logged: None,
+            last_health: None,
+            batch: SampleBatch {
+                device,
+                ..Default::default()
+            },
+        }
+    }
+}
+
 async fn run(
     plan: DevicePlan,
     mut out: DeviceOutput,
@@ -208,19 +227,7 @@ async fn run(
     pki: PathBuf,
     catalogs: Arc<crate::source::catalogs::Catalogs>,
 ) {
-    let mut st = State {
-        seq: 0,
-        up: None,
-        errors: 0,
-        last_error: String::new(),
-        problems: String::new(),
-        logged: None,
-        last_health: None,
-        batch: SampleBatch {
-            device: plan.device,
-            ..Default::default()
-        },
-    };
+    let mut st = State::new(plan.device);
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let started = Instant::now();

@@ -110,6 +110,12 @@ fn has_trusted(pki: &Path) -> bool {
 /// A running session's event loop.
 pub(crate) struct Events(tokio::task::JoinHandle<StatusCode>);
 
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A session and its event loop.
 pub(crate) struct Live {
     session: Arc<Session>,
@@ -117,13 +123,16 @@ pub(crate) struct Live {
 }
 
 impl Events {
-    fn abort(&self) {
+    pub(crate) fn abort(&self) {
         self.0.abort();
     }
 }
 
 /// Connects and activates a session.
-async fn connect(plan: &DevicePlan, pki: &Path) -> Result<(Arc<Session>, Events), String> {
+pub(crate) async fn connect(
+    plan: &DevicePlan,
+    pki: &Path,
+) -> Result<(Arc<Session>, Events), String> {
     let o = &plan.settings;
     let mut client = client(plan, pki).await?;
     let identity = match (&o.username, &o.password) {
@@ -167,12 +176,12 @@ async fn connect(plan: &DevicePlan, pki: &Path) -> Result<(Arc<Session>, Events)
             ))
         }
     };
-    let events = Events(event_loop.spawn());
+    let mut events = Events(event_loop.spawn());
     match tokio::time::timeout(o.timeout, session.wait_for_connection()).await {
         Ok(true) => Ok((session, events)),
         Ok(false) | Err(_) => {
-            events.abort();
-            let why = match tokio::time::timeout(Duration::from_millis(200), events.0).await {
+            // The event loop's own status says why (it ends: no retries).
+            let why = match tokio::time::timeout(Duration::from_millis(500), &mut events.0).await {
                 Ok(Ok(code)) => explain(code),
                 _ => format!("no session within {:?}", o.timeout),
             };
@@ -207,7 +216,7 @@ fn explain(code: StatusCode) -> String {
 }
 
 /// Resolves every item's node; per item the node or why not.
-async fn resolve(
+pub(crate) async fn resolve(
     session: &Session,
     plan: &DevicePlan,
 ) -> Result<Vec<Result<NodeId, String>>, String> {
@@ -283,7 +292,7 @@ fn path_text(p: &[PathElement]) -> String {
 }
 
 /// The child of `parent` with browse name `name` (in namespace `ns`, or any).
-async fn child(
+pub(crate) async fn child(
     session: &Session,
     parent: &NodeId,
     name: &str,
@@ -500,7 +509,7 @@ async fn serve(
 /// Each item's type: its `type`, else its node's DataType (f64 when linetap has none for it).
 /// An item whose node's type cannot become its `type` (text into a number, a number into
 /// text) is not read: its node becomes that error.
-async fn types(
+pub(crate) async fn types(
     session: &Session,
     plan: &DevicePlan,
     nodes: &mut [Result<NodeId, String>],

@@ -1,0 +1,302 @@
+//! `linetap probe` for OPC UA: a config's device read once (each point's node, value, unit and
+//! label, as the sinks write it; `check --connect` uses the same), and `--opcua ENDPOINT`: a
+//! commissioning browse of a server — node id, browse path, data type and value of every
+//! variable under a path, to a depth.
+
+use super::config::OpcuaDevice;
+use super::session::{child, connect, resolve, types};
+use super::{data_value, register, State, FAMILIES};
+use crate::config::DeviceConfig;
+use crate::model::catalog::Registry;
+use crate::model::SampleBatch;
+use crate::probe::{table, Probed};
+use crate::transform::DeviceView;
+use opcua::types::{
+    AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, NodeClass, NodeId, ObjectId,
+    ReadValueId, ReferenceTypeId, TimestampsToReturn, Variant,
+};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::time::Instant;
+
+/// A scratch directory for the probe's client certificate.
+fn scratch_pki() -> Result<tempfile_dir::Dir, String> {
+    tempfile_dir::Dir::new()
+}
+
+/// Reads every point of `d` once.
+pub async fn probe(d: &DeviceConfig, o: &OpcuaDevice) -> Result<Probed, String> {
+    let mut registry = Registry::new("probe", "", Vec::new(), None);
+    let plan = register(d, o, &mut registry);
+    let version = registry.version();
+    let view = DeviceView::of(&version, plan.device);
+    let started = Instant::now();
+    let pki = scratch_pki()?;
+    let (session, _events) = connect(&plan, pki.path()).await?;
+    let mut nodes = resolve(&session, &plan).await?;
+    let kinds = types(&session, &plan, &mut nodes).await?;
+    let metrics = crate::observe::metrics::Metrics::new();
+    let dm = metrics.devices.add(&plan.name);
+    let kc = dm.kind_counters(&FAMILIES);
+    let mut st = State::new(plan.device);
+    let mut raw: HashMap<u32, String> = HashMap::new();
+    let mut failed: HashMap<u32, String> = HashMap::new();
+    let ask: Vec<(usize, NodeId)> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((i, n.as_ref().ok()?.clone())))
+        .collect();
+    for (i, n) in nodes.iter().enumerate() {
+        let item = &plan.items[i];
+        match n {
+            Ok(node) => {
+                for id in &item.ids {
+                    raw.insert(*id, node.to_string());
+                }
+            }
+            Err(e) => {
+                for id in &item.ids {
+                    failed.insert(*id, e.clone());
+                }
+            }
+        }
+    }
+    for chunk in ask.chunks(o.max_items_per_call) {
+        let ids: Vec<ReadValueId> = chunk
+            .iter()
+            .map(|(_, n)| ReadValueId::from(n.clone()))
+            .collect();
+        let values = session
+            .read(&ids, TimestampsToReturn::Both, 0.0)
+            .await
+            .map_err(|e| format!("reading failed: {}", e.status()))?;
+        for ((i, _), dv) in chunk.iter().zip(values) {
+            let item = &plan.items[*i];
+            let before = st.batch.samples.len();
+            data_value(item, kinds[*i], &dv, &mut st, kc);
+            if st.batch.samples.len() == before {
+                for id in &item.ids {
+                    failed.insert(*id, format!("status {}", dv.status()));
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), session.disconnect()).await;
+    let header = format!(
+        "device {:?} at {} (opcua, {}): {} of {} points resolved in {} ms",
+        d.id,
+        o.endpoint,
+        match o.policy {
+            super::config::Policy::None => "no security".to_string(),
+            p => format!("{} {}", p.name(), o.mode.name()),
+        },
+        ask.len(),
+        plan.items.len(),
+        started.elapsed().as_millis()
+    );
+    let batch = std::mem::replace(&mut st.batch, SampleBatch::default());
+    let mut probed = table(d, &view, batch, &raw, &failed, header);
+    probed.requests = plan.items.len();
+    probed.answered = ask.len();
+    Ok(probed)
+}
+
+/// `linetap probe --opcua`: every node under `path` to `depth` levels: node id, browse path,
+/// data type and value of the variables (objects and folders as the path's steps).
+pub async fn browse(
+    d: &DeviceConfig,
+    o: &OpcuaDevice,
+    path: Option<&str>,
+    depth: usize,
+) -> Result<String, String> {
+    let mut registry = Registry::new("probe", "", Vec::new(), None);
+    let plan = register(d, o, &mut registry);
+    let pki = scratch_pki()?;
+    let (session, _events) = connect(&plan, pki.path()).await?;
+    let namespaces = session
+        .read_namespace_array()
+        .await
+        .map_err(|e| format!("cannot read the namespace array: {}", e.status()))?;
+    let (start, start_text): (NodeId, String) = match path {
+        None => (ObjectId::ObjectsFolder.into(), "Objects".to_string()),
+        Some(p) => {
+            let elements = super::address::parse_path(p)?;
+            let mut node: NodeId = ObjectId::RootFolder.into();
+            for e in &elements {
+                let ns = match &e.namespace {
+                    Some(u) => Some(
+                        namespaces
+                            .get_index(u)
+                            .ok_or_else(|| format!("the server has no namespace {u:?}"))?,
+                    ),
+                    None => None,
+                };
+                node = child(&session, &node, &e.name, ns).await?;
+            }
+            (node, p.trim_end_matches('/').to_string())
+        }
+    };
+    let uris: HashMap<u16, String> = namespaces
+        .known_namespaces()
+        .iter()
+        .map(|(u, i)| (*i, u.clone()))
+        .collect();
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    let mut stack: Vec<(NodeId, String, usize)> = vec![(start, start_text, 0)];
+    let mut variables: Vec<(NodeId, usize)> = Vec::new();
+    while let Some((node, text, level)) = stack.pop() {
+        if level >= depth || rows.len() >= 10_000 {
+            continue;
+        }
+        let desc = BrowseDescription {
+            node_id: node.clone(),
+            browse_direction: BrowseDirection::Forward,
+            reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
+            include_subtypes: true,
+            node_class_mask: 0,
+            result_mask: BrowseResultMask::All as u32,
+        };
+        let mut results = session
+            .browse(&[desc], 1000, None)
+            .await
+            .map_err(|e| format!("browsing {node} failed: {}", e.status()))?;
+        let mut children = Vec::new();
+        loop {
+            let Some(r) = results.pop() else { break };
+            children.extend(r.references.unwrap_or_default());
+            if r.continuation_point.is_null() {
+                break;
+            }
+            results = session
+                .browse_next(false, &[r.continuation_point])
+                .await
+                .map_err(|e| format!("browsing {node} failed: {}", e.status()))?;
+        }
+        for rd in children.into_iter().rev() {
+            let q = &rd.browse_name;
+            let name = match uris.get(&q.namespace_index) {
+                Some(u) if q.namespace_index != 0 => format!("{{{u}}}{}", q.name),
+                _ => q.name.to_string(),
+            };
+            let child_text = format!("{text}/{name}");
+            let id = rd.node_id.node_id.clone();
+            if rd.node_class == NodeClass::Variable {
+                variables.push((id.clone(), rows.len()));
+                rows.push([
+                    id.to_string(),
+                    child_text.clone(),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
+            if rd.node_class == NodeClass::Object || rd.node_class == NodeClass::Variable {
+                stack.push((id, child_text, level + 1));
+            }
+        }
+    }
+    // Data types and values, in batches.
+    for chunk in variables.chunks(500) {
+        let mut ids = Vec::with_capacity(chunk.len() * 2);
+        for (n, _) in chunk {
+            ids.push(ReadValueId::new(n.clone(), AttributeId::DataType));
+            ids.push(ReadValueId::from(n.clone()));
+        }
+        let values = session
+            .read(&ids, TimestampsToReturn::Neither, 0.0)
+            .await
+            .map_err(|e| format!("reading failed: {}", e.status()))?;
+        for ((_, row), pair) in chunk.iter().zip(values.chunks(2)) {
+            if let Some(Variant::NodeId(t)) = &pair[0].value {
+                rows[*row][2] = match super::point_type(t) {
+                    Some(k) => format!("{} ({})", k.as_str(), t),
+                    None => t.to_string(),
+                };
+            }
+            let dv = &pair[1];
+            rows[*row][3] = if dv.status().is_good() {
+                dv.value.as_ref().map(show).unwrap_or_default()
+            } else {
+                format!("status {}", dv.status())
+            };
+        }
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), session.disconnect()).await;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} variables under {} on {} (depth {depth}); a point reads one with node = \"…\" (ns= is the server's index: prefer nsu=URI) or path = \"…\"",
+        variables.len(),
+        path.unwrap_or("Objects"),
+        o.endpoint
+    );
+    let header = ["node", "path", "type", "value"].map(String::from);
+    let mut widths = [0usize; 4];
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count().min(70));
+        }
+    }
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        let _ = writeln!(
+            out,
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+    }
+    Ok(out)
+}
+
+/// A value as a person reads it.
+fn show(v: &Variant) -> String {
+    match v {
+        Variant::Array(a) => {
+            let items: Vec<String> = a.values.iter().take(8).map(show).collect();
+            let more = if a.values.len() > 8 { ", …" } else { "" };
+            format!("[{}{more}] ({} values)", items.join(", "), a.values.len())
+        }
+        Variant::String(s) => format!("{:?}", s.as_ref()),
+        Variant::LocalizedText(t) => format!("{:?}", t.text.as_ref()),
+        other => {
+            let t = other.to_string();
+            if t.len() > 60 {
+                format!(
+                    "{}…",
+                    &t[..t.char_indices().nth(60).map(|(i, _)| i).unwrap_or(t.len())]
+                )
+            } else {
+                t
+            }
+        }
+    }
+}
+
+/// A temporary directory removed on drop (the probe's client certificate lives there).
+mod tempfile_dir {
+    pub struct Dir(std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Result<Dir, String> {
+            let p = std::env::temp_dir().join(format!(
+                "linetap-probe-{}-{}",
+                std::process::id(),
+                crate::model::now_ns()
+            ));
+            std::fs::create_dir_all(&p)
+                .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+            Ok(Dir(p))
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
