@@ -8,7 +8,6 @@ use super::session::{child, connect, resolve, types};
 use super::{data_value, register, State, FAMILIES};
 use crate::config::DeviceConfig;
 use crate::model::catalog::Registry;
-use crate::model::SampleBatch;
 use crate::probe::{table, Probed};
 use crate::transform::DeviceView;
 use opcua::types::{
@@ -94,7 +93,7 @@ pub async fn probe(d: &DeviceConfig, o: &OpcuaDevice) -> Result<Probed, String> 
         plan.items.len(),
         started.elapsed().as_millis()
     );
-    let batch = std::mem::replace(&mut st.batch, SampleBatch::default());
+    let batch = std::mem::take(&mut st.batch);
     let mut probed = table(d, &view, batch, &raw, &failed, header);
     probed.requests = plan.items.len();
     probed.answered = ask.len();
@@ -161,8 +160,7 @@ pub async fn browse(
             .await
             .map_err(|e| format!("browsing {node} failed: {}", e.status()))?;
         let mut children = Vec::new();
-        loop {
-            let Some(r) = results.pop() else { break };
+        while let Some(r) = results.pop() {
             children.extend(r.references.unwrap_or_default());
             if r.continuation_point.is_null() {
                 break;
