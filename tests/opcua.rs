@@ -491,3 +491,72 @@ fn probe_browses_a_server_and_check_connect_names_what_is_missing() {
         "{text}"
     );
 }
+
+/// More items than one publish used to carry (the client's default array limit is 1,000; a
+/// larger publish closed the connection), created in batches of 400: every item's first value
+/// arrives.
+#[test]
+fn fifteen_hundred_items_in_batches_all_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/opcua_server.py");
+    let server = on_free_port("asyncua (bench)", |port| {
+        let mut child = Command::new(python())
+            .arg(&script)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--items",
+                "1500",
+                "--every",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        if line.trim() == "READY" && listening(child.id(), port) {
+            Ok(UaServer { child, port })
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err("not ready".to_string())
+        }
+    });
+    let out = dir.path().join("out.lp");
+    let mut text = format!(
+        "[line]\nid = \"lab\"\n[agent]\ndata_dir = \"{}\"\nself_interval = \"0s\"\n\
+         [sinks.local]\ntype = \"file\"\npath = \"{}\"\nflush_interval = \"200ms\"\n\
+         [[devices]]\nid = \"ua\"\nprotocol = \"opcua\"\nendpoint = \"{}\"\npoll = \"500ms\"\ntimeout = \"20s\"\nmax_items_per_call = 400\n",
+        dir.path().join("data").display(),
+        out.display(),
+        server.endpoint()
+    );
+    for i in 0..1500 {
+        text.push_str(&format!(
+            "[[devices.points]]\nname = \"v{i}\"\nmeasurement = \"bench\"\nnode = \"nsu=urn:linetap:bench;s=v{i}\"\n"
+        ));
+    }
+    let cfg = linetap::config::parse("ua.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let agent = rt
+        .block_on(async { linetap::run::Agent::start(&cfg) })
+        .expect("agent");
+    let seen = || -> std::collections::HashSet<String> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| Some(l.split(' ').nth(1)?.split('=').next()?.to_string()))
+            .filter(|f| f.starts_with('v'))
+            .collect()
+    };
+    let all = wait_for(Duration::from_secs(90), || {
+        (seen().len() == 1500).then_some(())
+    });
+    let n = seen().len();
+    rt.block_on(agent.stop());
+    drop(server);
+    assert!(all.is_some(), "{n} of 1500 items delivered values");
+}

@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 
 /// Data changes waiting for the device's task; beyond this they are counted as dropped.
 const QUEUE: usize = 65_536;
+/// Most data changes the server sends in one publish.
+const MAX_NOTIFICATIONS: u32 = 20_000;
 
 /// Runs one session; `None` when linetap is stopping, else why it ended.
 pub(crate) async fn run(
@@ -89,7 +91,10 @@ async fn client(plan: &DevicePlan, pki: &Path) -> Result<opcua::client::Client, 
             .keep_alive_interval(Duration::from_secs(5))
             .session_timeout(60_000)
             .request_timeout(o.timeout.max(Duration::from_secs(1)))
-            .recreate_subscriptions(false);
+            .recreate_subscriptions(false)
+            // A publish of thousands of items' changes is one array: decodable up to
+            // MAX_NOTIFICATIONS (the subscription asks for at most that many per publish).
+            .max_array_length(MAX_NOTIFICATIONS as usize * 2);
         if let (Some(c), Some(k)) = (&o.cert_file, &o.key_file) {
             b = b.certificate_path(c).private_key_path(k);
         }
@@ -178,7 +183,13 @@ pub(crate) async fn connect(
     };
     let mut events = Events(event_loop.spawn());
     match tokio::time::timeout(o.timeout, session.wait_for_connection()).await {
-        Ok(true) => Ok((session, events)),
+        Ok(true) => {
+            // The first connection only: a lost one ends the event loop, and the device task
+            // sets a new session up (a client-side reconnect would come back without the
+            // subscription, silently).
+            session.disable_reconnects();
+            Ok((session, events))
+        }
         Ok(false) | Err(_) => {
             // The event loop's own status says why (it ends: no retries).
             let why = match tokio::time::timeout(Duration::from_millis(500), &mut events.0).await {
@@ -389,7 +400,7 @@ async fn serve(
             plan.poll.max(Duration::from_millis(10)),
             30,
             10,
-            0,
+            MAX_NOTIFICATIONS,
             0,
             true,
             DataChangeCallback::new(move |dv: DataValue, item: &MonitoredItem| {
