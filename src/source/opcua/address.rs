@@ -110,6 +110,8 @@ pub fn parse_path(text: &str) -> Result<Vec<PathElement>, String> {
     let mut cur = String::new();
     let mut chars = text.trim().chars().peekable();
     let mut elements: Vec<String> = Vec::new();
+    // Inside `{URI}` a '/' is the URI's (http://example.com/cnc/), not a separator.
+    let mut in_uri = false;
     while let Some(c) = chars.next() {
         match c {
             '\\' => match chars.next() {
@@ -119,7 +121,15 @@ pub fn parse_path(text: &str) -> Result<Vec<PathElement>, String> {
                 }
                 None => return Err(format!("{text:?}: ends with '\\': {HOW}")),
             },
-            '/' => elements.push(std::mem::take(&mut cur)),
+            '{' if cur.is_empty() => {
+                in_uri = true;
+                cur.push(c);
+            }
+            '}' if in_uri => {
+                in_uri = false;
+                cur.push(c);
+            }
+            '/' if !in_uri => elements.push(std::mem::take(&mut cur)),
             c => cur.push(c),
         }
     }
@@ -226,6 +236,13 @@ mod tests {
         assert_eq!(p[3].namespace, None);
         let p = parse_path("Objects/A\\/B").unwrap();
         assert_eq!(p[1].name, "A/B");
+        let p = parse_path("Objects/{http://opcfoundation.org/UA/DI/}DeviceSet/{urn:x}Y").unwrap();
+        assert_eq!(
+            p[1].namespace.as_deref(),
+            Some("http://opcfoundation.org/UA/DI/")
+        );
+        assert_eq!(p[1].name, "DeviceSet");
+        assert_eq!(p.len(), 3);
         for bad in [
             "DeviceSet/X",
             "Objects//X",
