@@ -168,55 +168,87 @@ pub fn describe_extras(p: &crate::config::PointConfig, mut d: String) -> String 
 /// at once; one line per device saying what it answered or why not, and whether all answered
 /// every point.
 pub async fn connect(config: &Config) -> (String, bool) {
-    let probes = config.devices.iter().map(|d| async move {
-        let reachable = d.settings::<crate::config::ModbusDevice>().is_some()
-            || d.settings::<crate::source::rtde::config::RtdeDevice>()
-                .is_some()
-            || d.settings::<crate::source::opcua::config::OpcuaDevice>()
-                .is_some();
-        if !reachable {
-            return (
-                format!(
-                    "  device {:?}: {} devices are not reached by check",
-                    d.id, d.protocol
-                ),
-                true,
-            );
+    // Devices sharing a link (an RS-485 port, a gateway's address, one server) are read one
+    // after the other, as the agent would; links at once.
+    let mut links: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        let link = if let Some(m) = d.settings::<crate::config::ModbusDevice>() {
+            m.bus()
+        } else if let Some(r) = d.settings::<crate::source::rtde::config::RtdeDevice>() {
+            r.address.clone()
+        } else if let Some(o) = d.settings::<crate::source::opcua::config::OpcuaDevice>() {
+            o.endpoint.clone()
+        } else {
+            format!("device {}", d.id)
+        };
+        match links.iter_mut().find(|(l, _)| *l == link) {
+            Some((_, members)) => members.push(i),
+            None => links.push((link, vec![i])),
         }
-        match crate::probe::probe(d).await {
-            Ok(p) if p.failed.is_empty() => (
-                format!(
-                    "  device {:?}: ok, {} value{} read ({})",
-                    d.id,
-                    p.points,
-                    plural(p.points),
-                    p.table.lines().next().unwrap_or_default()
-                ),
-                true,
-            ),
-            Ok(p) => (
-                format!(
-                    "  device {:?}: {} of {} values without a value: {}",
-                    d.id,
-                    p.failed.len(),
-                    p.points,
-                    p.failed
-                        .iter()
-                        .take(5)
-                        .map(|(n, why)| format!("{n}: {why}"))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-                false,
-            ),
-            Err(e) => (format!("  device {:?}: {e}", d.id), false),
+    }
+    let groups = links.iter().map(|(_, members)| async move {
+        let mut out = Vec::with_capacity(members.len());
+        for &i in members {
+            out.push((i, reach(config, &config.devices[i]).await));
         }
+        out
     });
-    let results = futures_util::future::join_all(probes).await;
-    let all_ok = results.iter().all(|(_, ok)| *ok);
+    let mut results: Vec<(usize, (String, bool))> = futures_util::future::join_all(groups)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    results.sort_by_key(|(i, _)| *i);
+    let all_ok = results.iter().all(|(_, (_, ok))| *ok);
     let mut text = String::from("\nreached:\n");
-    for (line, _) in results {
+    for (_, (line, _)) in results {
         let _ = writeln!(text, "{line}");
     }
     (text, all_ok)
+}
+
+/// One device read once: the line `check --connect` prints, and whether every point answered.
+async fn reach(config: &Config, d: &crate::config::DeviceConfig) -> (String, bool) {
+    let reachable = d.settings::<crate::config::ModbusDevice>().is_some()
+        || d.settings::<crate::source::rtde::config::RtdeDevice>()
+            .is_some()
+        || d.settings::<crate::source::opcua::config::OpcuaDevice>()
+            .is_some();
+    if !reachable {
+        return (
+            format!(
+                "  device {:?}: {} devices are not reached by check",
+                d.id, d.protocol
+            ),
+            true,
+        );
+    }
+    match crate::probe::probe(d, Some(&config.agent.data_dir)).await {
+        Ok(p) if p.failed.is_empty() => (
+            format!(
+                "  device {:?}: ok, {} value{} read ({})",
+                d.id,
+                p.points,
+                plural(p.points),
+                p.table.lines().next().unwrap_or_default()
+            ),
+            true,
+        ),
+        Ok(p) => (
+            format!(
+                "  device {:?}: {} of {} values without a value: {}",
+                d.id,
+                p.failed.len(),
+                p.points,
+                p.failed
+                    .iter()
+                    .take(5)
+                    .map(|(n, why)| format!("{n}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            false,
+        ),
+        Err(e) => (format!("  device {:?}: {e}", d.id), false),
+    }
 }

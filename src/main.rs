@@ -45,7 +45,7 @@ enum Command {
         /// The line's configuration file (e.g. /etc/linetap/weld-a.toml).
         #[arg(long, short)]
         config: PathBuf,
-        /// Also reach every Modbus and RTDE device once, as `linetap probe` would (an RTDE
+        /// Also reach every Modbus, RTDE and OPC UA device once, as `linetap probe` would (an RTDE
         /// robot sets its recipe up: a field it lacks or a frequency it refuses is named), and
         /// say per device what it answered; exits 1 when any did not.
         #[arg(long)]
@@ -247,6 +247,8 @@ fn main() -> ExitCode {
                 eprintln!("linetap probe: --point gives a point of --profile (or of --rtde)");
                 return ExitCode::from(2);
             }
+            // A configured device's data directory (an OPC UA device's certificates).
+            let mut data_dir: Option<std::path::PathBuf> = None;
             let target = match (rtde, profile, config, device) {
                 (Some(r), p, _, _) => probe_rtde(
                     &r,
@@ -258,6 +260,10 @@ fn main() -> ExitCode {
                 (None, Some(p), _, _) => probe_profile(&p, profiles_dir.as_deref(), &link, &points),
                 (None, None, Some(c), Some(d)) => {
                     probe_config(&c, &d, address.as_deref(), unit, timeout.as_deref())
+                        .map(|(d, data)| {
+                            data_dir = Some(data);
+                            d
+                        })
                 }
                 _ => Err(
                     "give --profile NAME with --address or --serial, --rtde HOST, --config FILE --device ID, or --read TABLE START COUNT with --address or --serial"
@@ -269,7 +275,7 @@ fn main() -> ExitCode {
                     eprintln!("linetap probe: {e}");
                     2
                 }
-                Ok(d) => match runtime.block_on(linetap::probe::probe(&d)) {
+                Ok(d) => match runtime.block_on(linetap::probe::probe(&d, data_dir.as_deref())) {
                     Ok(p) => {
                         out(&p.table);
                         if p.failed.is_empty() {
@@ -394,15 +400,16 @@ fn probe_config(
     address: Option<&str>,
     unit: Option<u8>,
     timeout: Option<&str>,
-) -> Result<config::DeviceConfig, String> {
+) -> Result<(config::DeviceConfig, std::path::PathBuf), String> {
     let cfg = config::load(path).map_err(|e| e.to_string())?;
+    let data_dir = cfg.agent.data_dir.clone();
     let mut d = cfg
         .devices
         .into_iter()
         .find(|d| d.id == id)
         .ok_or_else(|| format!("{} has no device {id:?}", path.display()))?;
     let Some(m) = d.settings::<config::ModbusDevice>() else {
-        return Ok(d);
+        return Ok((d, data_dir));
     };
     let mut m = m.clone();
     if let Some(a) = address {
@@ -415,7 +422,7 @@ fn probe_config(
         m.timeout = config::units::parse_duration(t)?;
     }
     d.settings = config::Settings::new(m);
-    Ok(d)
+    Ok((d, data_dir))
 }
 
 /// How probe reaches a device given on the command line.
@@ -636,7 +643,7 @@ fn probe_read(
         let table = linetap::probe::parse_table(table)?;
         let (start, count) = linetap::probe::read_range(table, start, count)?;
         let d = match (config, device) {
-            (Some(c), Some(d)) => probe_config(&c, &d, link.address, link.unit, link.timeout)?,
+            (Some(c), Some(d)) => probe_config(&c, &d, link.address, link.unit, link.timeout)?.0,
             _ => probe_device(
                 &format!(
                     "[line]\nid = \"probe\"\n[[devices]]\nid = \"probe\"\n{}[[devices.points]]\nname = \"raw\"\naddress = 0\n",

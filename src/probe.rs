@@ -43,12 +43,14 @@ fn modbus(d: &DeviceConfig) -> Result<&crate::config::ModbusDevice, String> {
 
 /// Reads `d` once. `Ok` when the device answered at least one request (`Probed::failed` lists
 /// the points it did not give); `Err` with the Modbus error when it answered none.
-pub async fn probe(d: &DeviceConfig) -> Result<Probed, String> {
+/// `data_dir`: the agent's data directory when the device is a configuration's (an OPC UA
+/// device then uses the agent's client certificate and pinned server certificate).
+pub async fn probe(d: &DeviceConfig, data_dir: Option<&std::path::Path>) -> Result<Probed, String> {
     if let Some(r) = d.settings::<crate::source::rtde::config::RtdeDevice>() {
         return crate::source::rtde::probe::probe(d, r).await;
     }
     if let Some(o) = d.settings::<crate::source::opcua::config::OpcuaDevice>() {
-        return crate::source::opcua::probe::probe(d, o).await;
+        return crate::source::opcua::probe::probe(d, o, data_dir).await;
     }
     let m = modbus(d)?;
     let mut registry = Registry::new("probe", "", Vec::new(), None);

@@ -560,3 +560,46 @@ fn fifteen_hundred_items_in_batches_all_arrive() {
     drop(server);
     assert!(all.is_some(), "{n} of 1500 items delivered values");
 }
+
+/// `server_cert_file`: the server's certificate given (DER, as asyncua writes it) is trusted
+/// from the first connection, nothing pinned on first use.
+#[test]
+fn a_given_server_certificate_is_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_pki = dir.path().join("server-pki");
+    let server = UaServer::start(&server_pki, 1, true);
+    let out = dir.path().join("out.lp");
+    std::env::set_var("UA_TEST_PASSWORD_2", "secret");
+    let text = format!(
+        "[line]\nid = \"lab\"\n[agent]\ndata_dir = \"{}\"\nself_interval = \"0s\"\n\
+         [sinks.local]\ntype = \"file\"\npath = \"{}\"\nflush_interval = \"100ms\"\n\
+         [[devices]]\nid = \"plc-ua\"\nprotocol = \"opcua\"\nendpoint = \"{}\"\n\
+         security_policy = \"Basic256Sha256\"\nusername = \"linetap\"\npassword_env = \"UA_TEST_PASSWORD_2\"\n\
+         server_cert_file = \"{}\"\npoll = \"100ms\"\ntimeout = \"3s\"\n\
+         [[devices.points]]\nname = \"counter\"\npath = \"Objects/Plant/Counter\"\n",
+        dir.path().join("data").display(),
+        out.display(),
+        server.endpoint(),
+        server_pki.join("server_cert.der").display(),
+    );
+    let cfg = linetap::config::parse("ua.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let agent = rt
+        .block_on(async { linetap::run::Agent::start(&cfg) })
+        .expect("agent");
+    let got = wait_for(Duration::from_secs(60), || {
+        let n = std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" counter="))
+            .count();
+        (n >= 5).then_some(())
+    });
+    let log_hint = std::fs::read_to_string(&out).unwrap_or_default();
+    rt.block_on(agent.stop());
+    drop(server);
+    assert!(
+        got.is_some(),
+        "no values with server_cert_file:\n{log_hint}"
+    );
+}

@@ -195,9 +195,20 @@ impl DeviceOutput {
     }
 
     /// Runs the chain over one poll's batch and queues what remains for the buffer. Returns
-    /// whether the buffer accepted it (see `BufferInput::publish`). A batch may hold several
-    /// reads (`Chain::apply_reads`).
+    /// whether the buffer accepted it (see `BufferInput::publish`). The batch is one read of
+    /// the device, whatever times its samples carry (a Modbus poll of several requests, a
+    /// Sparkplug message with a time per metric).
     pub async fn publish(&mut self, mut batch: SampleBatch) -> bool {
+        if !self.chain.is_empty() {
+            self.chain.apply(&mut batch);
+        }
+        self.input.publish(batch).await
+    }
+
+    /// As `publish`, for a batch of several reads gathered by a streaming source (RTDE
+    /// packages): the chain sees each run of samples with one time as its own read
+    /// (`Chain::apply_reads`).
+    pub async fn publish_reads(&mut self, mut batch: SampleBatch) -> bool {
         if !self.chain.is_empty() {
             self.chain.apply_reads(&mut batch);
         }

@@ -140,7 +140,7 @@ impl<'k> Devices<'k> {
                 cx.err(
                     p.span(),
                     format!(
-                        "profiles describe Modbus register maps: a {} device lists its points",
+                        "profiles describe register maps and RTDE recipes: a {} device lists its points",
                         kind.title()
                     ),
                 );

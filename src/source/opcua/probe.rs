@@ -23,15 +23,42 @@ fn scratch_pki() -> Result<tempfile_dir::Dir, String> {
     tempfile_dir::Dir::new()
 }
 
+/// The PKI directory a probe uses: the agent's for a configured device (its client
+/// certificate, the server certificate it pinned: a probe trusts and presents what the agent
+/// would), else a scratch one.
+enum Pki {
+    Agent(std::path::PathBuf),
+    Scratch(tempfile_dir::Dir),
+}
+
+impl Pki {
+    fn of(data_dir: Option<&std::path::Path>, device: &str) -> Result<Pki, String> {
+        Ok(match data_dir {
+            Some(d) => Pki::Agent(super::session::pki_dir(d, device)),
+            None => Pki::Scratch(scratch_pki()?),
+        })
+    }
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Pki::Agent(p) => p,
+            Pki::Scratch(d) => d.path(),
+        }
+    }
+}
+
 /// Reads every point of `d` once.
-pub async fn probe(d: &DeviceConfig, o: &OpcuaDevice) -> Result<Probed, String> {
+pub async fn probe(
+    d: &DeviceConfig,
+    o: &OpcuaDevice,
+    data_dir: Option<&std::path::Path>,
+) -> Result<Probed, String> {
     let mut registry = Registry::new("probe", "", Vec::new(), None);
     let plan = register(d, o, &mut registry);
     let version = registry.version();
     let view = DeviceView::of(&version, plan.device);
     let started = Instant::now();
-    let pki = scratch_pki()?;
-    let (session, _events) = connect(&plan, pki.path()).await?;
+    let pki = Pki::of(data_dir, &plan.name)?;
+    let (session, _events) = connect(&plan, pki.path(), true).await?;
     let mut nodes = resolve(&session, &plan).await?;
     let kinds = types(&session, &plan, &mut nodes).await?;
     let metrics = crate::observe::metrics::Metrics::new();
@@ -110,8 +137,9 @@ pub async fn browse(
 ) -> Result<String, String> {
     let mut registry = Registry::new("probe", "", Vec::new(), None);
     let plan = register(d, o, &mut registry);
+    // No security and no user (`--opcua ENDPOINT`): nothing to pin or to protect.
     let pki = scratch_pki()?;
-    let (session, _events) = connect(&plan, pki.path()).await?;
+    let (session, _events) = connect(&plan, pki.path(), true).await?;
     let namespaces = session
         .read_namespace_array()
         .await
@@ -203,7 +231,7 @@ pub async fn browse(
             .read(&ids, TimestampsToReturn::Neither, 0.0)
             .await
             .map_err(|e| format!("reading failed: {}", e.status()))?;
-        for ((_, row), pair) in chunk.iter().zip(values.chunks(2)) {
+        for ((_, row), pair) in chunk.iter().zip(values.chunks_exact(2)) {
             if let Some(Variant::NodeId(t)) = &pair[0].value {
                 rows[*row][2] = match super::point_type(t) {
                     Some(k) => format!("{} ({})", k.as_str(), t),

@@ -11,13 +11,14 @@ use crate::config::PointType;
 use crate::observe::metrics::DeviceMetrics;
 use crate::shutdown::Shutdown;
 use crate::transform::DeviceOutput;
-use opcua::client::{ClientBuilder, DataChangeCallback, IdentityToken, MonitoredItem, Session};
+use opcua::client::{ClientBuilder, IdentityToken, MonitoredItem, Session, SubscriptionCallbacks};
 use opcua::crypto::SecurityPolicy;
 use opcua::types::{
     AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, DataChangeFilter,
     DataChangeTrigger, DataValue, DeadbandType, EndpointDescription, ExtensionObject,
     MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
-    ObjectId, ReadValueId, ReferenceTypeId, StatusCode, TimestampsToReturn, Variant,
+    ObjectId, ReadValueId, ReferenceTypeId, StatusChangeNotification, StatusCode,
+    TimestampsToReturn, Variant,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ use tokio::sync::mpsc;
 /// Data changes waiting for the device's task; beyond this they are counted as dropped.
 const QUEUE: usize = 65_536;
 /// Most data changes the server sends in one publish.
-const MAX_NOTIFICATIONS: u32 = 20_000;
+const MAX_NOTIFICATIONS: u32 = 5_000;
 
 /// Runs one session; `None` when linetap is stopping, else why it ended.
 pub(crate) async fn run(
@@ -41,7 +42,7 @@ pub(crate) async fn run(
     pki: &Path,
     catalogs: &crate::source::catalogs::Catalogs,
 ) -> Option<String> {
-    let connecting = connect(plan, pki);
+    let connecting = connect(plan, pki, true);
     let (session, events) = tokio::select! {
         r = connecting => match r {
             Ok(s) => s,
@@ -57,25 +58,26 @@ pub(crate) async fn run(
     result
 }
 
-/// The client of a device, built on the blocking pool (it may generate an RSA key).
-async fn client(plan: &DevicePlan, pki: &Path) -> Result<opcua::client::Client, String> {
+/// The client of a device and the user's password, set up on the blocking pool (it may
+/// generate an RSA key, and reads files). `trust_first`: with no server certificate trusted
+/// yet, trust the first one the server shows (the agent pins it); a probe passes false.
+async fn client(
+    plan: &DevicePlan,
+    pki: &Path,
+    trust_first: bool,
+) -> Result<(opcua::client::Client, Option<String>), String> {
     let o = plan.settings.clone();
     let pki = pki.to_path_buf();
-    let trust_first = o.server_cert_file.is_none() && !has_trusted(&pki);
     let name = plan.name.clone();
-    let built = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         if let Some(server_cert) = &o.server_cert_file {
-            let trusted = pki.join("trusted");
-            std::fs::create_dir_all(&trusted)
-                .map_err(|e| format!("cannot create {}: {e}", trusted.display()))?;
-            let to = trusted.join("configured-server.der");
-            std::fs::copy(server_cert, &to).map_err(|e| {
-                format!(
-                    "cannot copy server_cert_file {}: {e}",
-                    server_cert.display()
-                )
-            })?;
+            trust(&pki, server_cert)?;
         }
+        let trust_first = trust_first && o.server_cert_file.is_none() && !has_trusted(&pki);
+        let password = match &o.password {
+            Some(p) => Some(p.resolve()?),
+            None => None,
+        };
         let mut b = ClientBuilder::new()
             .application_name("linetap")
             .application_uri(format!("urn:linetap:{name}"))
@@ -89,20 +91,49 @@ async fn client(plan: &DevicePlan, pki: &Path) -> Result<opcua::client::Client, 
             // Reconnecting is linetap's: a lost session is set up anew (module doc).
             .session_retry_limit(0)
             .keep_alive_interval(Duration::from_secs(5))
+            // Three keep-alives unanswered (a cable pulled: no reset arrives): the session ends.
+            .max_failed_keep_alive_count(3)
             .session_timeout(60_000)
             .request_timeout(o.timeout.max(Duration::from_secs(1)))
             .recreate_subscriptions(false)
-            // A publish of thousands of items' changes is one array: decodable up to
-            // MAX_NOTIFICATIONS (the subscription asks for at most that many per publish).
-            .max_array_length(MAX_NOTIFICATIONS as usize * 2);
+            // A publish of many items' changes is one array: decodable up to twice
+            // MAX_NOTIFICATIONS (the subscription asks for at most that many per publish),
+            // in messages of up to 16 MiB.
+            .max_array_length(MAX_NOTIFICATIONS as usize * 2)
+            .max_message_size(16 * 1024 * 1024)
+            .max_chunk_count(512);
         if let (Some(c), Some(k)) = (&o.cert_file, &o.key_file) {
             b = b.certificate_path(c).private_key_path(k);
         }
-        b.client().map_err(|e| e.join("; "))
+        let client = b.client().map_err(|e| e.join("; "))?;
+        Ok((client, password))
     })
     .await
-    .map_err(|e| format!("setting the client up failed: {e}"))?;
-    built
+    .map_err(|e| format!("setting the client up failed: {e}"))?
+}
+
+/// Trusts `cert` (DER or PEM) in `pki`: stored in `trusted/` under the name the client's
+/// certificate store looks it up by.
+fn trust(pki: &Path, cert: &Path) -> Result<(), String> {
+    use opcua::crypto::{CertificateStore, X509};
+    let bytes = std::fs::read(cert)
+        .map_err(|e| format!("cannot read server_cert_file {}: {e}", cert.display()))?;
+    let x509 = X509::from_der(&bytes)
+        .or_else(|_| X509::from_pem(&bytes))
+        .map_err(|_| {
+            format!(
+                "server_cert_file {} is not a certificate (DER or PEM)",
+                cert.display()
+            )
+        })?;
+    let trusted = pki.join("trusted");
+    std::fs::create_dir_all(&trusted)
+        .map_err(|e| format!("cannot create {}: {e}", trusted.display()))?;
+    let to = trusted.join(CertificateStore::cert_file_name(&x509));
+    let der = x509
+        .to_der()
+        .map_err(|_| format!("server_cert_file {}: cannot encode it", cert.display()))?;
+    std::fs::write(&to, der).map_err(|e| format!("cannot write {}: {e}", to.display()))
 }
 
 /// Whether a server certificate is already trusted in `pki`.
@@ -137,11 +168,12 @@ impl Events {
 pub(crate) async fn connect(
     plan: &DevicePlan,
     pki: &Path,
+    trust_first: bool,
 ) -> Result<(Arc<Session>, Events), String> {
     let o = &plan.settings;
-    let mut client = client(plan, pki).await?;
-    let identity = match (&o.username, &o.password) {
-        (Some(u), Some(p)) => IdentityToken::new_user_name(u.clone(), p.resolve()?),
+    let (mut client, password) = client(plan, pki, trust_first).await?;
+    let identity = match (&o.username, password) {
+        (Some(u), Some(p)) => IdentityToken::new_user_name(u.clone(), p),
         _ => IdentityToken::Anonymous,
     };
     let policy = match o.policy {
@@ -395,20 +427,34 @@ async fn serve(
     let (tx, mut rx) = mpsc::channel::<(u32, DataValue)>(QUEUE);
     let full = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = full.clone();
+    // The server ending the subscription (its lifetime ran out, it was deleted) while the
+    // session lives: the session ends too, and a new one subscribes again.
+    let (ended_tx, mut ended_rx) = mpsc::channel::<StatusCode>(4);
+    let poll = plan.poll.max(Duration::from_millis(10));
+    // At least a minute without a publish before the server gives up on the subscription.
+    let lifetime = ((60.0 / poll.as_secs_f64()).ceil() as u32).clamp(30, 60_000);
     let subscription = session
         .create_subscription(
-            plan.poll.max(Duration::from_millis(10)),
-            30,
+            poll,
+            lifetime,
             10,
             MAX_NOTIFICATIONS,
             0,
             true,
-            DataChangeCallback::new(move |dv: DataValue, item: &MonitoredItem| {
-                // Inside the session's event loop: never block.
-                if tx.try_send((item.client_handle(), dv)).is_err() {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }),
+            SubscriptionCallbacks::new(
+                move |n: StatusChangeNotification| {
+                    if !n.status.is_good() {
+                        let _ = ended_tx.try_send(n.status);
+                    }
+                },
+                move |dv: DataValue, item: &MonitoredItem| {
+                    // Inside the session's event loop: never block.
+                    if tx.try_send((item.client_handle(), dv)).is_err() {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                },
+                |_, _| {},
+            ),
         )
         .await;
     let subscription = match subscription {
@@ -423,11 +469,18 @@ async fn serve(
         .enumerate()
         .filter_map(|(i, (item, node))| {
             let node = node.as_ref().ok()?;
-            let filter = if item.deadband > 0.0 {
+            // A deadband applies to numbers only (a server answers BadFilterNotAllowed for
+            // others), on the node's raw value: the point's deadband over its scale.
+            let numeric = !matches!(kinds[i], PointType::Bool | PointType::String);
+            let raw_deadband = match item.scale {
+                Some((s, _)) if s != 0.0 => item.deadband / s.abs(),
+                _ => item.deadband,
+            };
+            let filter = if item.deadband > 0.0 && numeric {
                 ExtensionObject::from_message(DataChangeFilter {
                     trigger: DataChangeTrigger::StatusValue,
                     deadband_type: DeadbandType::Absolute as u32,
-                    deadband_value: item.deadband,
+                    deadband_value: raw_deadband,
                 })
             } else {
                 ExtensionObject::null()
@@ -502,9 +555,16 @@ async fn serve(
                 }
                 flush(plan, st, out, dm, None).await;
             }
+            Some(status) = ended_rx.recv() => {
+                flush(plan, st, out, dm, None).await;
+                return Some(format!("the server ended the subscription: {}", explain(status)));
+            }
             code = &mut live.events.0 => {
                 flush(plan, st, out, dm, None).await;
                 return Some(match code {
+                    Ok(c) if c.is_good() => {
+                        "session lost: the connection was closed (the server stopped, or the network)".into()
+                    }
                     Ok(c) => format!("session lost: {}", explain(c)),
                     Err(_) => "session lost".into(),
                 });
@@ -573,5 +633,15 @@ pub(crate) async fn types(
 
 /// Where a device's client keeps its certificates.
 pub fn pki_dir(data_dir: &Path, device: &str) -> PathBuf {
-    data_dir.join("pki").join(device)
+    let name: String = device
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    data_dir.join("pki").join(name)
 }

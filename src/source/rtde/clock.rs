@@ -33,7 +33,8 @@ impl Clock {
     /// The wall-clock time (Unix ns) of a package stamped `controller_s` by the controller,
     /// received at `now_ns`; and how late it arrived (ns, negative when early).
     pub fn stamp(&mut self, controller_s: f64, now_ns: i64) -> (i64, i64) {
-        let c = if controller_s.is_finite() && controller_s >= 0.0 {
+        // Seconds since the controller started: a value past ~30 years is not a clock.
+        let c = if controller_s.is_finite() && (0.0..1e9).contains(&controller_s) {
             (controller_s * 1e9).round() as i64
         } else {
             self.last_controller_ns

@@ -332,7 +332,9 @@ async fn session(
     st.clock.reset();
     st.previous = None;
     st.logged = None;
-    backoff.reset();
+    // The backoff starts over once a package decodes (a controller that accepts the recipe
+    // and then drops the connection is not hammered).
+    let mut decoded = false;
     let kc = dm.kind_counters(&FAMILIES);
     let period = 1.0 / plan.frequency;
     let mut last_package = Instant::now();
@@ -369,7 +371,6 @@ async fn session(
                 Ok(Some((kind, payload, n))) => {
                     match kind {
                         protocol::DATA_PACKAGE => {
-                            last_package = Instant::now();
                             if let Err(e) =
                                 protocol::decode_data(payload, recipe.id, &types, &mut st.raws)
                             {
@@ -381,6 +382,13 @@ async fn session(
                                     st.logged = Some(st.last_error.clone());
                                 }
                             } else {
+                                // Only a package that decodes keeps the robot up (a stream of
+                                // unreadable ones is down after `timeout`, like silence).
+                                last_package = Instant::now();
+                                if !decoded {
+                                    decoded = true;
+                                    backoff.reset();
+                                }
                                 let c = package(&layout, st, period);
                                 kc.at(PACKAGES, 0).fetch_add(1, Relaxed);
                                 for (family, n) in [
@@ -583,5 +591,5 @@ async fn flush(
     st.seq += 1;
     batch.seq = st.seq;
     dm.samples.fetch_add(n as u64, Relaxed);
-    out.publish(batch).await;
+    out.publish_reads(batch).await;
 }
