@@ -473,14 +473,17 @@ fn probe_browses_a_server_and_check_connect_names_what_is_missing() {
         )
         .unwrap();
     };
-    write("[[devices.points]]\nname = \"gone\"\nnode = \"nsu=urn:linetap:test;s=g1.Gone\"\n");
+    write(
+        "[[devices.points]]\nname = \"gone\"\nnode = \"nsu=urn:linetap:test;s=g1.Gone\"\n\
+           [[devices.points]]\nname = \"elsewhere\"\nnode = \"nsu=urn:nope;s=X\"\n",
+    );
     let path = config.display().to_string();
     let (code, text, err) = linetap(&["check", "--connect", "--config", &path]);
     assert_eq!(code, Some(1), "{text}{err}");
     assert!(
         text.contains(
-            "device \"plc-ua\": 1 of 2 values without a value: other.gone: status BadNodeIdUnknown"
-        ),
+            "device \"plc-ua\": 2 of 3 values without a value: other.gone: status BadNodeIdUnknown"
+        ) && text.contains("other.elsewhere: the server has no namespace \"urn:nope\""),
         "{text}"
     );
     write("");
