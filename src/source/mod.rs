@@ -9,8 +9,10 @@ pub mod catalogs;
 pub mod describe;
 pub mod modbus;
 pub mod mqtt;
+pub mod number;
 pub mod opcua;
 pub mod rtde;
+pub mod stream;
 
 use crate::component::ComponentId;
 use crate::config::table::RawTable;

@@ -5,6 +5,7 @@
 
 use crate::config::{PointType, TimestampFormat};
 use crate::model::{Quality, Sample, Value};
+use crate::source::number::Num;
 use serde_json::Value as J;
 
 /// How one point's value is read and typed.
@@ -17,12 +18,6 @@ pub struct PointRead {
     pub kind: PointType,
     pub scale: f64,
     pub offset: f64,
-}
-
-impl PointRead {
-    fn scaled(&self) -> bool {
-        self.scale != 1.0 || self.offset != 0.0
-    }
 }
 
 /// Why values of a message were not written.
@@ -156,66 +151,12 @@ fn typed_json(v: &J, p: &PointRead) -> Result<Value, Reject> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Num {
-    U(u64),
-    I(i64),
-    F(f64),
-}
-
 /// A number, range-checked against the point's type, then scaled.
 fn number(n: Num, p: &PointRead) -> Result<Value, Reject> {
-    let as_f = match n {
-        Num::U(u) => u as f64,
-        Num::I(i) => i as f64,
-        Num::F(x) => x,
-    };
-    let int = |lo: i128, hi: i128| -> Result<i128, Reject> {
-        let v: i128 = match n {
-            Num::U(u) => u as i128,
-            Num::I(i) => i as i128,
-            Num::F(x) if x.fract() == 0.0 && x.is_finite() && x.abs() < 1.8e19 => x as i128,
-            Num::F(_) => return Err(Reject::OutOfRange),
-        };
-        if (lo..=hi).contains(&v) {
-            Ok(v)
-        } else {
-            Err(Reject::OutOfRange)
-        }
-    };
-    let raw: Value = match p.kind {
-        PointType::Bool => match n {
-            Num::U(0) | Num::I(0) => Value::BoolValue(false),
-            Num::U(1) | Num::I(1) => Value::BoolValue(true),
-            _ => return Err(Reject::WrongType),
-        },
-        PointType::String => return Err(Reject::WrongType),
-        PointType::U8 => Value::IntValue(int(0, 255)? as i64),
-        PointType::I8 => Value::IntValue(int(-128, 127)? as i64),
-        PointType::U16 => Value::IntValue(int(0, 65535)? as i64),
-        PointType::I16 => Value::IntValue(int(-32768, 32767)? as i64),
-        PointType::U32 => Value::IntValue(int(0, u32::MAX as i128)? as i64),
-        PointType::I32 => Value::IntValue(int(i32::MIN as i128, i32::MAX as i128)? as i64),
-        PointType::I64 => Value::IntValue(int(i64::MIN as i128, i64::MAX as i128)? as i64),
-        PointType::U64 => Value::UintValue(int(0, u64::MAX as i128)? as u64),
-        PointType::F16 => {
-            if as_f.is_finite() && as_f.abs() > 65504.0 {
-                return Err(Reject::OutOfRange);
-            }
-            Value::DoubleValue(as_f)
-        }
-        PointType::F32 => {
-            if as_f.is_finite() && as_f.abs() > f32::MAX as f64 {
-                return Err(Reject::OutOfRange);
-            }
-            Value::DoubleValue(as_f)
-        }
-        PointType::F64 => Value::DoubleValue(as_f),
-    };
-    if p.scaled() && !matches!(raw, Value::BoolValue(_)) {
-        return Ok(Value::DoubleValue(as_f * p.scale + p.offset));
-    }
-    Ok(raw)
+    crate::source::number::number(n, p.kind, p.scale, p.offset).map_err(|r| match r {
+        crate::source::number::Reject::WrongType => Reject::WrongType,
+        crate::source::number::Reject::OutOfRange => Reject::OutOfRange,
+    })
 }
 
 /// A Sparkplug metric value (of `datatype`, Sparkplug codes) as a value of the point's type.

@@ -50,9 +50,6 @@ pub static FAMILIES: [DeviceFamily; 1] = [DeviceFamily {
     label: Some(("result", RESULTS)),
 }];
 
-/// A device's health record is written at most this often while nothing changes.
-const HEALTH_EVERY: Duration = Duration::from_secs(1);
-
 /// Every OPC UA device of a configuration.
 pub fn devices(config: &Config) -> impl Iterator<Item = (&DeviceConfig, &OpcuaDevice)> {
     config
@@ -188,29 +185,16 @@ impl Source for Server {
     }
 }
 
-/// A device's state across sessions.
+/// A device's state across sessions: its health and the batch being gathered.
 pub(crate) struct State {
-    seq: u64,
-    up: Option<bool>,
-    errors: u64,
-    pub(crate) last_error: String,
-    /// While up: the points the session could not read, and why (the health record says so).
-    pub(crate) problems: String,
-    logged: Option<String>,
-    last_health: Option<Instant>,
-    batch: SampleBatch,
+    pub(crate) h: crate::source::stream::Health,
+    pub(crate) batch: SampleBatch,
 }
 
 impl State {
     pub(crate) fn new(device: u32) -> State {
         State {
-            seq: 0,
-            up: None,
-            errors: 0,
-            last_error: String::new(),
-            problems: String::new(),
-            logged: None,
-            last_health: None,
+            h: Default::default(),
             batch: SampleBatch {
                 device,
                 ..Default::default()
@@ -248,12 +232,12 @@ async fn run(
             // It ran a while: come back quickly.
             backoff.reset();
         }
-        st.errors += 1;
-        if st.logged.as_deref() != Some(why.as_str()) {
+        st.h.errors += 1;
+        if st.h.logged.as_deref() != Some(why.as_str()) {
             tracing::warn!(device = %plan.name, endpoint = %plan.settings.endpoint, "OPC UA device is down: {why}; a new session is set up with backoff");
-            st.logged = Some(why.clone());
+            st.h.logged = Some(why.clone());
         }
-        st.last_error = why;
+        st.h.last_error = why;
         flush(&plan, &mut st, &mut out, &dm, Some(false)).await;
         let delay = backoff.next_delay();
         tokio::select! {
@@ -339,24 +323,20 @@ fn unix_ns(t: &opcua::types::DateTime) -> i64 {
 
 /// A variant as a value of a point of `kind` (`None`: it does not fit).
 pub fn value(v: &Variant, kind: PointType, scale: Option<(f64, f64)>) -> Option<Value> {
-    enum N {
-        I(i64),
-        U(u64),
-        F(f64),
-        B(bool),
-    }
+    use crate::source::number::{number, Num};
     let n = match v {
-        Variant::Boolean(b) => N::B(*b),
-        Variant::SByte(x) => N::I(*x as i64),
-        Variant::Byte(x) => N::I(*x as i64),
-        Variant::Int16(x) => N::I(*x as i64),
-        Variant::UInt16(x) => N::I(*x as i64),
-        Variant::Int32(x) => N::I(*x as i64),
-        Variant::UInt32(x) => N::I(*x as i64),
-        Variant::Int64(x) => N::I(*x),
-        Variant::UInt64(x) => N::U(*x),
-        Variant::Float(x) => N::F(*x as f64),
-        Variant::Double(x) => N::F(*x),
+        Variant::Boolean(b) => Num::U(u64::from(*b)),
+        Variant::SByte(x) => Num::I(*x as i64),
+        Variant::Byte(x) => Num::U(*x as u64),
+        Variant::Int16(x) => Num::I(*x as i64),
+        Variant::UInt16(x) => Num::U(*x as u64),
+        Variant::Int32(x) => Num::I(*x as i64),
+        Variant::UInt32(x) => Num::U(*x as u64),
+        Variant::Int64(x) => Num::I(*x),
+        Variant::UInt64(x) => Num::U(*x),
+        Variant::Float(x) => Num::F(*x as f64),
+        Variant::Double(x) => Num::F(*x),
+        Variant::StatusCode(s) => Num::U(s.bits() as u64),
         Variant::String(s) if kind == PointType::String => {
             return Some(Value::StringValue(s.as_ref().to_string()))
         }
@@ -366,53 +346,14 @@ pub fn value(v: &Variant, kind: PointType, scale: Option<(f64, f64)>) -> Option<
         Variant::DateTime(t) if kind == PointType::String => {
             return Some(Value::StringValue(t.to_string()))
         }
-        Variant::StatusCode(s) => N::U(s.bits() as u64),
         _ => return None,
     };
-    let f = match n {
-        N::I(i) => i as f64,
-        N::U(u) => u as f64,
-        N::F(x) => x,
-        N::B(b) => f64::from(u8::from(b)),
-    };
-    if let Some((s, o)) = scale {
-        return Some(Value::DoubleValue(f * s + o));
-    }
-    let int = |lo: i64, hi: i64| -> Option<Value> {
-        let i = match n {
-            N::I(i) => i,
-            N::U(u) => i64::try_from(u).ok()?,
-            N::B(b) => i64::from(b),
-            N::F(x) if x.fract() == 0.0 && x.abs() < 9.2e18 => x as i64,
-            N::F(_) => return None,
-        };
-        (lo..=hi).contains(&i).then_some(Value::IntValue(i))
-    };
-    match kind {
-        PointType::Bool => Some(Value::BoolValue(f != 0.0)),
-        PointType::U8 => int(0, u8::MAX as i64),
-        PointType::I8 => int(i8::MIN as i64, i8::MAX as i64),
-        PointType::U16 => int(0, u16::MAX as i64),
-        PointType::I16 => int(i16::MIN as i64, i16::MAX as i64),
-        PointType::U32 => int(0, u32::MAX as i64),
-        PointType::I32 => int(i32::MIN as i64, i32::MAX as i64),
-        PointType::I64 => int(i64::MIN, i64::MAX),
-        PointType::U64 => match n {
-            N::U(u) => Some(Value::UintValue(u)),
-            N::I(i) => u64::try_from(i).ok().map(Value::UintValue),
-            N::B(b) => Some(Value::UintValue(u64::from(b))),
-            N::F(x) if x >= 0.0 && x.fract() == 0.0 && x < 1.8e19 => {
-                Some(Value::UintValue(x as u64))
-            }
-            N::F(_) => None,
-        },
-        PointType::F16 | PointType::F32 | PointType::F64 => Some(Value::DoubleValue(f)),
-        PointType::String => None,
-    }
+    let (scale, offset) = scale.unwrap_or((1.0, 0.0));
+    number(n, kind, scale, offset).ok()
 }
 
-/// Hands what was gathered to the buffer, with the health record when `up` changed (`Some`)
-/// or it is due.
+/// Hands what was gathered to the buffer (one read per batch), with the health record when
+/// `up` changed (`Some`) or it is due.
 pub(crate) async fn flush(
     plan: &DevicePlan,
     st: &mut State,
@@ -420,62 +361,13 @@ pub(crate) async fn flush(
     dm: &DeviceMetrics,
     up: Option<bool>,
 ) {
-    let now = Instant::now();
-    let changed = up.is_some_and(|u| st.up != Some(u));
-    let due = st.up.is_some()
-        && st
-            .last_health
-            .is_none_or(|t| now.duration_since(t) >= HEALTH_EVERY);
-    if changed || due {
-        let up = up.or(st.up).unwrap_or(false);
-        if up && st.up == Some(false) {
-            tracing::info!(device = %plan.name, "OPC UA device is up again");
-        }
-        if up {
-            st.logged = None;
-        }
-        st.up = Some(up);
-        dm.up.store(up, Relaxed);
-        st.last_health = Some(now);
-        let ts = now_ns();
-        let h = plan.health;
-        let last = if up {
-            st.problems.clone()
-        } else {
-            st.last_error.clone()
-        };
-        for (point, value) in [
-            (h.up, Value::BoolValue(up)),
-            (h.latency_ms, Value::DoubleValue(0.0)),
-            (h.errors, Value::UintValue(st.errors)),
-            (h.last_error, Value::StringValue(last)),
-        ] {
-            st.batch.samples.push(Sample {
-                point,
-                timestamp_ns: ts,
-                quality: Quality::Good as i32,
-                value: Some(value),
-            });
-        }
-    }
-    if st.batch.samples.is_empty() {
-        return;
-    }
-    let n = st.batch.samples.len();
-    let mut batch = std::mem::replace(
-        &mut st.batch,
-        SampleBatch {
-            device: plan.device,
-            samples: Vec::with_capacity(n),
-            ..Default::default()
-        },
-    );
-    // The transform stage takes one read at a time: order by time.
-    batch.samples.sort_by_key(|s| s.timestamp_ns);
-    st.seq += 1;
-    batch.seq = st.seq;
-    dm.samples.fetch_add(n as u64, Relaxed);
-    out.publish(batch).await;
+    let d = crate::source::stream::Device {
+        name: &plan.name,
+        id: plan.device,
+        health: plan.health,
+        reads: false,
+    };
+    crate::source::stream::flush(&d, &mut st.h, &mut st.batch, out, dm, up).await;
 }
 
 /// The point type of a node's DataType (a standard one, ns=0), if linetap has one for it.

@@ -522,9 +522,9 @@ async fn serve(
             }
         }
     }
-    st.problems = problems.join("; ");
+    st.h.problems = problems.join("; ");
     if !problems.is_empty() {
-        tracing::warn!(device = %plan.name, "{} of {} points are not read: {}", problems.len(), plan.items.len(), st.problems);
+        tracing::warn!(device = %plan.name, "{} of {} points are not read: {}", problems.len(), plan.items.len(), st.h.problems);
     }
     tracing::info!(device = %plan.name, endpoint = %plan.settings.endpoint, items = created, "OPC UA session up");
     flush(plan, st, out, dm, Some(true)).await;

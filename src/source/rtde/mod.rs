@@ -63,9 +63,6 @@ const SKIPPED: usize = 1;
 const REANCHORS: usize = 2;
 const REJECTED: usize = 3;
 
-/// A device's health record is written at most this often while nothing changes.
-const HEALTH_EVERY: Duration = Duration::from_secs(1);
-
 /// Every RTDE device of a configuration.
 pub fn devices(config: &Config) -> impl Iterator<Item = (&DeviceConfig, &RtdeDevice)> {
     config
@@ -230,16 +227,8 @@ impl Source for Robot {
 
 /// A device's state across sessions.
 struct State {
-    seq: u64,
-    up: Option<bool>,
-    errors: u64,
-    last_error: String,
-    /// The failure last logged (a persistent one is logged once).
-    logged: Option<String>,
-    last_health: Option<Instant>,
+    h: crate::source::stream::Health,
     clock: clock::Clock,
-    /// The last package's lateness (arrival minus the controller's time), ms.
-    late_ms: f64,
     /// The controller's time of the previous package (s), for skipped packages.
     previous: Option<f64>,
     batch: SampleBatch,
@@ -249,14 +238,8 @@ struct State {
 impl State {
     fn new(device: u32) -> State {
         State {
-            seq: 0,
-            up: None,
-            errors: 0,
-            last_error: String::new(),
-            logged: None,
-            last_health: None,
+            h: Default::default(),
             clock: clock::Clock::default(),
-            late_ms: 0.0,
             previous: None,
             batch: SampleBatch {
                 device,
@@ -280,18 +263,18 @@ async fn run(
         let Some(ended) = ended else {
             return;
         };
-        st.errors += 1;
+        st.h.errors += 1;
         let why = ended.to_string();
-        if st.logged.as_deref() != Some(why.as_str()) {
+        if st.h.logged.as_deref() != Some(why.as_str()) {
             match &ended {
                 Ended::Refused(_) => tracing::error!(device = %plan.name, "{why}"),
                 _ => {
                     tracing::warn!(device = %plan.name, "robot is down: {why}; reconnecting with backoff")
                 }
             }
-            st.logged = Some(why.clone());
+            st.h.logged = Some(why.clone());
         }
-        st.last_error = why;
+        st.h.last_error = why;
         flush(&plan, &mut st, &mut out, &dm, Some(false)).await;
         dm.up.store(false, Relaxed);
         let delay = backoff.next_delay();
@@ -331,7 +314,7 @@ async fn session(
     let types: Vec<FieldType> = layout.iter().map(|(_, t)| *t).collect();
     st.clock.reset();
     st.previous = None;
-    st.logged = None;
+    st.h.logged = None;
     // The backoff starts over once a package decodes (a controller that accepts the recipe
     // and then drops the connection is not hammered).
     let mut decoded = false;
@@ -351,7 +334,7 @@ async fn session(
             _ = tick.tick() => {
                 if !up_written {
                     up_written = true;
-                    st.last_error.clear();
+                    st.h.last_error.clear();
                     flush(plan, st, out, dm, Some(true)).await;
                 } else {
                     flush(plan, st, out, dm, None).await;
@@ -375,11 +358,11 @@ async fn session(
                                 protocol::decode_data(payload, recipe.id, &types, &mut st.raws)
                             {
                                 dm.decode_errors.fetch_add(1, Relaxed);
-                                st.errors += 1;
-                                st.last_error = format!("unreadable data package: {e}");
-                                if st.logged.is_none() {
-                                    tracing::warn!(device = %plan.name, "{}", st.last_error);
-                                    st.logged = Some(st.last_error.clone());
+                                st.h.errors += 1;
+                                st.h.last_error = format!("unreadable data package: {e}");
+                                if st.h.logged.is_none() {
+                                    tracing::warn!(device = %plan.name, "{}", st.h.last_error);
+                                    st.h.logged = Some(st.h.last_error.clone());
                                 }
                             } else {
                                 // Only a package that decodes keeps the robot up (a stream of
@@ -458,7 +441,7 @@ fn package(layout: &[(&FieldPlan, FieldType)], st: &mut State, period: f64) -> C
     let before = st.clock.reanchors;
     let (ts, late) = st.clock.stamp(controller, now_ns());
     c.reanchors = st.clock.reanchors - before;
-    st.late_ms = late.max(0) as f64 / 1e6;
+    st.h.latency_ms = late.max(0) as f64 / 1e6;
     let mut at = 0usize;
     for (f, t) in layout {
         let n = t.elements() as usize;
@@ -486,6 +469,7 @@ fn package(layout: &[(&FieldPlan, FieldType)], st: &mut State, period: f64) -> C
 
 /// One element as its point's value (`None`: out of the point's range).
 fn value(raw: Raw, t: &Target) -> Option<Value> {
+    use crate::source::number::{number, Num};
     if let Some(bit) = t.bit {
         let bits = match raw {
             Raw::Uint(u) => u,
@@ -495,44 +479,18 @@ fn value(raw: Raw, t: &Target) -> Option<Value> {
         };
         return Some(Value::BoolValue((bits >> bit) & 1 == 1));
     }
-    if let Some((scale, offset)) = t.scale {
-        return Some(Value::DoubleValue(raw.as_f64() * scale + offset));
-    }
-    let int = |lo: i64, hi: i64| -> Option<Value> {
-        let i = match raw {
-            Raw::Int(i) => i,
-            Raw::Uint(u) => i64::try_from(u).ok()?,
-            Raw::Bool(b) => i64::from(b),
-            Raw::Double(x) if x.fract() == 0.0 && x.abs() < 9.2e18 => x as i64,
-            Raw::Double(_) => return None,
-        };
-        (lo..=hi).contains(&i).then_some(Value::IntValue(i))
+    let n = match raw {
+        Raw::Bool(b) => Num::U(u64::from(b)),
+        Raw::Uint(u) => Num::U(u),
+        Raw::Int(i) => Num::I(i),
+        Raw::Double(x) => Num::F(x),
     };
-    match t.kind {
-        PointType::Bool => Some(Value::BoolValue(raw.as_f64() != 0.0)),
-        PointType::U8 => int(0, u8::MAX as i64),
-        PointType::I8 => int(i8::MIN as i64, i8::MAX as i64),
-        PointType::U16 => int(0, u16::MAX as i64),
-        PointType::I16 => int(i16::MIN as i64, i16::MAX as i64),
-        PointType::U32 => int(0, u32::MAX as i64),
-        PointType::I32 => int(i32::MIN as i64, i32::MAX as i64),
-        PointType::I64 => int(i64::MIN, i64::MAX),
-        PointType::U64 => match raw {
-            Raw::Uint(u) => Some(Value::UintValue(u)),
-            Raw::Int(i) => u64::try_from(i).ok().map(Value::UintValue),
-            Raw::Bool(b) => Some(Value::UintValue(u64::from(b))),
-            Raw::Double(x) if x >= 0.0 && x.fract() == 0.0 && x < 1.8e19 => {
-                Some(Value::UintValue(x as u64))
-            }
-            Raw::Double(_) => None,
-        },
-        PointType::F16 | PointType::F32 | PointType::F64 => Some(Value::DoubleValue(raw.as_f64())),
-        PointType::String => None,
-    }
+    let (scale, offset) = t.scale.unwrap_or((1.0, 0.0));
+    number(n, t.kind, scale, offset).ok()
 }
 
-/// Hands the packages gathered to the buffer, with the health record when `up` changed
-/// (`Some`) or it is due.
+/// Hands the packages gathered to the buffer (several reads per batch), with the health
+/// record when `up` changed (`Some`) or it is due.
 async fn flush(
     plan: &DevicePlan,
     st: &mut State,
@@ -540,56 +498,11 @@ async fn flush(
     dm: &DeviceMetrics,
     up: Option<bool>,
 ) {
-    let now = Instant::now();
-    let changed = up.is_some_and(|u| st.up != Some(u));
-    let due = st.up.is_some()
-        && st
-            .last_health
-            .is_none_or(|t| now.duration_since(t) >= HEALTH_EVERY);
-    if changed || due {
-        let up = up.or(st.up).unwrap_or(false);
-        if up && st.up == Some(false) {
-            tracing::info!(device = %plan.name, "robot is streaming again");
-        }
-        st.up = Some(up);
-        dm.up.store(up, Relaxed);
-        st.last_health = Some(now);
-        let ts = now_ns();
-        let h = plan.health;
-        let last = if up {
-            String::new()
-        } else {
-            st.last_error.clone()
-        };
-        for (point, value) in [
-            (h.up, Value::BoolValue(up)),
-            (h.latency_ms, Value::DoubleValue(st.late_ms)),
-            (h.errors, Value::UintValue(st.errors)),
-            (h.last_error, Value::StringValue(last)),
-        ] {
-            st.batch.samples.push(Sample {
-                point,
-                timestamp_ns: ts,
-                quality: Quality::Good as i32,
-                value: Some(value),
-            });
-        }
-    }
-    if st.batch.samples.is_empty() {
-        return;
-    }
-    let n = st.batch.samples.len();
-    let batch = std::mem::replace(
-        &mut st.batch,
-        SampleBatch {
-            device: plan.device,
-            samples: Vec::with_capacity(n),
-            ..Default::default()
-        },
-    );
-    let mut batch = batch;
-    st.seq += 1;
-    batch.seq = st.seq;
-    dm.samples.fetch_add(n as u64, Relaxed);
-    out.publish_reads(batch).await;
+    let d = crate::source::stream::Device {
+        name: &plan.name,
+        id: plan.device,
+        health: plan.health,
+        reads: true,
+    };
+    crate::source::stream::flush(&d, &mut st.h, &mut st.batch, out, dm, up).await;
 }
