@@ -96,21 +96,6 @@ impl Drop for UaServer {
     }
 }
 
-/// Rows of an InfluxDB 1.x query result: (time ns, columns after time).
-fn rows(result: &J) -> Vec<(i64, Vec<J>)> {
-    result["results"][0]["series"][0]["values"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|r| {
-                    let r = r.as_array()?;
-                    Some((r.first()?.as_i64()?, r[1..].to_vec()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 const NODE: &str = "nsu=urn:linetap:test;s=g1.";
 
 #[test]
@@ -178,7 +163,7 @@ fn every_basic_type_by_node_and_by_path_arrives_exactly() {
     )
     .unwrap();
     let agent = AgentProcess::start_with_env(&config, &[("VM_TOKEN", "t")]);
-    let q = |q: &str| rows(&influx.query("lt", q));
+    let q = |q: &str| influx_rows(&influx.query("lt", q));
     let counters = wait_for(Duration::from_secs(60), || {
         let r = q("SELECT counter FROM plc WHERE device = 'plc-ua'");
         (r.len() >= 30).then_some(r)

@@ -11,24 +11,8 @@ use common::*;
 use linetap::sim::bank::{Bank, Fault};
 use linetap::sim::rtde::Controller;
 use linetap::source::rtde::protocol::ControllerVersion;
-use serde_json::Value as J;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Rows of an InfluxDB 1.x query result: (time ns, columns after time).
-fn rows(result: &J) -> Vec<(i64, Vec<J>)> {
-    result["results"][0]["series"][0]["values"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|r| {
-                    let r = r.as_array()?;
-                    Some((r.first()?.as_i64()?, r[1..].to_vec()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[test]
 fn a_500_hz_robot_arrives_package_for_package_in_influxdb_v1() {
@@ -61,7 +45,7 @@ fn a_500_hz_robot_arrives_package_for_package_in_influxdb_v1() {
     let agent = AgentProcess::start(&line.config);
     // 20 s of packages.
     let count = |q: &str| {
-        rows(&influx.query("lt", q))
+        influx_rows(&influx.query("lt", q))
             .first()
             .and_then(|(_, c)| c.first().and_then(|v| v.as_i64()))
             .unwrap_or(0)
@@ -75,11 +59,11 @@ fn a_500_hz_robot_arrives_package_for_package_in_influxdb_v1() {
         stored.is_some(),
         "fewer than 10,000 packages stored:\n{log}"
     );
-    let packages = rows(&influx.query(
+    let packages = influx_rows(&influx.query(
         "lt",
         "SELECT package, controller_time FROM robot WHERE device = 'robot-01'",
     ));
-    let positions: std::collections::HashMap<i64, f64> = rows(&influx.query(
+    let positions: std::collections::HashMap<i64, f64> = influx_rows(&influx.query(
         "lt",
         "SELECT position FROM joint WHERE device = 'robot-01' AND axis = '3'",
     ))

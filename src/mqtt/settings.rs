@@ -105,34 +105,14 @@ pub(crate) fn validate(
         Some(c) => c.get_ref().clone(),
         None => default_client_id,
     };
-    if let Some(p) = &keys.password {
-        cx.err(
-            p.span(),
-            "a password in the file is not allowed: use password_file (e.g. a systemd credential) or password_env",
-        );
-    }
-    let password = match (&keys.password_file, &keys.password_env) {
-        (Some(f), Some(e)) => {
-            cx.err(
-                e.span(),
-                "give either password_file or password_env, not both",
-            );
-            let _ = f;
-            None
-        }
-        (Some(f), None) => Some(Secret::File(PathBuf::from(f.get_ref()))),
-        (None, Some(e)) => Some(Secret::Env(e.get_ref().clone())),
-        (None, None) => None,
-    };
-    if password.is_some() && keys.username.is_none() {
-        let at = keys
-            .password_file
-            .as_ref()
-            .or(keys.password_env.as_ref())
-            .map(|s| s.span())
-            .unwrap_or(table.clone());
-        cx.err(at, "a password needs `username`");
-    }
+    let password = crate::config::validate::credentials(
+        cx,
+        &keys.username,
+        &keys.password,
+        &keys.password_file,
+        &keys.password_env,
+        table.clone(),
+    );
     let path = |v: &Option<Spanned<String>>| v.as_ref().map(|p| PathBuf::from(p.get_ref()));
     for (key, v) in [
         ("ca_file", &keys.ca_file),

@@ -919,3 +919,18 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// Rows of an InfluxDB 1.x query result (`epoch=ns`): (time ns, the columns after time).
+pub fn influx_rows(result: &serde_json::Value) -> Vec<(i64, Vec<serde_json::Value>)> {
+    result["results"][0]["series"][0]["values"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|r| {
+                    let r = r.as_array()?;
+                    Some((r.first()?.as_i64()?, r[1..].to_vec()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

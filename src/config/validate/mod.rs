@@ -486,6 +486,46 @@ pub(crate) fn report(cx: &mut Ctx, raw: &Option<Spanned<ReportSection>>, parent:
     out
 }
 
+/// A user's password, from `password_file` or `password_env` (a literal `password` in the file
+/// is an error), and the checks tying it to `username`; `table` locates a missing key.
+pub fn credentials(
+    cx: &mut Ctx,
+    username: &Option<Spanned<String>>,
+    password: &Option<Spanned<String>>,
+    password_file: &Option<Spanned<String>>,
+    password_env: &Option<Spanned<String>>,
+    table: std::ops::Range<usize>,
+) -> Option<crate::config::Secret> {
+    use crate::config::Secret;
+    if let Some(p) = password {
+        cx.err(
+            p.span(),
+            "a password in the file is not allowed: use password_file (e.g. a systemd credential) or password_env",
+        );
+    }
+    let secret = match (password_file, password_env) {
+        (Some(_), Some(e)) => {
+            cx.err(
+                e.span(),
+                "give either password_file or password_env, not both",
+            );
+            None
+        }
+        (Some(f), None) => Some(Secret::File(std::path::PathBuf::from(f.get_ref()))),
+        (None, Some(e)) => Some(Secret::Env(e.get_ref().clone())),
+        (None, None) => None,
+    };
+    if secret.is_some() && username.is_none() {
+        let at = password_file
+            .as_ref()
+            .or(password_env.as_ref())
+            .map(|s| s.span())
+            .unwrap_or(table);
+        cx.err(at, "a password needs `username`");
+    }
+    secret
+}
+
 /// The name of `names` closest to a misspelt `s` (case-insensitive edit distance at most
 /// `max`), for "did you mean".
 pub fn closest<'a>(s: &str, names: impl Iterator<Item = &'a str>, max: usize) -> Option<&'a str> {

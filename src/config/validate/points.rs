@@ -174,6 +174,35 @@ pub struct PointDraft<'a> {
     pub in_profile: bool,
 }
 
+impl PointDraft<'_> {
+    /// For a derived point (computed, not read): reports each of the kind's keys it was given
+    /// (`(where, key)`) and returns its part; `None` for a point that is read.
+    pub fn derived_part(
+        &self,
+        cx: &mut Ctx,
+        given: &[(Option<Range<usize>>, &str)],
+    ) -> Option<PointPart> {
+        if !self.derived {
+            return None;
+        }
+        for (at, key) in given {
+            if let Some(at) = at {
+                cx.err(
+                    at.clone(),
+                    format!(
+                        "point {:?} is derived (`from` / `expr`): it is not read, so `{key}` does not apply",
+                        self.name
+                    ),
+                );
+            }
+        }
+        Some(PointPart {
+            kind: PointType::F64,
+            settings: None,
+        })
+    }
+}
+
 /// What a source kind read from a point's keys.
 pub struct PointPart {
     /// The point's type (given, or the kind's default for what it reads).

@@ -245,33 +245,14 @@ fn device(cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<OpcuaDevice> {
             }
         },
     };
-    if let Some(p) = &keys.password {
-        cx.err(
-            p.span(),
-            "a password in the file is not allowed: use password_file (e.g. a systemd credential) or password_env",
-        );
-    }
-    let password = match (&keys.password_file, &keys.password_env) {
-        (Some(_), Some(e)) => {
-            cx.err(
-                e.span(),
-                "give either password_file or password_env, not both",
-            );
-            None
-        }
-        (Some(f), None) => Some(Secret::File(PathBuf::from(f.get_ref()))),
-        (None, Some(e)) => Some(Secret::Env(e.get_ref().clone())),
-        (None, None) => None,
-    };
-    if password.is_some() && keys.username.is_none() {
-        let at = keys
-            .password_file
-            .as_ref()
-            .or(keys.password_env.as_ref())
-            .map(|s| s.span())
-            .unwrap_or(d.span.clone());
-        cx.err(at, "a password needs `username`");
-    }
+    let password = crate::config::validate::credentials(
+        cx,
+        &keys.username,
+        &keys.password,
+        &keys.password_file,
+        &keys.password_env,
+        d.span.clone(),
+    );
     if let (Some(u), None, None) = (&keys.username, &password, &keys.password) {
         cx.err(u.span(), "`username` needs password_file or password_env");
     }
@@ -316,22 +297,14 @@ fn device(cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<OpcuaDevice> {
 fn point(cx: &mut Ctx, raw: RawTable, p: &PointDraft) -> Option<PointPart> {
     let keys: OpcuaPointSection = raw.finish(cx)?;
     let name = p.name;
-    if p.derived {
-        for (at, key) in [
+    if let Some(part) = p.derived_part(
+        cx,
+        &[
             (keys.node.as_ref().map(|a| a.span()), "node"),
             (keys.path.as_ref().map(|a| a.span()), "path"),
-        ] {
-            if let Some(at) = at {
-                cx.err(
-                    at,
-                    format!("point {name:?} is derived (`from` / `expr`): it is not read, so `{key}` does not apply"),
-                );
-            }
-        }
-        return Some(PointPart {
-            kind: PointType::F64,
-            settings: None,
-        });
+        ],
+    ) {
+        return Some(part);
     }
     let at = match (&keys.node, &keys.path) {
         (Some(n), None) => match parse_node(n.get_ref()) {

@@ -185,22 +185,14 @@ pub fn address(a: &str) -> Option<String> {
 fn point(cx: &mut Ctx, raw: RawTable, p: &PointDraft) -> Option<PointPart> {
     let keys: RtdePointSection = raw.finish(cx)?;
     let name = p.name;
-    if p.derived {
-        for (at, key) in [
+    if let Some(part) = p.derived_part(
+        cx,
+        &[
             (keys.rtde.as_ref().map(|a| a.span()), "rtde"),
             (keys.element.as_ref().map(|a| a.span()), "element"),
-        ] {
-            if let Some(at) = at {
-                cx.err(
-                    at,
-                    format!("point {name:?} is derived (`from` / `expr`): it is not read, so `{key}` does not apply"),
-                );
-            }
-        }
-        return Some(PointPart {
-            kind: PointType::F64,
-            settings: None,
-        });
+        ],
+    ) {
+        return Some(part);
     }
     let Some(field) = keys.rtde else {
         cx.err(
