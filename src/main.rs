@@ -73,12 +73,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Read every point of one device once and print a table (point, raw registers, value as
-    /// the sinks write it, unit, label): a config's device (`--config FILE --device ID`) or a
-    /// profile at an address (`--profile NAME --address HOST:PORT`, or `--serial PORT --baud N`
-    /// for RTU). Or, with `--read TABLE START COUNT`, read registers with no point at all and
-    /// print each in the common decodings. Exit 0 when every point (or the read) answered, 1
-    /// when any did not (the Modbus error on stderr), 2 for a usage error.
+    /// Read every point of one device once and print a table (point, raw registers or field or
+    /// node, value as the sinks write it, unit, label): a config's device (`--config FILE
+    /// --device ID`: Modbus, RTDE or OPC UA), a profile at an address (`--profile NAME
+    /// --address HOST:PORT`, or `--serial PORT --baud N` for RTU), or a Universal Robots
+    /// controller over RTDE (`--rtde HOST`, profile ur-rtde). Or, with `--read TABLE START
+    /// COUNT`, read registers with no point at all and print each in the common decodings; with
+    /// `--opcua ENDPOINT [--path P] [--depth N]`, browse an OPC UA server. Exit 0 when every
+    /// point (or the read) answered, 1 when any did not (the error on stderr), 2 for a usage
+    /// error.
     Probe {
         /// Modbus TCP address HOST:PORT (overrides the config's); with
         /// `--protocol modbus-rtu-over-tcp`, a serial device server's.
