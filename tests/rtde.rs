@@ -59,6 +59,13 @@ fn a_500_hz_robot_arrives_package_for_package_in_influxdb_v1() {
         stored.is_some(),
         "fewer than 10,000 packages stored:\n{log}"
     );
+    // The controller's text message, logged with its source.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("controller: RTDE client streaming")
+                && l.contains("linetap simulator")),
+        "{log}"
+    );
     let packages = influx_rows(&influx.query(
         "lt",
         "SELECT package, controller_time FROM robot WHERE device = 'robot-01'",

@@ -5,8 +5,8 @@
 //! `NOT_FOUND` for the rest, recipe 0 for a frequency above its maximum), start and pause;
 //! then streams data packages at the frequency asked, each stamped with its own clock
 //! (`timestamp` = seconds since the simulator started, exactly one period apart; a package
-//! that could not be sent on time is sent late, never skipped). Values follow the points'
-//! `simulate` expressions (or a plausible wave chosen from the point's name); a point reading
+//! that could not be sent on time is sent late, never skipped), after a text message saying
+//! so. Values follow the points' `simulate` expressions (or a plausible wave chosen from the point's name); a point reading
 //! a `bit` of a field sets that bit. Faults: `silent` pauses the stream (the connection
 //! stays), `drop` closes connections, `garbage` sends bytes that are not RTDE, `slow D`
 //! delays each package by D.
@@ -307,6 +307,19 @@ async fn connection(
                                 None => false,
                             };
                             let _ = wire::frame(kind, &[u8::from(ok)], &mut out);
+                            if let Some(s) = setup.as_ref().filter(|_| ok) {
+                                // As a controller's log says what a client set up.
+                                let text = wire::Text {
+                                    message: format!(
+                                        "RTDE client streaming {} fields at {} Hz",
+                                        s.names.len(),
+                                        (1.0 / s.period).round()
+                                    ),
+                                    source: "linetap simulator".into(),
+                                    level: 3,
+                                };
+                                let _ = wire::frame(wire::TEXT_MESSAGE, &wire::encode_text(&text), &mut out);
+                            }
                         }
                         wire::PAUSE => {
                             if let Some(s) = setup.as_mut() {
