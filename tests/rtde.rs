@@ -387,3 +387,45 @@ fn drops_pauses_garbage_and_a_restart_are_survived() {
     assert!(t.len() > 2000, "{}", t.len());
     assert!(t.windows(2).all(|w| w[1] > w[0]), "stored times went back");
 }
+
+/// `linetap probe --rtde`: the profile's recipe set up as the agent would, one package shown,
+/// each point with the field it came from.
+#[test]
+fn probe_reads_one_package() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "127.0.0.1:1",
+        125,
+        "\n[[devices.points]]\nname = \"cycles\"\nrtde = \"output_int_register_24\"\nsimulate = \"42\"\n",
+    );
+    let served = serve(&rt, &cfg, CB3, &[], 0);
+    let probe = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_linetap"))
+            .args(["probe", "--rtde", &served.address])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, text, err) = probe(&["--point", "cycles=output_int_register_24"]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains("(rtde, controller 3.15.7.106331)"), "{text}");
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+            .to_string()
+    };
+    assert!(row("robot.cycles ").contains("output_int_register_24"));
+    assert!(row("robot.cycles ").contains(" 42"));
+    assert!(row("joint.position[axis=1]").contains("actual_q[1]"));
+    assert!(row("robot.state ").contains("derived"));
+    assert!(row("robot.emergency_stop ").contains("safety_status_bits bit 7"));
+    drop(served);
+}
