@@ -332,7 +332,8 @@ async fn session(
                 }
             }
             _ = tick.tick() => {
-                if !up_written {
+                // Up once a package decoded (a recipe accepted is not data yet).
+                if !up_written && decoded {
                     up_written = true;
                     st.h.last_error.clear();
                     flush(plan, st, out, dm, Some(true)).await;
