@@ -43,13 +43,7 @@ const ORDERS: [(Order, &str); 4] = [
 #[test]
 fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
     let influx = Influx1::start();
-    let created = request(
-        "POST",
-        &format!("{}/query", influx.url),
-        Some("q=CREATE%20DATABASE%20lt"),
-    )
-    .unwrap();
-    assert_eq!(created.status, 200, "{}", created.body);
+    influx.create_database("lt");
 
     // Points: (name, type, order, address) for the multi-register types.
     let mut points = String::new();

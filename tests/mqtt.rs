@@ -1026,13 +1026,7 @@ fn a_tls_broker_with_a_plant_ca_and_a_client_certificate() {
 #[test]
 fn mqtt_devices_arrive_in_influxdb_1x() {
     let influx = Influx1::start();
-    let created = http::request(
-        "POST",
-        &format!("{}/query", influx.url),
-        Some("q=CREATE%20DATABASE%20mq"),
-    )
-    .unwrap();
-    assert_eq!(created.status, 200, "{}", created.body);
+    influx.create_database("mq");
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("line.toml");

@@ -101,13 +101,7 @@ const NODE: &str = "nsu=urn:linetap:test;s=g1.";
 #[test]
 fn every_basic_type_by_node_and_by_path_arrives_exactly() {
     let influx = Influx1::start();
-    let created = request(
-        "POST",
-        &format!("{}/query", influx.url),
-        Some("q=CREATE%20DATABASE%20lt"),
-    )
-    .unwrap();
-    assert_eq!(created.status, 200, "{}", created.body);
+    influx.create_database("lt");
     let vm = VictoriaMetrics::start();
     let dir = tempfile::tempdir().unwrap();
     let server = UaServer::start(&dir.path().join("server-pki"), 1, false);

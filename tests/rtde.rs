@@ -17,13 +17,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn a_500_hz_robot_arrives_package_for_package_in_influxdb_v1() {
     let influx = Influx1::start();
-    let created = request(
-        "POST",
-        &format!("{}/query", influx.url),
-        Some("q=CREATE%20DATABASE%20lt"),
-    )
-    .unwrap();
-    assert_eq!(created.status, 200, "{}", created.body);
+    influx.create_database("lt");
     let data = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     // The whole ur-rtde recipe, with three points told exactly what to serve: the package

@@ -421,6 +421,17 @@ impl Influx1 {
         })
     }
 
+    /// Creates database `db` (panics, with the server's answer, when it cannot).
+    pub fn create_database(&self, db: &str) {
+        let r = request(
+            "POST",
+            &format!("{}/query", self.url),
+            Some(&format!("q={}", enc(&format!("CREATE DATABASE {db}")))),
+        )
+        .expect("create database");
+        assert_eq!(r.status, 200, "CREATE DATABASE {db}: {}", r.body);
+    }
+
     pub fn query(&self, db: &str, q: &str) -> serde_json::Value {
         self.query_as("", "", db, q)
     }
