@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// What one probe of a device found.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Probed {
     /// The table to print.
     pub table: String,
@@ -30,6 +30,10 @@ pub struct Probed {
     /// The points (rows) without a value, each with why.
     pub failed: Vec<(String, String)>,
 }
+
+/// Why a row has no value when the device does not have that value at all (an optional
+/// OPC 40010 variable): shown in the table, not counted as a failure.
+pub const ABSENT: &str = "not on this server (optional)";
 
 /// The Modbus settings of `d`, or why it cannot be probed.
 fn modbus(d: &DeviceConfig) -> Result<&crate::config::ModbusDevice, String> {
@@ -202,10 +206,16 @@ pub fn table(
             let mut name = format!("{}.{}", p.measurement, p.name);
             if p.count > 1 {
                 name.push_str(&format!(
-                    "[{}={}]",
+                    "[{}={}",
                     p.index_tag.as_deref().unwrap_or("index"),
                     e + 1
                 ));
+                if let Some((key, values)) = p.element_tag.as_deref() {
+                    if let Some(v) = values.get(e) {
+                        name.push_str(&format!(",{key}={v}"));
+                    }
+                }
+                name.push(']');
             }
             if p.hidden {
                 name.push_str(" (hidden)");
@@ -218,6 +228,7 @@ pub fn table(
             let data_type = types.get(&id).copied().unwrap_or(DataType::Unknown);
             let (value, label) = match (values.get(&id), failed.get(&id)) {
                 (Some(v), _) => (value_text(v, data_type), label(p, v)),
+                (None, Some(err)) if err == ABSENT => ("-".to_string(), err.clone()),
                 (None, Some(err)) => {
                     missing.push((name.clone(), err.clone()));
                     (format!("error: {err}"), String::new())

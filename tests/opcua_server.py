@@ -1,6 +1,6 @@
 """An OPC UA server linetap did not write, for tests/opcua.rs: Python asyncua.
 
-    python opcua_server.py --port P --pki DIR [--generation N] [--secure]
+    python opcua_server.py --port P --pki DIR [--generation N] [--secure] [--robots N]
 
 Serves, in namespace urn:linetap:test under Objects/Plant, one variable of every basic type
 with a known value (and arrays), a counter that steps every 100 ms with source timestamps on a
@@ -8,7 +8,9 @@ known grid, a variable whose status is Bad and one whose status is Uncertain. Th
 carry the generation (`s=g1.Double`): a restart with another generation is a controller
 download that changed every node id while the browse paths stayed. `--secure` offers only
 Basic256Sha256 SignAndEncrypt with user `linetap` / password `secret`; the server's certificate
-lives in DIR (a new DIR is a new certificate). Prints READY once it listens.
+lives in DIR (a new DIR is a new certificate). `--robots N` adds an OPC 40010 motion device
+system with N motion devices (`robots()` below: the values tests/opcua.rs expects). Prints
+READY once it listens.
 """
 import argparse
 import asyncio
@@ -64,6 +66,76 @@ def certificate(pki: Path):
     return key, cert
 
 
+DI = "http://opcfoundation.org/UA/DI/"
+ROBOTICS = "http://opcfoundation.org/UA/Robotics/"
+VENDOR = "urn:linetap:test-robot"
+# DurationString (ns=0): TotalPowerOnTime's DataType.
+DURATION_STRING = ua.NodeId(12879, 0)
+
+
+async def robots(server, count):
+    """Objects/DeviceSet/Cell7, an OPC 40010 MotionDeviceSystem with the spec's browse names
+    (instances named by the vendor): `count` motion devices Arm1.., two axes J1, J2 each; the
+    power trains are listed in the reverse order of the axes and linked to them by IsDrivenBy
+    (so a motor's temperature is its axis's only when the references are followed). Optional
+    variables left out: ActualAcceleration of J2."""
+    di = await server.register_namespace(DI)
+    r = await server.register_namespace(ROBOTICS)
+    v = await server.register_namespace(VENDOR)
+    V = ua.VariantType
+    R = lambda name: ua.QualifiedName(name, r)
+    objects = server.nodes.objects
+    is_driven_by = await server.get_node(ua.ObjectIds.NonHierarchicalReferences).add_reference_type(
+        ua.NodeId(4002, r), R("IsDrivenBy"), symmetric=False, inversename="Moves")
+    device_set = await objects.add_folder(ua.NodeId(5001, di), ua.QualifiedName("DeviceSet", di))
+    system = await device_set.add_object(ua.NodeId("Cell7", v), ua.QualifiedName("Cell7", v))
+
+    async def params(parent, key, values):
+        ps = await parent.add_object(ua.NodeId(key + ".ParameterSet", v), ua.QualifiedName("ParameterSet", di))
+        for name, value, vt, *dt in values:
+            await ps.add_variable(ua.NodeId(f"{key}.{name}", v), R(name), value, vt,
+                                  datatype=dt[0] if dt else None)
+
+    devices = await system.add_folder(ua.NodeId("Cell7.MotionDevices", v), R("MotionDevices"))
+    for k in range(1, count + 1):
+        key = f"Arm{k}"
+        arm = await devices.add_object(ua.NodeId(key, v), ua.QualifiedName(key, v))
+        # Arm1 runs at 75 %, in control and on its path; Arm2 stands at 20 %.
+        running = k == 1
+        await params(arm, key, [("SpeedOverride", 75.0 if running else 20.0, V.Double),
+                                ("InControl", running, V.Boolean), ("OnPath", running, V.Boolean)])
+        axes = await arm.add_folder(ua.NodeId(key + ".Axes", v), R("Axes"))
+        trains = await arm.add_folder(ua.NodeId(key + ".PowerTrains", v), R("PowerTrains"))
+        joints = {}
+        for j, (pos, speed, acc) in (("J1", (0.5 * k, 0.1 * k, 0.01)), ("J2", (-1.25 * k, -0.2, None))):
+            axis = await axes.add_object(ua.NodeId(f"{key}.{j}", v), ua.QualifiedName(j, v))
+            values = [("ActualPosition", pos, V.Double), ("ActualSpeed", speed, V.Double)]
+            if acc is not None:
+                values.append(("ActualAcceleration", acc, V.Double))
+            await params(axis, f"{key}.{j}", values)
+            joints[j] = axis
+        for j, temp in (("J2", 41.5 + k), ("J1", 38.0 + k)):
+            pt = await trains.add_object(ua.NodeId(f"{key}.PT_{j}", v), ua.QualifiedName(f"PT_{j}", v))
+            gear = await pt.add_object(ua.NodeId(f"{key}.PT_{j}.Gear", v), ua.QualifiedName("Gear", v))
+            await params(gear, f"{key}.PT_{j}.Gear", [("GearRatio", 100.0, V.Double)])
+            motor = await pt.add_object(ua.NodeId(f"{key}.PT_{j}.Motor", v), ua.QualifiedName("Motor", v))
+            await params(motor, f"{key}.PT_{j}.Motor", [("MotorTemperature", temp, V.Double),
+                                                         ("BrakeReleased", True, V.Boolean)])
+            await joints[j].add_reference(pt, is_driven_by)
+    controllers = await system.add_folder(ua.NodeId("Cell7.Controllers", v), R("Controllers"))
+    ctrl = await controllers.add_object(ua.NodeId("Ctrl", v), ua.QualifiedName("Ctrl", v))
+    await params(ctrl, "Ctrl", [("TotalPowerOnTime", "P12DT3H25M7S", V.String, DURATION_STRING),
+                                ("Temperature", 36.5, V.Double)])
+    tasks = await ctrl.add_folder(ua.NodeId("Ctrl.TaskControls", v), R("TaskControls"))
+    task = await tasks.add_object(ua.NodeId("Task1", v), ua.QualifiedName("Task1", v))
+    await params(task, "Task1", [("TaskProgramName", "WELD_A7", V.String),
+                                 ("TaskProgramLoaded", True, V.Boolean), ("ExecutionMode", 1, V.Int32)])
+    safety_states = await system.add_folder(ua.NodeId("Cell7.SafetyStates", v), R("SafetyStates"))
+    safety = await safety_states.add_object(ua.NodeId("Safety", v), ua.QualifiedName("Safety", v))
+    await params(safety, "Safety", [("OperationalMode", 3, V.Int32), ("EmergencyStop", False, V.Boolean),
+                                    ("ProtectiveStop", False, V.Boolean)])
+
+
 async def main(a):
     key, cert = certificate(a.pki)
     server = Server(user_manager=Users(a.secure))
@@ -99,6 +171,8 @@ async def main(a):
     counter = await plant.add_variable(ua.NodeId(g + "Counter", ns), ua.QualifiedName("Counter", ns), 0.0, V.Double)
     broken = await plant.add_variable(ua.NodeId(g + "Broken", ns), ua.QualifiedName("Broken", ns), 1.0, V.Double)
     doubtful = await plant.add_variable(ua.NodeId(g + "Doubtful", ns), ua.QualifiedName("Doubtful", ns), 1.0, V.Double)
+    if a.robots:
+        await robots(server, a.robots)
     async with server:
         n = int((datetime.datetime.now(datetime.timezone.utc) - EPOCH).total_seconds() * 10)
         ready = False
@@ -127,6 +201,7 @@ if __name__ == "__main__":
     p.add_argument("--pki", type=Path, required=True)
     p.add_argument("--generation", type=int, default=1)
     p.add_argument("--secure", action="store_true")
+    p.add_argument("--robots", type=int, default=0)
     try:
         asyncio.run(main(p.parse_args()))
     except KeyboardInterrupt:

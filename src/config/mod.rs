@@ -176,6 +176,9 @@ pub struct PointConfig {
     pub kind: PointType,
     pub count: u16,
     pub index_tag: Option<String>,
+    /// A tag whose value differs per element (an OPC UA robot's axis names, learned by
+    /// browsing): element `e` carries `(key, values[e - 1])` beside the `index_tag`.
+    pub element_tag: Option<Box<(String, Vec<String>)>>,
     pub scale: f64,
     pub offset: f64,
     pub unit: String,

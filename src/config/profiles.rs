@@ -28,6 +28,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "plc-mapped-robot",
         include_str!("../../profiles/plc-mapped-robot.toml"),
     ),
+    (
+        "opcua-robotics",
+        include_str!("../../profiles/opcua-robotics.toml"),
+    ),
 ];
 
 /// One profile's text and where it came from.

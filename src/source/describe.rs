@@ -62,6 +62,14 @@ pub fn element_tags(p: &PointConfig, element: u16) -> Vec<Tag> {
             value: element.to_string(),
         });
     }
+    if let Some((key, values)) = p.element_tag.as_deref() {
+        if let Some(v) = values.get(usize::from(element).wrapping_sub(1)) {
+            t.push(Tag {
+                key: key.clone(),
+                value: v.clone(),
+            });
+        }
+    }
     t
 }
 

@@ -63,6 +63,15 @@ impl SourceContext {
         )
     }
 
+    /// Makes outputs for devices a source learns at run time (an OPC UA server's motion
+    /// devices), each with the chain of the configuration it is given.
+    pub fn outputs(&self) -> Outputs {
+        Outputs {
+            transforms: self.transforms.clone(),
+            input: self.input.clone().until(self.shutdown.clone()),
+        }
+    }
+
     /// As `output`, for a source that does its work while its beat reads busy: the beat reads
     /// idle while a publish is held back (waiting for the buffer is not being stuck).
     pub fn output_watched(&self, name: &str, device: u32, beat: &Beat) -> DeviceOutput {
@@ -74,6 +83,31 @@ impl SourceContext {
                 .clone()
                 .until(self.shutdown.clone())
                 .watched_by(beat.clone()),
+        )
+    }
+}
+
+/// Makes `DeviceOutput`s at run time (`SourceContext::outputs`).
+#[derive(Clone)]
+pub struct Outputs {
+    transforms: transform::Plan,
+    input: crate::buffer::BufferInput,
+}
+
+impl Outputs {
+    /// The output of device `device` (catalog id) configured as `config`, in catalog
+    /// `version`.
+    pub fn output(
+        &self,
+        config: Arc<crate::config::DeviceConfig>,
+        device: u32,
+        version: &Version,
+    ) -> DeviceOutput {
+        DeviceOutput::new(
+            device,
+            self.transforms.chain_for(config),
+            version,
+            self.input.clone(),
         )
     }
 }

@@ -257,9 +257,14 @@ impl Plan {
     }
 
     pub fn chain(&self, device: &str) -> Chain {
-        let Some(d) = self.devices.get(device) else {
-            return Chain::default();
-        };
+        match self.devices.get(device) {
+            Some(d) => self.chain_for(d.clone()),
+            None => Chain::default(),
+        }
+    }
+
+    /// The chain of a device configured as `d` (a device a source learns at run time).
+    pub fn chain_for(&self, d: Arc<DeviceConfig>) -> Chain {
         let mut steps: Vec<Box<dyn Transform>> = Vec::new();
         if let Some(t) = derive::Derived::for_device(d.clone()) {
             steps.push(Box::new(t));

@@ -494,6 +494,7 @@ pub(crate) fn point(cx: &mut Ctx, mut raw: RawTable, pc: &PointCtx) -> Option<Po
         kind,
         count,
         index_tag,
+        element_tag: None,
         scale,
         offset,
         unit: p.unit.clone().unwrap_or_default(),

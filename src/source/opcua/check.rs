@@ -67,13 +67,21 @@ fn describe(p: &PointConfig) -> String {
                 .collect::<Vec<_>>()
                 .join("/")
         ),
+        Where::Robotics(r) => {
+            let per = if r.per_axis() {
+                format!(" (one per axis: {} until browsed)", p.count)
+            } else {
+                String::new()
+            };
+            format!("robotics {r}{per} of each OPC 40010 motion device")
+        }
     };
     if o.typed {
         d.push_str(&format!(" {}", p.kind.as_str()));
     } else {
         d.push_str(" (type from the node's DataType)");
     }
-    if p.count > 1 {
+    if p.count > 1 && !matches!(o.at, Where::Robotics(_)) {
         d.push_str(&format!(" x{} array", p.count));
     }
     if p.report.active && p.report.deadband > 0.0 {

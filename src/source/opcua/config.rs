@@ -2,6 +2,7 @@
 //! certificates; and their points' keys (`node`, `path`), beside the keys every point has.
 
 use super::address::{parse_node, parse_path, NodeRef, PathElement};
+use super::robotics::Role;
 use crate::config::table::RawTable;
 use crate::config::units::ConfDuration;
 use crate::config::validate::devices::DeviceDraft;
@@ -105,6 +106,8 @@ pub struct OpcuaDevice {
 pub struct OpcuaPointSection {
     pub node: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
+    /// A variable of an OPC 40010 robot, found by browsing (`Axes/ActualPosition`).
+    pub robotics: Option<Spanned<String>>,
 }
 
 /// Where an OPC UA point's value is.
@@ -113,6 +116,8 @@ pub enum Where {
     Node(NodeRef),
     /// Resolved to a node at every session start (node ids may change after a download).
     Path(Vec<PathElement>),
+    /// Found by browsing the server's OPC 40010 MotionDeviceSystems at every session start.
+    Robotics(Role),
 }
 
 /// An OPC UA point's settings (`PointConfig::settings`).
@@ -138,6 +143,9 @@ impl crate::source::SourceKind for Kind {
     }
     fn device(&self, cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<Settings> {
         device(cx, raw, d).map(Settings::new)
+    }
+    fn takes_profiles(&self) -> bool {
+        true
     }
     fn point_keys(&self) -> &'static [&'static str] {
         crate::config::table::fields_of::<OpcuaPointSection>()
@@ -302,34 +310,58 @@ fn point(cx: &mut Ctx, raw: RawTable, p: &PointDraft) -> Option<PointPart> {
         &[
             (keys.node.as_ref().map(|a| a.span()), "node"),
             (keys.path.as_ref().map(|a| a.span()), "path"),
+            (keys.robotics.as_ref().map(|a| a.span()), "robotics"),
         ],
     ) {
         return Some(part);
     }
-    let at = match (&keys.node, &keys.path) {
-        (Some(n), None) => match parse_node(n.get_ref()) {
+    let given: Vec<(&Spanned<String>, &str)> = [
+        (&keys.node, "node"),
+        (&keys.path, "path"),
+        (&keys.robotics, "robotics"),
+    ]
+    .into_iter()
+    .filter_map(|(v, k)| Some((v.as_ref()?, k)))
+    .collect();
+    let at = match given.as_slice() {
+        [(n, "node")] => match parse_node(n.get_ref()) {
             Ok(r) => Where::Node(r),
             Err(e) => {
                 cx.err(n.span(), e);
                 return None;
             }
         },
-        (None, Some(pa)) => match parse_path(pa.get_ref()) {
+        [(pa, "path")] => match parse_path(pa.get_ref()) {
             Ok(r) => Where::Path(r),
             Err(e) => {
                 cx.err(pa.span(), e);
                 return None;
             }
         },
-        (Some(_), Some(pa)) => {
-            cx.err(pa.span(), "give either `node` or `path`, not both");
-            return None;
-        }
-        (None, None) => {
+        [(r, _)] => match Role::parse(r.get_ref()) {
+            Ok(role) => {
+                if !role.per_axis() && p.count > 1 {
+                    cx.err(
+                        r.span(),
+                        format!("robotics = \"{role}\" is one value: `count` applies to Axes/… and PowerTrains/… (one value per axis)"),
+                    );
+                }
+                Where::Robotics(role)
+            }
+            Err(e) => {
+                cx.err(r.span(), e);
+                return None;
+            }
+        },
+        [] => {
             cx.err(
                 p.span.clone(),
-                format!("point {name:?} needs `node = \"ns=2;s=…\"` or `path = \"Objects/…\"`"),
+                format!("point {name:?} needs `node = \"ns=2;s=…\"`, `path = \"Objects/…\"` or `robotics = \"Axes/ActualPosition\"`"),
             );
+            return None;
+        }
+        [_, (second, _), ..] => {
+            cx.err(second.span(), "give one of `node`, `path` and `robotics`");
             return None;
         }
     };

@@ -16,7 +16,9 @@ pub mod address;
 pub mod check;
 pub mod config;
 pub mod probe;
+pub mod robotics;
 pub mod session;
+pub mod shape;
 
 use crate::backoff::Backoff;
 use crate::component::{ComponentId, Kind};
@@ -27,7 +29,7 @@ use crate::observe::metrics::{DeviceFamily, DeviceMetrics, KindCounters};
 use crate::shutdown::Shutdown;
 use crate::source::{describe, Source, SourceContext};
 use crate::transform::DeviceOutput;
-use config::{opcua_point, OpcuaDevice, Where};
+use config::OpcuaDevice;
 use opcua::types::{DataValue, Variant};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -58,78 +60,94 @@ pub fn devices(config: &Config) -> impl Iterator<Item = (&DeviceConfig, &OpcuaDe
         .filter_map(|d| Some((d, d.settings::<OpcuaDevice>()?)))
 }
 
-/// One point read by a monitored item.
+/// One node read by a monitored item (a point, or one axis of a robot's point).
 #[derive(Debug, Clone)]
 pub struct Item {
     pub name: String,
-    pub at: Where,
+    /// The device it is written to (`Targets`' index).
+    pub target: usize,
     /// Its catalog ids, one per element.
     pub ids: Vec<u32>,
     pub kind: PointType,
-    /// `type` was given; else the node's DataType decides when the session starts.
-    pub typed: bool,
     pub scale: Option<(f64, f64)>,
     /// The server-side deadband (absolute; 0: none).
     pub deadband: f64,
 }
 
-/// One device: where it is, how it is reached, its items.
+/// One device: where it is, how it is reached.
 #[derive(Debug, Clone)]
 pub struct DevicePlan {
     pub device: u32,
     pub name: String,
-    /// The device as configured: its catalog entry is described again when a node's DataType
-    /// gives an untyped point its type.
+    /// The device as configured: each session works out what it reads from it
+    /// (`shape.rs`).
     pub config: Arc<DeviceConfig>,
     pub settings: OpcuaDevice,
     pub poll: Duration,
-    pub items: Vec<Item>,
     pub health: HealthIds,
 }
 
 /// Registers a device's points and health points; returns its plan.
 pub fn register(d: &DeviceConfig, o: &OpcuaDevice, registry: &mut Registry) -> DevicePlan {
-    let mut points = describe::points(d);
-    let values = points.len();
-    points.extend(health_points());
+    let points = described(d);
     let ids = registry.set_device(describe::device(d, &o.endpoint, 0), points);
-    let mut items = Vec::new();
-    let mut next = 0usize;
-    for p in &d.points {
-        let first = next;
-        next += p.count as usize;
-        let Some(op) = opcua_point(p) else {
-            continue;
-        };
-        items.push(Item {
-            name: p.name.clone(),
-            at: op.at.clone(),
-            ids: ids.points[first..first + p.count as usize].to_vec(),
-            kind: p.kind,
-            typed: op.typed,
-            scale: p.is_scaled().then_some((p.scale, p.offset)),
-            deadband: if p.report.active {
-                p.report.deadband
-            } else {
-                0.0
-            },
-        });
-    }
-    let h = &ids.points[values..];
     DevicePlan {
         device: ids.device,
         name: d.id.clone(),
         config: Arc::new(d.clone()),
         settings: o.clone(),
         poll: d.poll,
-        items,
-        health: HealthIds {
-            up: h[0],
-            latency_ms: h[1],
-            errors: h[2],
-            last_error: h[3],
-        },
+        health: health_ids(&ids.points),
     }
+}
+
+/// A device's catalog points: its values, then its health points.
+pub(crate) fn described(d: &DeviceConfig) -> Vec<crate::model::PointDescriptor> {
+    let mut points = describe::points(d);
+    points.extend(health_points());
+    points
+}
+
+/// The health ids among a device's ids (`described`: the last four).
+pub(crate) fn health_ids(ids: &[u32]) -> HealthIds {
+    let h = &ids[ids.len().saturating_sub(4)..];
+    let at = |i: usize| h.get(i).copied().unwrap_or(0);
+    HealthIds {
+        up: at(0),
+        latency_ms: at(1),
+        errors: at(2),
+        last_error: at(3),
+    }
+}
+
+/// The items of a session's reads, with the ids of `targets`' points.
+pub(crate) fn items(shape: &shape::Shape, ids: &[Vec<u32>]) -> Vec<Item> {
+    shape
+        .reads
+        .iter()
+        .map(|r| {
+            let d = &shape.targets[r.target];
+            let p = &d.points[r.point];
+            let offset: usize = d.points[..r.point].iter().map(|q| q.count as usize).sum();
+            let first = offset + r.first as usize;
+            let ids = ids[r.target]
+                .get(first..first + r.count as usize)
+                .map(|s| s.to_vec())
+                .unwrap_or_default();
+            Item {
+                name: p.name.clone(),
+                target: r.target,
+                ids,
+                kind: p.kind,
+                scale: p.is_scaled().then_some((p.scale, p.offset)),
+                deadband: if p.report.active {
+                    p.report.deadband
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect()
 }
 
 /// The OPC UA source kind's components: one per device (one session each).
@@ -170,18 +188,29 @@ impl Source for Server {
         self.devices.clone()
     }
     fn start(self: Box<Self>, ctx: SourceContext) -> JoinHandle<()> {
-        let out = ctx.output(&self.plan.name, self.plan.device);
-        let dm = ctx.metrics.devices.add(&self.plan.name);
+        let plan = self.plan;
+        let out = ctx.output(&plan.name, plan.device);
+        let dm = ctx.metrics.devices.add(&plan.name);
         dm.kind_counters(&FAMILIES);
-        let pki = session::pki_dir(&ctx.data_dir, &self.plan.name);
-        tokio::spawn(run(
-            self.plan,
+        let pki = session::pki_dir(&ctx.data_dir, &plan.name);
+        let first = Target {
+            name: plan.name.clone(),
+            points: described(&plan.config),
+            ids: Vec::new(),
+            device: plan.device,
+            health: plan.health,
+            st: State::new(plan.device),
             out,
             dm,
-            ctx.shutdown,
-            pki,
-            ctx.catalogs.clone(),
-        ))
+        };
+        let targets = Targets {
+            list: vec![first],
+            outputs: ctx.outputs(),
+            metrics: ctx.metrics.clone(),
+            catalogs: ctx.catalogs.clone(),
+        };
+        let shutdown = ctx.shutdown;
+        tokio::spawn(run(plan, targets, shutdown, pki))
     }
 }
 
@@ -203,28 +232,96 @@ impl State {
     }
 }
 
-async fn run(
-    plan: DevicePlan,
-    mut out: DeviceOutput,
-    dm: Arc<DeviceMetrics>,
-    mut shutdown: Shutdown,
-    pki: PathBuf,
+/// One device a session writes: the configured one, or one of its motion devices.
+pub(crate) struct Target {
+    pub(crate) name: String,
+    /// Its catalog points as registered.
+    pub(crate) points: Vec<crate::model::PointDescriptor>,
+    /// Their ids (empty until a session registered them again).
+    pub(crate) ids: Vec<u32>,
+    pub(crate) device: u32,
+    pub(crate) health: HealthIds,
+    pub(crate) st: State,
+    pub(crate) out: DeviceOutput,
+    pub(crate) dm: Arc<DeviceMetrics>,
+}
+
+/// The devices a configured OPC UA device writes, across its sessions.
+pub(crate) struct Targets {
+    pub(crate) list: Vec<Target>,
+    outputs: crate::source::Outputs,
+    metrics: Arc<crate::observe::metrics::Metrics>,
     catalogs: Arc<crate::source::catalogs::Catalogs>,
-) {
-    let mut st = State::new(plan.device);
+}
+
+impl Targets {
+    /// Takes the devices of a session's `shape`: registers them again when they differ from
+    /// those registered (a node's type, a robot's axes, another number of motion devices);
+    /// returns each device's point ids.
+    pub(crate) async fn adopt(&mut self, plan: &DevicePlan, shape: &shape::Shape) -> Vec<Vec<u32>> {
+        let wanted: Vec<(String, Vec<crate::model::PointDescriptor>)> = shape
+            .targets
+            .iter()
+            .map(|d| (d.id.clone(), described(d)))
+            .collect();
+        let same = wanted.len() == self.list.len()
+            && wanted
+                .iter()
+                .zip(&self.list)
+                .all(|((n, p), t)| *n == t.name && *p == t.points && !t.ids.is_empty());
+        if !same {
+            let mut old: std::collections::HashMap<String, Target> =
+                self.list.drain(..).map(|t| (t.name.clone(), t)).collect();
+            for (d, (name, points)) in shape.targets.iter().zip(wanted) {
+                let (ids, version) = self
+                    .catalogs
+                    .set_device(
+                        describe::device(d, &plan.settings.endpoint, 0),
+                        points.clone(),
+                    )
+                    .await;
+                let config = Arc::new(d.clone());
+                let out = self.outputs.output(config, ids.device, &version);
+                let (mut st, dm) = match old.remove(&name) {
+                    Some(t) => (t.st, t.dm),
+                    None => {
+                        let dm = self.metrics.devices.add(&name);
+                        (State::new(ids.device), dm)
+                    }
+                };
+                st.batch.device = ids.device;
+                self.list.push(Target {
+                    name,
+                    points,
+                    health: health_ids(&ids.points),
+                    ids: ids.points,
+                    device: ids.device,
+                    st,
+                    out,
+                    dm,
+                });
+            }
+            for gone in old.into_keys() {
+                tracing::info!(device = %gone, "motion device no longer on the server: removed from the catalog");
+                self.catalogs.remove_device(&gone).await;
+            }
+        }
+        self.list.iter().map(|t| t.ids.clone()).collect()
+    }
+
+    /// Hands every device's gathered values to the buffer (`flush`).
+    pub(crate) async fn flush(&mut self, up: Option<bool>) {
+        for t in &mut self.list {
+            flush(t, up).await;
+        }
+    }
+}
+
+async fn run(plan: DevicePlan, mut targets: Targets, mut shutdown: Shutdown, pki: PathBuf) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let started = Instant::now();
-        let ended = session::run(
-            &plan,
-            &mut st,
-            &mut out,
-            &dm,
-            &mut shutdown,
-            &pki,
-            &catalogs,
-        )
-        .await;
+        let ended = session::run(&plan, &mut targets, &mut shutdown, &pki).await;
         let Some(why) = ended else {
             return;
         };
@@ -232,13 +329,16 @@ async fn run(
             // It ran a while: come back quickly.
             backoff.reset();
         }
-        st.h.errors += 1;
-        if st.h.logged.as_deref() != Some(why.as_str()) {
-            tracing::warn!(device = %plan.name, endpoint = %plan.settings.endpoint, "OPC UA device is down: {why}; a new session is set up with backoff");
-            st.h.logged = Some(why.clone());
+        for t in &mut targets.list {
+            let h = &mut t.st.h;
+            h.errors += 1;
+            if t.name == plan.name && h.logged.as_deref() != Some(why.as_str()) {
+                tracing::warn!(device = %plan.name, endpoint = %plan.settings.endpoint, "OPC UA device is down: {why}; a new session is set up with backoff");
+            }
+            h.logged = Some(why.clone());
+            h.last_error = why.clone();
         }
-        st.h.last_error = why;
-        flush(&plan, &mut st, &mut out, &dm, Some(false)).await;
+        targets.flush(Some(false)).await;
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -248,13 +348,8 @@ async fn run(
 }
 
 /// A DataValue of item `item` into samples of `st.batch` (each element of an array its own).
-pub(crate) fn data_value(
-    item: &Item,
-    kind: PointType,
-    dv: &DataValue,
-    st: &mut State,
-    kc: &KindCounters,
-) {
+pub(crate) fn data_value(item: &Item, dv: &DataValue, st: &mut State, kc: &KindCounters) {
+    let kind = item.kind;
     let status = dv.status();
     if status.is_bad() {
         kc.at(0, BAD).fetch_add(item.ids.len() as u64, Relaxed);
@@ -340,6 +435,9 @@ pub fn value(v: &Variant, kind: PointType, scale: Option<(f64, f64)>) -> Option<
         Variant::String(s) if kind == PointType::String => {
             return Some(Value::StringValue(s.as_ref().to_string()))
         }
+        // A DurationString (OPC 40010's TotalPowerOnTime, "P12DT3H25M7S") into a number:
+        // seconds.
+        Variant::String(s) => Num::F(iso_duration(s.as_ref())?),
         Variant::LocalizedText(t) if kind == PointType::String => {
             return Some(Value::StringValue(t.text.as_ref().to_string()))
         }
@@ -352,22 +450,66 @@ pub fn value(v: &Variant, kind: PointType, scale: Option<(f64, f64)>) -> Option<
     number(n, kind, scale, offset).ok()
 }
 
-/// Hands what was gathered to the buffer (one read per batch), with the health record when
+/// An ISO 8601 duration (`P[nY][nM][nW][nD][T[nH][nM][n[.f]S]]`, a year 365 days, a month
+/// 30) in seconds; `None` when it is not one.
+pub fn iso_duration(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let (negative, t) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t),
+    };
+    let rest = t.strip_prefix('P')?;
+    let (date, time) = match rest.split_once('T') {
+        Some((d, t)) if !t.is_empty() => (d, Some(t)),
+        Some(_) => return None,
+        None => (rest, None),
+    };
+    let mut total = 0.0;
+    let mut any = false;
+    let mut add = |part: &str, units: &[(char, f64)]| -> Option<()> {
+        let mut number = String::new();
+        let mut next = 0;
+        for c in part.chars() {
+            if c.is_ascii_digit() || c == '.' || c == ',' {
+                number.push(if c == ',' { '.' } else { c });
+                continue;
+            }
+            // Units in order, each once.
+            let at = units[next..].iter().position(|(u, _)| *u == c)? + next;
+            let n: f64 = number.parse().ok()?;
+            total += n * units[at].1;
+            number.clear();
+            next = at + 1;
+            any = true;
+        }
+        number.is_empty().then_some(())
+    };
+    const DAY: f64 = 86_400.0;
+    add(
+        date,
+        &[
+            ('Y', 365.0 * DAY),
+            ('M', 30.0 * DAY),
+            ('W', 7.0 * DAY),
+            ('D', DAY),
+        ],
+    )?;
+    if let Some(time) = time {
+        add(time, &[('H', 3600.0), ('M', 60.0), ('S', 1.0)])?;
+    }
+    (any && total.is_finite()).then_some(if negative { -total } else { total })
+}
+
+/// Hands what `t` gathered to the buffer (one read per batch), with the health record when
 /// `up` changed (`Some`) or it is due.
-pub(crate) async fn flush(
-    plan: &DevicePlan,
-    st: &mut State,
-    out: &mut DeviceOutput,
-    dm: &DeviceMetrics,
-    up: Option<bool>,
-) {
+pub(crate) async fn flush(t: &mut Target, up: Option<bool>) {
     let d = crate::source::stream::Device {
-        name: &plan.name,
-        id: plan.device,
-        health: plan.health,
+        name: &t.name,
+        id: t.device,
+        health: t.health,
         reads: false,
     };
-    crate::source::stream::flush(&d, &mut st.h, &mut st.batch, out, dm, up).await;
+    crate::source::stream::flush(&d, &mut t.st.h, &mut t.st.batch, &mut t.out, &t.dm, up).await;
 }
 
 /// The point type of a node's DataType (a standard one, ns=0), if linetap has one for it.
@@ -397,4 +539,34 @@ pub fn point_type(data_type: &opcua::types::NodeId) -> Option<PointType> {
         29 => PointType::I32,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_8601_durations_in_seconds() {
+        assert_eq!(
+            iso_duration("P12DT3H25M7S"),
+            Some(12.0 * 86_400.0 + 3.0 * 3600.0 + 25.0 * 60.0 + 7.0)
+        );
+        assert_eq!(iso_duration("PT0.5S"), Some(0.5));
+        assert_eq!(iso_duration("PT1,5S"), Some(1.5));
+        assert_eq!(iso_duration("P1W"), Some(7.0 * 86_400.0));
+        assert_eq!(iso_duration("P1M"), Some(30.0 * 86_400.0));
+        assert_eq!(iso_duration("PT1M"), Some(60.0));
+        assert_eq!(iso_duration("-PT2H"), Some(-7200.0));
+        for bad in [
+            "", "P", "PT", "12", "P1H", "PT1D", "P1DT", "PT5", "P1S2", "PT1M1H", "P1D1D",
+            "PT1.2.3S",
+        ] {
+            assert_eq!(iso_duration(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            value(&Variant::from("P1DT1S"), PointType::F64, None),
+            Some(Value::DoubleValue(86_401.0))
+        );
+        assert_eq!(value(&Variant::from("twelve"), PointType::F64, None), None);
+    }
 }

@@ -4,11 +4,12 @@
 //! variable under a path, to a depth.
 
 use super::config::OpcuaDevice;
-use super::session::{child, connect, resolve, types};
-use super::{data_value, register, State, FAMILIES};
+use super::session::{child, connect};
+use super::{data_value, described, items, register, Item, State, FAMILIES};
 use crate::config::DeviceConfig;
 use crate::model::catalog::Registry;
 use crate::probe::{table, Probed};
+use crate::source::describe;
 use crate::transform::DeviceView;
 use opcua::types::{
     AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, NodeClass, NodeId, ObjectId,
@@ -46,7 +47,7 @@ impl Pki {
     }
 }
 
-/// Reads every point of `d` once.
+/// Reads every point of `d` once (an `opcua-robotics` device: each motion device found).
 pub async fn probe(
     d: &DeviceConfig,
     o: &OpcuaDevice,
@@ -54,52 +55,76 @@ pub async fn probe(
 ) -> Result<Probed, String> {
     let mut registry = Registry::new("probe", "", Vec::new(), None);
     let plan = register(d, o, &mut registry);
-    let version = registry.version();
-    let view = DeviceView::of(&version, plan.device);
     let started = Instant::now();
     let pki = Pki::of(data_dir, &plan.name)?;
     let (session, _events) = connect(&plan, pki.path(), true).await?;
-    let mut nodes = resolve(&session, &plan).await?;
-    let kinds = types(&session, &plan, &mut nodes).await?;
+    let shape = super::shape::of(&session, &plan).await?;
+    let registered: Vec<(u32, Vec<u32>)> = shape
+        .targets
+        .iter()
+        .map(|t| {
+            let ids = registry.set_device(describe::device(t, &o.endpoint, 0), described(t));
+            (ids.device, ids.points)
+        })
+        .collect();
+    let ids: Vec<Vec<u32>> = registered.iter().map(|(_, p)| p.clone()).collect();
+    let items = items(&shape, &ids);
+    let version = registry.version();
     let metrics = crate::observe::metrics::Metrics::new();
     let dm = metrics.devices.add(&plan.name);
     let kc = dm.kind_counters(&FAMILIES);
-    let mut st = State::new(plan.device);
+    let mut states: Vec<State> = registered.iter().map(|(d, _)| State::new(*d)).collect();
     let mut raw: HashMap<u32, String> = HashMap::new();
     let mut failed: HashMap<u32, String> = HashMap::new();
-    let ask: Vec<(usize, NodeId)> = nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| Some((i, n.as_ref().ok()?.clone())))
-        .collect();
-    for (i, n) in nodes.iter().enumerate() {
-        let item = &plan.items[i];
-        match n {
-            Ok(node) => {
-                for id in &item.ids {
-                    raw.insert(*id, node.to_string());
+    for (item, r) in items.iter().zip(&shape.reads) {
+        for id in &item.ids {
+            raw.insert(*id, r.node.to_string());
+        }
+    }
+    for (t, list) in shape.problems.iter().enumerate() {
+        for p in list {
+            // "point \"name\": why" → every element of that point.
+            let Some(rest) = p.strip_prefix("point ") else {
+                continue;
+            };
+            let target = &shape.targets[t];
+            let mut offset = 0usize;
+            for q in &target.points {
+                if let Some(why) = rest.strip_prefix(&format!("{:?}: ", q.name)) {
+                    for id in ids[t].iter().skip(offset).take(q.count as usize) {
+                        failed.insert(*id, why.to_string());
+                    }
                 }
-            }
-            Err(e) => {
-                for id in &item.ids {
-                    failed.insert(*id, e.clone());
-                }
+                offset += q.count as usize;
             }
         }
     }
-    for chunk in ask.chunks(o.max_items_per_call) {
+    // Optional standard variables the server lacks: shown, not failures.
+    use crate::probe::ABSENT;
+    for (t, point, element) in &shape.missing {
+        let target = &shape.targets[*t];
+        let offset: usize = target.points[..*point]
+            .iter()
+            .map(|q| q.count as usize)
+            .sum();
+        if let Some(id) = ids[*t].get(offset + *element as usize) {
+            failed.insert(*id, ABSENT.to_string());
+        }
+    }
+    let indexed: Vec<(usize, &Item)> = items.iter().enumerate().collect();
+    for chunk in indexed.chunks(o.max_items_per_call) {
         let ids: Vec<ReadValueId> = chunk
             .iter()
-            .map(|(_, n)| ReadValueId::from(n.clone()))
+            .map(|(i, _)| ReadValueId::from(shape.reads[*i].node.clone()))
             .collect();
         let values = session
             .read(&ids, TimestampsToReturn::Both, 0.0)
             .await
             .map_err(|e| format!("reading failed: {}", e.status()))?;
-        for ((i, _), dv) in chunk.iter().zip(values) {
-            let item = &plan.items[*i];
+        for ((_, item), dv) in chunk.iter().zip(values) {
+            let st = &mut states[item.target];
             let before = st.batch.samples.len();
-            data_value(item, kinds[*i], &dv, &mut st, kc);
+            data_value(item, &dv, st, kc);
             if st.batch.samples.len() == before {
                 for id in &item.ids {
                     failed.insert(*id, format!("status {}", dv.status()));
@@ -108,23 +133,52 @@ pub async fn probe(
         }
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), session.disconnect()).await;
-    let header = format!(
-        "device {:?} at {} (opcua, {}): {} of {} points resolved in {} ms",
-        d.id,
-        o.endpoint,
-        match o.policy {
-            super::config::Policy::None => "no security".to_string(),
-            p => format!("{} {}", p.name(), o.mode.name()),
-        },
-        ask.len(),
-        plan.items.len(),
-        started.elapsed().as_millis()
-    );
-    let batch = std::mem::take(&mut st.batch);
-    let mut probed = table(d, &view, batch, &raw, &failed, header);
-    probed.requests = plan.items.len();
-    probed.answered = ask.len();
-    Ok(probed)
+    let security = match o.policy {
+        super::config::Policy::None => "no security".to_string(),
+        p => format!("{} {}", p.name(), o.mode.name()),
+    };
+    let mut out = Probed::default();
+    let many = shape.targets.len() > 1;
+    for (t, target) in shape.targets.iter().enumerate() {
+        let device = states[t].batch.device;
+        let view = DeviceView::of(&version, device);
+        let reads = items.iter().filter(|i| i.target == t).count();
+        let header = if t == 0 {
+            format!(
+                "device {:?} at {} (opcua, {security}): {} nodes read in {} ms{}",
+                d.id,
+                o.endpoint,
+                items.len(),
+                started.elapsed().as_millis(),
+                if many {
+                    format!(
+                        "; {} motion devices, written as {}",
+                        shape.targets.len() - 1,
+                        shape.targets[1..]
+                            .iter()
+                            .map(|t| t.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            format!(
+                "\nmotion device {} of {:?}: written as device {:?}",
+                t, d.id, target.id
+            )
+        };
+        let batch = std::mem::take(&mut states[t].batch);
+        let probed = table(target, &view, batch, &raw, &failed, header);
+        out.table.push_str(&probed.table);
+        out.points += probed.points;
+        out.failed.extend(probed.failed);
+        out.requests += reads;
+        out.answered += reads;
+    }
+    Ok(out)
 }
 
 /// `linetap probe --opcua`: every node under `path` to `depth` levels: node id, browse path,

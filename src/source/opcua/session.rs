@@ -6,11 +6,10 @@
 
 use super::address::{Identifier, Namespace, PathElement};
 use super::config::{Mode, Policy, Where};
-use super::{data_value, dropped, flush, DevicePlan, State, FAMILIES};
+use super::shape::Read;
+use super::{data_value, dropped, DevicePlan, Targets, FAMILIES};
 use crate::config::PointType;
-use crate::observe::metrics::DeviceMetrics;
 use crate::shutdown::Shutdown;
-use crate::transform::DeviceOutput;
 use opcua::client::{ClientBuilder, IdentityToken, MonitoredItem, Session, SubscriptionCallbacks};
 use opcua::crypto::SecurityPolicy;
 use opcua::types::{
@@ -35,12 +34,9 @@ const MAX_NOTIFICATIONS: u32 = 5_000;
 /// Runs one session; `None` when linetap is stopping, else why it ended.
 pub(crate) async fn run(
     plan: &DevicePlan,
-    st: &mut State,
-    out: &mut DeviceOutput,
-    dm: &DeviceMetrics,
+    targets: &mut Targets,
     shutdown: &mut Shutdown,
     pki: &Path,
-    catalogs: &crate::source::catalogs::Catalogs,
 ) -> Option<String> {
     let connecting = connect(plan, pki, true);
     let (session, events) = tokio::select! {
@@ -51,7 +47,7 @@ pub(crate) async fn run(
         _ = shutdown.recv() => return None,
     };
     let mut live = Live { session, events };
-    let result = serve(plan, st, out, dm, shutdown, &mut live, catalogs).await;
+    let result = serve(plan, targets, shutdown, &mut live).await;
     // Close the session (deleting its subscription) when the server is still there.
     let _ = tokio::time::timeout(Duration::from_secs(2), live.session.disconnect()).await;
     live.events.abort();
@@ -258,10 +254,10 @@ fn explain(code: StatusCode) -> String {
     format!("{code}{hint}")
 }
 
-/// Resolves every item's node; per item the node or why not.
+/// Resolves the node of each `node` and `path` point; per point the node or why not.
 pub(crate) async fn resolve(
     session: &Session,
-    plan: &DevicePlan,
+    points: &[&Where],
 ) -> Result<Vec<Result<NodeId, String>>, String> {
     let namespaces = session
         .read_namespace_array()
@@ -276,9 +272,9 @@ pub(crate) async fn resolve(
         }
     };
     let mut browsed: HashMap<Vec<PathElement>, Result<NodeId, String>> = HashMap::new();
-    let mut out = Vec::with_capacity(plan.items.len());
-    for item in &plan.items {
-        let r = match &item.at {
+    let mut out = Vec::new();
+    for at in points {
+        let r = match *at {
             Where::Node(n) => index(&n.namespace).and_then(|ns| {
                 let id = match &n.identifier {
                     Identifier::Numeric(i) => format!("ns={ns};i={i}"),
@@ -318,6 +314,7 @@ pub(crate) async fn resolve(
                 }
                 node.map_err(|e| format!("path {}: {e}", path_text(p)))
             }
+            Where::Robotics(r) => Err(format!("robotics = {r:?} is found by browsing")),
         };
         out.push(r);
     }
@@ -376,54 +373,23 @@ pub(crate) async fn child(
     }
 }
 
-/// Resolves, subscribes, and moves data changes into batches until the session ends.
+/// Works out what to read, subscribes, and moves data changes into batches until the session
+/// ends.
 async fn serve(
     plan: &DevicePlan,
-    st: &mut State,
-    out: &mut DeviceOutput,
-    dm: &DeviceMetrics,
+    targets: &mut Targets,
     shutdown: &mut Shutdown,
     live: &mut Live,
-    catalogs: &crate::source::catalogs::Catalogs,
 ) -> Option<String> {
+    let dm = targets.list[0].dm.clone();
     let kc = dm.kind_counters(&FAMILIES);
     let session = &live.session;
-    let mut nodes = match resolve(session, plan).await {
-        Ok(n) => n,
+    let shape = match super::shape::of(session, plan).await {
+        Ok(s) => s,
         Err(e) => return Some(e),
     };
-    let mut problems: Vec<String> = Vec::new();
-    let kinds = match types(session, plan, &mut nodes).await {
-        Ok(k) => k,
-        Err(e) => return Some(e),
-    };
-    for (item, r) in plan.items.iter().zip(&nodes) {
-        if let Err(e) = r {
-            problems.push(format!("point {:?}: {e}", item.name));
-        }
-    }
-    // Untyped points now have their node's type: the catalog says so before any value.
-    if plan.items.iter().zip(&kinds).any(|(i, k)| i.kind != *k) {
-        let mut d = (*plan.config).clone();
-        let mut at = 0usize;
-        for p in d.points.iter_mut() {
-            if super::config::opcua_point(p).is_some() {
-                if let Some(k) = kinds.get(at) {
-                    p.kind = *k;
-                }
-                at += 1;
-            }
-        }
-        let mut points = crate::source::describe::points(&d);
-        points.extend(crate::model::catalog::health_points());
-        let (_, version) = catalogs
-            .set_device(
-                crate::source::describe::device(&d, &plan.settings.endpoint, 0),
-                points,
-            )
-            .await;
-        out.catalog_changed(&version);
-    }
+    let ids = targets.adopt(plan, &shape).await;
+    let items = super::items(&shape, &ids);
     let (tx, mut rx) = mpsc::channel::<(u32, DataValue)>(QUEUE);
     let full = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = full.clone();
@@ -462,16 +428,14 @@ async fn serve(
         Err(e) => return Some(format!("cannot create a subscription: {}", e.status())),
     };
     let sampling = plan.poll.as_secs_f64() * 1000.0;
-    let requests: Vec<MonitoredItemCreateRequest> = plan
-        .items
+    let requests: Vec<MonitoredItemCreateRequest> = items
         .iter()
-        .zip(&nodes)
+        .zip(&shape.reads)
         .enumerate()
-        .filter_map(|(i, (item, node))| {
-            let node = node.as_ref().ok()?;
+        .map(|(i, (item, read))| {
             // A deadband applies to numbers only (a server answers BadFilterNotAllowed for
             // others), on the node's raw value: the point's deadband over its scale.
-            let numeric = !matches!(kinds[i], PointType::Bool | PointType::String);
+            let numeric = !matches!(item.kind, PointType::Bool | PointType::String);
             let raw_deadband = match item.scale {
                 Some((s, _)) if s != 0.0 => item.deadband / s.abs(),
                 _ => item.deadband,
@@ -485,8 +449,8 @@ async fn serve(
             } else {
                 ExtensionObject::null()
             };
-            Some(MonitoredItemCreateRequest::new(
-                ReadValueId::from(node.clone()),
+            MonitoredItemCreateRequest::new(
+                ReadValueId::from(read.node.clone()),
                 MonitoringMode::Reporting,
                 MonitoringParameters {
                     // Handles from 1: the item's index + 1.
@@ -496,9 +460,10 @@ async fn serve(
                     queue_size: 10,
                     discard_oldest: true,
                 },
-            ))
+            )
         })
         .collect();
+    let mut problems = shape.problems.clone();
     let mut created = 0usize;
     for chunk in requests.chunks(plan.settings.max_items_per_call) {
         let results = match session
@@ -513,39 +478,48 @@ async fn serve(
                 created += 1;
             } else {
                 let h = r.requested_parameters.client_handle as usize;
-                let name = plan
-                    .items
-                    .get(h.wrapping_sub(1))
-                    .map(|i| i.name.as_str())
-                    .unwrap_or("?");
-                problems.push(format!("point {name:?}: {}", r.result.status_code));
+                if let Some(item) = items.get(h.wrapping_sub(1)) {
+                    let p = format!("point {:?}: {}", item.name, r.result.status_code);
+                    if let Some(list) = problems.get_mut(item.target) {
+                        if !list.contains(&p) {
+                            list.push(p);
+                        }
+                    }
+                }
             }
         }
     }
-    st.h.problems = problems.join("; ");
-    if !problems.is_empty() {
-        tracing::warn!(device = %plan.name, "{} of {} points are not read: {}", problems.len(), plan.items.len(), st.h.problems);
+    for (t, list) in targets.list.iter_mut().zip(&problems) {
+        t.st.h.problems = list.join("; ");
+        if !list.is_empty() {
+            tracing::warn!(device = %t.name, "{} points are not read: {}", list.len(), t.st.h.problems);
+        }
     }
-    tracing::info!(device = %plan.name, endpoint = %plan.settings.endpoint, items = created, "OPC UA session up");
-    flush(plan, st, out, dm, Some(true)).await;
+    if !shape.absent.is_empty() {
+        tracing::info!(device = %plan.name, "not on this server (optional in OPC 40010): {}", shape.absent.join(", "));
+    }
+    let devices: Vec<&str> = targets.list.iter().map(|t| t.name.as_str()).collect();
+    tracing::info!(device = %plan.name, endpoint = %plan.settings.endpoint, items = created, devices = %devices.join(", "), "OPC UA session up");
+    targets.flush(Some(true)).await;
     let mut tick = tokio::time::interval(plan.poll.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let take = |targets: &mut Targets, handle: u32, dv: &DataValue| {
+        if let Some(item) = items.get((handle as usize).wrapping_sub(1)) {
+            if let Some(t) = targets.list.get_mut(item.target) {
+                data_value(item, dv, &mut t.st, kc);
+            }
+        }
+    };
     loop {
         tokio::select! {
             got = rx.recv() => {
                 let Some((handle, dv)) = got else {
                     return Some("the subscription ended".into());
                 };
-                let h = (handle as usize).wrapping_sub(1);
-                if let (Some(item), Some(kind)) = (plan.items.get(h), kinds.get(h)) {
-                    data_value(item, *kind, &dv, st, kc);
-                }
+                take(targets, handle, &dv);
                 // Take what else is queued without waiting.
                 while let Ok((handle, dv)) = rx.try_recv() {
-                    let h = (handle as usize).wrapping_sub(1);
-                    if let (Some(item), Some(kind)) = (plan.items.get(h), kinds.get(h)) {
-                        data_value(item, *kind, &dv, st, kc);
-                    }
+                    take(targets, handle, &dv);
                 }
             }
             _ = tick.tick() => {
@@ -553,14 +527,14 @@ async fn serve(
                 if n > 0 {
                     dropped(kc, n);
                 }
-                flush(plan, st, out, dm, None).await;
+                targets.flush(None).await;
             }
             Some(status) = ended_rx.recv() => {
-                flush(plan, st, out, dm, None).await;
+                targets.flush(None).await;
                 return Some(format!("the server ended the subscription: {}", explain(status)));
             }
             code = &mut live.events.0 => {
-                flush(plan, st, out, dm, None).await;
+                targets.flush(None).await;
                 return Some(match code {
                     Ok(c) if c.is_good() => {
                         "session lost: the connection was closed (the server stopped, or the network)".into()
@@ -570,32 +544,29 @@ async fn serve(
                 });
             }
             _ = shutdown.recv() => {
-                flush(plan, st, out, dm, None).await;
+                targets.flush(None).await;
                 return None;
             }
         }
     }
 }
 
-/// Each item's type: its `type`, else its node's DataType (f64 when linetap has none for it).
-/// An item whose node's type cannot become its `type` (text into a number, a number into
-/// text) is not read: its node becomes that error.
+/// The type of each read's point: its `type`, else its node's DataType (f64 when linetap has
+/// none for it), set in `targets`. A read whose node's type cannot become its point's `type`
+/// (text into a number, a number into text) is dropped, with a problem saying why.
 pub(crate) async fn types(
     session: &Session,
     plan: &DevicePlan,
-    nodes: &mut [Result<NodeId, String>],
-) -> Result<Vec<PointType>, String> {
-    let ask: Vec<(usize, NodeId)> = nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| Some((i, n.as_ref().ok()?.clone())))
-        .collect();
-    let mut found: Vec<Option<PointType>> = vec![None; nodes.len()];
-    let mut names: Vec<String> = vec![String::new(); nodes.len()];
-    for chunk in ask.chunks(plan.settings.max_items_per_call) {
+    targets: &mut [crate::config::DeviceConfig],
+    reads: &mut Vec<Read>,
+    problems: &mut [Vec<String>],
+) -> Result<(), String> {
+    let mut found: Vec<Option<(PointType, String)>> = vec![None; reads.len()];
+    let indexed: Vec<(usize, &Read)> = reads.iter().enumerate().collect();
+    for chunk in indexed.chunks(plan.settings.max_items_per_call) {
         let ids: Vec<ReadValueId> = chunk
             .iter()
-            .map(|(_, n)| ReadValueId::new(n.clone(), AttributeId::DataType))
+            .map(|(_, r)| ReadValueId::new(r.node.clone(), AttributeId::DataType))
             .collect();
         let values = session
             .read(&ids, TimestampsToReturn::Neither, 0.0)
@@ -603,32 +574,48 @@ pub(crate) async fn types(
             .map_err(|e| format!("cannot read the points' data types: {}", e.status()))?;
         for ((i, _), dv) in chunk.iter().zip(values) {
             if let Some(Variant::NodeId(t)) = dv.value {
-                found[*i] = super::point_type(&t);
-                names[*i] = t.to_string();
+                found[*i] = super::point_type(&t).map(|k| (k, t.to_string()));
             }
         }
     }
-    let mut kinds = Vec::with_capacity(plan.items.len());
-    for (i, item) in plan.items.iter().enumerate() {
-        let node_kind = found[i];
-        let kind = if item.typed {
-            if let Some(k) = node_kind {
-                let text = |k: PointType| k == PointType::String;
-                if text(k) != text(item.kind) && nodes[i].is_ok() {
-                    nodes[i] = Err(format!(
-                        "the node's data type ({}) cannot become {}",
-                        names[i],
-                        item.kind.as_str()
-                    ));
+    let mut keep = vec![true; reads.len()];
+    let mut decided = std::collections::HashSet::new();
+    for (i, r) in reads.iter().enumerate() {
+        let Some((node_kind, type_name)) = &found[i] else {
+            continue;
+        };
+        let Some(p) = targets
+            .get_mut(r.target)
+            .and_then(|d| d.points.get_mut(r.point))
+        else {
+            continue;
+        };
+        let typed = super::config::opcua_point(p).is_none_or(|o| o.typed);
+        if typed {
+            let text = |k: PointType| k == PointType::String;
+            if text(*node_kind) != text(p.kind) {
+                keep[i] = false;
+                let why = format!(
+                    "point {:?}: the node's data type ({type_name}) cannot become {}",
+                    p.name,
+                    p.kind.as_str()
+                );
+                if let Some(list) = problems.get_mut(r.target) {
+                    if !list.contains(&why) {
+                        list.push(why);
+                    }
                 }
             }
-            item.kind
-        } else {
-            node_kind.unwrap_or(item.kind)
-        };
-        kinds.push(kind);
+        } else if decided.insert((r.target, r.point)) {
+            p.kind = *node_kind;
+        }
     }
-    Ok(kinds)
+    let mut i = 0;
+    reads.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    Ok(())
 }
 
 /// Where a device's client keeps its certificates.
