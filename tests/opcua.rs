@@ -30,13 +30,19 @@ struct UaServer {
 }
 
 impl UaServer {
-    fn start(pki: &Path, generation: u32, secure: bool) -> UaServer {
+    /// `flags`: the server's own (`--secure`, `--robots=N`).
+    fn start(pki: &Path, generation: u32, flags: &[&str]) -> UaServer {
         on_free_port("asyncua", |port| {
-            Self::start_on(port, pki, generation, secure)
+            Self::start_on(port, pki, generation, flags)
         })
     }
 
-    fn start_on(port: u16, pki: &Path, generation: u32, secure: bool) -> Result<UaServer, String> {
+    fn start_on(
+        port: u16,
+        pki: &Path,
+        generation: u32,
+        flags: &[&str],
+    ) -> Result<UaServer, String> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/opcua_server.py");
         let mut cmd = Command::new(python());
         cmd.arg(script)
@@ -50,9 +56,7 @@ impl UaServer {
             .arg(pki)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        if secure {
-            cmd.arg("--secure");
-        }
+        cmd.args(flags);
         let mut child = cmd.spawn().map_err(|e| {
             format!(
                 "cannot run {} (Python with asyncua: .ci/run installs it; or set LINETAP_ASYNCUA_PYTHON): {e}",
@@ -104,7 +108,7 @@ fn every_basic_type_by_node_and_by_path_arrives_exactly() {
     influx.create_database("lt");
     let vm = VictoriaMetrics::start();
     let dir = tempfile::tempdir().unwrap();
-    let server = UaServer::start(&dir.path().join("server-pki"), 1, false);
+    let server = UaServer::start(&dir.path().join("server-pki"), 1, &[]);
     let metrics_port = free_port();
     // (name, type, the server's value as InfluxDB returns it): by node.
     let typed: [(&str, &str, J); 12] = [
@@ -267,7 +271,7 @@ fn every_basic_type_by_node_and_by_path_arrives_exactly() {
 fn a_server_restart_with_new_node_ids_is_followed() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("server-pki");
-    let server = UaServer::start(&pki, 1, false);
+    let server = UaServer::start(&pki, 1, &[]);
     let out = dir.path().join("out.lp");
     let text = format!(
         "[line]\nid = \"lab\"\n[agent]\ndata_dir = \"{}\"\nself_interval = \"0s\"\n\
@@ -298,7 +302,7 @@ fn a_server_restart_with_new_node_ids_is_followed() {
     // A controller download: the server goes away and comes back with every node id changed.
     let port = server.stop();
     let before = counters().len();
-    let again = on_free_port_fixed(port, || UaServer::start_on(port, &pki, 2, false));
+    let again = on_free_port_fixed(port, || UaServer::start_on(port, &pki, 2, &[]));
     let ready = Instant::now();
     let resumed = wait_for(Duration::from_secs(30), || {
         (counters().len() >= before + 10).then(|| ready.elapsed())
@@ -336,7 +340,7 @@ fn on_free_port_fixed<T>(port: u16, mut start: impl FnMut() -> Result<T, String>
 #[test]
 fn basic256sha256_with_a_password_and_a_changed_certificate_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = UaServer::start(&dir.path().join("server-pki"), 1, true);
+    let server = UaServer::start(&dir.path().join("server-pki"), 1, &["--secure"]);
     let out = dir.path().join("out.lp");
     let text = |endpoint: &str| {
         format!(
@@ -369,7 +373,7 @@ fn basic256sha256_with_a_password_and_a_changed_certificate_refused() {
     // The server comes back with a new certificate (a new PKI): refused, saying what to do.
     let port = server.stop();
     let other = on_free_port_fixed(port, || {
-        UaServer::start_on(port, &dir.path().join("other-pki"), 1, true)
+        UaServer::start_on(port, &dir.path().join("other-pki"), 1, &["--secure"])
     });
     // The counter's source times follow the wall clock: none may come from the new server.
     let restarted = linetap::model::now_ns();
@@ -401,7 +405,7 @@ fn basic256sha256_with_a_password_and_a_changed_certificate_refused() {
 #[test]
 fn probe_browses_a_server_and_check_connect_names_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let server = UaServer::start(&dir.path().join("server-pki"), 1, false);
+    let server = UaServer::start(&dir.path().join("server-pki"), 1, &[]);
     let linetap = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_linetap"))
             .args(args)
@@ -549,7 +553,7 @@ fn fifteen_hundred_items_in_batches_all_arrive() {
 fn a_given_server_certificate_is_trusted() {
     let dir = tempfile::tempdir().unwrap();
     let server_pki = dir.path().join("server-pki");
-    let server = UaServer::start(&server_pki, 1, true);
+    let server = UaServer::start(&server_pki, 1, &["--secure"]);
     let out = dir.path().join("out.lp");
     std::env::set_var("UA_TEST_PASSWORD_2", "secret");
     let text = format!(
@@ -583,5 +587,146 @@ fn a_given_server_certificate_is_trusted() {
     assert!(
         got.is_some(),
         "no values with server_cert_file:\n{log_hint}"
+    );
+}
+
+/// (b) An OPC 40010 MotionDeviceSystem built by the test server with the spec's browse names
+/// (tests/opcua_server.py `robots()`), read by `profile = "opcua-robotics"` into InfluxDB 1.x,
+/// every value worked out by hand: one motion device is the device itself; the server back
+/// with two is written as robot-05-1 and robot-05-2, without restarting linetap.
+#[test]
+fn opcua_robotics_reads_a_motion_device_system_by_browsing() {
+    let influx = Influx1::start();
+    influx.create_database("lt");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("server-pki");
+    let server = UaServer::start(&pki, 1, &["--robots=1"]);
+    let config = dir.path().join("line.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[line]\nid = \"lab\"\n\n[agent]\ndata_dir = \"{data}\"\nself_interval = \"0s\"\n\n\
+             [sinks.db]\ntype = \"influxdb\"\napi = \"v1\"\nurl = \"{influx}\"\ndatabase = \"lt\"\nflush_interval = \"200ms\"\n\n\
+             [[devices]]\nid = \"robot-05\"\nprotocol = \"opcua\"\nendpoint = \"{endpoint}\"\npoll = \"100ms\"\ntimeout = \"2s\"\n\
+             profile = \"opcua-robotics\"\n\n\
+             [[devices.points]]\nname = \"cell_double\"\npath = \"Objects/Plant/Double\"\n",
+            data = dir.path().join("data").display(),
+            influx = influx.url,
+            endpoint = server.endpoint(),
+        ),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(&config);
+    let q = |q: &str| influx_rows(&influx.query("lt", q));
+    let last = |field: &str, from: &str, filter: &str| -> Option<J> {
+        q(&format!(
+            "SELECT last(\"{field}\") FROM {from} WHERE {filter}"
+        ))
+        .first()
+        .map(|(_, c)| c[0].clone())
+    };
+    let num = |field: &str, from: &str, filter: &str| -> Option<f64> {
+        last(field, from, filter).and_then(|v| v.as_f64())
+    };
+    let one = wait_for(Duration::from_secs(60), || {
+        last("state", "robot", "device = 'robot-05'")
+    });
+    assert_eq!(one, Some(J::from(3)), "running (in control, on path)");
+    // Joints by axis position, tagged with the axis's browse name; the motor temperature is
+    // the one of the power train the axis IsDrivenBy (the power trains are listed J2 first).
+    for (axis, name, position, speed, temperature) in
+        [("1", "J1", 0.5, 0.1, 39.0), ("2", "J2", -1.25, -0.2, 42.5)]
+    {
+        let at = format!("device = 'robot-05' AND axis = '{axis}' AND axis_name = '{name}'");
+        assert_eq!(num("position", "joint", &at), Some(position), "{at}");
+        assert_eq!(num("speed", "joint", &at), Some(speed), "{at}");
+        assert_eq!(num("temperature", "joint", &at), Some(temperature), "{at}");
+    }
+    // ActualAcceleration is optional: J1 has it, J2 does not.
+    assert_eq!(
+        last(
+            "acceleration",
+            "joint",
+            "device = 'robot-05' AND axis = '1'"
+        ),
+        Some(J::from(0.01))
+    );
+    assert_eq!(
+        last(
+            "acceleration",
+            "joint",
+            "device = 'robot-05' AND axis = '2'"
+        ),
+        None
+    );
+    let robot = "device = 'robot-05'";
+    for (field, want) in [
+        ("speed_override_pct", 75.0),
+        // P12DT3H25M7S
+        (
+            "power_on_s",
+            12.0 * 86_400.0 + 3.0 * 3600.0 + 25.0 * 60.0 + 7.0,
+        ),
+        ("controller_temperature", 36.5),
+        // A vendor node beside the standard ones.
+        ("cell_double", 2.25),
+    ] {
+        assert_eq!(num(field, "robot", robot), Some(want), "{field}");
+    }
+    for (field, want) in [
+        ("operational_mode", J::from(3)),
+        ("operational_mode_label", J::from("automatic")),
+        ("emergency_stop", J::from(false)),
+        ("protective_stop", J::from(false)),
+        ("program", J::from("WELD_A7")),
+        ("execution_mode", J::from(1)),
+        ("execution_mode_label", J::from("continuous")),
+        ("state_label", J::from("running")),
+    ] {
+        assert_eq!(last(field, "robot", robot), Some(want), "{field}");
+    }
+    for (field, want) in [
+        ("speed_override_pct", 75.0),
+        // P12DT3H25M7S
+        (
+            "power_on_s",
+            12.0 * 86_400.0 + 3.0 * 3600.0 + 25.0 * 60.0 + 7.0,
+        ),
+        ("controller_temperature", 36.5),
+        // A vendor node beside the standard ones.
+        ("cell_double", 2.25),
+    ] {
+        assert_eq!(num(field, "robot", robot), Some(want), "{field}");
+    }
+    // The server back with two motion devices: each its own device, the configured one keeps
+    // the vendor node and the session's health.
+    let port = server.stop();
+    let again = on_free_port_fixed(port, || UaServer::start_on(port, &pki, 1, &["--robots=2"]));
+    let two = wait_for(Duration::from_secs(60), || {
+        Some((
+            last("state", "robot", "device = 'robot-05-1'")?,
+            last("state", "robot", "device = 'robot-05-2'")?,
+        ))
+    });
+    let (_, log) = agent.stop();
+    drop(again);
+    assert_eq!(
+        two,
+        Some((J::from(3), J::from(2))),
+        "Arm1 runs, Arm2 stands (not in control)\n{log}"
+    );
+    let at = "device = 'robot-05-2' AND axis = '2' AND axis_name = 'J2'";
+    assert_eq!(num("position", "joint", at), Some(-2.5));
+    let axis1 = "device = 'robot-05-2' AND axis = '1'";
+    assert_eq!(num("temperature", "joint", axis1), Some(40.0));
+    let arm2 = "device = 'robot-05-2'";
+    assert_eq!(num("speed_override_pct", "robot", arm2), Some(20.0));
+    assert_eq!(
+        last("up", "linetap_device", "device = 'robot-05'"),
+        Some(J::from(true))
+    );
+    assert!(
+        log.contains("devices=robot-05, robot-05-1, robot-05-2"),
+        "{log}"
     );
 }
