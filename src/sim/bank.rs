@@ -91,14 +91,7 @@ impl Bank {
                     width: r.width,
                     scale: p.scale,
                     offset: p.offset,
-                    wave: match p
-                        .simulate
-                        .as_ref()
-                        .and_then(|x| x.bind(e + 1, &mut |_, _, _| None))
-                    {
-                        Some(bound) => Wave::Expr(bound),
-                        None => Wave::for_point(p, e + 1, &d.id),
-                    },
+                    wave: Wave::of(p, e + 1, &d.id),
                 });
             }
         }

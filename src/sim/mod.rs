@@ -6,7 +6,8 @@
 //! on a serial device or pty (`serial.port`) or, for `modbus-rtu-over-tcp`, on a TCP address.
 //!
 //! Devices that publish (`protocol = "mqtt"`) publish to their broker instead (`mqtt.rs`);
-//! robots read over RTDE (`protocol = "rtde"`) are served by an RTDE server (`rtde.rs`).
+//! robots read over RTDE (`protocol = "rtde"`) are served by an RTDE server (`rtde.rs`); OPC UA
+//! devices by an OPC UA server each (`opcua.rs`: an OPC 40010 robot for `robotics` points).
 //!
 //! What a point does is chosen from its name (`signal::Wave::for_point`), so any config gets a
 //! plausible simulation without extra keys. Tests freeze a device and write exact registers.
@@ -14,6 +15,7 @@
 pub mod bank;
 pub mod demo;
 pub mod mqtt;
+pub mod opcua;
 pub mod rtde;
 pub mod rtu;
 pub mod server;

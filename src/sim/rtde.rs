@@ -84,14 +84,7 @@ impl Controller {
             });
             for e in 0..p.count {
                 let element = (r.element.unwrap_or(0) + e) as usize;
-                let wave = match p
-                    .simulate
-                    .as_ref()
-                    .and_then(|x| x.bind(element as u16 + 1, &mut |_, _, _| None))
-                {
-                    Some(bound) => Wave::Expr(bound),
-                    None => Wave::for_point(p, element as u16 + 1, &d.id),
-                };
+                let wave = Wave::of(p, element as u16 + 1, &d.id);
                 let Some(slot) = f.elements.get_mut(element) else {
                     continue;
                 };

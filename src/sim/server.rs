@@ -85,6 +85,11 @@ impl Simulator {
                 started,
             )));
         }
+        for (d, o) in crate::source::opcua::devices(config) {
+            let (local, task) = super::opcua::start(d, o, started).await?;
+            addresses.insert(d.id.clone(), local);
+            tasks.push(task);
+        }
         for (d, m) in crate::source::modbus::devices(config) {
             let bank = Arc::new(Mutex::new(Bank::for_device(d)));
             devices.insert(d.id.clone(), bank.clone());
@@ -387,9 +392,10 @@ impl SimHandle {
     }
 
     /// Points `cfg`'s devices at the addresses they are served on (a `:0` address got an
-    /// ephemeral port): Modbus TCP, RTU over TCP and RTDE devices.
+    /// ephemeral port): Modbus TCP, RTU over TCP, RTDE and OPC UA devices.
     pub fn rewire(&self, cfg: &mut Config) {
         use crate::config::{ModbusDevice, Settings};
+        use crate::source::opcua::config::OpcuaDevice;
         use crate::source::rtde::config::RtdeDevice;
         for d in &mut cfg.devices {
             let Some(a) = self.addresses.get(&d.id).map(|a| a.to_string()) else {
@@ -404,6 +410,13 @@ impl SimHandle {
                 d.settings = Settings::new(RtdeDevice {
                     address: a,
                     ..r.clone()
+                });
+            } else if let (Some(o), Some(at)) =
+                (d.settings::<OpcuaDevice>(), self.addresses.get(&d.id))
+            {
+                d.settings = Settings::new(OpcuaDevice {
+                    endpoint: super::opcua::endpoint_at(&o.endpoint, *at),
+                    ..o.clone()
                 });
             }
         }

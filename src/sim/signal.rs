@@ -66,6 +66,19 @@ pub struct Signal {
 }
 
 impl Wave {
+    /// What element `element` (1-based) of point `p` does: its `simulate` expression, else a
+    /// wave chosen from its name (`for_point`).
+    pub fn of(p: &PointConfig, element: u16, device_id: &str) -> Wave {
+        match p
+            .simulate
+            .as_ref()
+            .and_then(|x| x.bind(element, &mut |_, _, _| None))
+        {
+            Some(bound) => Wave::Expr(bound),
+            None => Wave::for_point(p, element, device_id),
+        }
+    }
+
     pub fn for_point(p: &PointConfig, element: u16, device_id: &str) -> Wave {
         let name = p.name.to_ascii_lowercase();
         let i = element as f64;

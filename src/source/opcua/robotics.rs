@@ -287,13 +287,47 @@ fn find<'a>(children: &'a [Child], name: &str) -> Option<&'a Child> {
     children.iter().find(|c| c.name == name)
 }
 
-/// The objects among `children` (owned: held across awaits).
+/// The objects among `children`, in the natural order of their browse names (A1, A2, …,
+/// A10: a server's browse order is its own, and may change from one session to the next);
+/// owned, as they are held across awaits.
 fn objects(children: &[Child]) -> Vec<Child> {
-    children
+    let mut out: Vec<Child> = children
         .iter()
         .filter(|c| c.class == NodeClass::Object)
         .cloned()
-        .collect()
+        .collect();
+    out.sort_by(|a, b| natural(&a.name, &b.name));
+    out
+}
+
+/// Compares names with their digit runs as numbers ("A2" < "A10").
+fn natural(a: &str, b: &str) -> std::cmp::Ordering {
+    fn runs(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ra, rb) = (runs(a), runs(b));
+    for (x, y) in ra.iter().zip(&rb) {
+        let o = match (x, y) {
+            ((true, p), (true, q)) => {
+                let (p, q) = (p.trim_start_matches('0'), q.trim_start_matches('0'));
+                p.len().cmp(&q.len()).then_with(|| p.cmp(q))
+            }
+            ((_, p), (_, q)) => p.cmp(q),
+        };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    ra.len().cmp(&rb.len()).then_with(|| a.cmp(b))
 }
 
 /// A node's children (hierarchical references, forward).
@@ -373,6 +407,9 @@ mod tests {
         assert!(Role::parse("Axes/A/B").is_err());
         assert!(Role::parse("").is_err());
         assert!(Role::PowerTrains("x".into()).per_axis());
+        let mut names = vec!["A10", "A2", "A1", "J", "A02x", "B1", ""];
+        names.sort_by(|a, b| natural(a, b));
+        assert_eq!(names, ["", "A1", "A2", "A02x", "A10", "B1", "J"]);
         assert!(!Role::SafetyStates("x".into()).per_axis());
     }
 }
