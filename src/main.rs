@@ -129,8 +129,9 @@ enum Command {
         rtde: Option<String>,
         /// An OPC UA server, opc.tcp://HOST:PORT: browse it (no security, anonymous) and print
         /// node id, browse path, data type and value of every variable under --path, to
-        /// --depth levels, to write points from.
-        #[arg(long, value_name = "ENDPOINT", conflicts_with_all = ["address", "serial", "config", "device", "read", "protocol", "unit", "rtde", "profile"])]
+        /// --depth levels, to write points from; with --profile opcua-robotics, read the
+        /// points that profile would write of each OPC 40010 motion device found.
+        #[arg(long, value_name = "ENDPOINT", conflicts_with_all = ["address", "serial", "config", "device", "read", "protocol", "unit", "rtde"])]
         opcua: Option<String>,
         /// With --opcua: where to start, a browse path (default Objects), e.g.
         /// "Objects/DeviceSet".
@@ -225,10 +226,11 @@ fn main() -> ExitCode {
             path,
             depth,
         } => {
-            if let Some(endpoint) = opcua {
+            let opcua_profile = opcua.as_ref().zip(profile.as_ref());
+            if let (Some(endpoint), None) = (&opcua, &profile) {
                 return ExitCode::from(probe_opcua(
                     &runtime,
-                    &endpoint,
+                    endpoint,
                     path.as_deref(),
                     depth,
                     timeout.as_deref(),
@@ -252,7 +254,16 @@ fn main() -> ExitCode {
             }
             // A configured device's data directory (an OPC UA device's certificates).
             let mut data_dir: Option<std::path::PathBuf> = None;
-            let target = match (rtde, profile, config, device) {
+            let target = match (rtde, profile.clone(), config, device) {
+                _ if opcua_profile.is_some() => match opcua_profile {
+                    Some((endpoint, p)) => probe_opcua_profile(
+                        endpoint,
+                        p,
+                        profiles_dir.as_deref(),
+                        timeout.as_deref(),
+                    ),
+                    None => Err("--opcua with --profile".into()),
+                },
                 (Some(r), p, _, _) => probe_rtde(
                     &r,
                     p.as_deref().unwrap_or("ur-rtde"),
@@ -588,6 +599,33 @@ fn probe_opcua(
             1
         }
     }
+}
+
+/// The device an OPC UA server at `endpoint` is read as with profile `profile` (no security,
+/// anonymous), validated as a configuration would be.
+fn probe_opcua_profile(
+    endpoint: &str,
+    profile: &str,
+    dir: Option<&std::path::Path>,
+    timeout: Option<&str>,
+) -> Result<config::DeviceConfig, String> {
+    let mut text = String::from("[line]\nid = \"probe\"\n");
+    if let Some(d) = dir {
+        text.push_str(&format!(
+            "[agent]\nprofiles_dir = {:?}\n",
+            d.display().to_string()
+        ));
+    }
+    text.push_str(&format!(
+        "[[devices]]\nid = \"probe\"\nprotocol = \"opcua\"\nendpoint = {endpoint:?}\nprofile = {profile:?}\n"
+    ));
+    if let Some(t) = timeout {
+        if let Err(e) = config::units::parse_duration(t) {
+            return Err(format!("--timeout {t:?}: {e}"));
+        }
+        text.push_str(&format!("timeout = {t:?}\n"));
+    }
+    probe_device(&text, Some(profile))
 }
 
 /// A robot at `address` read over RTDE with profile `profile`, validated as a configuration

@@ -87,17 +87,65 @@ pub struct DevicePlan {
     pub health: HealthIds,
 }
 
-/// Registers a device's points and health points; returns its plan.
+/// The devices a configured device was last seen to write (`Targets::adopt`), by device
+/// name, with the fingerprint of its configuration: a reload that registers the line's devices
+/// again registers these (an unchanged device's session goes on writing them), not the
+/// configured shape.
+type Learned = Vec<(
+    crate::model::DeviceDescriptor,
+    Vec<crate::model::PointDescriptor>,
+)>;
+static LEARNED: std::sync::Mutex<Option<std::collections::HashMap<String, (u64, Learned)>>> =
+    std::sync::Mutex::new(None);
+
+fn learned(device: &str, fingerprint: u64) -> Option<Learned> {
+    let map = LEARNED.lock().unwrap_or_else(|e| e.into_inner());
+    match map.as_ref()?.get(device) {
+        Some((f, l)) if *f == fingerprint => Some(l.clone()),
+        _ => None,
+    }
+}
+
+fn learn(device: &str, fingerprint: u64, shape: Learned) -> Vec<String> {
+    let mut map = LEARNED.lock().unwrap_or_else(|e| e.into_inner());
+    let names = |l: &Learned| l.iter().map(|(d, _)| d.name.clone()).collect::<Vec<_>>();
+    map.get_or_insert_with(Default::default)
+        .insert(device.to_string(), (fingerprint, shape))
+        .map(|(_, l)| names(&l))
+        .unwrap_or_default()
+}
+
+/// Registers a device's points and health points (as its sessions last saw it, when its
+/// configuration is unchanged); returns its plan.
 pub fn register(d: &DeviceConfig, o: &OpcuaDevice, registry: &mut Registry) -> DevicePlan {
-    let points = described(d);
-    let ids = registry.set_device(describe::device(d, &o.endpoint, 0), points);
+    let health = match learned(&d.id, crate::component::fingerprint(d)) {
+        Some(targets) => {
+            let mut health = None;
+            for (descriptor, points) in targets {
+                let base = descriptor.name == d.id;
+                let ids = registry.set_device(descriptor, points);
+                if base {
+                    health = Some((ids.device, health_ids(&ids.points)));
+                }
+            }
+            health
+        }
+        None => None,
+    };
+    let (device, health) = match health {
+        Some(h) => h,
+        None => {
+            let ids = registry.set_device(describe::device(d, &o.endpoint, 0), described(d));
+            (ids.device, health_ids(&ids.points))
+        }
+    };
     DevicePlan {
-        device: ids.device,
+        device,
         name: d.id.clone(),
         config: Arc::new(d.clone()),
         settings: o.clone(),
         poll: d.poll,
-        health: health_ids(&ids.points),
+        health,
     }
 }
 
@@ -259,40 +307,57 @@ impl Targets {
     /// those registered (a node's type, a robot's axes, another number of motion devices);
     /// returns each device's point ids.
     pub(crate) async fn adopt(&mut self, plan: &DevicePlan, shape: &shape::Shape) -> Vec<Vec<u32>> {
-        let wanted: Vec<(String, Vec<crate::model::PointDescriptor>)> = shape
+        let wanted: Vec<(
+            crate::model::DeviceDescriptor,
+            Vec<crate::model::PointDescriptor>,
+        )> = shape
             .targets
             .iter()
-            .map(|d| (d.id.clone(), described(d)))
+            .map(|d| {
+                (
+                    describe::device(d, &plan.settings.endpoint, 0),
+                    described(d),
+                )
+            })
             .collect();
         let same = wanted.len() == self.list.len()
             && wanted
                 .iter()
                 .zip(&self.list)
-                .all(|((n, p), t)| *n == t.name && *p == t.points && !t.ids.is_empty());
+                .all(|((d, p), t)| d.name == t.name && *p == t.points && !t.ids.is_empty());
         if !same {
             let mut old: std::collections::HashMap<String, Target> =
                 self.list.drain(..).map(|t| (t.name.clone(), t)).collect();
-            for (d, (name, points)) in shape.targets.iter().zip(wanted) {
+            for ((descriptor, points), d) in wanted.iter().zip(&shape.targets) {
+                let name = descriptor.name.clone();
+                // A device whose points did not change keeps its output (and its chain's
+                // state: time in state, report by exception).
+                if let Some(t) = old.remove(&name) {
+                    if t.points == *points && !t.ids.is_empty() {
+                        self.list.push(t);
+                        continue;
+                    }
+                    old.insert(name.clone(), t);
+                }
                 let (ids, version) = self
                     .catalogs
-                    .set_device(
-                        describe::device(d, &plan.settings.endpoint, 0),
-                        points.clone(),
-                    )
+                    .set_device(descriptor.clone(), points.clone())
                     .await;
-                let config = Arc::new(d.clone());
-                let out = self.outputs.output(config, ids.device, &version);
+                let out = self
+                    .outputs
+                    .output(Arc::new(d.clone()), ids.device, &version);
                 let (mut st, dm) = match old.remove(&name) {
                     Some(t) => (t.st, t.dm),
                     None => {
                         let dm = self.metrics.devices.add(&name);
+                        dm.kind_counters(&FAMILIES);
                         (State::new(ids.device), dm)
                     }
                 };
                 st.batch.device = ids.device;
                 self.list.push(Target {
                     name,
-                    points,
+                    points: points.clone(),
                     health: health_ids(&ids.points),
                     ids: ids.points,
                     device: ids.device,
@@ -301,9 +366,24 @@ impl Targets {
                     dm,
                 });
             }
-            for gone in old.into_keys() {
-                tracing::info!(device = %gone, "motion device no longer on the server: removed from the catalog");
-                self.catalogs.remove_device(&gone).await;
+            let before = learn(
+                &plan.name,
+                crate::component::fingerprint(&*plan.config),
+                wanted,
+            );
+            // Motion devices no longer on the server (this session's or an earlier one's):
+            // out of the catalog and the metrics.
+            let mut gone: Vec<String> = old.into_keys().collect();
+            gone.extend(before);
+            gone.sort();
+            gone.dedup();
+            for name in gone {
+                if name == plan.name || self.list.iter().any(|t| t.name == name) {
+                    continue;
+                }
+                tracing::info!(device = %name, "motion device no longer on the server: removed from the catalog");
+                self.catalogs.remove_device(&name).await;
+                self.metrics.devices.remove(&name);
             }
         }
         self.list.iter().map(|t| t.ids.clone()).collect()

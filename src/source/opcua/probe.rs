@@ -223,10 +223,19 @@ pub async fn browse(
         .map(|(u, i)| (*i, u.clone()))
         .collect();
     let mut rows: Vec<[String; 4]> = Vec::new();
-    let mut stack: Vec<(NodeId, String, usize)> = vec![(start, start_text, 0)];
+    // Depth first, each node's children in the natural order of their browse names; a
+    // variable's row when it is reached.
+    let mut stack: Vec<(NodeId, String, usize, bool)> = vec![(start, start_text, 0, false)];
     let mut variables: Vec<(NodeId, usize)> = Vec::new();
-    while let Some((node, text, level)) = stack.pop() {
-        if level >= depth || rows.len() >= 10_000 {
+    while let Some((node, text, level, variable)) = stack.pop() {
+        if rows.len() >= 10_000 {
+            break;
+        }
+        if variable {
+            variables.push((node.clone(), rows.len()));
+            rows.push([node.to_string(), text.clone(), String::new(), String::new()]);
+        }
+        if level >= depth {
             continue;
         }
         let desc = BrowseDescription {
@@ -252,26 +261,24 @@ pub async fn browse(
                 .await
                 .map_err(|e| format!("browsing {node} failed: {}", e.status()))?;
         }
+        children.sort_by(|a, b| {
+            super::robotics::natural(a.browse_name.name.as_ref(), b.browse_name.name.as_ref())
+        });
         for rd in children.into_iter().rev() {
+            if rd.node_class != NodeClass::Object && rd.node_class != NodeClass::Variable {
+                continue;
+            }
             let q = &rd.browse_name;
             let name = match uris.get(&q.namespace_index) {
                 Some(u) if q.namespace_index != 0 => format!("{{{u}}}{}", q.name),
                 _ => q.name.to_string(),
             };
-            let child_text = format!("{text}/{name}");
-            let id = rd.node_id.node_id.clone();
-            if rd.node_class == NodeClass::Variable {
-                variables.push((id.clone(), rows.len()));
-                rows.push([
-                    id.to_string(),
-                    child_text.clone(),
-                    String::new(),
-                    String::new(),
-                ]);
-            }
-            if rd.node_class == NodeClass::Object || rd.node_class == NodeClass::Variable {
-                stack.push((id, child_text, level + 1));
-            }
+            stack.push((
+                rd.node_id.node_id.clone(),
+                format!("{text}/{name}"),
+                level + 1,
+                rd.node_class == NodeClass::Variable,
+            ));
         }
     }
     // Data types and values, in batches.

@@ -163,27 +163,28 @@ pub async fn browse(session: &Session) -> Result<Vec<Motion>, String> {
         .ok_or("the server has no Objects/DeviceSet (OPC UA DI): it serves no OPC 40010 robot")?;
     let mut out = Vec::new();
     for candidate in objects(&kids(session, &set.id).await?) {
-        let parts = kids(session, &candidate.id).await?;
+        // An object this client may not browse is not a robot of ours.
+        let Ok(parts) = kids(session, &candidate.id).await else {
+            continue;
+        };
         let Some(devices) = find(&parts, "MotionDevices") else {
             continue;
         };
-        let (controller, task) = match find(&parts, "Controllers") {
-            Some(f) => match objects(&kids(session, &f.id).await?).into_iter().next() {
-                Some(c) => {
-                    let (own, children) = vars(session, &c.id).await?;
-                    let task = match find(&children, "TaskControls") {
-                        Some(t) => match objects(&kids(session, &t.id).await?).into_iter().next() {
-                            Some(t) => vars(session, &t.id).await?.0,
-                            None => Vars::new(),
-                        },
+        // Every controller: its id, its variables and its first task control's.
+        let mut controllers: Vec<(NodeId, Vars, Vars)> = Vec::new();
+        if let Some(f) = find(&parts, "Controllers") {
+            for c in objects(&kids(session, &f.id).await?) {
+                let (own, children) = vars(session, &c.id).await?;
+                let task = match find(&children, "TaskControls") {
+                    Some(t) => match objects(&kids(session, &t.id).await?).into_iter().next() {
+                        Some(t) => vars(session, &t.id).await?.0,
                         None => Vars::new(),
-                    };
-                    (own, task)
-                }
-                None => (Vars::new(), Vars::new()),
-            },
-            None => (Vars::new(), Vars::new()),
-        };
+                    },
+                    None => Vars::new(),
+                };
+                controllers.push((c.id.clone(), own, task));
+            }
+        }
         let safety = match find(&parts, "SafetyStates") {
             Some(f) => match objects(&kids(session, &f.id).await?).into_iter().next() {
                 Some(s) => vars(session, &s.id).await?.0,
@@ -225,13 +226,27 @@ pub async fn browse(session: &Session) -> Result<Vec<Motion>, String> {
                 let train = linked.or((i < trains.len()).then_some(i));
                 motors.push(train.map(|t| trains[t].1.clone()).unwrap_or_default());
             }
+            // Its controller: the one that Controls it (a reference either way), else the
+            // system's first.
+            let (controller, task) = match controllers.len() {
+                0 => (Vars::new(), Vars::new()),
+                1 => (controllers[0].1.clone(), controllers[0].2.clone()),
+                _ => {
+                    let ids: Vec<(NodeId, Vars)> = controllers
+                        .iter()
+                        .map(|(id, _, _)| (id.clone(), Vars::new()))
+                        .collect();
+                    let k = linked(session, &md.id, &ids).await?.unwrap_or(0);
+                    (controllers[k].1.clone(), controllers[k].2.clone())
+                }
+            };
             out.push(Motion {
                 name: md.name.clone(),
                 vars: own,
                 axes,
                 motors,
-                controller: controller.clone(),
-                task: task.clone(),
+                controller,
+                task,
                 safety: safety.clone(),
             });
         }
@@ -242,11 +257,12 @@ pub async fn browse(session: &Session) -> Result<Vec<Motion>, String> {
     Ok(out)
 }
 
-/// The power train an axis is linked to by a non-hierarchical reference either way
-/// (IsDrivenBy from the axis, Moves from the power train).
+/// Which of `others` `node` is linked to by a non-hierarchical reference either way (an
+/// axis and the power train that drives it: IsDrivenBy / Moves; a motion device and its
+/// controller: Controls).
 async fn linked(
     session: &Session,
-    axis: &NodeId,
+    node: &NodeId,
     trains: &[(NodeId, Vars)],
 ) -> Result<Option<usize>, String> {
     if trains.is_empty() {
@@ -254,7 +270,7 @@ async fn linked(
     }
     let refs = browse_all(
         session,
-        axis,
+        node,
         ReferenceTypeId::NonHierarchicalReferences,
         BrowseDirection::Both,
     )
@@ -301,7 +317,7 @@ fn objects(children: &[Child]) -> Vec<Child> {
 }
 
 /// Compares names with their digit runs as numbers ("A2" < "A10").
-fn natural(a: &str, b: &str) -> std::cmp::Ordering {
+pub(crate) fn natural(a: &str, b: &str) -> std::cmp::Ordering {
     fn runs(s: &str) -> Vec<(bool, &str)> {
         let mut out = Vec::new();
         let mut start = 0;

@@ -506,6 +506,7 @@ async fn serve(
     let take = |targets: &mut Targets, handle: u32, dv: &DataValue| {
         if let Some(item) = items.get((handle as usize).wrapping_sub(1)) {
             if let Some(t) = targets.list.get_mut(item.target) {
+                let kc = t.dm.kind_counters(&FAMILIES);
                 data_value(item, dv, &mut t.st, kc);
             }
         }
@@ -591,9 +592,16 @@ pub(crate) async fn types(
             continue;
         };
         let typed = super::config::opcua_point(p).is_none_or(|o| o.typed);
+        // OPC 40010 fixes its variables' types; a vendor's text for a duration
+        // (TotalPowerOnTime as String, not DurationString) is still read as one.
+        let robotic = matches!(
+            super::config::opcua_point(p).map(|o| &o.at),
+            Some(Where::Robotics(_))
+        );
         if typed {
             let text = |k: PointType| k == PointType::String;
-            if text(*node_kind) != text(p.kind) {
+            let duration = robotic && text(*node_kind) && !text(p.kind);
+            if text(*node_kind) != text(p.kind) && !duration {
                 keep[i] = false;
                 let why = format!(
                     "point {:?}: the node's data type ({type_name}) cannot become {}",

@@ -5,7 +5,8 @@
 //! are written as devices `ID-1`, `ID-2`, … (the configured device keeps the `node`/`path`
 //! points and its health record). A per-axis point has as many elements as the robot has axes,
 //! each tagged with the axis's browse name (`axis_name`). Points without a `type` take their
-//! node's DataType.
+//! node's DataType. A device with `robotics` points whose server has no robot is down (the
+//! session fails, and is tried again with backoff).
 
 use super::config::{opcua_point, Where};
 use super::robotics::{self, Motion};
@@ -61,15 +62,12 @@ pub(crate) async fn of(session: &Session, plan: &DevicePlan) -> Result<Shape, St
     for ((i, _), r) in plain.iter().zip(resolved) {
         plain_nodes[*i] = Some(r);
     }
-    let mut base_problems = Vec::new();
+    // No robot found where the device expects one is the session's failure (the device is
+    // down, and tried again with backoff), not a quiet loss of its robots.
     let motions = if robotic.iter().any(|r| *r) {
-        match robotics::browse(session).await {
-            Ok(m) => m,
-            Err(e) => {
-                base_problems.push(format!("OPC 40010 robots: {e}"));
-                Vec::new()
-            }
-        }
+        robotics::browse(session)
+            .await
+            .map_err(|e| format!("OPC 40010 robots: {e}"))?
     } else {
         Vec::new()
     };
@@ -87,7 +85,6 @@ pub(crate) async fn of(session: &Session, plan: &DevicePlan) -> Result<Shape, St
         }
     }
     let mut problems: Vec<Vec<String>> = vec![Vec::new(); targets.len()];
-    problems[0] = base_problems;
     let mut absent = Vec::new();
     let mut missing_elements = Vec::new();
     let mut reads = Vec::new();
@@ -223,6 +220,51 @@ fn robotic_points(d: &DeviceConfig) -> Vec<bool> {
         }
         if !changed {
             return robotic;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Derive;
+
+    /// `opcua-robotics`' `robot.state`, by hand: (emergency stop, protective stop, operational
+    /// mode, in control, on path) → state; NaN: the server lacks that variable.
+    #[test]
+    fn the_robot_state_rules_of_opcua_robotics() {
+        let text = "[line]\nid = \"l\"\n[sinks.f]\ntype = \"file\"\npath = \"/tmp/x.lp\"\n\
+                    [[devices]]\nid = \"r\"\nprotocol = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:4840\"\nprofile = \"opcua-robotics\"\n";
+        let cfg = crate::config::parse("t.toml", text).unwrap_or_else(|e| panic!("{e}"));
+        let d = &cfg.devices[0];
+        let state = d.points.iter().find(|p| p.name == "state").unwrap();
+        let Some(Derive::Expr(e)) = state.derive.as_deref() else {
+            panic!("state is an expression");
+        };
+        let names = [
+            "emergency_stop",
+            "protective_stop",
+            "operational_mode",
+            "in_control",
+            "on_path",
+        ];
+        let bound = e
+            .bind(1, &mut |n, _, _| names.iter().position(|x| *x == n))
+            .expect("every input is one of the five");
+        let n = f64::NAN;
+        for (inputs, want) in [
+            ([1.0, 1.0, 4.0, 1.0, 1.0], 6.0), // emergency stop first
+            ([0.0, 1.0, 1.0, 1.0, 1.0], 5.0), // then a protective stop
+            ([0.0, 0.0, 1.0, 1.0, 1.0], 4.0), // manual, reduced speed
+            ([0.0, 0.0, 2.0, 1.0, 1.0], 4.0), // manual, high speed
+            ([0.0, 0.0, 3.0, 1.0, 1.0], 3.0), // automatic, in control, on its path
+            ([0.0, 0.0, 4.0, 1.0, 0.0], 2.0), // off its path: idle
+            ([0.0, 0.0, 4.0, 0.0, 1.0], 2.0), // not in control: idle
+            ([0.0, 0.0, 3.0, 1.0, n], 3.0),   // no OnPath on the server: InControl decides
+            ([0.0, 0.0, 3.0, n, 1.0], 3.0),   // no InControl: OnPath decides
+            ([0.0, 0.0, 3.0, n, n], 2.0),     // neither: idle
+            ([n, n, n, n, n], 2.0),
+        ] {
+            assert_eq!(bound.eval(&inputs, 0.0), want, "{inputs:?}");
         }
     }
 }
