@@ -730,3 +730,88 @@ fn opcua_robotics_reads_a_motion_device_system_by_browsing() {
         "{log}"
     );
 }
+
+/// `linetap simulate`'s OPC UA server (in process: `Simulator`) serves an OPC 40010 robot for
+/// an `opcua-robotics` device and a vendor variable at its path, with the points' `simulate`
+/// values; the agent reads it by browsing (six axes A1…A6, tagged), and a reload that leaves
+/// the device unchanged (a sink added) keeps the axes it learned: values go on arriving in
+/// both sinks.
+#[test]
+fn the_simulated_opc_40010_robot_is_read_and_a_reload_keeps_its_axes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one.lp"), dir.path().join("two.lp"));
+    let text = |sinks: &str| {
+        format!(
+            "[line]\nid = \"lab\"\n[agent]\ndata_dir = \"{}\"\nself_interval = \"0s\"\n{sinks}\
+             [[devices]]\nid = \"robot-07\"\nprotocol = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:0/\"\n\
+             profile = \"opcua-robotics\"\npoll = \"100ms\"\n\
+             [[devices.points]]\nname = \"speed_override_pct\"\nrobotics = \"SpeedOverride\"\ntype = \"f64\"\nunit = \"%\"\nsimulate = \"55\"\n\
+             [[devices.points]]\nname = \"gripper_force\"\npath = \"Objects/{{urn:acme:gripper}}Gripper/Force\"\nsimulate = \"12.5\"\n",
+            dir.path().join("data").display()
+        )
+    };
+    let sink = |name: &str, path: &Path| {
+        format!(
+            "[sinks.{name}]\ntype = \"file\"\npath = \"{}\"\nflush_interval = \"100ms\"\n",
+            path.display()
+        )
+    };
+    let mut cfg = linetap::config::parse("ua.toml", &text(&sink("one", &one)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt
+        .block_on(linetap::sim::Simulator::start(&cfg))
+        .expect("simulator");
+    sim.rewire(&mut cfg);
+    let mut agent = rt
+        .block_on(async { linetap::run::Agent::start(&cfg) })
+        .expect("agent");
+    let lines = |file: &Path, pattern: &str| -> usize {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(pattern))
+            .count()
+    };
+    let a6 = "joint,axis=6,axis_name=A6,device=robot-07,";
+    let first = wait_for(Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(&one).unwrap_or_default();
+        (text.contains(a6)
+            && text.contains("speed_override_pct=55")
+            && text.contains("gripper_force=12.5")
+            && text.contains("state=3i"))
+        .then_some(())
+    });
+    assert!(
+        first.is_some(),
+        "robot values from the simulator:\n{}",
+        std::fs::read_to_string(&one).unwrap_or_default()
+    );
+    // Six axes, no seventh; the profile's default count is what the robot has here.
+    assert_eq!(lines(&one, "axis=7"), 0);
+    // A reload that adds a sink: the device is unchanged, its session goes on.
+    let mut again = linetap::config::parse(
+        "ua.toml",
+        &text(&format!("{}{}", sink("one", &one), sink("two", &two))),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    sim.rewire(&mut again);
+    let report = rt.block_on(agent.reload(&again)).expect("reload");
+    assert!(
+        report.restarted.is_empty() && report.stopped.is_empty() && report.started.len() == 1,
+        "{report:?}"
+    );
+    let before = lines(&one, a6);
+    let after = wait_for(Duration::from_secs(30), || {
+        (lines(&one, a6) >= before + 10 && lines(&two, a6) >= 10).then_some(())
+    });
+    rt.block_on(agent.stop());
+    sim.stop();
+    assert!(
+        after.is_some(),
+        "axis values after the reload: {} before, {} in one, {} in two",
+        before,
+        lines(&one, a6),
+        lines(&two, a6)
+    );
+}

@@ -5,11 +5,12 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(json: bool) {
-    // The OPC UA client logs its own reconnects and certificate store at info/warn; linetap
-    // says what matters itself (a device down, and why): only its errors by default.
+    // The OPC UA client (and the simulator's OPC UA server) log their connections and
+    // certificate stores at info/warn; linetap says what matters itself (a device down, and
+    // why): only their errors by default.
     let filter = EnvFilter::try_from_env("LINETAP_LOG").unwrap_or_else(|_| {
         EnvFilter::new(
-            "info,opcua_client=error,opcua_core=error,opcua_crypto=error,opcua_types=error",
+            "info,opcua_client=error,opcua_server=error,opcua_nodes=error,opcua_core=error,opcua_crypto=error,opcua_types=error",
         )
     });
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
