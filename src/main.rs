@@ -60,8 +60,12 @@ enum Command {
         duration: Option<String>,
         /// Read the cell's two robots over RTDE at 125 Hz (profile ur-rtde) instead of their
         /// Modbus server (./linetap-out/demo-rtde.lp).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "opcua")]
         rtde: bool,
+        /// Run a line of two robot controllers serving OPC UA for Robotics (OPC 40010, profile
+        /// opcua-robotics, found by browsing) instead (./linetap-out/demo-opcua.lp).
+        #[arg(long)]
+        opcua: bool,
     },
     /// Serve the simulated devices a configuration describes (Modbus TCP, RTU on the `serial.port`
     /// device or pty, RTU over TCP, a UR controller's RTDE server for `rtde` devices), and
@@ -326,7 +330,11 @@ fn main() -> ExitCode {
             }
             Ok(cfg) => runtime.block_on(run_agent(&config, cfg)),
         },
-        Command::Demo { duration, rtde } => {
+        Command::Demo {
+            duration,
+            rtde,
+            opcua,
+        } => {
             let duration = match duration
                 .map(|d| config::units::parse_duration(&d))
                 .transpose()
@@ -337,7 +345,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(sim::demo::run(duration, rtde))
+            let line = match (rtde, opcua) {
+                (true, _) => sim::demo::DemoLine::Rtde,
+                (_, true) => sim::demo::DemoLine::Opcua,
+                _ => sim::demo::DemoLine::Modbus,
+            };
+            runtime.block_on(sim::demo::run(duration, line))
         }
         Command::Simulate { config } => match config::load(&config) {
             Err(errors) => {

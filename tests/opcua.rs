@@ -428,6 +428,17 @@ fn probe_browses_a_server_and_check_connect_names_what_is_missing() {
         "1",
     ]);
     assert_eq!(code, Some(0), "{text}{err}");
+    // The natural order of browse names: Boolean, Broken, Byte … (not the server's order).
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("Objects/Plant/{urn:linetap:test}").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        names.get(..3),
+        Some(&["Boolean", "Broken", "Byte"][..]),
+        "{text}"
+    );
     let row = text
         .lines()
         .find(|l| l.contains("s=g1.Int32 "))
@@ -472,6 +483,19 @@ fn probe_browses_a_server_and_check_connect_names_what_is_missing() {
     write("");
     let (code, text, err) = linetap(&["check", "--connect", "--config", &path]);
     assert_eq!(code, Some(0), "{text}{err}");
+    // A server that serves no OPC 40010 robot, read as one: said, not an empty table.
+    let (robot_code, robot_text, robot_err) = linetap(&[
+        "probe",
+        "--opcua",
+        &server.endpoint(),
+        "--profile",
+        "opcua-robotics",
+    ]);
+    assert_eq!(robot_code, Some(1), "{robot_text}{robot_err}");
+    assert!(
+        robot_err.contains("OPC 40010 robots: the server has no Objects/DeviceSet"),
+        "{robot_err}"
+    );
     assert!(
         text.contains("device \"plc-ua\": ok, 1 value read"),
         "{text}"
@@ -814,4 +838,84 @@ fn the_simulated_opc_40010_robot_is_read_and_a_reload_keeps_its_axes() {
         lines(&one, a6),
         lines(&two, a6)
     );
+}
+
+/// An online change on a server that stays up: the counter's node is deleted and created
+/// again under the same path with a new node id, and the server tells its subscribers nothing
+/// (asyncua). The path is browsed again every `browse_interval`: the new node is found and
+/// read, without restarting linetap.
+#[test]
+fn a_variable_recreated_under_its_path_with_a_new_node_id_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = UaServer::start(&dir.path().join("server-pki"), 1, &["--recreate-after=3"]);
+    let out = dir.path().join("out.lp");
+    let config = dir.path().join("ua.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[line]\nid = \"lab\"\n[agent]\ndata_dir = \"{}\"\nself_interval = \"0s\"\n\
+             [sinks.local]\ntype = \"file\"\npath = \"{}\"\nflush_interval = \"100ms\"\n\
+             [[devices]]\nid = \"plc-ua\"\nkind = \"plc\"\nprotocol = \"opcua\"\nendpoint = \"{}\"\npoll = \"100ms\"\n\
+             browse_interval = \"1s\"\n\
+             [[devices.points]]\nname = \"counter\"\npath = \"Objects/Plant/Counter\"\n",
+            dir.path().join("data").display(),
+            out.display(),
+            server.endpoint()
+        ),
+    )
+    .unwrap();
+    let agent = AgentProcess::start(&config);
+    let counters = || -> usize {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" counter="))
+            .count()
+    };
+    // 10 values a second: the old node stops after 3 s (about 30 values); 100 need the new one.
+    let read_again = wait_for(Duration::from_secs(40), || {
+        (counters() >= 100).then_some(())
+    });
+    let (_, log) = agent.stop();
+    assert!(
+        read_again.is_some(),
+        "{} counter values: the re-created node was not read\n{log}",
+        counters()
+    );
+    assert!(log.contains("the server's nodes changed"), "{log}");
+    drop(server);
+}
+
+/// `linetap demo --opcua`: two OPC 40010 robot controllers served by the simulator and read by
+/// browsing, with vendor nodes beside the standard ones (an array among them); the run ends
+/// with everything delivered.
+#[test]
+fn the_opcua_demo_line_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_linetap"))
+        .args(["demo", "--opcua", "--duration", "6s"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("nothing left undelivered"),
+        "{stdout}{stderr}"
+    );
+    let lp = std::fs::read_to_string(dir.path().join("linetap-out/demo-opcua.lp")).unwrap();
+    for want in [
+        "joint,axis=6,axis_name=A6,cell=cell-2,device=robot-03,",
+        "joint,axis=6,cell=cell-2,device=robot-03,",
+        " current=",
+        "device=robot-04,",
+        " state=3i,state_label=\"running\"",
+        "tcp,cell=cell-2,device=robot-03,",
+    ] {
+        assert!(lp.contains(want), "{want:?} in the demo's output");
+    }
 }

@@ -1,6 +1,7 @@
 """An OPC UA server linetap did not write, for tests/opcua.rs: Python asyncua.
 
     python opcua_server.py --port P --pki DIR [--generation N] [--secure] [--robots N]
+                           [--recreate-after S]
 
 Serves, in namespace urn:linetap:test under Objects/Plant, one variable of every basic type
 with a known value (and arrays), a counter that steps every 100 ms with source timestamps on a
@@ -9,8 +10,10 @@ carry the generation (`s=g1.Double`): a restart with another generation is a con
 download that changed every node id while the browse paths stayed. `--secure` offers only
 Basic256Sha256 SignAndEncrypt with user `linetap` / password `secret`; the server's certificate
 lives in DIR (a new DIR is a new certificate). `--robots N` adds an OPC 40010 motion device
-system with N motion devices (`robots()` below: the values tests/opcua.rs expects). Prints
-READY once it listens.
+system with N motion devices (`robots()` below: the values tests/opcua.rs expects).
+`--recreate-after S` deletes Plant/Counter S seconds after READY and creates it again under the
+same browse path with a new node id (`s=gN.Counter.2`), as an online change does; asyncua tells
+no subscriber that the old node went. Prints READY once it listens.
 """
 import argparse
 import asyncio
@@ -176,9 +179,16 @@ async def main(a):
     async with server:
         n = int((datetime.datetime.now(datetime.timezone.utc) - EPOCH).total_seconds() * 10)
         ready = False
+        recreate_at = None
         while True:
             if ready:
                 await asyncio.sleep(0.1)
+            if recreate_at is not None and asyncio.get_running_loop().time() >= recreate_at:
+                recreate_at = None
+                await server.delete_nodes([counter], recursive=True)
+                counter = await plant.add_variable(ua.NodeId(g + "Counter.2", ns),
+                                                   ua.QualifiedName("Counter", ns), 0.0, V.Double)
+                print("RECREATED", flush=True)
             n += 1
             when = EPOCH + datetime.timedelta(milliseconds=100 * n)
             await counter.write_value(ua.DataValue(ua.Variant(float(n), V.Double), SourceTimestamp=when))
@@ -192,6 +202,8 @@ async def main(a):
                 # Every variable has its value and status before anyone is told to connect.
                 print("READY", flush=True)
                 ready = True
+                if a.recreate_after:
+                    recreate_at = asyncio.get_running_loop().time() + a.recreate_after
 
 
 if __name__ == "__main__":
@@ -202,6 +214,7 @@ if __name__ == "__main__":
     p.add_argument("--generation", type=int, default=1)
     p.add_argument("--secure", action="store_true")
     p.add_argument("--robots", type=int, default=0)
+    p.add_argument("--recreate-after", type=float, default=0)
     try:
         asyncio.run(main(p.parse_args()))
     except KeyboardInterrupt:

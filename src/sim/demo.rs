@@ -18,13 +18,27 @@ use std::time::Duration;
 pub const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
 /// The embedded demo line whose robots are read over RTDE (`linetap demo --rtde`).
 pub const DEMO_RTDE_CONFIG: &str = include_str!("../../configs/demo-rtde.toml");
+/// The embedded demo line of OPC UA robot controllers (`linetap demo --opcua`).
+pub const DEMO_OPCUA_CONFIG: &str = include_str!("../../configs/demo-opcua.toml");
 
-/// The demo config (`rtde`: the line read over RTDE) with sinks from the environment added.
-pub fn demo_config(rtde: bool) -> Result<Config, String> {
-    let (name, text) = if rtde {
-        ("configs/demo-rtde.toml (embedded)", DEMO_RTDE_CONFIG)
-    } else {
-        ("configs/demo.toml (embedded)", DEMO_CONFIG)
+/// Which demo line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DemoLine {
+    /// The robot cell over Modbus (`configs/demo.toml`).
+    #[default]
+    Modbus,
+    /// Its robots over RTDE.
+    Rtde,
+    /// OPC 40010 robot controllers over OPC UA.
+    Opcua,
+}
+
+/// The demo config of `line`, with sinks from the environment added.
+pub fn demo_config(line: DemoLine) -> Result<Config, String> {
+    let (name, text) = match line {
+        DemoLine::Rtde => ("configs/demo-rtde.toml (embedded)", DEMO_RTDE_CONFIG),
+        DemoLine::Opcua => ("configs/demo-opcua.toml (embedded)", DEMO_OPCUA_CONFIG),
+        DemoLine::Modbus => ("configs/demo.toml (embedded)", DEMO_CONFIG),
     };
     let mut cfg = config::parse(name, text).map_err(|e| e.to_string())?;
     if let Ok(url) = std::env::var("INFLUX_URL") {
@@ -71,8 +85,8 @@ pub fn demo_config(rtde: bool) -> Result<Config, String> {
 }
 
 /// Runs the demo until Ctrl-C (or `duration`, when given). Returns the process exit code.
-pub async fn run(duration: Option<Duration>, rtde: bool) -> i32 {
-    let mut cfg = match demo_config(rtde) {
+pub async fn run(duration: Option<Duration>, line: DemoLine) -> i32 {
+    let mut cfg = match demo_config(line) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

@@ -279,7 +279,15 @@ fn value(g: &Gen, t: f64) -> Variant {
                 .iter()
                 .map(|w| number((w.value(t) - offset) / scale, *kind))
                 .collect();
-            Variant::from(values)
+            // Every element has the point's type: an array of it.
+            let element = values
+                .first()
+                .and_then(|v| v.scalar_type_id())
+                .unwrap_or(opcua::types::VariantScalarTypeId::Double);
+            match opcua::types::Array::new(element, values) {
+                Ok(a) => Variant::Array(Box::new(a)),
+                Err(_) => Variant::Empty,
+            }
         }
         Gen::Text(s) => Variant::from(s.as_str()),
         Gen::PowerOn { base_s } => {

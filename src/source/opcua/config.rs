@@ -32,6 +32,8 @@ pub struct OpcuaDeviceSection {
     pub timeout: Option<ConfDuration>,
     /// Most monitored items created in one call.
     pub max_items_per_call: Option<Spanned<i64>>,
+    /// How often `path` and `robotics` points are resolved again during a session ("0s": never).
+    pub browse_interval: Option<Spanned<crate::config::units::ConfInterval>>,
 }
 
 /// A security policy (OPC UA Part 7).
@@ -98,6 +100,10 @@ pub struct OpcuaDevice {
     pub server_cert_file: Option<PathBuf>,
     pub timeout: Duration,
     pub max_items_per_call: usize,
+    /// `path` and `robotics` points are resolved again this often while a session runs (a
+    /// download that changed node ids without restarting the server); zero: at session start
+    /// only.
+    pub browse_interval: Duration,
 }
 
 /// The keys of an OPC UA point.
@@ -299,6 +305,10 @@ fn device(cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<OpcuaDevice> {
             .unwrap_or(Duration::from_secs(5))
             .max(Duration::from_millis(100)),
         max_items_per_call: max_items,
+        browse_interval: keys
+            .browse_interval
+            .map(|t| t.into_inner().0)
+            .unwrap_or(Duration::from_secs(60)),
     })
 }
 

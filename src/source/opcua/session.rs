@@ -503,6 +503,14 @@ async fn serve(
     targets.flush(Some(true)).await;
     let mut tick = tokio::time::interval(plan.poll.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Paths and robots browsed again now and then: a download may renumber nodes without
+    // restarting the server (and a server need not tell its subscribers that a node went).
+    let every = plan.settings.browse_interval;
+    let mut browse = (!every.is_zero() && super::shape::Shape::browsed(plan)).then(|| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
     let take = |targets: &mut Targets, handle: u32, dv: &DataValue| {
         if let Some(item) = items.get((handle as usize).wrapping_sub(1)) {
             if let Some(t) = targets.list.get_mut(item.target) {
@@ -529,6 +537,27 @@ async fn serve(
                     dropped(kc, n);
                 }
                 targets.flush(None).await;
+            }
+            _ = async {
+                match browse.as_mut() {
+                    Some(i) => {
+                        i.tick().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                let again = super::shape::of(session, plan).await;
+                match again {
+                    Ok(now) if now.same_as(&shape) => {}
+                    Ok(_) => {
+                        targets.flush(None).await;
+                        return Some("the server's nodes changed (a download?): a new session subscribes to them".into());
+                    }
+                    Err(e) => {
+                        targets.flush(None).await;
+                        return Some(e);
+                    }
+                }
             }
             Some(status) = ended_rx.recv() => {
                 targets.flush(None).await;

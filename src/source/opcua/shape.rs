@@ -21,7 +21,7 @@ pub const AXIS_NAME_TAG: &str = "axis_name";
 
 /// One node a session reads: elements `first..first + count` of point `point` of device
 /// `target`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Read {
     pub target: usize,
     pub point: usize,
@@ -43,6 +43,38 @@ pub(crate) struct Shape {
     pub absent: Vec<String>,
     /// Their elements: device, point, element (0-based).
     pub missing: Vec<(usize, usize, u16)>,
+}
+
+impl Shape {
+    /// Whether `other` reads the same nodes as the same devices (a browse during a session
+    /// found nothing changed).
+    pub(crate) fn same_as(&self, other: &Shape) -> bool {
+        let same_points = |a: &DeviceConfig, b: &DeviceConfig| {
+            a.id == b.id
+                && a.points.len() == b.points.len()
+                && a.points
+                    .iter()
+                    .zip(&b.points)
+                    .all(|(p, q)| p.name == q.name && p.count == q.count && p.kind == q.kind)
+        };
+        self.reads == other.reads
+            && self.targets.len() == other.targets.len()
+            && self
+                .targets
+                .iter()
+                .zip(&other.targets)
+                .all(|(a, b)| same_points(a, b))
+    }
+
+    /// Whether any of its nodes was found by browsing (`path`, `robotics`).
+    pub(crate) fn browsed(plan: &DevicePlan) -> bool {
+        plan.config.points.iter().any(|p| {
+            matches!(
+                opcua_point(p).map(|o| &o.at),
+                Some(Where::Path(_) | Where::Robotics(_))
+            )
+        })
+    }
 }
 
 /// Works out what a session on `session` reads for `plan`'s device.
