@@ -60,10 +60,16 @@ def wait_ok(url, proc, what):
 
 
 def proc_cpu_seconds(pid):
+    user, system = proc_cpu_split(pid)
+    return user + system
+
+
+def proc_cpu_split(pid):
+    """(user, system) CPU seconds of a process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return int(fields[11]) / ticks, int(fields[12]) / ticks  # utime, stime
 
 
 def proc_rss_mb(pid):
@@ -240,6 +246,7 @@ def main():
             time.sleep(0.02)
         time.sleep(max(0.0, a.warmup - (time.time() - started)))
         cpu0 = proc_cpu_seconds(agent.pid)
+        split0 = proc_cpu_split(agent.pid)
         polls0 = metric(METRICS_PORT, "linetap_poll_duration_seconds_count")
         collected0 = metric(METRICS_PORT, "linetap_samples_collected_total")
         t0 = time.time()
@@ -276,6 +283,7 @@ def main():
         if remaining > 0:
             time.sleep(remaining)
         cpu1 = proc_cpu_seconds(agent.pid)
+        split1 = proc_cpu_split(agent.pid)
         t1 = time.time()
         try:
             polls_per_s = (metric(METRICS_PORT, "linetap_poll_duration_seconds_count") - polls0) / (t1 - t0)
@@ -328,7 +336,7 @@ def main():
         print(json.dumps({
             "devices": a.devices, "seconds": round(t1 - t0, 1), "values_delivered": int(delivered),
             "values_expected": int(expected), "delivery_ratio": round(modbus_delivered / expected, 4) if expected else None,
-            "agent_cpu_seconds": round(cpu, 3), "cpu_seconds_per_million_values": round(per_million, 3),
+            "agent_cpu_seconds": round(cpu, 3), "agent_user_s": round(split1[0] - split0[0], 2), "agent_system_s": round(split1[1] - split0[1], 2), "cpu_seconds_per_million_values": round(per_million, 3),
             "startup_s_to_first_sample": round(startup, 2) if startup is not None else None,
             "config_bytes": cfg_bytes,
             "agent_peak_rss_mb": round(rss, 1), "agent_rss_mb_at_end": round(steady_rss, 1), "cpu_percent_of_one_core": round(100 * cpu / (t1 - t0), 2),

@@ -226,6 +226,10 @@ impl LineEncoder {
     pub fn encode(&self, batch: &SampleBatch, out: &mut Vec<u8>, skipped: &mut Skipped) -> usize {
         let mut written = 0;
         let mut ibuf = itoa::Buffer::new();
+        // A poll's samples share one time: its text is formatted once (` 1767225600000000000\n`).
+        let mut time: Option<i64> = None;
+        let mut time_text = [0u8; 24];
+        let mut time_len = 0usize;
         for s in &batch.samples {
             let Some(Some(p)) = self.points.get(s.point as usize) else {
                 skipped.unknown_point += 1;
@@ -252,9 +256,16 @@ impl LineEncoder {
                     _ => {}
                 }
             }
-            out.push(b' ');
-            out.extend_from_slice(ibuf.format(batch.time_of(s)).as_bytes());
-            out.push(b'\n');
+            let t = batch.time_of(s);
+            if time != Some(t) {
+                let digits = ibuf.format(t).as_bytes();
+                time_text[0] = b' ';
+                time_text[1..1 + digits.len()].copy_from_slice(digits);
+                time_text[1 + digits.len()] = b'\n';
+                time_len = digits.len() + 2;
+                time = Some(t);
+            }
+            out.extend_from_slice(&time_text[..time_len]);
             written += 1;
         }
         written

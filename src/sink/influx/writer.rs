@@ -598,6 +598,16 @@ impl LineWriter for InfluxWriter {
 
     async fn write(&mut self, body: &[u8], _lines: usize, retry: &mut RetryCtl) -> Outcome {
         let mut dead = Dead::default();
+        // The common case, nothing refused lately: the body as it is, in one request; its
+        // lines are split apart only when the store refuses it.
+        let mut first: Option<Piece> = None;
+        if self.refusals.is_empty() {
+            match self.write_piece(body.to_vec(), retry).await {
+                Piece::Delivered => return Outcome::Delivered,
+                Piece::Abandoned(r) => return Outcome::Abandoned(r),
+                refused => first = Some(refused),
+            }
+        }
         let all = isolate::lines(body);
         let probed = match self.probe(body, &all, retry, &mut dead).await {
             Ok(p) => p,
@@ -610,7 +620,20 @@ impl LineWriter for InfluxWriter {
         };
         // Groups of lines still to send; a refused group is divided until the refused lines
         // are isolated. Lines of remembered refusals are taken out before each request.
-        let mut stack = vec![Task::new(rest, None)];
+        let mut stack = Vec::new();
+        let whole = Task::new(rest, None);
+        match first {
+            // The whole body was refused already: divide it without sending it again.
+            Some(Piece::TooLarge) if whole.spans.len() > 1 => {
+                let (a, b) = isolate::halve(whole.spans);
+                stack.push(Task::new(b, None));
+                stack.push(Task::new(a, None));
+            }
+            Some(Piece::BadData(reason, hint)) => {
+                self.refused(body, whole, reason, hint, &mut stack, &mut dead)
+            }
+            _ => stack.push(whole),
+        }
         while let Some(mut task) = stack.pop() {
             let (send, known) = self.refusals.sort(body, std::mem::take(&mut task.spans));
             for (reason, spans) in known {
