@@ -622,22 +622,12 @@ fn probe_opcua_profile(
     dir: Option<&std::path::Path>,
     timeout: Option<&str>,
 ) -> Result<config::DeviceConfig, String> {
-    let mut text = String::from("[line]\nid = \"probe\"\n");
-    if let Some(d) = dir {
-        text.push_str(&format!(
-            "[agent]\nprofiles_dir = {:?}\n",
-            d.display().to_string()
-        ));
-    }
-    text.push_str(&format!(
-        "[[devices]]\nid = \"probe\"\nprotocol = \"opcua\"\nendpoint = {endpoint:?}\nprofile = {profile:?}\n"
-    ));
-    if let Some(t) = timeout {
-        if let Err(e) = config::units::parse_duration(t) {
-            return Err(format!("--timeout {t:?}: {e}"));
-        }
-        text.push_str(&format!("timeout = {t:?}\n"));
-    }
+    let text = probe_profile_text(
+        &format!("protocol = \"opcua\"\nendpoint = {endpoint:?}\n"),
+        profile,
+        dir,
+        timeout,
+    )?;
     probe_device(&text, Some(profile))
 }
 
@@ -650,22 +640,12 @@ fn probe_rtde(
     timeout: Option<&str>,
     points: &[String],
 ) -> Result<config::DeviceConfig, String> {
-    let mut text = String::from("[line]\nid = \"probe\"\n");
-    if let Some(d) = dir {
-        text.push_str(&format!(
-            "[agent]\nprofiles_dir = {:?}\n",
-            d.display().to_string()
-        ));
-    }
-    text.push_str(&format!(
-        "[[devices]]\nid = \"probe\"\nprotocol = \"rtde\"\naddress = {address:?}\nprofile = {profile:?}\n"
-    ));
-    if let Some(t) = timeout {
-        if let Err(e) = config::units::parse_duration(t) {
-            return Err(format!("--timeout {t:?}: {e}"));
-        }
-        text.push_str(&format!("timeout = {t:?}\n"));
-    }
+    let mut text = probe_profile_text(
+        &format!("protocol = \"rtde\"\naddress = {address:?}\n"),
+        profile,
+        dir,
+        timeout,
+    )?;
     for p in points {
         let Some((name, field)) = p.split_once('=') else {
             return Err(format!(
@@ -679,6 +659,33 @@ fn probe_rtde(
         ));
     }
     probe_device(&text, Some(profile))
+}
+
+/// The configuration of a probed device `probe` with its `link` keys, `profile`, the profile
+/// directory and `timeout`.
+fn probe_profile_text(
+    link: &str,
+    profile: &str,
+    dir: Option<&std::path::Path>,
+    timeout: Option<&str>,
+) -> Result<String, String> {
+    let mut text = String::from("[line]\nid = \"probe\"\n");
+    if let Some(d) = dir {
+        text.push_str(&format!(
+            "[agent]\nprofiles_dir = {:?}\n",
+            d.display().to_string()
+        ));
+    }
+    text.push_str(&format!(
+        "[[devices]]\nid = \"probe\"\n{link}profile = {profile:?}\n"
+    ));
+    if let Some(t) = timeout {
+        if let Err(e) = config::units::parse_duration(t) {
+            return Err(format!("--timeout {t:?}: {e}"));
+        }
+        text.push_str(&format!("timeout = {t:?}\n"));
+    }
+    Ok(text)
 }
 
 /// `linetap probe --read TABLE START COUNT`: raw registers of a device at an address or
