@@ -991,6 +991,20 @@ broken!(
 );
 
 broken!(
+    an_opcua_robotics_scope_typo,
+    with_ua("profile = \"opcua-robotics\"", "[[devices.points]]\nname = \"load\"\nrobotics = \"Axis/EffectiveLoadRate\"\n"),
+    at: ("robotics = \"Axis/EffectiveLoadRate\"", 1, "\"Axis/EffectiveLoadRate\""),
+    says: "unknown robotics scope \"Axis\" (did you mean \"Axes\"?)",
+);
+
+broken!(
+    an_opcua_robotics_count_on_one_value,
+    with_ua("", "[[devices.points]]\nname = \"mode\"\nrobotics = \"SafetyStates/OperationalMode\"\ncount = 3\n"),
+    at: ("robotics = \"SafetyStates/OperationalMode\"", 1, "\"SafetyStates/OperationalMode\""),
+    says: "robotics = \"SafetyStates/OperationalMode\" is one value: `count` applies to Axes/… and PowerTrains/…",
+);
+
+broken!(
     an_opcua_path_not_from_objects,
     with_ua("", "[[devices.points]]\nname = \"speed\"\npath = \"DeviceSet/Spindle/Speed\"\n"),
     at: ("path = \"DeviceSet/Spindle/Speed\"", 1, "\"DeviceSet/Spindle/Speed\""),
