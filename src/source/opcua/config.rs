@@ -305,10 +305,12 @@ fn device(cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<OpcuaDevice> {
             .unwrap_or(Duration::from_secs(5))
             .max(Duration::from_millis(100)),
         max_items_per_call: max_items,
-        browse_interval: keys
-            .browse_interval
-            .map(|t| t.into_inner().0)
-            .unwrap_or(Duration::from_secs(60)),
+        // Zero: never; else at least a second (a browse of a robot is many requests).
+        browse_interval: match keys.browse_interval.map(|t| t.into_inner().0) {
+            Some(d) if d.is_zero() => d,
+            Some(d) => d.max(Duration::from_secs(1)),
+            None => Duration::from_secs(60),
+        },
     })
 }
 

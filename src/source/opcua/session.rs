@@ -511,6 +511,11 @@ async fn serve(
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
+    // The browse runs beside the session's loop (many round trips on a robot): data changes
+    // go on meanwhile. A browse that fails is tried again at the next interval; only a
+    // browse that finds other nodes ends the session.
+    let mut browsing = Browse(None);
+    let mut browse_failed: Option<String> = None;
     let take = |targets: &mut Targets, handle: u32, dv: &DataValue| {
         if let Some(item) = items.get((handle as usize).wrapping_sub(1)) {
             if let Some(t) = targets.list.get_mut(item.target) {
@@ -545,18 +550,30 @@ async fn serve(
                     }
                     None => std::future::pending::<()>().await,
                 }
+            }, if browsing.0.is_none() => {
+                let (session, plan) = (session.clone(), plan.clone());
+                browsing.0 = Some(tokio::spawn(async move { super::shape::of(&session, &plan).await }));
+            }
+            done = async {
+                match browsing.0.as_mut() {
+                    Some(h) => h.await,
+                    None => std::future::pending().await,
+                }
             } => {
-                let again = super::shape::of(session, plan).await;
-                match again {
-                    Ok(now) if now.same_as(&shape) => {}
-                    Ok(_) => {
+                browsing.0 = None;
+                match done {
+                    Ok(Ok(now)) if now.same_as(&shape) => browse_failed = None,
+                    Ok(Ok(_)) => {
                         targets.flush(None).await;
                         return Some("the server's nodes changed (a download?): a new session subscribes to them".into());
                     }
-                    Err(e) => {
-                        targets.flush(None).await;
-                        return Some(e);
+                    Ok(Err(e)) => {
+                        if browse_failed.as_deref() != Some(e.as_str()) {
+                            tracing::warn!(device = %plan.name, "browsing the server again failed: {e}; tried again in {every:?}");
+                            browse_failed = Some(e);
+                        }
                     }
+                    Err(_) => {}
                 }
             }
             Some(status) = ended_rx.recv() => {
@@ -577,6 +594,17 @@ async fn serve(
                 targets.flush(None).await;
                 return None;
             }
+        }
+    }
+}
+
+/// A browse running beside a session's loop; stopped with the session.
+struct Browse(Option<tokio::task::JoinHandle<Result<super::shape::Shape, String>>>);
+
+impl Drop for Browse {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
         }
     }
 }

@@ -52,10 +52,12 @@ impl Shape {
         let same_points = |a: &DeviceConfig, b: &DeviceConfig| {
             a.id == b.id
                 && a.points.len() == b.points.len()
-                && a.points
-                    .iter()
-                    .zip(&b.points)
-                    .all(|(p, q)| p.name == q.name && p.count == q.count && p.kind == q.kind)
+                && a.points.iter().zip(&b.points).all(|(p, q)| {
+                    p.name == q.name
+                        && p.count == q.count
+                        && p.kind == q.kind
+                        && p.element_tag == q.element_tag
+                })
         };
         self.reads == other.reads
             && self.targets.len() == other.targets.len()
