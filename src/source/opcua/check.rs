@@ -57,16 +57,7 @@ fn describe(p: &PointConfig) -> String {
     };
     let mut d = match &o.at {
         Where::Node(n) => format!("node {n}"),
-        Where::Path(path) => format!(
-            "path {}",
-            path.iter()
-                .map(|e| match &e.namespace {
-                    Some(u) => format!("{{{u}}}{}", e.name),
-                    None => e.name.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join("/")
-        ),
+        Where::Path(path) => format!("path {}", super::session::path_text(path)),
         Where::Robotics(r) => {
             let per = if r.per_axis() {
                 format!(" (one per axis: {} until browsed)", p.count)

@@ -321,7 +321,8 @@ pub(crate) async fn resolve(
     Ok(out)
 }
 
-fn path_text(p: &[PathElement]) -> String {
+/// A browse path as written in a point's `path` (`{URI}` before a name in a namespace).
+pub(crate) fn path_text(p: &[PathElement]) -> String {
     p.iter()
         .map(|e| match &e.namespace {
             Some(u) => format!("{{{u}}}{}", e.name),
