@@ -11,7 +11,7 @@
 
 use super::signal::Wave;
 use crate::config::{DeviceConfig, PointConfig, PointType};
-use crate::source::opcua::address::{Identifier, Namespace};
+use crate::source::opcua::address::{split_endpoint, Identifier, Namespace};
 use crate::source::opcua::config::{opcua_point, OpcuaDevice, Where};
 use crate::source::opcua::robotics::Role;
 use opcua::server::address_space::{AddressSpace, ObjectBuilder, VariableBuilder};
@@ -92,18 +92,6 @@ fn namespaces(d: &DeviceConfig) -> Vec<String> {
 /// namespace 1, owned by the server itself).
 fn own_namespace(d: &DeviceConfig) -> String {
     format!("urn:linetap:simulator:{}:nodes", d.id)
-}
-
-/// `opc.tcp://HOST:PORT[/PATH]` → (HOST, PORT, /PATH).
-fn split_endpoint(endpoint: &str) -> Option<(String, u16, String)> {
-    let rest = endpoint.strip_prefix("opc.tcp://")?;
-    let (hp, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = hp.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Some((host.to_string(), port.parse().ok()?, path.to_string()))
 }
 
 /// The endpoint `endpoint` with its port replaced by `at`'s (a `:0` endpoint was served on an

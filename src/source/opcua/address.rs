@@ -5,6 +5,22 @@
 //! server: a namespace given by URI is resolved against the server's namespace array when the
 //! session starts.
 
+/// An endpoint `opc.tcp://HOST:PORT[/PATH]` as (HOST without IPv6 brackets, PORT, /PATH);
+/// `None` when it is not one.
+pub fn split_endpoint(endpoint: &str) -> Option<(String, u16, String)> {
+    let rest = endpoint.strip_prefix("opc.tcp://")?;
+    let (hp, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = hp.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port.parse().ok()?, path.to_string()))
+}
+
 /// The namespace of a NodeId or browse name: an index, or a URI resolved at run time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Namespace {

@@ -180,12 +180,7 @@ fn device(cx: &mut Ctx, raw: RawTable, d: &DeviceDraft) -> Option<OpcuaDevice> {
     let endpoint = match &keys.endpoint {
         Some(e) => {
             let v = e.get_ref().trim();
-            let ok = v
-                .strip_prefix("opc.tcp://")
-                .and_then(|r| r.split('/').next())
-                .and_then(|hp| hp.rsplit_once(':'))
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            if !ok {
+            if super::address::split_endpoint(v).is_none() {
                 cx.err(
                     e.span(),
                     format!(
