@@ -20,10 +20,14 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec / 1e9;
 }
 
+static double user_s, system_s;
+
 static double cpu(void) {
     struct rusage r;
     getrusage(RUSAGE_SELF, &r);
-    return r.ru_utime.tv_sec + r.ru_utime.tv_usec / 1e6 + r.ru_stime.tv_sec + r.ru_stime.tv_usec / 1e6;
+    user_s = r.ru_utime.tv_sec + r.ru_utime.tv_usec / 1e6;
+    system_s = r.ru_stime.tv_sec + r.ru_stime.tv_usec / 1e6;
+    return user_s + system_s;
 }
 
 int main(int argc, char **argv) {
@@ -80,8 +84,9 @@ int main(int argc, char **argv) {
         if (poll > 0 && next[k] < now()) next[k] = now(); /* behind: no burst */
         if (poll == 0) next[k] = now();
     }
-    double c1 = cpu(), t1 = now();
-    printf("{\"reads\": %ld, \"values\": %ld, \"errors\": %ld, \"seconds\": %.3f, \"cpu_seconds\": %.3f}\n",
-           reads, values, errors, t1 - t0, c1 - c0);
+    double u0 = user_s, s0 = system_s, c1 = cpu(), t1 = now();
+    printf("{\"reads\": %ld, \"values\": %ld, \"errors\": %ld, \"seconds\": %.3f, \"cpu_seconds\": %.3f, "
+           "\"user_s\": %.3f, \"system_s\": %.3f}\n",
+           reads, values, errors, t1 - t0, c1 - c0, user_s - u0, system_s - s0);
     return 0;
 }

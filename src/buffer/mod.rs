@@ -22,6 +22,7 @@
 
 pub mod catalogs;
 pub mod cursors;
+mod encode;
 mod input;
 pub mod log;
 mod reader;

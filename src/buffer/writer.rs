@@ -13,6 +13,7 @@
 //! sealed and deleted, or its delivered bytes punched out when not even a new segment fits),
 //! so a file system smaller than `max_bytes` does not fill up with delivered data.
 
+use super::encode::encode_batch;
 use super::input::Entry;
 use super::log::{self, LogWriter};
 use super::record;
@@ -20,7 +21,6 @@ use super::{cursors, now_ms, Shared, TailItem, NOTIFY_BYTES, NOTIFY_EVERY, TICK,
 use crate::config::{BufferConfig, WhenFull};
 use crate::model::catalog::Version;
 use crate::model::SampleBatch;
-use prost::Message;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -236,10 +236,7 @@ impl Writer {
         }
         self.full_logged = false;
         self.scratch.clear();
-        if batch.encode(&mut self.scratch).is_err() {
-            self.refuse(self.taken, samples);
-            return false;
-        }
+        encode_batch(&batch, &mut self.scratch);
         if self.scratch.len() > MAX_RECORD {
             // Far larger than any poll: split it so the reader's limit holds.
             let parts = self.scratch.len().div_ceil(MAX_RECORD);
@@ -250,7 +247,8 @@ impl Writer {
                     ..(*batch).clone()
                 };
                 self.scratch.clear();
-                if part.encode(&mut self.scratch).is_err() || self.scratch.len() > MAX_RECORD {
+                encode_batch(&part, &mut self.scratch);
+                if self.scratch.len() > MAX_RECORD {
                     tracing::error!(
                         samples = chunk.len(),
                         "buffer: samples too large for one record are not written"
