@@ -4,7 +4,7 @@ and delivered to a real VictoriaMetrics through the InfluxDB v2 write API.
 
 Reports the agent's CPU seconds per million values delivered and its peak RSS.
 
-    cargo build --release
+    cargo build --profile dist        # what the package ships (else target/release is used)
     python3 bench/e2e.py --devices 20 --seconds 60
     python3 bench/e2e.py --devices 200 --seconds 60
     python3 bench/e2e.py --devices 200 --poll 1s --listed --seconds 65   # 20,000 listed points
@@ -23,7 +23,13 @@ EXTRA = os.environ.get("BENCH_SINK_EXTRA", "").replace(";", "\n") + "\n"
 # Extra [agent] keys, e.g. BENCH_AGENT_EXTRA='self_interval = "0s"'.
 AGENT_EXTRA = os.environ.get("BENCH_AGENT_EXTRA", "").replace(";", "\n") + "\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("LINETAP_BIN") or os.path.join(ROOT, "target", "release", "linetap")
+def default_bin():
+    """The `dist` build (what the Debian package ships) when there is one, else the release build."""
+    dist = os.path.join(ROOT, "target", "dist", "linetap")
+    return dist if os.path.exists(dist) else os.path.join(ROOT, "target", "release", "linetap")
+
+
+BIN = os.environ.get("LINETAP_BIN") or default_bin()
 
 
 TAKEN = set()
@@ -201,7 +207,7 @@ def main():
     if a.gzip:
         EXTRA += "gzip = true\n"
     if not os.path.exists(BIN):
-        sys.exit("build first: cargo build --release")
+        sys.exit("build first: cargo build --profile dist (or --release)")
     vm_bin = shutil.which("victoria-metrics") or sys.exit("apt-get install victoria-metrics")
     tmp = tempfile.mkdtemp(prefix="linetap-e2e-")
     procs = []
@@ -337,7 +343,7 @@ def main():
         cpu = cpu1 - cpu0
         per_million = cpu / (delivered / 1e6) if delivered else float("inf")
         print(json.dumps({
-            "devices": a.devices, "seconds": round(t1 - t0, 1), "values_delivered": int(delivered),
+            "binary": os.path.relpath(BIN, ROOT), "devices": a.devices, "seconds": round(t1 - t0, 1), "values_delivered": int(delivered),
             "values_expected": int(expected), "delivery_ratio": round(modbus_delivered / expected, 4) if expected else None,
             "agent_cpu_seconds": round(cpu, 3), "agent_user_s": round(split1[0] - split0[0], 2), "agent_system_s": round(split1[1] - split0[1], 2), "cpu_seconds_per_million_values": round(per_million, 3),
             "startup_s_to_first_sample": round(startup, 2) if startup is not None else None,

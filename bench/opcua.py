@@ -5,7 +5,7 @@ that writes every variable once a second, delivered to a real VictoriaMetrics (v
 Reports the time from start to the first value of every item (the items are created in
 batches of `max_items_per_call`), and the agent's CPU seconds per million values delivered.
 
-    cargo build --release
+    cargo build --profile dist        # or --release (bench/e2e.py picks the binary)
     python3 bench/opcua.py --items 5000 --seconds 60 [--batch 1000]
 
 Needs Python asyncua (LINETAP_ASYNCUA_PYTHON, default /opt/asyncua-venv/bin/python). The server
