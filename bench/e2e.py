@@ -23,6 +23,8 @@ EXTRA = os.environ.get("BENCH_SINK_EXTRA", "").replace(";", "\n") + "\n"
 # Extra [agent] keys, e.g. BENCH_AGENT_EXTRA='self_interval = "0s"'.
 AGENT_EXTRA = os.environ.get("BENCH_AGENT_EXTRA", "").replace(";", "\n") + "\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def default_bin():
     """The `dist` build (what the Debian package ships) when there is one, else the release build."""
     dist = os.path.join(ROOT, "target", "dist", "linetap")
