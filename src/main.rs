@@ -561,19 +561,29 @@ fn probe_profile(
     text.push_str(&format!(
         "[[devices]]\nid = \"probe\"\nprofile = {name:?}\n{target}"
     ));
+    push_points(
+        &mut text,
+        points,
+        "address",
+        "NAME=ADDRESS, e.g. statusword=0x6041",
+    )?;
+    probe_device(&text, Some(name))
+}
+
+/// Appends `--point NAME=VALUE` arguments as `[[devices.points]]` with `key = VALUE`; `usage`
+/// is how to write one, for an argument without `=`.
+fn push_points(text: &mut String, points: &[String], key: &str, usage: &str) -> Result<(), String> {
     for p in points {
-        let Some((name, address)) = p.split_once('=') else {
-            return Err(format!(
-                "--point {p:?}: use NAME=ADDRESS, e.g. statusword=0x6041"
-            ));
+        let Some((name, value)) = p.split_once('=') else {
+            return Err(format!("--point {p:?}: use {usage}"));
         };
         text.push_str(&format!(
-            "[[devices.points]]\nname = {:?}\naddress = {:?}\n",
+            "[[devices.points]]\nname = {:?}\n{key} = {:?}\n",
             name.trim(),
-            address.trim()
+            value.trim()
         ));
     }
-    probe_device(&text, Some(name))
+    Ok(())
 }
 
 /// `linetap probe --opcua ENDPOINT [--path P] [--depth N]`: a commissioning browse. Returns
@@ -646,18 +656,12 @@ fn probe_rtde(
         dir,
         timeout,
     )?;
-    for p in points {
-        let Some((name, field)) = p.split_once('=') else {
-            return Err(format!(
-                "--point {p:?}: use NAME=FIELD, e.g. cycles=output_int_register_24"
-            ));
-        };
-        text.push_str(&format!(
-            "[[devices.points]]\nname = {:?}\nrtde = {:?}\n",
-            name.trim(),
-            field.trim()
-        ));
-    }
+    push_points(
+        &mut text,
+        points,
+        "rtde",
+        "NAME=FIELD, e.g. cycles=output_int_register_24",
+    )?;
     probe_device(&text, Some(profile))
 }
 
