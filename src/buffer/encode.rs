@@ -1,8 +1,9 @@
 //! A `SampleBatch` as the protobuf bytes of a record's payload, written in one pass: the same
 //! bytes prost writes (property-tested below; the reader decodes them with prost), in about
-//! two thirds of the instructions. prost's `encode` measures every sample twice (once for the whole
-//! message, once for each sample's length prefix) and pushes a varint byte by byte through a
-//! generic buffer; this is the buffer writer's largest cost per sample (decision 0022).
+//! two thirds of the instructions. prost's `encode` measures every sample twice (once for the
+//! whole message, once for each sample's length prefix) and pushes a varint byte by byte
+//! through a generic buffer; it was the buffer writer's largest cost per sample (decision
+//! 0022).
 
 use crate::model::{sample::Value, Sample, SampleBatch};
 
