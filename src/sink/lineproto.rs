@@ -26,9 +26,14 @@ impl Skipped {
 /// One point's fixed text. Compact: a large line has tens of thousands of points, and every
 /// sink keeps an encoder per catalog version it writes.
 struct PointLine {
-    /// `measurement,tag=v,... field=`: `LineEncoder::text[start..start + len]`.
+    /// `measurement,tag=v,... field=`: `LineEncoder::text[start..start + len]`; when the
+    /// series (`measurement,tag=v,... `) is the previous point's, only the series, and
+    /// `field=` is `text[field..field + field_len]` (a device's listed points share one
+    /// series text: 1.2 MB less on a line of 20,000 points).
     start: u32,
     len: u32,
+    field: u32,
+    field_len: u32,
     /// Integers are written with an `i` suffix, whether the value came in as int or uint;
     /// u64 points with `u` where the store has an unsigned type (`LineEncoder::unsigned`).
     data_type: DataType,
@@ -122,6 +127,8 @@ impl LineEncoder {
         points.resize_with(size, || None);
         let mut text = Vec::new();
         let mut prefix = Vec::new();
+        // Where the previous point's series text is in `text`.
+        let mut last_series: Option<(usize, usize)> = None;
         for p in &catalog.points {
             let line = {
                 let dev = devices.get(&p.device).copied();
@@ -163,6 +170,7 @@ impl LineEncoder {
                     escape_key(v, &mut prefix);
                 }
                 prefix.push(b' ');
+                let series_len = prefix.len();
                 escape_key(&p.name, &mut prefix);
                 prefix.push(b'=');
                 let labels = (!p.enum_labels.is_empty()).then(|| {
@@ -187,11 +195,27 @@ impl LineEncoder {
                         labels: labels.into_boxed_slice(),
                     })
                 });
-                let start = text.len() as u32;
-                text.extend_from_slice(&prefix);
+                let (series, field) = prefix.split_at(series_len);
+                let shared =
+                    last_series.filter(|&(at, len)| text.get(at..at + len) == Some(series));
+                let (start, len, field_at, field_len) = match shared {
+                    Some((at, len)) => {
+                        let field_at = text.len();
+                        text.extend_from_slice(field);
+                        (at, len, field_at, field.len())
+                    }
+                    None => {
+                        let at = text.len();
+                        text.extend_from_slice(&prefix);
+                        last_series = Some((at, series_len));
+                        (at, prefix.len(), 0, 0)
+                    }
+                };
                 PointLine {
-                    start,
-                    len: prefix.len() as u32,
+                    start: start as u32,
+                    len: len as u32,
+                    field: field_at as u32,
+                    field_len: field_len as u32,
                     data_type: DataType::try_from(p.data_type).unwrap_or(DataType::Unknown),
                     labels,
                 }
@@ -212,13 +236,23 @@ impl LineEncoder {
         self
     }
 
-    /// The prefix of a point.
+    /// Appends the prefix of a point (`measurement,tag=v,... field=`).
     #[inline]
-    fn prefix(&self, p: &PointLine) -> &[u8] {
+    fn write_prefix(&self, p: &PointLine, out: &mut Vec<u8>) {
         let start = p.start as usize;
-        self.text
-            .get(start..start + p.len as usize)
-            .unwrap_or_default()
+        out.extend_from_slice(
+            self.text
+                .get(start..start + p.len as usize)
+                .unwrap_or_default(),
+        );
+        if p.field_len > 0 {
+            let field = p.field as usize;
+            out.extend_from_slice(
+                self.text
+                    .get(field..field + p.field_len as usize)
+                    .unwrap_or_default(),
+            );
+        }
     }
 
     /// Appends one line per sample of `batch` to `out`; returns how many lines were written and
@@ -237,7 +271,7 @@ impl LineEncoder {
             };
             let Some(value) = &s.value else { continue };
             let mark = out.len();
-            out.extend_from_slice(self.prefix(p));
+            self.write_prefix(p, out);
             let unsigned = self.unsigned && p.data_type == DataType::Uint64;
             if let Err(why) = write_field_value(value, p.data_type, unsigned, out) {
                 out.truncate(mark);
@@ -415,6 +449,79 @@ mod tests {
             quality: 0,
             value: Some(value),
         }
+    }
+
+    /// Listed points of one device share their series text (`measurement,tags `); a point
+    /// between them with other tags, and the next device, start a text of their own; every
+    /// line is still the whole line.
+    #[test]
+    fn points_of_one_series_share_its_text() {
+        let mut c = catalog();
+        c.devices.push(DeviceDescriptor {
+            id: 1,
+            name: "plc-02".into(),
+            ..Default::default()
+        });
+        let point = |id: u32, device: u32, name: &str, tag: Option<&str>| PointDescriptor {
+            id,
+            device,
+            measurement: "io".into(),
+            name: name.into(),
+            tags: tag
+                .map(|v| {
+                    vec![Tag {
+                        key: "bank".into(),
+                        value: v.into(),
+                    }]
+                })
+                .unwrap_or_default(),
+            data_type: DataType::Double as i32,
+            ..Default::default()
+        };
+        c.points = vec![
+            point(0, 0, "v0", None),
+            point(1, 0, "v1", None),
+            point(2, 0, "v2", Some("b")),
+            point(3, 0, "v3", None),
+            point(4, 0, "v4", None),
+            point(5, 1, "v0", None),
+            point(6, 1, "v1", None),
+        ];
+        let enc = LineEncoder::new(&c);
+        let shared: Vec<u32> = enc
+            .points
+            .iter()
+            .flatten()
+            .map(|p| u32::from(p.field_len > 0))
+            .collect();
+        assert_eq!(shared, [0, 1, 0, 0, 1, 0, 1]);
+        let batch = SampleBatch {
+            device: 0,
+            seq: 1,
+            timestamp_ns: 5,
+            samples: (0..7)
+                .map(|i| Sample {
+                    point: i,
+                    value: Some(Value::DoubleValue(i as f64 + 0.5)),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let mut out = Vec::new();
+        assert_eq!(enc.encode(&batch, &mut out, &mut Skipped::default()), 7);
+        let tags = "line=weld-a,site=plant-2,workshop=ws\\ 3";
+        let dev0 = format!("io,cell=cell-3,device=robot-01,kind=robot,{tags}");
+        let dev1 = format!("io,device=plc-02,{tags}");
+        let want = [
+            format!("{dev0} v0=0.5 5"),
+            format!("{dev0} v1=1.5 5"),
+            format!("io,bank=b,cell=cell-3,device=robot-01,kind=robot,{tags} v2=2.5 5"),
+            format!("{dev0} v3=3.5 5"),
+            format!("{dev0} v4=4.5 5"),
+            format!("{dev1} v0=5.5 5"),
+            format!("{dev1} v1=6.5 5"),
+        ];
+        assert_eq!(String::from_utf8(out).unwrap(), want.join("\n") + "\n");
     }
 
     #[test]

@@ -188,6 +188,14 @@ pub static KINDS: &[&dyn SourceKind] = &[
 
 /// Builds every source a configuration names, registering their devices and points.
 pub fn build(config: &Config, registry: &mut Registry) -> Vec<Box<dyn Source>> {
+    // Every configured value and each device's four health points: the registry's arrays are
+    // sized once instead of doubling (sources that learn points later add to it).
+    let configured: usize = config
+        .devices
+        .iter()
+        .map(|d| 4 + d.points.iter().map(|p| p.count as usize).sum::<usize>())
+        .sum();
+    registry.reserve(configured);
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     for kind in KINDS {
         sources.extend(kind.build(config, registry));

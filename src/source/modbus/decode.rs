@@ -1,7 +1,7 @@
 //! Register decoding (pure): words of one response → typed values, following PRODUCT.md's
 //! encoding rules (word orders, bit numbering, strings, scale and offset).
 
-use super::plan::Field;
+use super::plan::{Field, Scaling};
 use crate::config::{ByteHalf, PointType, WordOrder};
 use crate::model::Value;
 
@@ -51,8 +51,8 @@ pub fn decode_field(words: &[u16], f: &Field) -> Option<Value> {
         PointType::F32 => Num::Float(f32::from_bits(combine(raw, f.order) as u32) as f64),
         PointType::F64 => Num::Float(f64::from_bits(combine(raw, f.order))),
     };
-    Some(if f.scaled {
-        Value::DoubleValue(apply_scale(value.as_f64(), f))
+    Some(if let Some(scaling) = &f.scaling {
+        Value::DoubleValue(apply_scale(value.as_f64(), scaling))
     } else {
         match value {
             Num::Int(i) => Value::IntValue(i),
@@ -64,7 +64,7 @@ pub fn decode_field(words: &[u16], f: &Field) -> Option<Value> {
 
 /// `raw * scale + offset`, computed so decimal scales stay decimal: with scale 0.1 and offset
 /// -40, raw 401 gives 0.1 (as (401 - 400) / 10), not 0.10000000000000142.
-pub fn apply_scale(x: f64, f: &Field) -> f64 {
+pub fn apply_scale(x: f64, f: &Scaling) -> f64 {
     if f.divisor == 0.0 {
         return x * f.scale + f.add;
     }
@@ -147,10 +147,7 @@ mod tests {
             bit: None,
             byte: None,
             width,
-            scale: 1.0,
-            divisor: 0.0,
-            add: 0.0,
-            scaled: false,
+            scaling: None,
         }
     }
 
@@ -214,9 +211,7 @@ mod tests {
             Some(Value::StringValue("UR5".into()))
         );
         let mut f = field(PointType::I16, WordOrder::ABCD, 1);
-        f.scale = 0.1;
-        f.add = -40.0;
-        f.scaled = true;
+        f.scaling = Some(Box::new(Scaling::new(0.1, -40.0)));
         assert_eq!(
             decode_field(&[650], &f),
             Some(Value::DoubleValue(650.0 * 0.1 - 40.0))

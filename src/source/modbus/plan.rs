@@ -22,12 +22,29 @@ pub struct Field {
     pub byte: Option<crate::config::ByteHalf>,
     /// Registers the value spans.
     pub width: u16,
+    /// Scaled points only (`scale` or `offset` set): boxed, so the plan of a line of 20,000
+    /// plain points keeps 24 bytes a value, not 48 (issue 22).
+    pub scaling: Option<Box<Scaling>>,
+}
+
+/// `raw * scale + add`, as a scaled point is decoded (`decode::apply_scale`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
     pub scale: f64,
     /// `1/scale` when that is a whole number (scale 0.1, 0.001 …): dividing by it gives the
     /// decimal value users expect (62.9, not 62.900000000000006); 0 when not used.
     pub divisor: f64,
     pub add: f64,
-    pub scaled: bool,
+}
+
+impl Scaling {
+    pub fn new(scale: f64, add: f64) -> Scaling {
+        Scaling {
+            scale,
+            divisor: scale_divisor(scale),
+            add,
+        }
+    }
 }
 
 /// The whole-number reciprocal of a decimal scale such as 0.1 or 0.001, if it has one.
@@ -97,10 +114,9 @@ pub fn plan_reads(device: &DeviceConfig, bus: &ModbusDevice, ids: &[u32]) -> Vec
                     bit: r.bit,
                     byte: r.byte,
                     width: r.width,
-                    scale: p.scale,
-                    divisor: scale_divisor(p.scale),
-                    add: p.offset,
-                    scaled: p.is_scaled(),
+                    scaling: p
+                        .is_scaled()
+                        .then(|| Box::new(Scaling::new(p.scale, p.offset))),
                 },
             });
         }
