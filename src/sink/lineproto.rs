@@ -31,12 +31,16 @@ struct PointLine {
     /// `field=` is `text[field..field + field_len]` (a device's listed points share one
     /// series text: 1.2 MB less on a line of 20,000 points).
     start: u32,
-    len: u32,
+    /// Never 0 (a prefix has a measurement and a field): the niche that keeps an
+    /// `Option<PointLine>` 24 bytes.
+    len: std::num::NonZeroU32,
     field: u32,
-    field_len: u32,
-    /// Integers are written with an `i` suffix, whether the value came in as int or uint;
-    /// u64 points with `u` where the store has an unsigned type (`LineEncoder::unsigned`).
-    data_type: DataType,
+    /// 0: not shared (a field name too long for it is not shared either).
+    field_len: u16,
+    /// A `DataType` (one byte, so a point's line is 24 bytes): integers are written with an
+    /// `i` suffix, whether the value came in as int or uint; u64 points with `u` where the
+    /// store has an unsigned type (`LineEncoder::unsigned`).
+    data_type: u8,
     /// Enum points only.
     labels: Option<Box<EnumLine>>,
 }
@@ -196,8 +200,9 @@ impl LineEncoder {
                     })
                 });
                 let (series, field) = prefix.split_at(series_len);
-                let shared =
-                    last_series.filter(|&(at, len)| text.get(at..at + len) == Some(series));
+                let shared = last_series
+                    .filter(|&(at, len)| text.get(at..at + len) == Some(series))
+                    .filter(|_| u16::try_from(field.len()).is_ok());
                 let (start, len, field_at, field_len) = match shared {
                     Some((at, len)) => {
                         let field_at = text.len();
@@ -211,16 +216,16 @@ impl LineEncoder {
                         (at, prefix.len(), 0, 0)
                     }
                 };
-                PointLine {
+                std::num::NonZeroU32::new(len as u32).map(|len| PointLine {
                     start: start as u32,
-                    len: len as u32,
+                    len,
                     field: field_at as u32,
-                    field_len: field_len as u32,
-                    data_type: DataType::try_from(p.data_type).unwrap_or(DataType::Unknown),
+                    field_len: field_len as u16,
+                    data_type: u8::try_from(p.data_type).unwrap_or(0),
                     labels,
-                }
+                })
             };
-            points[p.id as usize] = Some(line);
+            points[p.id as usize] = line;
         }
         text.shrink_to_fit();
         LineEncoder {
@@ -242,7 +247,7 @@ impl LineEncoder {
         let start = p.start as usize;
         out.extend_from_slice(
             self.text
-                .get(start..start + p.len as usize)
+                .get(start..start + p.len.get() as usize)
                 .unwrap_or_default(),
         );
         if p.field_len > 0 {
@@ -272,8 +277,9 @@ impl LineEncoder {
             let Some(value) = &s.value else { continue };
             let mark = out.len();
             self.write_prefix(p, out);
-            let unsigned = self.unsigned && p.data_type == DataType::Uint64;
-            if let Err(why) = write_field_value(value, p.data_type, unsigned, out) {
+            let data_type = DataType::try_from(i32::from(p.data_type)).unwrap_or(DataType::Unknown);
+            let unsigned = self.unsigned && data_type == DataType::Uint64;
+            if let Err(why) = write_field_value(value, data_type, unsigned, out) {
                 out.truncate(mark);
                 match why {
                     Unwritable::NotFinite => skipped.not_finite += 1,
@@ -382,6 +388,16 @@ fn is_half(x: f32) -> bool {
 mod tests {
     use super::*;
     use crate::model::{DeviceDescriptor, EnumLabel, PointDescriptor, Sample, Tag};
+
+    /// Tens of thousands of these per encoder (issue 22).
+    #[test]
+    fn a_point_line_stays_small() {
+        assert_eq!(std::mem::size_of::<Option<PointLine>>(), 24);
+        assert!(
+            DataType::try_from(u8::MAX as i32).is_err(),
+            "data types fit a byte"
+        );
+    }
 
     fn catalog() -> Catalog {
         Catalog {

@@ -4,14 +4,17 @@
 use super::lineproto::{LineEncoder, Skipped};
 use super::{Outcome, RetryCtl, Sink};
 use crate::model::{Catalog, SampleBatch};
+use bytes::Bytes;
 use std::collections::HashMap;
 
 /// Delivers line-protocol bodies somewhere.
 pub trait LineWriter: Send + 'static {
-    /// Writes `body` (`lines` complete lines), retrying as the destination warrants.
+    /// Writes `body` (`lines` complete lines), retrying as the destination warrants. It is
+    /// `Bytes` so a request can hold it without a copy; the sink uses its memory again for the
+    /// next body once the writer has let go of it.
     fn write(
         &mut self,
-        body: &[u8],
+        body: &Bytes,
         lines: usize,
         retry: &mut RetryCtl,
     ) -> impl std::future::Future<Output = Outcome> + Send;
@@ -25,6 +28,9 @@ pub trait LineWriter: Send + 'static {
 /// How many catalog versions' encoders a sink keeps (the least recently built goes first; a
 /// version needed again is handed to the sink again).
 const ENCODERS: usize = 8;
+
+/// The body's first capacity (it grows to what a batch needs and is kept).
+const BODY_CAPACITY: usize = 256 << 10;
 
 pub struct LineSink<W> {
     writer: W,
@@ -41,7 +47,7 @@ impl<W: LineWriter> LineSink<W> {
             writer,
             encoders: HashMap::new(),
             order: Vec::new(),
-            body: Vec::with_capacity(256 << 10),
+            body: Vec::with_capacity(BODY_CAPACITY),
             lines: 0,
         }
     }
@@ -79,13 +85,116 @@ impl<W: LineWriter> Sink for LineSink<W> {
     }
 
     async fn flush(&mut self, retry: &mut RetryCtl) -> Outcome {
-        let outcome = self.writer.write(&self.body, self.lines, retry).await;
-        self.body.clear();
+        let body = Bytes::from(std::mem::take(&mut self.body));
+        let outcome = self.writer.write(&body, self.lines, retry).await;
+        // Emptied first, so taking the memory back copies nothing.
+        self.body = match body.try_into_mut() {
+            Ok(mut b) => {
+                b.clear();
+                Vec::from(b)
+            }
+            // Still held (a request not yet dropped): a new one.
+            Err(_) => Vec::with_capacity(BODY_CAPACITY),
+        };
         self.lines = 0;
         outcome
     }
 
     fn pending_bytes(&self) -> usize {
         self.body.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{sample::Value, DataType, DeviceDescriptor, PointDescriptor, Sample};
+    use std::time::Duration;
+
+    /// Keeps what it was given, as a request would until it is done.
+    struct Keeper {
+        bodies: Vec<Vec<u8>>,
+        hold: Option<Bytes>,
+        keep: bool,
+    }
+
+    impl LineWriter for Keeper {
+        async fn write(&mut self, body: &Bytes, _lines: usize, _retry: &mut RetryCtl) -> Outcome {
+            self.bodies.push(body.to_vec());
+            self.hold = self.keep.then(|| body.clone());
+            Outcome::Delivered
+        }
+    }
+
+    /// The body goes to the writer without a copy, and its memory comes back for the next one
+    /// when the writer let go of it (a new buffer when it did not); every body is whole.
+    #[tokio::test]
+    async fn the_body_is_handed_over_and_taken_back_without_a_copy() {
+        let catalog = Catalog {
+            line: "l".into(),
+            devices: vec![DeviceDescriptor {
+                name: "d".into(),
+                ..Default::default()
+            }],
+            points: vec![PointDescriptor {
+                measurement: "m".into(),
+                name: "v".into(),
+                data_type: DataType::Double as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let batch = |x: f64| SampleBatch {
+            timestamp_ns: 7,
+            samples: vec![Sample {
+                value: Some(Value::DoubleValue(x)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut sink = LineSink::new(Keeper {
+            bodies: Vec::new(),
+            hold: None,
+            keep: false,
+        });
+        sink.catalog(1, &catalog);
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        let mut retry = RetryCtl::new(
+            shutdown,
+            Duration::from_secs(1),
+            Default::default(),
+            crate::observe::liveness::Beat::unwatched(),
+        );
+        let mut skipped = Skipped::default();
+        assert_eq!(sink.add(1, &batch(1.5), &mut skipped), 1);
+        let memory = sink.body.as_ptr();
+        assert_eq!(sink.flush(&mut retry).await, Outcome::Delivered);
+        assert_eq!(sink.body.as_ptr(), memory, "the same memory, taken back");
+        assert!(sink.body.is_empty() && sink.body.capacity() >= BODY_CAPACITY);
+        sink.writer.keep = true;
+        sink.add(1, &batch(2.5), &mut skipped);
+        assert_eq!(sink.flush(&mut retry).await, Outcome::Delivered);
+        assert_ne!(sink.body.as_ptr(), memory, "still held: a new buffer");
+        assert!(sink.body.is_empty() && sink.body.capacity() >= BODY_CAPACITY);
+        sink.add(1, &batch(3.5), &mut skipped);
+        assert_eq!(sink.flush(&mut retry).await, Outcome::Delivered);
+        let bodies: Vec<String> = sink
+            .writer
+            .bodies
+            .iter()
+            .map(|b| String::from_utf8(b.clone()).unwrap())
+            .collect();
+        assert_eq!(
+            bodies,
+            [
+                "m,device=d,line=l v=1.5 7\n",
+                "m,device=d,line=l v=2.5 7\n",
+                "m,device=d,line=l v=3.5 7\n"
+            ]
+        );
+        assert_eq!(
+            &sink.writer.hold.as_deref().unwrap()[..],
+            bodies[2].as_bytes()
+        );
     }
 }

@@ -98,7 +98,7 @@ pub fn check_writable(cfg: &FileSinkConfig) -> Result<(), String> {
 }
 
 impl LineWriter for FileWriter {
-    async fn write(&mut self, body: &[u8], _lines: usize, retry: &mut RetryCtl) -> Outcome {
+    async fn write(&mut self, body: &bytes::Bytes, _lines: usize, retry: &mut RetryCtl) -> Outcome {
         loop {
             match self.try_write(body).await {
                 Ok(()) => return Outcome::Delivered,

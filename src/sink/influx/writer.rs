@@ -320,8 +320,8 @@ impl InfluxWriter {
 
     /// The request body of one piece: compressed once (on the blocking pool), reused by
     /// every retry.
-    async fn prepare(&self, piece: Vec<u8>) -> Bytes {
-        let raw = Bytes::from(piece);
+    async fn prepare(&self, piece: Bytes) -> Bytes {
+        let raw = piece;
         if !self.gzip {
             return raw;
         }
@@ -384,7 +384,7 @@ impl InfluxWriter {
 
     /// Writes one piece, retrying while the store is unreachable or holds it back, until it
     /// is delivered, refused, or shutdown gives up.
-    async fn write_piece(&mut self, piece: Vec<u8>, retry: &mut RetryCtl) -> Piece {
+    async fn write_piece(&mut self, piece: Bytes, retry: &mut RetryCtl) -> Piece {
         if piece.is_empty() {
             return Piece::Delivered;
         }
@@ -563,7 +563,10 @@ impl InfluxWriter {
         for (series, field, span) in due {
             probed.push(span.clone());
             match self
-                .write_piece(isolate::join(body, std::slice::from_ref(&span)), retry)
+                .write_piece(
+                    isolate::join(body, std::slice::from_ref(&span)).into(),
+                    retry,
+                )
                 .await
             {
                 Piece::Delivered => {
@@ -596,13 +599,13 @@ impl LineWriter for InfluxWriter {
         self.unsigned
     }
 
-    async fn write(&mut self, body: &[u8], _lines: usize, retry: &mut RetryCtl) -> Outcome {
+    async fn write(&mut self, body: &Bytes, _lines: usize, retry: &mut RetryCtl) -> Outcome {
         let mut dead = Dead::default();
         // The common case, nothing refused lately: the body as it is, in one request; its
         // lines are split apart only when the store refuses it.
         let mut first: Option<Piece> = None;
         if self.refusals.is_empty() {
-            match self.write_piece(body.to_vec(), retry).await {
+            match self.write_piece(body.clone(), retry).await {
                 Piece::Delivered => return Outcome::Delivered,
                 Piece::Abandoned(r) => return Outcome::Abandoned(r),
                 refused => first = Some(refused),
@@ -644,7 +647,7 @@ impl LineWriter for InfluxWriter {
             }
             task.spans = send;
             match self
-                .write_piece(isolate::join(body, &task.spans), retry)
+                .write_piece(isolate::join(body, &task.spans).into(), retry)
                 .await
             {
                 Piece::Delivered => {}
@@ -914,7 +917,7 @@ mod tests {
         let mut w = writer(&s.url, dir.path());
         w.refusals.probe_every = Duration::from_millis(300);
         let (_t, mut retry) = retry_ctl();
-        let first = batch(1);
+        let first = Bytes::from(batch(1));
         let out = w.write(&first, 25, &mut retry).await;
         assert!(matches!(out, Outcome::Rejected { lines: 5, .. }), "{out:?}");
         let stored = s.stored.lock().unwrap().clone();
@@ -923,7 +926,7 @@ mod tests {
         let isolating = s.requests.load(Relaxed);
         assert_eq!(w.refusals.len(), 5);
         // Later batches: one request, dev4's lines dead-lettered without one.
-        let out = w.write(&batch(2), 25, &mut retry).await;
+        let out = w.write(&batch(2).into(), 25, &mut retry).await;
         assert!(matches!(out, Outcome::Rejected { lines: 5, .. }), "{out:?}");
         assert_eq!(s.requests.load(Relaxed), isolating + 1);
         assert_eq!(
@@ -938,7 +941,10 @@ mod tests {
         ACCEPT_DEV4.store(true, Relaxed);
         tokio::time::sleep(Duration::from_millis(350)).await;
         let before = s.requests.load(Relaxed);
-        assert_eq!(w.write(&batch(3), 25, &mut retry).await, Outcome::Delivered);
+        assert_eq!(
+            w.write(&batch(3).into(), 25, &mut retry).await,
+            Outcome::Delivered
+        );
         assert_eq!(s.requests.load(Relaxed), before + 5 + 1);
         assert!(w.refusals.is_empty());
         ACCEPT_DEV4.store(false, Relaxed);
@@ -983,7 +989,7 @@ mod tests {
         // One series with a good and a bad field, others good.
         let body =
             b"m,d=a v=1 1\nm,d=b value=\"x\" 1\nm,d=b v=2 1\nm,d=c v=3 1\nm,d=b value=\"x\" 2\n";
-        let out = w.write(body, 5, &mut retry).await;
+        let out = w.write(&Bytes::from_static(body), 5, &mut retry).await;
         assert!(matches!(out, Outcome::Rejected { lines: 2, .. }), "{out:?}");
         // Refused, then the named lines alone (refused again), the rest once more.
         assert_eq!(s.requests.load(Relaxed), 3);
@@ -994,7 +1000,11 @@ mod tests {
         // The refused field of that series is remembered, its other field is not.
         assert_eq!(w.refusals.len(), 1);
         let out = w
-            .write(b"m,d=b value=\"x\" 3\nm,d=b v=4 3\n", 2, &mut retry)
+            .write(
+                &Bytes::from_static(b"m,d=b value=\"x\" 3\nm,d=b v=4 3\n"),
+                2,
+                &mut retry,
+            )
             .await;
         assert!(matches!(out, Outcome::Rejected { lines: 1, .. }), "{out:?}");
         assert_eq!(s.requests.load(Relaxed), 4);
