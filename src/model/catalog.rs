@@ -210,6 +210,12 @@ impl Registry {
         self.point_ids.reserve(points);
     }
 
+    /// Room left in the point array (tests: `reserve` was enough).
+    #[cfg(test)]
+    pub fn room_left(&self) -> usize {
+        self.points.capacity() - self.points.len()
+    }
+
     /// The next ids to hand out: (point, device).
     pub fn next_ids(&self) -> (u32, u32) {
         (self.next_point, self.next_device)

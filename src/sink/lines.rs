@@ -192,9 +192,6 @@ mod tests {
                 "m,device=d,line=l v=3.5 7\n"
             ]
         );
-        assert_eq!(
-            &sink.writer.hold.as_deref().unwrap()[..],
-            bodies[2].as_bytes()
-        );
+        assert_eq!(sink.writer.hold.as_deref().unwrap(), bodies[2].as_bytes());
     }
 }

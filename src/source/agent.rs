@@ -212,6 +212,17 @@ pub struct AgentSource {
     shape: Shape,
 }
 
+/// How many points `build` registers for a configuration's devices and sinks (none when
+/// `self_interval` is zero): what the registry reserves room for up front.
+pub fn point_count(config: &crate::config::Config) -> usize {
+    if config.agent.self_interval.is_zero() {
+        return 0;
+    }
+    AGENT_FIELDS.len()
+        + config.devices.len() * (DEVICE_FIELDS.len() + 1)
+        + config.sinks.len() * (SINK_FIELDS.len() + 1)
+}
+
 /// Registers the agent's points for the devices registered so far and the configured sinks.
 pub fn build(
     interval: Duration,
