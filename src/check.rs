@@ -145,7 +145,7 @@ pub fn describe_extras(p: &crate::config::PointConfig, mut d: String) -> String 
             m = p.measurement
         ));
     }
-    let r = &p.report;
+    let r = p.report();
     if r.active {
         d.push_str(", on change");
         if r.deadband > 0.0 {

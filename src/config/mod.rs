@@ -195,8 +195,10 @@ pub struct PointConfig {
     pub alarm: bool,
     /// A cycle counter: writes `cycle_time` and `parts_per_hour`.
     pub cycles: bool,
-    /// Report by exception, resolved from the line, the device and the point.
-    pub report: Report,
+    /// Report by exception, resolved from the line, the device and the point; `None` when no
+    /// level set anything (boxed: most points have none, and a line holds tens of thousands of
+    /// these while it starts). Read it with `report()`.
+    pub report: Option<Box<Report>>,
     /// What the simulator serves (an expression over `t` and `i`).
     pub simulate: Option<Box<crate::transform::expr::Expr>>,
     /// Where its value is read, as its source kind read it (registers, a JSON pointer, ...);
@@ -250,6 +252,10 @@ impl PointConfig {
     /// Scaled points are written as floats (PRODUCT.md).
     pub fn is_scaled(&self) -> bool {
         self.scale != 1.0 || self.offset != 0.0
+    }
+    /// Its report-by-exception settings (`active` false when none).
+    pub fn report(&self) -> Report {
+        self.report.as_deref().copied().unwrap_or_default()
     }
     /// Where its value is read, as source kind `T` read it (`None`: another kind, or derived).
     pub fn settings<T: std::any::Any>(&self) -> Option<&T> {
@@ -366,7 +372,7 @@ mod size_tests {
     #[test]
     fn a_point_config_stays_small() {
         assert!(
-            std::mem::size_of::<super::PointConfig>() <= 280,
+            std::mem::size_of::<super::PointConfig>() <= 232,
             "{}",
             std::mem::size_of::<super::PointConfig>()
         );

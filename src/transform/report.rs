@@ -32,7 +32,10 @@ pub struct ReportByException {
 impl ReportByException {
     /// Whether a device needs this step: a visible point reported by exception.
     pub fn applies(config: &DeviceConfig) -> bool {
-        config.points.iter().any(|p| p.report.active && !p.hidden)
+        config
+            .points
+            .iter()
+            .any(|p| p.report.is_some() && !p.hidden)
     }
 
     /// `None` when no point of the device has a report setting.
@@ -52,7 +55,7 @@ impl Transform for ReportByException {
     fn catalog(&mut self, device: &DeviceView) {
         let index = key_index(device);
         let mut rules = HashMap::new();
-        for p in self.config.points.iter().filter(|p| p.report.active) {
+        for p in self.config.points.iter().filter(|p| p.report.is_some()) {
             for d in describe::elements(p) {
                 if let Some(&id) = index.get(&point_key(&d)) {
                     // Keep what was last written across a catalog change.
@@ -60,7 +63,7 @@ impl Transform for ReportByException {
                     rules.insert(
                         id,
                         Rule {
-                            report: p.report,
+                            report: p.report(),
                             exact: !p.enum_labels.is_empty(),
                             last,
                         },

@@ -507,7 +507,7 @@ pub(crate) fn point(cx: &mut Ctx, mut raw: RawTable, pc: &PointCtx) -> Option<Po
         derive: derive.map(Box::new),
         alarm,
         cycles,
-        report,
+        report: report.active.then(|| Box::new(report)),
         simulate: simulate.map(Box::new),
         settings: if derived { None } else { part.settings },
     })

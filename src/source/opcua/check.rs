@@ -75,8 +75,8 @@ fn describe(p: &PointConfig) -> String {
     if p.count > 1 && !matches!(o.at, Where::Robotics(_)) {
         d.push_str(&format!(" x{} array", p.count));
     }
-    if p.report.active && p.report.deadband > 0.0 {
-        d.push_str(&format!(" (server-side deadband {})", p.report.deadband));
+    if let Some(r) = p.report.as_ref().filter(|r| r.deadband > 0.0) {
+        d.push_str(&format!(" (server-side deadband {})", r.deadband));
     }
     if p.scale != 1.0 {
         d.push_str(&format!(" scale {}", p.scale));

@@ -188,11 +188,7 @@ pub(crate) fn items(shape: &shape::Shape, ids: &[Vec<u32>]) -> Vec<Item> {
                 ids,
                 kind: p.kind,
                 scale: p.is_scaled().then_some((p.scale, p.offset)),
-                deadband: if p.report.active {
-                    p.report.deadband
-                } else {
-                    0.0
-                },
+                deadband: p.report.as_ref().map_or(0.0, |r| r.deadband),
             }
         })
         .collect()
