@@ -313,6 +313,13 @@ impl LogReader {
                 self.buf_pos = self.pos;
             }
         }
+        // Caught up: a caught-up sink reads from memory, so the chunk buffer is given back
+        // rather than kept for good (the next read from the file starts a new one at `pos`,
+        // the end of a whole record).
+        if self.pos >= limit {
+            self.buf = Vec::new();
+            self.buf_pos = self.pos;
+        }
         Ok(())
     }
 
