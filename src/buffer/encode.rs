@@ -1,6 +1,6 @@
 //! A `SampleBatch` as the protobuf bytes of a record's payload, written in one pass into bytes
 //! sized for the largest samples: the same bytes prost writes (property-tested below; the
-//! reader decodes them with prost), in about half the instructions. prost's `encode` measures every sample twice (once for the
+//! reader decodes them with prost), in fewer instructions. prost's `encode` measures every sample twice (once for the
 //! whole message, once for each sample's length prefix) and pushes a varint byte by byte
 //! through a generic buffer; it was the buffer writer's largest cost per sample (decision
 //! 0022).
