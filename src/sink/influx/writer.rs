@@ -320,8 +320,7 @@ impl InfluxWriter {
 
     /// The request body of one piece: compressed once (on the blocking pool), reused by
     /// every retry.
-    async fn prepare(&self, piece: Bytes) -> Bytes {
-        let raw = piece;
+    async fn prepare(&self, raw: Bytes) -> Bytes {
         if !self.gzip {
             return raw;
         }
