@@ -22,9 +22,9 @@
 
 pub mod catalogs;
 pub mod cursors;
-mod encode;
 mod input;
 pub mod log;
+mod payload;
 mod reader;
 pub mod record;
 mod writer;

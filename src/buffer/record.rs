@@ -1,8 +1,8 @@
 //! The on-disk record format (pure). A segment file is a 16-byte segment header followed by
-//! records; a record is a 24-byte header and a protobuf `SampleBatch`:
+//! records; a record is a 24-byte header and a protobuf `StoredBatch` (payload.rs):
 //!
 //! ```text
-//! segment header: b"LTAPSEG1" | catalog id (u64 LE)
+//! segment header: b"LTAPSEG2" | catalog id (u64 LE)
 //! record header:  payload length (u32) | samples (u32) | written at, Unix ms (u64)
 //!                 | CRC-32 of the payload (u32) | CRC-32 of the previous 20 bytes (u32)
 //! ```
@@ -11,7 +11,11 @@
 //! and how many samples were lost, so reading resumes at the very next record; a damaged header
 //! is skipped by scanning for the next position where a whole record checks out.
 
-pub const SEGMENT_MAGIC: &[u8; 8] = b"LTAPSEG1";
+/// What new segments start with: their records may hold packed runs (decision 0024), which a
+/// linetap from before would not see, so it sets these segments aside instead of reading them.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"LTAPSEG2";
+/// Segments written before runs: their payloads are `StoredBatch`es without runs, read the same.
+const SEGMENT_MAGIC_V1: &[u8; 8] = b"LTAPSEG1";
 pub const SEGMENT_HEADER_LEN: u64 = 16;
 pub const RECORD_HEADER_LEN: usize = 24;
 /// No record is larger than this; a header that says otherwise is damaged.
@@ -80,7 +84,9 @@ pub fn segment_header(catalog_id: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
 
 /// The catalog id of a segment header, or `None` when the header is damaged.
 pub fn parse_segment_header(h: &[u8]) -> Option<u64> {
-    if h.len() < SEGMENT_HEADER_LEN as usize || &h[..8] != SEGMENT_MAGIC {
+    if h.len() < SEGMENT_HEADER_LEN as usize
+        || (&h[..8] != SEGMENT_MAGIC && &h[..8] != SEGMENT_MAGIC_V1)
+    {
         return None;
     }
     let mut id = [0u8; 8];
@@ -156,7 +162,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(parse_segment_header(&segment_header(42)), Some(42));
-        assert_eq!(parse_segment_header(b"LTAPSEG2\0\0\0\0\0\0\0\0"), None);
+        assert_eq!(&segment_header(42)[..8], b"LTAPSEG2");
+        // An older linetap's segments read the same.
+        assert_eq!(parse_segment_header(b"LTAPSEG1\x07\0\0\0\0\0\0\0"), Some(7));
+        assert_eq!(parse_segment_header(b"LTAPSEG3\0\0\0\0\0\0\0\0"), None);
+        assert_eq!(parse_segment_header(b"LTAPSEG"), None);
     }
 
     proptest! {

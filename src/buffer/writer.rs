@@ -13,9 +13,9 @@
 //! sealed and deleted, or its delivered bytes punched out when not even a new segment fits),
 //! so a file system smaller than `max_bytes` does not fill up with delivered data.
 
-use super::encode::encode_batch;
 use super::input::Entry;
 use super::log::{self, LogWriter};
+use super::payload::encode_batch;
 use super::record;
 use super::{cursors, now_ms, Shared, TailItem, NOTIFY_BYTES, NOTIFY_EVERY, TICK, WAKE_AT};
 use crate::config::{BufferConfig, WhenFull};

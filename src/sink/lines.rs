@@ -39,6 +39,8 @@ pub struct LineSink<W> {
     order: Vec<u64>,
     body: Vec<u8>,
     lines: usize,
+    /// The most body bytes a batch took per sample so far (to size the body ahead).
+    line_bytes: usize,
 }
 
 impl<W: LineWriter> LineSink<W> {
@@ -49,6 +51,7 @@ impl<W: LineWriter> LineSink<W> {
             order: Vec::new(),
             body: Vec::with_capacity(BODY_CAPACITY),
             lines: 0,
+            line_bytes: 0,
         }
     }
 }
@@ -73,7 +76,18 @@ impl<W: LineWriter> Sink for LineSink<W> {
     fn add(&mut self, catalog: u64, batch: &SampleBatch, skipped: &mut Skipped) -> usize {
         match self.encoders.get(&catalog) {
             Some(enc) => {
+                let before = self.body.len();
+                // Room for this batch (at the longest line per sample seen so far), grown by
+                // at least an eighth instead of doubled: the body's memory is kept for the next
+                // request, so doubling would hold up to twice the largest body for good.
+                let need = batch.samples.len() * self.line_bytes;
+                if self.body.capacity() - before < need {
+                    self.body.reserve_exact(need.max(self.body.capacity() / 8));
+                }
                 let n = enc.encode(batch, &mut self.body, skipped);
+                if let Some(per) = (self.body.len() - before).checked_div(batch.samples.len()) {
+                    self.line_bytes = self.line_bytes.max(per + 1);
+                }
                 self.lines += n;
                 n
             }
@@ -193,5 +207,60 @@ mod tests {
             ]
         );
         assert_eq!(sink.writer.hold.as_deref().unwrap(), bodies[2].as_bytes());
+    }
+
+    /// A body larger than its first capacity grows by what the batches need, not by doubling
+    /// (its memory is kept for the next request): at most an eighth or one batch over.
+    #[test]
+    fn the_body_grows_by_what_batches_need() {
+        let catalog = Catalog {
+            line: "line-with-a-name".into(),
+            devices: vec![DeviceDescriptor {
+                name: "press-brake-07".into(),
+                ..Default::default()
+            }],
+            points: (0..100)
+                .map(|i| PointDescriptor {
+                    id: i,
+                    measurement: "servo".into(),
+                    name: format!("v{i}"),
+                    data_type: DataType::Float as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let batch = SampleBatch {
+            timestamp_ns: 1_733_500_000_123_456_789,
+            samples: (0..100)
+                .map(|i| Sample {
+                    point: i,
+                    value: Some(Value::DoubleValue(f64::from(i as f32 * 1.37))),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut sink = LineSink::new(Keeper {
+            bodies: Vec::new(),
+            hold: None,
+            keep: false,
+        });
+        sink.catalog(1, &catalog);
+        let mut skipped = Skipped::default();
+        let mut grown = 0;
+        while sink.body.len() < 3 * BODY_CAPACITY {
+            let capacity = sink.body.capacity();
+            assert_eq!(sink.add(1, &batch, &mut skipped), 100);
+            grown += usize::from(sink.body.capacity() != capacity);
+        }
+        let batch_bytes = sink.body.len() / (sink.lines / 100);
+        assert!(
+            sink.body.capacity() <= sink.body.len() + (sink.body.len() / 8).max(2 * batch_bytes),
+            "{} bytes in {}",
+            sink.body.len(),
+            sink.body.capacity()
+        );
+        assert!(grown >= 4, "grew {grown} times");
     }
 }
