@@ -52,12 +52,12 @@ const QUEUE: usize = 4096;
 const TICK: Duration = Duration::from_millis(100);
 /// … or as soon as this many entries wait (a fast source must not fill the queue in a tick).
 const WAKE_AT: usize = 256;
-/// The writer wakes waiting sinks after this many new bytes (about a default batch) …
-const NOTIFY_BYTES: u64 = 96 << 10;
+/// The writer wakes waiting sinks after this many new samples (about a default batch) …
+const NOTIFY_SAMPLES: u64 = 4096;
 /// … or after this long.
 const NOTIFY_EVERY: Duration = Duration::from_millis(250);
 /// Samples kept in memory per sink (the newest batches), so a caught-up sink never reads the
-/// disk: a sink is woken every `NOTIFY_BYTES`, far less than this.
+/// disk: a sink is woken every `NOTIFY_SAMPLES`, far less than this.
 const TAIL_SAMPLES: usize = 32 << 10;
 /// A sink this far behind the head reads new data beside its backlog (`live_share`).
 const LAG_BYTES: u64 = 1 << 20;
@@ -161,6 +161,10 @@ struct Shared {
     /// Publishers waiting for durability: the writer syncs at once rather than every
     /// `sync_interval`.
     waiting: std::sync::atomic::AtomicUsize,
+    /// Log bytes a sample takes, in sixteenths, as last written (records and their headers;
+    /// a poll's packed readings take ~5, a sample on its own 14 to 24 and more): how many
+    /// bytes make a sink's batch (`SinkReader::batch_bytes`).
+    bytes_per_sample_16: std::sync::atomic::AtomicU64,
 }
 
 /// Tickets the writer refused, as merged inclusive ranges (newest last). Old ranges are
@@ -338,6 +342,7 @@ impl Buffer {
             refused: Mutex::new(Refused::default()),
             waiting: 0.into(),
             catalog_waiting: false.into(),
+            bytes_per_sample_16: (24 * 16).into(),
         });
         cursors::persist(&shared);
         writer::update_gauges(&shared);

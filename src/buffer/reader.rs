@@ -78,6 +78,16 @@ impl SinkReader {
         }
     }
 
+    /// About how many log bytes `samples` samples take, as the writer last wrote them (a poll's
+    /// packed readings take a fifth of what samples on their own do).
+    pub fn batch_bytes(&self, samples: usize) -> u64 {
+        let per_16 = self
+            .shared
+            .bytes_per_sample_16
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (samples as u64).saturating_mul(per_16) / 16
+    }
+
     /// Bytes written but not read yet.
     pub fn pending_bytes(&self) -> u64 {
         let head = self.limit();

@@ -17,7 +17,7 @@ use super::input::Entry;
 use super::log::{self, LogWriter};
 use super::payload::encode_batch;
 use super::record;
-use super::{cursors, now_ms, Shared, TailItem, NOTIFY_BYTES, NOTIFY_EVERY, TICK, WAKE_AT};
+use super::{cursors, now_ms, Shared, TailItem, NOTIFY_EVERY, NOTIFY_SAMPLES, TICK, WAKE_AT};
 use crate::config::{BufferConfig, WhenFull};
 use crate::model::catalog::Version;
 use crate::model::SampleBatch;
@@ -73,7 +73,7 @@ pub(super) fn write_loop(
         seg_dir: shared.segments_dir(),
         head: Head {
             tx: head_tx,
-            notified: writer.segment.end(),
+            samples: 0,
             at: Instant::now(),
         },
         base: writer.segment.end(),
@@ -355,6 +355,12 @@ impl Writer {
                     .metrics
                     .buffer_bytes_written
                     .fetch_add(self.pending.len() as u64, Relaxed);
+                if let Some(per) =
+                    (self.pending.len() as u64 * 16).checked_div(self.pending_samples)
+                {
+                    self.shared.bytes_per_sample_16.store(per.max(1), Relaxed);
+                }
+                self.head.samples += self.pending_samples;
                 self.unsynced = true;
                 self.publish_tail();
             }
@@ -392,9 +398,9 @@ impl Writer {
         // Wake waiting sinks when enough has accumulated for a batch, or every quarter
         // second; not at every tick (each wake-up costs CPU).
         let n = &mut self.head;
-        if head - n.notified >= NOTIFY_BYTES || n.at.elapsed() >= NOTIFY_EVERY {
+        if n.samples >= NOTIFY_SAMPLES || n.at.elapsed() >= NOTIFY_EVERY {
             let _ = n.tx.send(head);
-            n.notified = head;
+            n.samples = 0;
             n.at = Instant::now();
         }
     }
@@ -520,7 +526,8 @@ impl Writer {
 /// Where the sinks were last woken.
 struct Head {
     tx: watch::Sender<u64>,
-    notified: u64,
+    /// Samples appended since the sinks were last woken.
+    samples: u64,
     at: Instant,
 }
 

@@ -245,8 +245,7 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
         beat.clone(),
     );
     let mut next_flush = Instant::now() + settings.flush_interval;
-    // About how many buffer bytes make a full batch: with that much waiting, do not wait.
-    let batch_bytes = settings.batch_size as u64 * 24;
+
     let mut closing_deadline: Option<Instant> = None;
     'outer: loop {
         if closing_deadline.is_none() && shutdown.is_shutdown() {
@@ -257,6 +256,8 @@ pub async fn run<S: Sink>(mut sink: S, ctx: SinkContext) {
         // publishes at most one new head per tick, so this wakes at most 50 times a second.
         let mut stop = false;
         beat.idle();
+        // About how many buffer bytes make a full batch: with that much waiting, do not wait.
+        let batch_bytes = reader.batch_bytes(settings.batch_size);
         while !closing && reader.pending_bytes() < batch_bytes {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_flush) => break,
