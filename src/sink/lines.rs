@@ -140,6 +140,17 @@ mod tests {
         }
     }
 
+    /// A sink over a `Keeper` that lets go of every body, with `catalog` as version 1.
+    fn keeper_sink(catalog: &Catalog) -> LineSink<Keeper> {
+        let mut sink = LineSink::new(Keeper {
+            bodies: Vec::new(),
+            hold: None,
+            keep: false,
+        });
+        sink.catalog(1, catalog);
+        sink
+    }
+
     /// The body goes to the writer without a copy, and its memory comes back for the next one
     /// when the writer let go of it (a new buffer when it did not); every body is whole.
     #[tokio::test]
@@ -166,12 +177,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let mut sink = LineSink::new(Keeper {
-            bodies: Vec::new(),
-            hold: None,
-            keep: false,
-        });
-        sink.catalog(1, &catalog);
+        let mut sink = keeper_sink(&catalog);
         let (_trigger, shutdown) = crate::shutdown::channel();
         let mut retry = RetryCtl::new(
             shutdown,
@@ -241,12 +247,7 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let mut sink = LineSink::new(Keeper {
-            bodies: Vec::new(),
-            hold: None,
-            keep: false,
-        });
-        sink.catalog(1, &catalog);
+        let mut sink = keeper_sink(&catalog);
         let mut skipped = Skipped::default();
         let mut grown = 0;
         while sink.body.len() < 3 * BODY_CAPACITY {
