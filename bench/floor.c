@@ -85,7 +85,7 @@ int main(int argc, char **argv) {
         if (poll == 0) next[k] = now();
     }
     double u0 = user_s, s0 = system_s, c1 = cpu(), t1 = now();
-    printf("{\"reads\": %ld, \"values\": %ld, \"errors\": %ld, \"seconds\": %.3f, \"cpu_seconds\": %.3f, "
+    printf("{\"reads\": %ld, \"values\": %ld, \"errors\": %ld, \"seconds\": %.3f, \"cpu_seconds\": %.4f, "
            "\"user_s\": %.3f, \"system_s\": %.3f}\n",
            reads, values, errors, t1 - t0, c1 - c0, user_s - u0, system_s - s0);
     return 0;

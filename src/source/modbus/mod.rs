@@ -12,6 +12,7 @@ pub mod plan;
 pub mod poller;
 pub mod rtu;
 pub mod tcp;
+pub mod timer;
 
 use super::{describe, Source, SourceContext};
 use crate::component::{fingerprint, ComponentId, Kind};

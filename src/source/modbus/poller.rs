@@ -14,6 +14,7 @@ use super::decode::decode_field;
 use super::link::Link;
 use super::link::{ReadError, ReadSpec, Words};
 use super::plan::{PollGroup, ReadRequest};
+use super::timer::PollTimer;
 use crate::model::catalog::HealthIds;
 use crate::model::{now_ns, Quality, Sample, SampleBatch, Value};
 use crate::observe::liveness::Beat;
@@ -202,6 +203,7 @@ pub async fn run(
     if slots.is_empty() {
         return;
     }
+    let mut timer = PollTimer::new();
     loop {
         // Earliest deadline first; on a tie a degraded unit goes last, so a probe that times
         // out delays the others' next polls instead of making them skip this one.
@@ -211,9 +213,18 @@ pub async fn run(
         }) else {
             return;
         };
-        if slots[i].schedule.next > Instant::now() {
+        let at = slots[i].schedule.next;
+        if at > Instant::now() {
+            // The deadline expected next: this slot's following one, or another slot's sooner.
+            let then = slots
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, s)| s.schedule.next)
+                .filter(|&next| next > at)
+                .fold(at + slots[i].schedule.interval, Instant::min);
             tokio::select! {
-                _ = tokio::time::sleep_until(slots[i].schedule.next) => {}
+                _ = timer.until(at, then) => {}
                 _ = shutdown.recv() => return,
             }
         } else if shutdown.is_shutdown() {
