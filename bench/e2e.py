@@ -10,6 +10,8 @@ Reports the agent's CPU seconds per million values delivered and its peak RSS.
     python3 bench/e2e.py --devices 200 --poll 1s --listed --seconds 65   # 20,000 listed points
     python3 bench/e2e.py --devices 20 --seconds 90 --outage 30   # drain rate after an outage
     python3 bench/e2e.py --devices 20 --rtde 10 --seconds 60     # + ten UR robots over RTDE at 500 Hz
+    python3 bench/e2e.py --devices 20 --seconds 30 --floor       # W1 against the bare libmodbus loop, run first
+    python3 bench/e2e.py --devices 20 --seconds 30 --floor-beside  # ... run at the same time instead
     LINETAP_BIN=/path/to/other/linetap python3 bench/e2e.py ...  # compare another build
 
 Also reports the durable buffer's bytes written per million samples (eMMC/SD wear).
@@ -232,21 +234,30 @@ def poll_seconds(poll):
     return float(poll.rstrip("s"))
 
 
-def run_floor(tmp, ports, poll, seconds):
-    """The bare libmodbus loop against the same simulated devices: CPU per million values read."""
+def floor_command(tmp, ports, poll, seconds):
+    """Builds the bare libmodbus loop (bench/floor.c); its command line against `ports`."""
     exe = os.path.join(tmp, "floor")
     src = os.path.join(ROOT, "bench", "floor.c")
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libmodbus"], capture_output=True, text=True)
     if flags.returncode != 0:
         sys.exit("--floor needs libmodbus-dev (apt-get install libmodbus-dev) and pkg-config")
     subprocess.run(["cc", "-O2", "-o", exe, src] + flags.stdout.split(), check=True)
-    out = subprocess.run([exe, ",".join(str(p) for p in ports), str(poll_seconds(poll) * 1000.0),
-                          str(seconds), "200"], capture_output=True, text=True, check=True)
-    r = json.loads(out.stdout)
+    return [exe, ",".join(str(p) for p in ports), str(poll_seconds(poll) * 1000.0), str(seconds), "200"]
+
+
+def floor_result(stdout, when):
+    r = json.loads(stdout)
     r["cpu_seconds_per_million_values"] = round(r["cpu_seconds"] / (r["values"] / 1e6), 4) if r["values"] else None
     r["values_per_s"] = round(r["values"] / r["seconds"])
     r["polls_per_s"] = round(r["values"] / 100 / r["seconds"])
+    r["when"] = when
     return r
+
+
+def run_floor(tmp, ports, poll, seconds):
+    """The bare libmodbus loop against the same simulated devices: CPU per million values read."""
+    out = subprocess.run(floor_command(tmp, ports, poll, seconds), capture_output=True, text=True, check=True)
+    return floor_result(out.stdout, "before the agent")
 
 
 def points(listed):
@@ -287,6 +298,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--poll", default="100ms")
     ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--floor-beside", action="store_true",
+                    help="as --floor, but run the floor at the same time as the agent's measured window "
+                         "(both poll the same simulated devices), so both see the same machine")
     ap.add_argument("--floor", action="store_true",
                     help="first run the bare libmodbus polling loop (bench/floor.c) against the same "
                          "simulator for the same time, and print linetap's CPU per million values "
@@ -336,8 +350,11 @@ def main():
         procs.append(sim)
         time.sleep(1.0)
         floor = None
+        floor_proc = None
         if a.floor:
             floor = run_floor(tmp, ports, a.poll, a.seconds)
+        elif a.floor_beside:
+            floor_cmd = floor_command(tmp, ports, a.poll, a.seconds)
         env = dict(os.environ, BENCH_TOKEN="t", LINETAP_LOG="warn")
         agent = subprocess.Popen([BIN, "run", "--config", cfg_path], env=env, preexec_fn=meter.join,
                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "agent.log"), "w"))
@@ -354,6 +371,9 @@ def main():
                 pass
             time.sleep(0.02)
         time.sleep(max(0.0, a.warmup - (time.time() - started)))
+        if a.floor_beside:
+            floor_proc = subprocess.Popen(floor_cmd, stdout=subprocess.PIPE, text=True)
+            procs.append(floor_proc)
         split0 = meter.split()
         cpu0 = sum(split0)
         polls0 = metric(METRICS_PORT, "linetap_poll_duration_seconds_count")
@@ -394,6 +414,8 @@ def main():
         split1 = meter.split()
         cpu1 = sum(split1)
         t1 = time.time()
+        if floor_proc is not None:
+            floor = floor_result(floor_proc.communicate(timeout=60)[0], "beside the agent")
         try:
             polls_per_s = (metric(METRICS_PORT, "linetap_poll_duration_seconds_count") - polls0) / (t1 - t0)
             collected_per_s = (metric(METRICS_PORT, "linetap_samples_collected_total") - collected0) / (t1 - t0)
