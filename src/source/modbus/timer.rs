@@ -5,10 +5,10 @@
 //! driver is not asleep but running the very task that registers it (tokio#5207). Pollers
 //! started together share their deadlines: when a deadline passes, every poller's timer fires
 //! in one turn, none is left in the timer wheel, and each poller registering its next deadline
-//! wrote to the `eventfd` — 200 system calls a second for 20 devices at 10 Hz. A `PollTimer` keeps
-//! the deadline expected after the current one registered already: when the current one fires,
-//! the wheel still holds the next ones, and a poller registering the one after is later than
-//! those, so nobody wakes the driver.
+//! wrote to the `eventfd` — 200 system calls a second for 20 devices at 10 Hz. A `PollTimer`
+//! keeps the deadline expected after the current one registered already: when the current one
+//! fires, the wheel still holds the next ones, and a poller registering the one after is later
+//! than those, so nobody wakes the driver (decision 0025).
 
 use std::future::poll_fn;
 use std::future::Future;
