@@ -384,10 +384,12 @@ pub fn write_field_value(
 fn write_float<F: zmij::Float>(x: F, small: bool, out: &mut Vec<u8>) {
     let mut buf = zmij::Buffer::new();
     let text = buf.format_finite(x).as_bytes();
-    match (!small)
-        .then(|| text.iter().position(|&b| b == b'+'))
-        .flatten()
-    {
+    let plus = if small {
+        None
+    } else {
+        text.iter().position(|&b| b == b'+')
+    };
+    match plus {
         Some(plus) => {
             out.extend_from_slice(&text[..plus]);
             out.extend_from_slice(&text[plus + 1..]);
@@ -409,25 +411,29 @@ mod tests {
     use super::*;
     use crate::model::{DeviceDescriptor, EnumLabel, PointDescriptor, Sample, Tag};
 
+    /// What `write_float` writes for `x`.
+    fn float_text<F: zmij::Float>(x: F, small: bool) -> String {
+        let mut out = Vec::new();
+        write_float(x, small, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
     proptest::proptest! {
         /// The float text is ryu's, as the sinks wrote it before (zmij finds the digits),
         /// for every f64 and f32, and reads back as the same number.
         #[test]
         fn float_text_is_ryus(bits64 in proptest::prelude::any::<u64>(), bits32 in proptest::prelude::any::<u32>()) {
-            let x = f64::from_bits(bits64);
+            let (x, y) = (f64::from_bits(bits64), f32::from_bits(bits32));
+            let mut ryu_buf = ryu::Buffer::new();
             if x.is_finite() {
-                let mut out = Vec::new();
-                write_float(x, x.abs() < 1e13, &mut out);
-                let mut ryu_buf = ryu::Buffer::new();
-                proptest::prop_assert_eq!(out.as_slice(), ryu_buf.format_finite(x).as_bytes());
-                proptest::prop_assert_eq!(std::str::from_utf8(&out).ok().and_then(|t| t.parse::<f64>().ok()), Some(x));
+                let text = float_text(x, x.abs() < 1e13);
+                proptest::prop_assert_eq!(&text, ryu_buf.format_finite(x));
+                proptest::prop_assert_eq!(text.parse::<f64>().ok(), Some(x));
             }
-            let y = f32::from_bits(bits32);
             if y.is_finite() {
-                let mut out = Vec::new();
-                write_float(y, y.abs() < 1e13, &mut out);
-                let mut ryu_buf = ryu::Buffer::new();
-                proptest::prop_assert_eq!(out.as_slice(), ryu_buf.format_finite(y).as_bytes());
+                let text = float_text(y, y.abs() < 1e13);
+                proptest::prop_assert_eq!(&text, ryu_buf.format_finite(y));
+                proptest::prop_assert_eq!(text.parse::<f32>().ok(), Some(y));
             }
         }
     }
@@ -446,17 +452,12 @@ mod tests {
             (-0.0, "-0.0"),
             (12.87, "12.87"),
         ] {
-            let mut out = Vec::new();
-            write_float(x, f64::abs(x) < 1e13, &mut out);
-            assert_eq!(std::str::from_utf8(&out), Ok(text), "{x:e}");
+            assert_eq!(float_text(x, f64::abs(x) < 1e13), text, "{x:e}");
         }
-        let mut out = Vec::new();
-        write_float(1.0001032e13f32, false, &mut out);
-        assert_eq!(out, b"1.0001032e13");
+        assert_eq!(float_text(1.0001032e13f32, false), "1.0001032e13");
         for t in [9.999999e12f32, -9.999999e12] {
-            let mut out = Vec::new();
-            write_float(t, true, &mut out);
-            assert!(!out.contains(&b'+') && !out.contains(&b'e'), "{t}");
+            let text = float_text(t, true);
+            assert!(!text.contains(['+', 'e']), "{t}: {text}");
         }
     }
 
