@@ -84,6 +84,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
     for kind in crate::source::KINDS {
         w.extend(kind.check_warnings(config));
     }
+    w.extend(crate::check_field_types::warnings(config));
     if config.sinks.is_empty() {
         w.push("no [sinks]: readings would be polled but delivered nowhere".to_string());
     }

@@ -3,6 +3,7 @@ pub mod backoff;
 pub mod buffer;
 pub mod check;
 pub mod check_addresses;
+pub mod check_field_types;
 pub mod component;
 pub mod config;
 pub mod model;

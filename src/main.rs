@@ -815,6 +815,9 @@ async fn run_agent(path: &std::path::Path, cfg: config::Config) -> i32 {
         }
     };
     tracing::info!(line = %cfg.line.id, devices = cfg.devices.len(), sinks = cfg.sinks.len(), "linetap running");
+    for w in linetap::check_field_types::warnings(&cfg) {
+        tracing::warn!("{w}");
+    }
     let stuck_after = cfg.agent.stuck_after;
     // The agent keeps its own copy (for reloads); on a large line this one is megabytes.
     drop(cfg);
@@ -940,6 +943,9 @@ async fn reload(agent: &mut run::Agent, path: &std::path::Path) {
             return;
         }
     };
+    for w in linetap::check_field_types::warnings(&cfg) {
+        tracing::warn!("{w}");
+    }
     match agent.reload(&cfg).await {
         Ok(r) => {
             agent.metrics.config_reloads_ok.fetch_add(1, Relaxed);

@@ -1205,3 +1205,67 @@ broken!(
     at: ("max_metrics = 10", 1, "10"),
     says: "`max_metrics` belongs to MQTT devices",
 );
+
+// ---------------------------------------------------------------------------------------------
+// One type per field (`as_float`, and the warning when two devices disagree)
+// ---------------------------------------------------------------------------------------------
+
+broken!(
+    as_float_on_a_float_type,
+    edit(BASE, "scale = 0.1\n", "scale = 0.1\nas_float = true\n").replace("type = \"i16\"", "type = \"f32\""),
+    at: ("as_float = true", 1, "true"),
+    says: "`as_float` writes an integer type as a float; \"f32\" is not an integer type",
+);
+
+broken!(
+    as_float_with_an_enum,
+    edit(
+        BASE,
+        "name = \"state\"\naddress = 0\ntype = \"u16\"\n",
+        "name = \"state\"\naddress = 0\ntype = \"u16\"\nas_float = true\nenum = { 0 = \"idle\" }\n",
+    ),
+    at: ("enum = {", 1, "{"),
+    says: "`enum` cannot be combined with scale, offset or as_float",
+);
+
+broken!(
+    as_float_on_a_derived_point,
+    format!("{BASE}\n[[devices.points]]\nname = \"stopped\"\nfrom = \"state\"\nbit = 3\nas_float = true\n"),
+    at: ("as_float = true", 1, "true"),
+    says: "point \"stopped\" is derived (`from` / `expr`): it has no registers, so `as_float` does not apply",
+);
+
+/// Two robots write `robot.cycle_count` with different types: `check`
+/// names the field, both devices and a way out, and still exits 0 (VictoriaMetrics and files
+/// take both); `as_float` on the integer one silences it.
+#[test]
+fn a_field_written_with_two_types_is_a_warning_until_as_float_settles_it() {
+    let second =
+        "\n[[devices]]\nid = \"robot-02\"\nkind = \"robot\"\naddress = \"10.0.3.12:502\"\n\n\
+                  [[devices.points]]\nname = \"cycle_count\"\naddress = 2\ntype = \"f32\"\n\n\
+                  [[devices.points]]\nname = \"state\"\naddress = 0\ntype = \"u16\"\n";
+    let dir = TempDir::new().expect("tempdir");
+    let path = write_config(&dir, "types", &format!("{BASE}{second}"));
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: field"))
+        .collect();
+    assert_eq!(
+        warnings,
+        ["warning: field \"cycle_count\" of measurement \"robot\" is written as a float by device \"robot-02\" (point \"cycle_count\", f32) and as an integer by device \"robot-01\" (point \"cycle_count\", u32): InfluxDB keeps one type per field and refuses the lines of the other; give these points one type (`as_float = true` writes an integer register as a float)"],
+        "{stderr}"
+    );
+    let settled = edit(
+        BASE,
+        "address = 2\ntype = \"u32\"\n",
+        "address = 2\ntype = \"u32\"\nas_float = true\n",
+    );
+    let path = write_config(&dir, "settled", &format!("{settled}{second}"));
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning: field"), "{stderr}");
+}

@@ -112,12 +112,14 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
          [[devices.points]]\nname = \"steps\"\naddress = {a8}\ntype = \"i8\"\nbyte = \"high\"\n\n\
          [[devices.points]]\nname = \"load\"\naddress = {a9}\ntype = \"f16\"\norder = \"BADC\"\n\n\
          [[devices.points]]\nname = \"model_swapped\"\naddress = {a10}\ntype = \"string\"\nlength = 3\norder = \"BADC\"\n\n\
-         [[devices.points]]\nname = \"serial\"\naddress = {a13}\ntype = \"string\"\nlength = 4\nbyte = \"low\"\n\n",
+         [[devices.points]]\nname = \"serial\"\naddress = {a13}\ntype = \"string\"\nlength = 4\nbyte = \"low\"\n\n\
+         [[devices.points]]\nname = \"u16_as_float\"\naddress = {a14}\ntype = \"u16\"\nas_float = true\n\n",
         a7 = addr + 16,
         a8 = addr + 17,
         a9 = addr + 18,
         a10 = addr + 19,
         a13 = addr + 22,
+        a14 = addr + 26,
         a0 = addr,
         a1 = addr + 1,
         a2 = addr + 2,
@@ -149,6 +151,8 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
         addr + 22,
         vec![0xFF41, 0x0042, 0x7731, 0x0032],
     ));
+    writes.push((Table::Holding, addr + 26, vec![4321]));
+    expected.insert("u16_as_float".into(), J::from(4321.0));
     expected.insert("mode_hi".into(), J::from(200));
     expected.insert("mode_lo".into(), J::from(5));
     expected.insert("steps".into(), J::from(-10));
@@ -252,7 +256,8 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
         }
     }
 
-    // Stored field types: unscaled integers as integer (u64 too), scaled as float.
+    // Stored field types: unscaled integers as integer (u64 too), scaled (or `as_float`) as
+    // float.
     let r = influx.query("lt", "SHOW FIELD KEYS FROM plc");
     let types: HashMap<String, String> = r["results"][0]["series"][0]["values"]
         .as_array()
@@ -275,6 +280,7 @@ fn every_type_and_order_arrives_exactly_in_influxdb_v1() {
         ("f32_badc", "float"),
         ("f64_abcd", "float"),
         ("temp", "float"),
+        ("u16_as_float", "float"),
         ("state", "integer"),
         ("state_label", "string"),
         ("model", "string"),

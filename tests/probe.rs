@@ -157,9 +157,10 @@ fn a_profile_on_an_rs485_bus() {
         row(&stdout, "drive.alarm_code"),
         ["drive.alarm_code", "0100", "256", "overload"]
     );
+    // A float (`as_float`, as every drive profile writes speed), shown as the sinks write it.
     assert_eq!(
         row(&stdout, "drive.speed_rpm"),
-        ["drive.speed_rpm", "FC7C", "-900", "rpm"]
+        ["drive.speed_rpm", "FC7C", "-900.0", "rpm"]
     );
     assert_eq!(
         row(&stdout, "drive.dc_bus_voltage"),

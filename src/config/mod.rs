@@ -181,6 +181,8 @@ pub struct PointConfig {
     pub element_tag: Option<Box<(String, Vec<String>)>>,
     pub scale: f64,
     pub offset: f64,
+    /// `as_float = true`: written as a float, as a scaled point is.
+    pub as_float: bool,
     pub unit: String,
     pub measurement: String,
     pub tags: Vec<(String, String)>,
@@ -249,9 +251,9 @@ impl PointConfig {
     pub fn is_read(&self) -> bool {
         self.derive.is_none()
     }
-    /// Scaled points are written as floats (PRODUCT.md).
+    /// Scaled points, and integer points with `as_float`, are written as floats (PRODUCT.md).
     pub fn is_scaled(&self) -> bool {
-        self.scale != 1.0 || self.offset != 0.0
+        self.scale != 1.0 || self.offset != 0.0 || self.as_float
     }
     /// Its report-by-exception settings (`active` false when none).
     pub fn report(&self) -> Report {

@@ -360,6 +360,8 @@ pub struct PointCommon {
     pub bit: Option<Spanned<i64>>,
     pub scale: Option<Spanned<f64>>,
     pub offset: Option<Spanned<f64>>,
+    /// Written as a float though its type is an integer (as a scale would make it).
+    pub as_float: Option<Spanned<bool>>,
     pub unit: Option<String>,
     pub measurement: Option<Spanned<String>>,
     #[serde(default)]

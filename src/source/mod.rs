@@ -158,6 +158,11 @@ pub trait SourceKind: Sync {
     }
     /// Checks across one device's points, beyond the shared ones (e.g. overlapping registers).
     fn check_points(&self, _cx: &mut Ctx, _points: &[Checked], _fallback: std::ops::Range<usize>) {}
+    /// Whether the device gives `p`'s values their type at run time (an OPC UA variable or a
+    /// Sparkplug metric without `type`), so the configured type says nothing of it.
+    fn type_from_device(&self, _p: &crate::config::PointConfig) -> bool {
+        false
+    }
     /// Whether a device may list no points (it learns them at run time).
     fn points_optional(&self, _settings: &Settings) -> bool {
         false
@@ -185,6 +190,14 @@ pub static KINDS: &[&dyn SourceKind] = &[
     &rtde::config::Kind,
     &opcua::config::Kind,
 ];
+
+/// The kind that reads `protocol`.
+pub fn kind_of(protocol: &str) -> Option<&'static dyn SourceKind> {
+    KINDS
+        .iter()
+        .copied()
+        .find(|k| k.protocols().contains(&protocol))
+}
 
 /// Every configured value, each device's four health points and the agent's own: the
 /// registry's arrays are sized once instead of doubling (on a line of 20,000 points, a copy

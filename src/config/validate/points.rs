@@ -266,6 +266,7 @@ pub(crate) fn point(cx: &mut Ctx, mut raw: RawTable, pc: &PointCtx) -> Option<Po
         for (v, key) in [
             (p.scale.as_ref().map(|a| a.span()), "scale"),
             (p.offset.as_ref().map(|a| a.span()), "offset"),
+            (p.as_float.as_ref().map(|a| a.span()), "as_float"),
             (p.simulate.as_ref().map(|a| a.span()), "simulate"),
         ] {
             if let Some(at) = v {
@@ -374,6 +375,20 @@ pub(crate) fn point(cx: &mut Ctx, mut raw: RawTable, pc: &PointCtx) -> Option<Po
         }
         (scale, offset)
     };
+    let as_float = match &p.as_float {
+        Some(f) if *f.get_ref() && !derived && !kind.is_integer() => {
+            cx.err(
+                f.span(),
+                format!(
+                    "`as_float` writes an integer type as a float; {:?} is not an integer type",
+                    kind.as_str()
+                ),
+            );
+            false
+        }
+        Some(f) => !derived && *f.get_ref(),
+        None => false,
+    };
     let mut enum_labels = Vec::new();
     if let Some(e) = &p.enum_map {
         if p.states.is_some() {
@@ -386,8 +401,11 @@ pub(crate) fn point(cx: &mut Ctx, mut raw: RawTable, pc: &PointCtx) -> Option<Po
                 e.span(),
                 format!("`enum` needs an integer type, not {:?}", kind.as_str()),
             );
-        } else if p.scale.is_some() || p.offset.is_some() {
-            cx.err(e.span(), "`enum` cannot be combined with scale or offset");
+        } else if p.scale.is_some() || p.offset.is_some() || as_float {
+            cx.err(
+                e.span(),
+                "`enum` cannot be combined with scale, offset or as_float",
+            );
         }
         for (code, label) in e.get_ref() {
             let code_text = code.trim();
@@ -497,6 +515,7 @@ pub(crate) fn point(cx: &mut Ctx, mut raw: RawTable, pc: &PointCtx) -> Option<Po
         element_tag: None,
         scale,
         offset,
+        as_float,
         unit: p.unit.clone().unwrap_or_default(),
         measurement,
         tags,

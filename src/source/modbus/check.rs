@@ -233,6 +233,9 @@ fn describe(p: &PointConfig) -> String {
     if p.offset != 0.0 {
         d.push_str(&format!(" offset {}", p.offset));
     }
+    if p.as_float {
+        d.push_str(" as float");
+    }
     if !p.enum_labels.is_empty() {
         d.push_str(&format!(" enum of {} codes", p.enum_labels.len()));
     }

@@ -209,6 +209,9 @@ impl crate::source::SourceKind for Kind {
     fn check(&self, config: &crate::config::Config, plan: &mut crate::check::Plan) {
         super::check::render(config, plan)
     }
+    fn type_from_device(&self, p: &crate::config::PointConfig) -> bool {
+        mqtt_point(p).kind_from_birth
+    }
     fn points_optional(&self, settings: &Settings) -> bool {
         // A sparkplug-b device without points takes every metric of its birth.
         settings

@@ -159,6 +159,9 @@ impl crate::source::SourceKind for Kind {
     fn point(&self, cx: &mut Ctx, raw: RawTable, p: &PointDraft) -> Option<PointPart> {
         point(cx, raw, p)
     }
+    fn type_from_device(&self, p: &crate::config::PointConfig) -> bool {
+        opcua_point(p).is_some_and(|o| !o.typed)
+    }
     fn check(&self, config: &crate::config::Config, plan: &mut crate::check::Plan) {
         super::check::render(config, plan)
     }

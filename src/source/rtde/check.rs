@@ -68,6 +68,9 @@ fn describe(p: &PointConfig) -> String {
     if p.offset != 0.0 {
         d.push_str(&format!(" offset {}", p.offset));
     }
+    if p.as_float {
+        d.push_str(" as float");
+    }
     d.push_str(&format!(" -> {}", p.measurement));
     describe_extras(p, d)
 }
