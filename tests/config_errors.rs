@@ -1152,7 +1152,7 @@ fn a_profile_device_is_planned_in_the_fewest_requests() {
         "point state                    = emergency_stop",
         "angle_in_revolution      holding 270 u16 x6 (axis=1..6) (hidden",
         "point position                 = angle_in_revolution / 1000 + 2 * pi * revolutions f64 x6",
-        "temperature              holding 300 u16 x6 (axis=1..6) -> joint.temperature, on change beyond 0.5",
+        "temperature              holding 300 u16 x6 (axis=1..6) as float -> joint.temperature, on change beyond 0.5",
     ] {
         assert!(ur.contains(shown), "{shown:?} not in:\n{ur}");
     }

@@ -380,8 +380,13 @@ pub(crate) fn point(cx: &mut Ctx, mut raw: RawTable, pc: &PointCtx) -> Option<Po
             cx.err(
                 f.span(),
                 format!(
-                    "`as_float` writes an integer type as a float; {:?} is not an integer type",
-                    kind.as_str()
+                    "`as_float` writes an integer type as a float; {:?} is not an integer type{}",
+                    kind.as_str(),
+                    if p.kind.is_none() {
+                        " (the type of a point without `type` here): give the integer `type`"
+                    } else {
+                        ""
+                    }
                 ),
             );
             false
