@@ -5,7 +5,7 @@
 //! measurement with different types are therefore found before they run: `check` warns and
 //! `run` logs it at start. A warning, not an error: VictoriaMetrics and files take both.
 
-use crate::config::{Config, DeviceConfig, PointConfig, PointType};
+use crate::config::{Config, DeviceConfig, PointConfig};
 use crate::model::DataType;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -51,49 +51,63 @@ impl FieldType {
 }
 
 /// Where a field's type comes from: the first point (of the first device) that writes it so.
-struct Writer<'a> {
-    device: &'a str,
-    point: &'a str,
-    kind: PointType,
-    /// `, scaled`, `, as_float` or nothing.
-    how: &'static str,
+struct Writer {
+    device: String,
+    /// `point "temperature", u16, as_float`.
+    what: String,
 }
 
 /// `check`'s warnings: one per field written with more than one type, naming a point of each.
 pub fn warnings(config: &Config) -> Vec<String> {
     // (measurement, field) -> type -> its first writer.
     let mut fields: BTreeMap<(&str, Cow<str>), BTreeMap<FieldType, Writer>> = BTreeMap::new();
+    let mut record = |measurement, field, t, writer: &dyn Fn() -> Writer| {
+        fields
+            .entry((measurement, field))
+            .or_default()
+            .entry(t)
+            .or_insert_with(writer);
+    };
     for d in &config.devices {
         for p in written(d) {
             let Some(t) = FieldType::of(crate::source::describe::data_type(p)) else {
                 continue;
             };
             let writer = || Writer {
-                device: &d.id,
-                point: &p.name,
-                kind: p.kind,
-                how: if p.as_float && p.kind.is_integer() {
-                    ", as_float"
-                } else if p.is_scaled() && p.kind.is_integer() {
-                    ", scaled"
-                } else {
-                    ""
-                },
+                device: d.id.clone(),
+                what: format!(
+                    "point {:?}, {}{}",
+                    p.name,
+                    p.kind.as_str(),
+                    if p.as_float && p.kind.is_integer() {
+                        ", as_float"
+                    } else if p.is_scaled() && p.kind.is_integer() {
+                        ", scaled"
+                    } else {
+                        ""
+                    }
+                ),
             };
-            fields
-                .entry((p.measurement.as_str(), Cow::Borrowed(p.name.as_str())))
-                .or_default()
-                .entry(t)
-                .or_insert_with(writer);
+            let m = p.measurement.as_str();
+            record(m, Cow::Borrowed(p.name.as_str()), t, &writer);
             if !p.enum_labels.is_empty() {
-                fields
-                    .entry((
-                        p.measurement.as_str(),
-                        Cow::Owned(format!("{}_label", p.name)),
-                    ))
-                    .or_default()
-                    .entry(FieldType::String)
-                    .or_insert_with(writer);
+                let label = Cow::Owned(format!("{}_label", p.name));
+                record(m, label, FieldType::String, &writer);
+            }
+        }
+        // What the edge derivations write into a point's own measurement.
+        for p in d.points.iter().filter(|p| p.cycles) {
+            for field in ["cycle_time", "parts_per_hour"] {
+                let writer = || Writer {
+                    device: d.id.clone(),
+                    what: format!("`counter = \"cycles\"` of point {:?}", p.name),
+                };
+                record(
+                    &p.measurement,
+                    Cow::Borrowed(field),
+                    FieldType::Float,
+                    &writer,
+                );
             }
         }
     }
@@ -103,16 +117,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
         .map(|((measurement, field), types)| {
             let by: Vec<String> = types
                 .iter()
-                .map(|(t, w)| {
-                    format!(
-                        "{} by device {:?} (point {:?}, {}{})",
-                        t.text(),
-                        w.device,
-                        w.point,
-                        w.kind.as_str(),
-                        w.how
-                    )
-                })
+                .map(|(t, w)| format!("{} by device {:?} ({})", t.text(), w.device, w.what))
                 .collect();
             let float_hint = if types.contains_key(&FieldType::Float)
                 && (types.contains_key(&FieldType::Integer)
@@ -130,13 +135,14 @@ pub fn warnings(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// The points of `d` whose values are written with the type the configuration gives them (not
-/// hidden; not typed by the device at run time, as an OPC UA variable without `type` is).
+/// The points of `d` whose values are written with the type the configuration gives them: not
+/// hidden; not typed by the device at run time (an OPC UA variable without `type`), unless
+/// scaled, which makes any type a float.
 fn written(d: &DeviceConfig) -> impl Iterator<Item = &PointConfig> {
     let kind = crate::source::kind_of(d.protocol);
-    d.points
-        .iter()
-        .filter(move |p| !p.hidden && !kind.is_some_and(|k| k.type_from_device(p)))
+    d.points.iter().filter(move |p| {
+        !p.hidden && (p.is_scaled() || !kind.is_some_and(|k| k.type_from_device(p)))
+    })
 }
 
 #[cfg(test)]
@@ -185,10 +191,12 @@ mod tests {
              [[devices.points]]\nname = 'temperature'\naddress = 0\ntype = 'u16'\nas_float = true\n\
              [[devices.points]]\nname = 'raw'\naddress = 1\ntype = 'f32'\nhidden = true\n\
              [[devices]]\nid = 'r2'\naddress = '127.0.0.1:503'\n\
-             [[devices.points]]\nname = 'temperature'\naddress = 0\ntype = 'f32'\n\
+             [[devices.points]]\nname = 'temperature'\naddress = 0\ntype = 'f32'\nas_float = true\n\
              [[devices.points]]\nname = 'raw'\naddress = 2\ntype = 'u16'\n"
         ));
         assert_eq!(warnings(&cfg), Vec::<String>::new());
+        // On a float type (a device overriding a profile point's `type`) it changes nothing.
+        assert!(!cfg.devices[1].points[0].as_float);
     }
 
     #[test]
@@ -206,6 +214,21 @@ mod tests {
             w[0].starts_with("field \"mode_label\" of measurement \"other\" is written as an integer by device \"r2\" (point \"mode_label\", u16) and as a string by device \"r1\" (point \"mode\""),
             "{}",
             w[0]
+        );
+    }
+
+    #[test]
+    fn what_a_cycle_counter_derives_is_a_float_field_too() {
+        let cfg = load(&format!(
+            "{HEAD}\
+             [[devices]]\nid = 'r1'\naddress = '127.0.0.1:502'\n\
+             [[devices.points]]\nname = 'count'\naddress = 0\ntype = 'u32'\ncounter = 'cycles'\n\
+             [[devices]]\nid = 'r2'\naddress = '127.0.0.1:503'\n\
+             [[devices.points]]\nname = 'cycle_time'\naddress = 0\n"
+        ));
+        assert_eq!(
+            warnings(&cfg),
+            ["field \"cycle_time\" of measurement \"other\" is written as a float by device \"r1\" (`counter = \"cycles\"` of point \"count\") and as an integer by device \"r2\" (point \"cycle_time\", u16): InfluxDB keeps one type per field and refuses the lines of the other; give these points one type (`as_float = true` writes an integer register as a float)"]
         );
     }
 

@@ -943,12 +943,12 @@ async fn reload(agent: &mut run::Agent, path: &std::path::Path) {
             return;
         }
     };
-    for w in linetap::check_field_types::warnings(&cfg) {
-        tracing::warn!("{w}");
-    }
     match agent.reload(&cfg).await {
         Ok(r) => {
             agent.metrics.config_reloads_ok.fetch_add(1, Relaxed);
+            for w in linetap::check_field_types::warnings(&cfg) {
+                tracing::warn!("{w}");
+            }
             let names = |v: &[linetap::component::ComponentId]| {
                 v.iter()
                     .map(|c| format!("{} {}", c.kind.as_str(), c.name))

@@ -1211,10 +1211,10 @@ broken!(
 // ---------------------------------------------------------------------------------------------
 
 broken!(
-    as_float_on_a_float_type,
-    edit(BASE, "scale = 0.1\n", "scale = 0.1\nas_float = true\n").replace("type = \"i16\"", "type = \"f32\""),
+    as_float_on_a_string,
+    edit(BASE, "length = 4\n", "length = 4\nas_float = true\n"),
     at: ("as_float = true", 1, "true"),
-    says: "`as_float` writes an integer type as a float; \"f32\" is not an integer type",
+    says: "`as_float` writes a number as a float, not a \"string\"",
 );
 
 broken!(

@@ -22,8 +22,9 @@ pub enum Reject {
     OutOfRange,
 }
 
-/// `n` as a value of a point of `kind`, then `* scale + offset` (a scaled point is a float).
-pub fn number(n: Num, kind: PointType, scale: f64, offset: f64) -> Result<Value, Reject> {
+/// `n` as a value of a point of `kind`; with `scaling` (`(scale, offset)`, `Some` for a scaled
+/// or `as_float` point: `PointConfig::is_scaled`), then `* scale + offset`, always a float.
+pub fn number(n: Num, kind: PointType, scaling: Option<(f64, f64)>) -> Result<Value, Reject> {
     let as_f = match n {
         Num::U(u) => u as f64,
         Num::I(i) => i as f64,
@@ -71,8 +72,51 @@ pub fn number(n: Num, kind: PointType, scale: f64, offset: f64) -> Result<Value,
         }
         PointType::F64 => Value::DoubleValue(as_f),
     };
-    if (scale != 1.0 || offset != 0.0) && !matches!(raw, Value::BoolValue(_)) {
-        return Ok(Value::DoubleValue(as_f * scale + offset));
+    if let Some((scale, offset)) = scaling {
+        if !matches!(raw, Value::BoolValue(_)) {
+            return Ok(Value::DoubleValue(as_f * scale + offset));
+        }
     }
     Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scaled or `as_float` point is a float whatever its type and the number's kind (a u64
+    /// too: written as an unsigned integer, it would conflict with the float the catalog
+    /// declares); without scaling, the point's type decides.
+    #[test]
+    fn scaling_makes_a_float_and_only_scaling_does() {
+        let float = Some((1.0, 0.0));
+        for (n, kind) in [
+            (Num::U(7), PointType::U64),
+            (Num::U(7), PointType::U16),
+            (Num::I(7), PointType::I32),
+            (Num::F(7.0), PointType::I64),
+        ] {
+            assert_eq!(
+                number(n, kind, float),
+                Ok(Value::DoubleValue(7.0)),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            number(Num::U(7), PointType::U64, None),
+            Ok(Value::UintValue(7))
+        );
+        assert_eq!(
+            number(Num::I(-3), PointType::I16, Some((0.5, 1.0))),
+            Ok(Value::DoubleValue(-0.5))
+        );
+        assert_eq!(
+            number(Num::U(1), PointType::Bool, float),
+            Ok(Value::BoolValue(true))
+        );
+        assert_eq!(
+            number(Num::U(70000), PointType::U16, float),
+            Err(Reject::OutOfRange)
+        );
+    }
 }

@@ -375,23 +375,22 @@ pub(crate) fn point(cx: &mut Ctx, mut raw: RawTable, pc: &PointCtx) -> Option<Po
         }
         (scale, offset)
     };
+    // On a float type it changes nothing: a device that overrides a profile point's `type`
+    // with a float type keeps the profile's `as_float` without harm.
     let as_float = match &p.as_float {
-        Some(f) if *f.get_ref() && !derived && !kind.is_integer() => {
+        Some(f)
+            if *f.get_ref() && !derived && matches!(kind, PointType::Bool | PointType::String) =>
+        {
             cx.err(
                 f.span(),
                 format!(
-                    "`as_float` writes an integer type as a float; {:?} is not an integer type{}",
-                    kind.as_str(),
-                    if p.kind.is_none() {
-                        " (the type of a point without `type` here): give the integer `type`"
-                    } else {
-                        ""
-                    }
+                    "`as_float` writes a number as a float, not a {:?}",
+                    kind.as_str()
                 ),
             );
             false
         }
-        Some(f) => !derived && *f.get_ref(),
+        Some(f) => !derived && *f.get_ref() && kind.is_integer(),
         None => false,
     };
     let mut enum_labels = Vec::new();

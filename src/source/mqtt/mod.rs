@@ -92,8 +92,7 @@ pub fn register(d: &DeviceConfig, registry: &mut Registry) -> Option<DevicePlan>
             ids: elements,
             pointer: mp.json.clone().unwrap_or_default(),
             kind: p.kind,
-            scale: p.scale,
-            offset: p.offset,
+            scaling: p.is_scaled().then_some((p.scale, p.offset)),
         };
         let topic = mp.topic.clone().unwrap_or_else(|| m.topic.clone());
         match m.format {

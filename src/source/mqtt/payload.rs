@@ -16,8 +16,8 @@ pub struct PointRead {
     /// json: where the value is in each message.
     pub pointer: String,
     pub kind: PointType,
-    pub scale: f64,
-    pub offset: f64,
+    /// `(scale, offset)` of a point written as a float (`PointConfig::is_scaled`).
+    pub scaling: Option<(f64, f64)>,
 }
 
 /// Why values of a message were not written.
@@ -153,7 +153,7 @@ fn typed_json(v: &J, p: &PointRead) -> Result<Value, Reject> {
 
 /// A number, range-checked against the point's type, then scaled.
 fn number(n: Num, p: &PointRead) -> Result<Value, Reject> {
-    crate::source::number::number(n, p.kind, p.scale, p.offset).map_err(|r| match r {
+    crate::source::number::number(n, p.kind, p.scaling).map_err(|r| match r {
         crate::source::number::Reject::WrongType => Reject::WrongType,
         crate::source::number::Reject::OutOfRange => Reject::OutOfRange,
     })
@@ -367,8 +367,7 @@ mod tests {
             ids,
             pointer: pointer.into(),
             kind,
-            scale: 1.0,
-            offset: 0.0,
+            scaling: None,
         }
     }
 
@@ -387,7 +386,7 @@ mod tests {
     #[test]
     fn objects_arrays_batches_and_timestamps() {
         let mut temp = read("/sensors/temp", PointType::F64, vec![1]);
-        temp.scale = 0.1;
+        temp.scaling = Some((0.1, 0.0));
         let plan = JsonPlan {
             points: vec![
                 temp,

@@ -522,8 +522,7 @@ pub fn value(v: &Variant, kind: PointType, scale: Option<(f64, f64)>) -> Option<
         }
         _ => return None,
     };
-    let (scale, offset) = scale.unwrap_or((1.0, 0.0));
-    number(n, kind, scale, offset).ok()
+    number(n, kind, scale).ok()
 }
 
 /// An ISO 8601 duration (`P[nY][nM][nW][nD][T[nH][nM][n[.f]S]]`, a year 365 days, a month

@@ -486,8 +486,7 @@ fn value(raw: Raw, t: &Target) -> Option<Value> {
         Raw::Int(i) => Num::I(i),
         Raw::Double(x) => Num::F(x),
     };
-    let (scale, offset) = t.scale.unwrap_or((1.0, 0.0));
-    number(n, t.kind, scale, offset).ok()
+    number(n, t.kind, t.scale).ok()
 }
 
 /// Hands the packages gathered to the buffer (several reads per batch), with the health

@@ -209,8 +209,7 @@ pub(super) fn data(
                         ids: Vec::new(),
                         pointer: name.to_string(),
                         kind,
-                        scale: 1.0,
-                        offset: 0.0,
+                        scaling: None,
                     };
                     (&added, true)
                 }

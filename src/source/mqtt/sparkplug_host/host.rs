@@ -294,8 +294,7 @@ impl Host {
                                         ids: vec![id],
                                         pointer: name.clone(),
                                         kind: *kind,
-                                        scale: 1.0,
-                                        offset: 0.0,
+                                        scaling: None,
                                     },
                                 );
                             }

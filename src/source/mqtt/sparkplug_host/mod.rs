@@ -189,8 +189,7 @@ mod tests {
             ids: vec![id],
             pointer: String::new(),
             kind,
-            scale: 1.0,
-            offset: 0.0,
+            scaling: None,
         }
     }
 
