@@ -79,7 +79,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
                     "point {:?}, {}{}",
                     p.name,
                     p.kind.as_str(),
-                    if p.as_float && p.kind.is_integer() {
+                    if p.as_float {
                         ", as_float"
                     } else if p.is_scaled() && p.kind.is_integer() {
                         ", scaled"
@@ -123,7 +123,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
                 && (types.contains_key(&FieldType::Integer)
                     || types.contains_key(&FieldType::Unsigned))
             {
-                " (`as_float = true` writes an integer register as a float)"
+                " (`as_float = true` writes an integer point as a float)"
             } else {
                 ""
             };
@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(w.len(), 2, "{w:#?}");
         assert_eq!(
             w[0],
-            "field \"temperature\" of measurement \"joint\" is written as a float by device \"r2\" (point \"temperature\", f32) and as an integer by device \"r1\" (point \"temperature\", u16): InfluxDB keeps one type per field and refuses the lines of the other; give these points one type (`as_float = true` writes an integer register as a float)"
+            "field \"temperature\" of measurement \"joint\" is written as a float by device \"r2\" (point \"temperature\", f32) and as an integer by device \"r1\" (point \"temperature\", u16): InfluxDB keeps one type per field and refuses the lines of the other; give these points one type (`as_float = true` writes an integer point as a float)"
         );
         assert!(
             w[1].starts_with("field \"speed\" of measurement \"robot\" is written as a float by device \"r2\" (point \"speed\", u16, scaled) and as an integer by device \"r1\""),
@@ -228,7 +228,7 @@ mod tests {
         ));
         assert_eq!(
             warnings(&cfg),
-            ["field \"cycle_time\" of measurement \"other\" is written as a float by device \"r1\" (`counter = \"cycles\"` of point \"count\") and as an integer by device \"r2\" (point \"cycle_time\", u16): InfluxDB keeps one type per field and refuses the lines of the other; give these points one type (`as_float = true` writes an integer register as a float)"]
+            ["field \"cycle_time\" of measurement \"other\" is written as a float by device \"r1\" (`counter = \"cycles\"` of point \"count\") and as an integer by device \"r2\" (point \"cycle_time\", u16): InfluxDB keeps one type per field and refuses the lines of the other; give these points one type (`as_float = true` writes an integer point as a float)"]
         );
     }
 

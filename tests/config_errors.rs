@@ -1255,7 +1255,7 @@ fn a_field_written_with_two_types_is_a_warning_until_as_float_settles_it() {
         .collect();
     assert_eq!(
         warnings,
-        ["warning: field \"cycle_count\" of measurement \"robot\" is written as a float by device \"robot-02\" (point \"cycle_count\", f32) and as an integer by device \"robot-01\" (point \"cycle_count\", u32): InfluxDB keeps one type per field and refuses the lines of the other; give these points one type (`as_float = true` writes an integer register as a float)"],
+        ["warning: field \"cycle_count\" of measurement \"robot\" is written as a float by device \"robot-02\" (point \"cycle_count\", f32) and as an integer by device \"robot-01\" (point \"cycle_count\", u32): InfluxDB keeps one type per field and refuses the lines of the other; give these points one type (`as_float = true` writes an integer point as a float)"],
         "{stderr}"
     );
     let settled = edit(
