@@ -1235,9 +1235,9 @@ broken!(
     says: "point \"stopped\" is derived (`from` / `expr`): it has no registers, so `as_float` does not apply",
 );
 
-/// Two robots write `robot.cycle_count` with different types: `check`
-/// names the field, both devices and a way out, and still exits 0 (VictoriaMetrics and files
-/// take both); `as_float` on the integer one silences it.
+/// Two robots write `robot.cycle_count` with different types: `check` names the field, both
+/// devices and a way out, and still exits 0 (VictoriaMetrics and files take both); `as_float`
+/// on the integer one silences it.
 #[test]
 fn a_field_written_with_two_types_is_a_warning_until_as_float_settles_it() {
     let second =
